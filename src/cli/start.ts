@@ -1,0 +1,67 @@
+// `pgbastion start`: load and validate the config, bind the listeners, and stay up
+// until SIGTERM/SIGINT, then stop accepting, end sessions and exit 0.
+
+import { ConfigError, loadConfigFile } from '../config/load.js';
+import { createLogger } from '../logger.js';
+import { ProxyServer } from '../proxy/server.js';
+
+const HELP = `usage: pgbastion start [-c FILE]
+
+Runs the proxy. FILE defaults to $PGBASTION_CONFIG, else config/pgbastion.yaml.
+SIGTERM/SIGINT stop it gracefully.`;
+
+export function configPathFrom(args: string[]): string {
+  const i = args.findIndex((a) => a === '-c' || a === '--config');
+  if (i >= 0 && args[i + 1]) return args[i + 1]!;
+  return process.env.PGBASTION_CONFIG || 'config/pgbastion.yaml';
+}
+
+/** Returns -1 while the proxy runs (the process exits on a signal), else an exit code. */
+export async function runStart(args: string[], out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  if (args.includes('--help') || args.includes('-h')) {
+    out(HELP);
+    return 0;
+  }
+  const file = configPathFrom(args);
+  let config;
+  try {
+    config = await loadConfigFile(file);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      err(`pgbastion: invalid config ${file}:`);
+      for (const p of e.problems) err(`  ${p.path}: ${p.message}${p.line ? ` (line ${p.line}${p.column ? `, column ${p.column}` : ''})` : ''}`);
+      return 1;
+    }
+    err(`pgbastion: cannot load ${file}: ${(e as Error).message}`);
+    return 1;
+  }
+
+  const logger = createLogger(config.log_level);
+  const server = new ProxyServer(config, logger);
+  try {
+    await server.start();
+  } catch (e) {
+    logger.fatal({ err: (e as Error).message }, 'cannot start');
+    logger.flush();
+    err(`pgbastion: cannot start: ${(e as Error).message}`);
+    return 2;
+  }
+
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    void server.close().then(() => {
+      logger.flush();
+      process.exit(0);
+    });
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    // Live reload is not built yet: say so instead of pretending.
+    logger.warn('SIGHUP received: configuration reload is not implemented yet; restart pgbastion to apply changes');
+  });
+  return -1;
+}

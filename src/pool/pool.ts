@@ -1,0 +1,164 @@
+// Server connections for one (database, server role): bounded size, FIFO waiters with a
+// timeout, idle reuse after a reset, and idle expiry. A connection in doubt is closed.
+
+import type { Logger } from 'pino';
+import type { ServerConnection } from '../upstream/server-connection.js';
+import { UpstreamError } from '../upstream/errors.js';
+
+export interface PoolOptions {
+  size: number;
+  acquireTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Opens and logs in a new server connection. */
+  connect: () => Promise<ServerConnection>;
+  logger: Logger;
+}
+
+/** The pool could not hand out a connection in time. */
+export class PoolTimeoutError extends Error {}
+
+interface Waiter {
+  resolve: (conn: ServerConnection) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class Pool {
+  /** Most recently used last: reuse the warmest connection first. */
+  private readonly idle: ServerConnection[] = [];
+  private readonly waiters: Waiter[] = [];
+  /** Connections open or opening, idle ones included. */
+  private total = 0;
+  private sweeper: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(
+    readonly name: string,
+    private readonly opts: PoolOptions,
+  ) {}
+
+  get stats(): { total: number; idle: number; waiting: number; active: number } {
+    return { total: this.total, idle: this.idle.length, waiting: this.waiters.length, active: this.total - this.idle.length };
+  }
+
+  acquire(): Promise<ServerConnection> {
+    if (this.closed) return Promise.reject(new UpstreamError('unreachable', 'pool is closed'));
+    const conn = this.takeIdle();
+    if (conn) return Promise.resolve(conn);
+    if (this.total < this.opts.size) return this.openNew();
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const i = this.waiters.indexOf(waiter);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(new PoolTimeoutError(`no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`));
+        }, this.opts.acquireTimeoutMs),
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  /**
+   * Returns a connection. `reset` is the housekeeping statement that makes it clean for the
+   * next client (null: already clean). A connection that is not reusable is closed.
+   */
+  release(conn: ServerConnection, reusable: boolean, reset: string | null): void {
+    conn.detach();
+    if (!reusable || conn.isClosed || this.closed) return this.drop(conn);
+    if (reset === null) return this.handOver(conn);
+    conn.runHidden(reset).then(
+      () => this.handOver(conn),
+      () => this.drop(conn),
+    );
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new UpstreamError('unreachable', 'pool is closing'));
+    }
+    for (const conn of this.idle.splice(0)) conn.close();
+    if (this.sweeper) clearInterval(this.sweeper);
+  }
+
+  private takeIdle(): ServerConnection | null {
+    while (this.idle.length > 0) {
+      const conn = this.idle.pop()!;
+      if (!conn.isClosed) return conn;
+    }
+    return null;
+  }
+
+  private openNew(): Promise<ServerConnection> {
+    this.total++;
+    return this.opts.connect().then(
+      (conn) => {
+        conn.whenClosedIdle(() => this.forgetIdle(conn));
+        return conn;
+      },
+      (err: unknown) => {
+        this.total--;
+        throw err;
+      },
+    );
+  }
+
+  /** A clean connection goes to the longest waiter, else back to the idle list. */
+  private handOver(conn: ServerConnection): void {
+    if (conn.isClosed) return this.drop(conn);
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      clearTimeout(waiter.timer);
+      waiter.resolve(conn);
+      return;
+    }
+    this.idle.push(conn);
+    this.ensureSweeper();
+  }
+
+  private drop(conn: ServerConnection): void {
+    conn.close();
+    this.total--;
+    const i = this.idle.indexOf(conn);
+    if (i >= 0) this.idle.splice(i, 1);
+    // A slot opened: a waiter may now get a fresh connection.
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      clearTimeout(waiter.timer);
+      this.openNew().then(waiter.resolve, waiter.reject);
+    }
+  }
+
+  private forgetIdle(conn: ServerConnection): void {
+    const i = this.idle.indexOf(conn);
+    if (i < 0) return;
+    this.idle.splice(i, 1);
+    this.total--;
+  }
+
+  private ensureSweeper(): void {
+    if (this.sweeper) return;
+    const every = Math.max(250, Math.min(this.opts.idleTimeoutMs, 10_000));
+    this.sweeper = setInterval(() => this.sweep(), every);
+    this.sweeper.unref();
+  }
+
+  private sweep(): void {
+    const cutoff = Date.now() - this.opts.idleTimeoutMs;
+    for (const conn of [...this.idle]) {
+      if (conn.idleSince < cutoff) {
+        this.opts.logger.debug({ server: conn.id, pool: this.name }, 'closing idle server connection');
+        this.idle.splice(this.idle.indexOf(conn), 1);
+        conn.close();
+        this.total--;
+      }
+    }
+    if (this.idle.length === 0 && this.sweeper) {
+      clearInterval(this.sweeper);
+      this.sweeper = null;
+    }
+  }
+}

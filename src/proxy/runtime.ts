@@ -1,0 +1,52 @@
+// Everything a session needs from the loaded configuration, prepared once per load:
+// users with parsed secrets, HBA rules, pools, cancel keys. Swapped whole on reload.
+
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { Config, UserConfig } from '../config/types.js';
+import { parseScramSecret, type ScramSecret } from '../auth/scram.js';
+import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
+import type { HbaRule } from '../hba/rules.js';
+import { PoolRegistry } from '../pool/registry.js';
+import { CancelRegistry } from '../session/cancel.js';
+
+export interface RuntimeUser {
+  readonly config: UserConfig;
+  readonly secret: ScramSecret | null;
+}
+
+/** Used when the config has neither `hba` nor `hba_file`: every client must pass SCRAM. */
+const DEFAULT_HBA = [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }] as const;
+
+export class Runtime {
+  readonly users = new Map<string, RuntimeUser>();
+  readonly hba: readonly HbaRule[];
+  readonly pools: PoolRegistry;
+  readonly cancels = new CancelRegistry();
+  /** Per-process key that derives stable fake SCRAM salts for unknown users. */
+  readonly fakeSaltKey = randomBytes(32);
+  clients = 0;
+
+  constructor(
+    readonly config: Config,
+    readonly logger: Logger,
+  ) {
+    for (const user of config.users) {
+      this.users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
+    }
+    this.hba = loadRules(config);
+    this.pools = new PoolRegistry(config, logger);
+  }
+}
+
+function loadRules(config: Config): HbaRule[] {
+  if (config.hba_file) {
+    const { rules, errors } = parseHbaFile(readFileSync(config.hba_file, 'utf8'), config.hba_file);
+    if (errors.length > 0) throw new Error(`${config.hba_file}:${errors[0]!.line}: ${errors[0]!.message}`);
+    return rules;
+  }
+  const { rules, errors } = rulesFromConfig(config.hba ?? DEFAULT_HBA, config.source ?? 'config');
+  if (errors.length > 0) throw new Error(`hba[${errors[0]!.index}]: ${errors[0]!.message}`);
+  return rules;
+}

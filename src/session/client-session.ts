@@ -1,0 +1,401 @@
+// One client connection from accept to close: startup negotiation, HBA decision,
+// authentication, server lease, and the client→server relay. One function moves its state.
+
+import { randomBytes } from 'node:crypto';
+import type net from 'node:net';
+import type { Logger } from 'pino';
+import { ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
+import * as be from '../protocol/backend.js';
+import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
+import { SqlState } from '../protocol/sqlstate.js';
+import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
+import { evaluate } from '../hba/rules.js';
+import { denialMessage } from '../hba/messages.js';
+import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
+import { PoolTimeoutError, type Pool } from '../pool/pool.js';
+import { UpstreamError } from '../upstream/errors.js';
+import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
+import { decideStartupParams } from './startup-params.js';
+import type { Cancellable } from './cancel.js';
+import { setConfigSql } from './set-config.js';
+
+export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
+
+const TRANSITIONS: Record<ClientState, readonly ClientState[]> = {
+  startup: ['auth', 'closed'],
+  auth: ['connecting', 'closed'],
+  connecting: ['ready', 'closed'],
+  ready: ['closed'],
+  closed: [],
+};
+
+/** PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH bounds SASL messages before login. */
+const MAX_AUTH_MESSAGE = 65535 + 64;
+const CLIENT_RELAY_INSPECT = inspectTable('X');
+/** What a released server connection runs before another client may use it. */
+const RESET_SQL = 'DISCARD ALL';
+
+export class ClientSession implements ScanSink, ServerPeer, Cancellable {
+  readonly id = randomBytes(6).toString('hex');
+  state: ClientState = 'startup';
+  log: Logger;
+
+  private readonly address: string;
+  private readonly port: number;
+  private startupBuf: Buffer = Buffer.alloc(0);
+  private sslAnswered = false;
+  private gssAnswered = false;
+  private readonly scanner: MessageScanner;
+  private auth: AuthMethod | null = null;
+  private user = '';
+  private database = '';
+  private runtimeUser: RuntimeUser | null = null;
+  private params: ReadonlyMap<string, string> = new Map();
+  private key: { processId: number; secretKey: number } | null = null;
+  private pool: Pool | null = null;
+  private server: ServerConnection | null = null;
+  /** Client bytes that arrived before a server connection was attached. */
+  private queued: Buffer[] = [];
+  private startupTimer: NodeJS.Timeout | null;
+
+  constructor(
+    public socket: net.Socket,
+    private readonly rt: Runtime,
+  ) {
+    this.address = normaliseAddress(socket.remoteAddress ?? 'unknown');
+    this.port = socket.remotePort ?? 0;
+    this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
+    this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
+    socket.on('close', () => this.finish('client disconnected'));
+    this.startupTimer = setTimeout(() => this.onStartupTimeout(), rt.config.limits.startup_timeout_ms);
+  }
+
+  private move(to: ClientState): void {
+    if (!TRANSITIONS[this.state].includes(to)) {
+      throw new Error(`client session ${this.id}: illegal move ${this.state} -> ${to}`);
+    }
+    this.state = to;
+  }
+
+  // ---- input --------------------------------------------------------------------------
+
+  private onData(chunk: Buffer): void {
+    try {
+      if (this.state === 'startup') return this.onStartupData(chunk);
+      if (this.state === 'ready' && this.server) {
+        const out = this.server.socket;
+        out.cork();
+        try {
+          this.scanner.feed(chunk);
+        } finally {
+          out.uncork();
+        }
+        return;
+      }
+      if (this.state !== 'closed') this.scanner.feed(chunk);
+    } catch (err) {
+      if (err instanceof FrameError) return this.fatal(SqlState.PROTOCOL_VIOLATION, err.message);
+      this.log.error({ err }, 'session failed');
+      this.fatal(SqlState.INTERNAL_ERROR, 'internal error in pgbastion');
+    }
+  }
+
+  /** Startup packets are untyped: a length, then a body; several may precede the real one. */
+  private onStartupData(chunk: Buffer): void {
+    this.startupBuf = this.startupBuf.length === 0 ? chunk : Buffer.concat([this.startupBuf, chunk]);
+    while (this.state === 'startup' && this.startupBuf.length >= 4) {
+      const len = startupLength(this.startupBuf);
+      if (len === null) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'invalid length of startup packet');
+      if (this.startupBuf.length < len) return;
+      const packet = this.startupBuf.subarray(0, len);
+      this.startupBuf = this.startupBuf.subarray(len);
+      this.onStartupPacket(parseStartupPacket(packet));
+    }
+    // Bytes after the startup packet (pipelined auth messages) belong to the typed protocol.
+    if (this.state !== 'startup' && this.state !== 'closed' && this.startupBuf.length > 0) {
+      const rest = this.startupBuf;
+      this.startupBuf = Buffer.alloc(0);
+      this.scanner.feed(rest);
+    }
+  }
+
+  private onStartupPacket(p: StartupPacket): void {
+    switch (p.kind) {
+      case 'ssl':
+        if (this.sslAnswered) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'duplicate SSLRequest');
+        this.sslAnswered = true;
+        // TLS termination plugs in here; until it is configured the answer is N (plaintext).
+        this.socket.write(be.SSL_NO);
+        return;
+      case 'gssenc':
+        if (this.gssAnswered) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'duplicate GSSENCRequest');
+        this.gssAnswered = true;
+        this.socket.write(be.SSL_NO);
+        return;
+      case 'cancel':
+        this.rt.cancels.cancel(p.processId, p.secretKey);
+        this.close();
+        return;
+      case 'invalid':
+        return this.fatal(SqlState.PROTOCOL_VIOLATION, p.message);
+      case 'unsupported':
+        return this.fatal(
+          SqlState.FEATURE_NOT_SUPPORTED,
+          `unsupported frontend protocol ${p.major}.${p.minor}: server supports 3.0 to 3.0`,
+        );
+      case 'startup':
+        return this.onStartup(p.minor, p.params, p.protocolOptions);
+      default: {
+        const never: never = p;
+        throw new Error(`unhandled startup packet ${String(never)}`);
+      }
+    }
+  }
+
+  private onStartup(minor: number, params: Map<string, string>, protocolOptions: string[]): void {
+    this.user = params.get('user') ?? '';
+    if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet');
+    this.database = params.get('database') || this.user;
+    this.log = this.log.child({ user: this.user, database: this.database });
+    if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
+
+    const replication = isReplication(params.get('replication'));
+    const tls = false;
+    const rule = evaluate(this.rt.hba, { address: this.address, tls, database: this.database, user: this.user, replication });
+    const conn = { address: this.address, user: this.user, database: this.database, tls, replication };
+    if (rule === null) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('nomatch', conn));
+    if (rule.method === 'reject' || replication) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('reject', conn));
+
+    const decision = decideStartupParams(params, this.rt.config.pinning.variables);
+    if (decision.invalid) return this.fatal(SqlState.PROTOCOL_VIOLATION, decision.invalid);
+    if (decision.refused) {
+      return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`);
+    }
+    if (decision.dropped.length > 0) this.log.debug({ dropped: decision.dropped }, 'startup parameters not forwarded');
+    this.params = decision.forward;
+
+    this.runtimeUser = this.rt.users.get(this.user) ?? null;
+    this.auth = this.makeAuth(rule.method);
+    if (!this.auth) {
+      return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`);
+    }
+    this.log.debug({ rule: rule.index, method: rule.method }, 'hba rule matched');
+    this.move('auth');
+    this.onAuthOutcome(this.auth.begin());
+  }
+
+  private makeAuth(method: string): AuthMethod | null {
+    switch (method) {
+      case 'scram-sha-256':
+        return new ScramAuth({ secret: this.runtimeUser?.secret ?? null, username: this.user, fakeSaltKey: this.rt.fakeSaltKey });
+      case 'trust':
+        return new TrustAuth();
+      default:
+        // cert needs TLS; every other method is refused by config validation.
+        return null;
+    }
+  }
+
+  // ---- ScanSink: typed messages during auth and relay ---------------------------------
+
+  pass(bytes: Buffer): void {
+    if (this.state === 'ready' && this.server) {
+      if (!this.server.write(bytes)) this.waitForServerDrain();
+    } else if (this.state === 'connecting') {
+      this.queued.push(bytes);
+    } else if (this.state === 'auth') {
+      this.fatal(SqlState.PROTOCOL_VIOLATION, 'unexpected message during authentication');
+    }
+  }
+
+  message(type: number, frame: Buffer): void {
+    if (type === 0x58 /* X Terminate */) return this.finish('client terminated');
+    switch (this.state) {
+      case 'auth':
+        return this.onAuthOutcome(this.auth!.handle(type, frame));
+      case 'connecting':
+        this.queued.push(frame);
+        return;
+      case 'ready':
+        return this.pass(frame);
+      case 'startup':
+      case 'closed':
+        return;
+      default: {
+        const never: never = this.state;
+        throw new Error(`unknown state ${String(never)}`);
+      }
+    }
+  }
+
+  private onAuthOutcome(r: AuthOutcome): void {
+    switch (r.kind) {
+      case 'continue':
+        for (const f of r.send) this.socket.write(f);
+        return;
+      case 'denied':
+        return this.authFailed();
+      case 'protocol':
+        return this.fatal(SqlState.PROTOCOL_VIOLATION, r.message);
+      case 'ok': {
+        const user = this.runtimeUser;
+        if (!user) return this.authFailed();
+        if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return this.authFailed();
+        for (const f of r.send) this.socket.write(f);
+        this.socket.write(be.authenticationOk);
+        this.move('connecting');
+        this.scanner.inspect = CLIENT_RELAY_INSPECT;
+        this.scanner.maxLength = this.rt.config.limits.max_message_bytes;
+        void this.connectServer(user);
+        return;
+      }
+      default: {
+        const never: never = r;
+        throw new Error(`unknown auth outcome ${String(never)}`);
+      }
+    }
+  }
+
+  /** Same words for a wrong password and an unknown user: no enumeration. */
+  private authFailed(): void {
+    this.fatal(SqlState.INVALID_PASSWORD, `password authentication failed for user "${this.user}"`);
+  }
+
+  // ---- server lease -------------------------------------------------------------------
+
+  private async connectServer(user: RuntimeUser): Promise<void> {
+    const pool = this.rt.pools.get(this.database, user.config.server_role);
+    let server: ServerConnection;
+    try {
+      server = await pool.acquire();
+    } catch (err) {
+      return this.onConnectFailure(err);
+    }
+    if (this.state !== 'connecting') return pool.release(server, true, null);
+    this.pool = pool;
+    this.server = server;
+    server.attach(this);
+    try {
+      const sql = setConfigSql(this.params, server.applied);
+      if (sql) await server.runHidden(sql);
+    } catch (err) {
+      return this.onConnectFailure(err);
+    }
+    if (this.state !== 'connecting') return;
+    for (const [name, value] of this.params) server.applied.set(name, value);
+    this.completeStartup(server);
+  }
+
+  private completeStartup(server: ServerConnection): void {
+    this.key = this.rt.cancels.issue(this);
+    this.socket.cork();
+    for (const [name, value] of server.params) this.socket.write(be.parameterStatus(name, value));
+    this.socket.write(be.backendKeyData(this.key.processId, this.key.secretKey));
+    this.socket.write(be.readyForQuery(server.txStatus));
+    this.socket.uncork();
+    this.clearStartupTimer();
+    this.move('ready');
+    this.log.info({ server: server.id, pid: server.processId }, 'session started');
+    const queued = this.queued;
+    this.queued = [];
+    for (const bytes of queued) this.pass(bytes);
+  }
+
+  private onConnectFailure(err: unknown): void {
+    if (err instanceof PoolTimeoutError) return this.fatal(SqlState.TOO_MANY_CONNECTIONS, err.message);
+    if (err instanceof UpstreamError) {
+      this.log.warn({ err: err.message, failure: err.failure }, 'could not get a server connection');
+      // A refusal the client can act on (unknown database, bad parameter value) is relayed as is.
+      if (err.fields?.C && (err.serverRefusal || err.failure === 'protocol')) {
+        return this.fatal(err.fields.C, err.fields.M ?? err.message);
+      }
+      return this.fatal(SqlState.CONNECTION_FAILURE, 'pgbastion could not connect to the upstream server');
+    }
+    this.log.error({ err }, 'unexpected error while connecting upstream');
+    this.fatal(SqlState.CONNECTION_FAILURE, 'pgbastion could not connect to the upstream server');
+  }
+
+  private waitForServerDrain(): void {
+    const server = this.server;
+    if (!server || this.socket.isPaused()) return;
+    this.socket.pause();
+    server.socket.once('drain', () => this.socket.resume());
+  }
+
+  // ---- ServerPeer ---------------------------------------------------------------------
+
+  onServerReady(_status: TxStatus): void {
+    // Session mode keeps the server until the client leaves; transaction mode releases here.
+  }
+
+  onServerLost(err: UpstreamError): void {
+    this.log.warn({ err: err.message }, 'server connection lost');
+    if (this.server && this.pool) this.pool.release(this.server, false, null);
+    this.server = null;
+    this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
+  }
+
+  cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null {
+    const s = this.server;
+    if (!s || s.isClosed) return null;
+    return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey };
+  }
+
+  // ---- endings ------------------------------------------------------------------------
+
+  private onStartupTimeout(): void {
+    this.startupTimer = null;
+    if (this.state === 'ready' || this.state === 'closed') return;
+    this.fatal(SqlState.QUERY_CANCELED, 'canceling authentication due to timeout');
+  }
+
+  /** Sends a FATAL ErrorResponse and closes. */
+  fatal(code: string, message: string, detail?: string): void {
+    if (this.state === 'closed') return;
+    this.log.info({ code, reason: message }, 'session refused or ended with FATAL');
+    if (!this.socket.destroyed) this.socket.end(be.fatal(code, message, detail));
+    this.finish(message);
+  }
+
+  close(): void {
+    this.socket.end();
+    this.finish('closed');
+  }
+
+  private clearStartupTimer(): void {
+    if (this.startupTimer) clearTimeout(this.startupTimer);
+    this.startupTimer = null;
+  }
+
+  /** The one place a session ends: server returned (clean) or dropped (in doubt). */
+  private finish(reason: string): void {
+    if (this.state === 'closed') return;
+    const wasReady = this.state === 'ready';
+    this.state = 'closed';
+    this.clearStartupTimer();
+    this.rt.clients--;
+    if (this.key) this.rt.cancels.revoke(this.key.processId, this.key.secretKey);
+    const server = this.server;
+    this.server = null;
+    if (server && this.pool) {
+      const clean = server.state === 'active' && !server.busy && server.txStatus === 'I' && this.scanner.atBoundary;
+      if (clean) server.applied.clear();
+      this.pool.release(server, clean, clean ? RESET_SQL : null);
+    }
+    if (!this.socket.destroyed && !this.socket.writableEnded) this.socket.end();
+    if (wasReady) this.log.info({ reason }, 'session ended');
+  }
+}
+
+function isReplication(value: string | undefined): boolean {
+  if (value === undefined) return false;
+  return ['true', 'on', 'yes', '1', 'database'].includes(value.toLowerCase());
+}
+
+/** Node reports IPv4 clients of a dual-stack listener as ::ffff:a.b.c.d. */
+export function normaliseAddress(addr: string): string {
+  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
+}

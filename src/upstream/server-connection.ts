@@ -1,0 +1,341 @@
+// One connection from pgbastion to an upstream PostgreSQL (or HAProxy in front of one):
+// login as a server role, hidden housekeeping queries, and the server→client relay.
+
+import net from 'node:net';
+import { serialize } from 'pg-protocol';
+import type { Logger } from 'pino';
+import { ScramClientSession } from '../auth/scram.js';
+import { parseFields, parseParameterStatus, readCStrings } from '../protocol/fields.js';
+import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
+import type { Endpoint } from '../config/types.js';
+import { UpstreamError } from './errors.js';
+
+export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
+export type TxStatus = 'I' | 'T' | 'E';
+
+/** Legal moves of a server connection; anything else is a bug and throws. */
+const TRANSITIONS: Record<ServerState, readonly ServerState[]> = {
+  connecting: ['login', 'closed'],
+  login: ['idle', 'closed'],
+  idle: ['active', 'hidden', 'closed'],
+  active: ['idle', 'hidden', 'closed'],
+  hidden: ['idle', 'active', 'closed'],
+  closed: [],
+};
+
+/** What a leased server connection relays to: the client session. */
+export interface ServerPeer {
+  readonly socket: net.Socket;
+  /** ReadyForQuery seen (already forwarded). */
+  onServerReady(status: TxStatus): void;
+  /** The connection died under the client. */
+  onServerLost(err: UpstreamError): void;
+}
+
+export interface ServerLogin {
+  endpoint: Endpoint;
+  user: string;
+  password: string;
+  database: string;
+  maxMessageBytes: number;
+  timeoutMs: number;
+  logger: Logger;
+}
+
+const RELAY_INSPECT = inspectTable('ZS');
+
+interface Hidden {
+  resolve: () => void;
+  reject: (err: UpstreamError) => void;
+  error?: Record<string, string>;
+}
+
+let nextServerId = 1;
+
+export class ServerConnection implements ScanSink {
+  readonly id = nextServerId++;
+  state: ServerState = 'connecting';
+  txStatus: TxStatus = 'I';
+  /** ParameterStatus values the server has reported, kept current. */
+  readonly params = new Map<string, string>();
+  /** Settings applied with set_config on this session (name → value), cleared by DISCARD ALL. */
+  readonly applied = new Map<string, string>();
+  processId = 0;
+  secretKey = 0;
+  /** Client bytes were forwarded since the last ReadyForQuery: a reply is still owed. */
+  busy = false;
+  idleSince = 0;
+
+  private readonly scanner: MessageScanner;
+  private peer: ServerPeer | null = null;
+  private hidden: Hidden | null = null;
+  private loginDone: ((err?: UpstreamError) => void) | null = null;
+  private scram: ScramClientSession | null = null;
+  private onIdleClose: (() => void) | null = null;
+
+  private constructor(
+    readonly socket: net.Socket,
+    readonly endpoint: Endpoint,
+    private readonly login: ServerLogin,
+  ) {
+    this.scanner = new MessageScanner(INSPECT_ALL, login.maxMessageBytes, this);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 30_000);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('error', (err) => this.fail(new UpstreamError('lost', `server connection error: ${err.message}`)));
+    socket.on('close', () => this.fail(new UpstreamError('lost', 'server closed the connection unexpectedly')));
+  }
+
+  /** Opens a TCP connection and logs in; resolves once the server is ready for queries. */
+  static open(login: ServerLogin): Promise<ServerConnection> {
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: login.endpoint.host, port: login.endpoint.port });
+      const conn = new ServerConnection(socket, login.endpoint, login);
+      const timer = setTimeout(() => {
+        conn.fail(new UpstreamError('timeout', `timed out connecting to ${login.endpoint.host}:${login.endpoint.port}`));
+      }, login.timeoutMs);
+      conn.loginDone = (err) => {
+        clearTimeout(timer);
+        conn.loginDone = null;
+        if (err) reject(err);
+        else resolve(conn);
+      };
+      socket.once('connect', () => {
+        conn.move('login');
+        socket.write(serialize.startup({ user: login.user, database: login.database }));
+      });
+    });
+  }
+
+  /** Moves to `to`, refusing moves the state machine does not allow. */
+  private move(to: ServerState): void {
+    if (!TRANSITIONS[this.state].includes(to)) {
+      throw new Error(`server connection ${this.id}: illegal move ${this.state} -> ${to}`);
+    }
+    this.state = to;
+  }
+
+  get isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Hands the connection to a client: from now on server bytes go to `peer`. */
+  attach(peer: ServerPeer): void {
+    this.move('active');
+    this.peer = peer;
+    this.scanner.inspect = RELAY_INSPECT;
+  }
+
+  /** Takes the connection back from its client (it is then reset or closed by the pool). */
+  detach(): void {
+    this.peer = null;
+    if (this.state === 'active') this.move('idle');
+    this.idleSince = Date.now();
+  }
+
+  /** Called by the pool so that a connection dying while idle leaves the pool. */
+  whenClosedIdle(cb: () => void): void {
+    this.onIdleClose = cb;
+  }
+
+  /** Client → server bytes. Returns false when the socket wants the writer to wait. */
+  write(bytes: Buffer): boolean {
+    this.busy = true;
+    return this.socket.write(bytes);
+  }
+
+  /**
+   * Runs a statement the client never sees (DISCARD ALL, set_config ...). Its replies are
+   * swallowed up to ReadyForQuery; a server error rejects.
+   */
+  runHidden(sql: string): Promise<void> {
+    const resume: ServerState = this.state === 'active' ? 'active' : 'idle';
+    this.move('hidden');
+    this.scanner.inspect = INSPECT_ALL;
+    return new Promise<void>((resolve, reject) => {
+      this.hidden = {
+        resolve: () => {
+          this.move(resume);
+          this.scanner.inspect = RELAY_INSPECT;
+          resolve();
+        },
+        reject,
+      };
+      this.socket.write(serialize.query(sql));
+    });
+  }
+
+  close(): void {
+    if (this.state === 'closed') return;
+    this.fail(null);
+  }
+
+  private onData(chunk: Buffer): void {
+    const peer = this.peer;
+    if (this.state === 'active' && peer !== null) {
+      const out = peer.socket;
+      out.cork();
+      try {
+        this.scanner.feed(chunk);
+      } catch (err) {
+        this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
+      } finally {
+        out.uncork();
+      }
+      if (out.writableNeedDrain && !this.socket.isPaused()) {
+        this.socket.pause();
+        out.once('drain', () => this.socket.resume());
+      }
+      return;
+    }
+    try {
+      this.scanner.feed(chunk);
+    } catch (err) {
+      this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
+    }
+  }
+
+  // ScanSink: bytes of messages the relay does not inspect go straight to the client.
+  pass(bytes: Buffer): void {
+    if (this.state === 'active') this.peer?.socket.write(bytes);
+    else if (this.state === 'idle') this.fail(new UpstreamError('protocol', 'unexpected data from an idle server'));
+  }
+
+  message(type: number, frame: Buffer): void {
+    switch (this.state) {
+      case 'active':
+        return this.relayMessage(type, frame);
+      case 'hidden':
+        return this.hiddenMessage(type, frame);
+      case 'login':
+        return this.loginMessage(type, frame);
+      case 'idle':
+        // An idle server speaks only to say it is going away (e.g. admin shutdown).
+        return this.fail(new UpstreamError('lost', 'idle server sent a message', type === 0x45 ? parseFields(frame) : undefined));
+      case 'connecting':
+      case 'closed':
+        return;
+      default: {
+        const never: never = this.state;
+        throw new Error(`unknown state ${String(never)}`);
+      }
+    }
+  }
+
+  private relayMessage(type: number, frame: Buffer): void {
+    const peer = this.peer!;
+    peer.socket.write(frame);
+    if (type === 0x5a /* Z */) {
+      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      this.busy = false;
+      peer.onServerReady(this.txStatus);
+    } else if (type === 0x53 /* S */) {
+      const [name, value] = parseParameterStatus(frame);
+      this.params.set(name, value);
+    }
+  }
+
+  private hiddenMessage(type: number, frame: Buffer): void {
+    const hidden = this.hidden!;
+    if (type === 0x45 /* E */) hidden.error ??= parseFields(frame);
+    else if (type === 0x53 /* S */) {
+      const [name, value] = parseParameterStatus(frame);
+      this.params.set(name, value);
+    } else if (type === 0x5a /* Z */) {
+      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      this.hidden = null;
+      if (hidden.error) {
+        const err = new UpstreamError('protocol', `housekeeping statement failed: ${hidden.error.M ?? ''}`, hidden.error);
+        hidden.reject(err);
+        this.close();
+      } else hidden.resolve();
+    }
+  }
+
+  private loginMessage(type: number, frame: Buffer): void {
+    switch (type) {
+      case 0x52 /* R */:
+        return void this.authRequest(frame).catch((err: Error) =>
+          this.fail(err instanceof UpstreamError ? err : new UpstreamError('login', err.message)),
+        );
+      case 0x53 /* S */: {
+        const [name, value] = parseParameterStatus(frame);
+        this.params.set(name, value);
+        return;
+      }
+      case 0x4b /* K */:
+        this.processId = frame.readInt32BE(5);
+        this.secretKey = frame.readInt32BE(9);
+        return;
+      case 0x5a /* Z */:
+        this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+        this.move('idle');
+        this.scanner.inspect = RELAY_INSPECT;
+        this.loginDone?.();
+        return;
+      case 0x45 /* E */: {
+        const fields = parseFields(frame);
+        return this.fail(new UpstreamError('login', fields.M ?? 'server refused the login', fields));
+      }
+      case 0x4e /* N */:
+      case 0x76 /* v NegotiateProtocolVersion */:
+        return;
+      default:
+        return this.fail(new UpstreamError('protocol', `unexpected message type ${String.fromCharCode(type)} during login`));
+    }
+  }
+
+  private async authRequest(frame: Buffer): Promise<void> {
+    const code = frame.readInt32BE(5);
+    switch (code) {
+      case 0: // AuthenticationOk
+        return;
+      case 10: {
+        // AuthenticationSASL
+        const mechanisms = readCStrings(frame, 9);
+        if (!mechanisms.includes('SCRAM-SHA-256')) {
+          throw new UpstreamError('login', `server offers no supported SASL mechanism (${mechanisms.join(', ')})`);
+        }
+        this.scram = new ScramClientSession(this.login.password);
+        this.socket.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', this.scram.clientFirst()));
+        return;
+      }
+      case 11: {
+        // AuthenticationSASLContinue
+        if (!this.scram) throw new UpstreamError('protocol', 'SASL continue without a SASL exchange');
+        const clientFinal = await this.scram.handleServerFirst(frame.toString('utf8', 9));
+        if (this.state === 'login') this.socket.write(serialize.sendSCRAMClientFinalMessage(clientFinal));
+        return;
+      }
+      case 12: // AuthenticationSASLFinal
+        if (!this.scram?.verifyServerFinal(frame.toString('utf8', 9))) {
+          throw new UpstreamError('login', 'upstream server signature is invalid');
+        }
+        return;
+      case 3: // cleartext password: PostgreSQL sends it only when pg_hba says "password"
+        this.socket.write(serialize.password(this.login.password));
+        return;
+      default:
+        throw new UpstreamError('login', `unsupported authentication request ${code} from the server`);
+    }
+  }
+
+  /** The one way a connection ends: settles whoever waits on it and tells its peer. */
+  private fail(err: UpstreamError | null): void {
+    if (this.state === 'closed') return;
+    const wasIdle = this.state === 'idle';
+    this.state = 'closed';
+    this.socket.destroy();
+    const reason = err ?? new UpstreamError('lost', 'server connection closed');
+    if (err) this.login.logger.debug({ server: this.id, err: err.message }, 'server connection ended');
+    this.loginDone?.(reason);
+    if (this.hidden) {
+      this.hidden.reject(reason);
+      this.hidden = null;
+    }
+    const peer = this.peer;
+    this.peer = null;
+    if (peer && err) peer.onServerLost(err);
+    if (wasIdle) this.onIdleClose?.();
+  }
+}

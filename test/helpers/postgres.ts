@@ -1,0 +1,153 @@
+// Test harness: a real, throw-away PostgreSQL (initdb into a temp dir, free port on
+// 127.0.0.1, scram-sha-256, fsync=off), run as the `postgres` OS user when we are root.
+
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+
+export const SUPERUSER = 'postgres';
+export const SUPERUSER_PASSWORD = 'harness-superuser-pw';
+
+/** Finds a PostgreSQL server binary on PATH or under /usr/lib/postgresql/<newest>/bin. */
+export function pgBin(name: string): string {
+  const dirs = existsSync('/usr/lib/postgresql')
+    ? readdirSync('/usr/lib/postgresql')
+        .sort((a, b) => Number(b) - Number(a))
+        .map((v) => `/usr/lib/postgresql/${v}/bin`)
+    : [];
+  for (const dir of [...dirs, ...(process.env.PATH ?? '').split(':')]) {
+    const candidate = path.join(dir, name);
+    if (existsSync(candidate)) return candidate;
+  }
+  throw new Error(`PostgreSQL binary "${name}" not found (install the Debian package postgresql)`);
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+const asRoot = process.getuid?.() === 0;
+
+function pgUser(): { uid: number; gid: number } {
+  const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
+  const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
+  return { uid, gid };
+}
+
+/** Runs a PostgreSQL binary, as the postgres OS user when we are root. */
+function pgCommand(bin: string, args: string[]): [string, string[]] {
+  return asRoot ? ['runuser', ['-u', 'postgres', '--', bin, ...args]] : [bin, args];
+}
+
+export interface PgServer {
+  host: string;
+  port: number;
+  dataDir: string;
+  /** Runs SQL as the superuser on `database` (default postgres). */
+  query<R extends pg.QueryResultRow = pg.QueryResultRow>(sql: string, params?: unknown[], database?: string): Promise<pg.QueryResult<R>>;
+  stop(): Promise<void>;
+  /** Connection settings for the superuser, for clients that talk to PostgreSQL directly. */
+  superuser: { user: string; password: string };
+}
+
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+export async function startPostgres(opts: { settings?: Record<string, string> } = {}): Promise<PgServer> {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-pg-'));
+  chmodSync(root, 0o755);
+  const dataDir = path.join(root, 'data');
+  const pwfile = path.join(root, 'pwfile');
+  writeFileSync(pwfile, SUPERUSER_PASSWORD + '\n', { mode: 0o600 });
+  if (asRoot) {
+    const { uid, gid } = pgUser();
+    chownSync(root, uid, gid);
+    chownSync(pwfile, uid, gid);
+  }
+  const [initCmd, initArgs] = pgCommand(pgBin('initdb'), [
+    '-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${pwfile}`, '-E', 'UTF8', '--no-sync', '--locale=C',
+  ]);
+  execFileSync(initCmd, initArgs, { stdio: 'pipe' });
+
+  const port = await freePort();
+  const settings: Record<string, string> = {
+    listen_addresses: "'127.0.0.1'",
+    port: String(port),
+    unix_socket_directories: `'${root}'`,
+    fsync: 'off',
+    synchronous_commit: 'off',
+    full_page_writes: 'off',
+    max_connections: '200',
+    password_encryption: "'scram-sha-256'",
+    log_min_messages: 'warning',
+    ...opts.settings,
+  };
+  const [cmd, args] = pgCommand(pgBin('postgres'), ['-D', dataDir, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v.replace(/^'|'$/g, '')}`])]);
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  running.add(child);
+  let log = '';
+  child.stderr!.on('data', (d: Buffer) => {
+    log += d.toString();
+    if (log.length > 100_000) log = log.slice(-50_000);
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+  const connect = (database = 'postgres') =>
+    new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password: SUPERUSER_PASSWORD, database });
+
+  // Ready when a login succeeds.
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`postgres exited during start:\n${log}`);
+    const c = connect();
+    try {
+      await c.connect();
+      await c.end();
+      break;
+    } catch {
+      await c.end().catch(() => {});
+      if (Date.now() > deadline) throw new Error(`postgres did not become ready:\n${log}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  let stopped = false;
+  return {
+    host: '127.0.0.1',
+    port,
+    dataDir,
+    superuser: { user: SUPERUSER, password: SUPERUSER_PASSWORD },
+    async query(sql, params, database) {
+      const c = connect(database);
+      await c.connect();
+      try {
+        return await c.query(sql, params as unknown[]);
+      } finally {
+        await c.end();
+      }
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      // SIGQUIT = immediate shutdown: nothing to keep in a throw-away cluster.
+      child.kill('SIGQUIT');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(timer);
+      running.delete(child);
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}

@@ -1,0 +1,71 @@
+// Table tests for the pure startup-phase policies: packet decoding, startup parameter
+// allowlist and pinned-name refusal, `options` parsing, hidden set_config statements.
+
+import t from 'tap';
+import { serialize } from 'pg-protocol';
+import { parseStartupPacket, startupLength } from '../src/protocol/startup.js';
+import { decideStartupParams, parseOptions } from '../src/session/startup-params.js';
+import { quoteLiteral, setConfigSql } from '../src/session/set-config.js';
+
+function packet(code: number, body = Buffer.alloc(0)): Buffer {
+  const b = Buffer.alloc(8 + body.length);
+  b.writeInt32BE(b.length, 0);
+  b.writeInt32BE(code, 4);
+  body.copy(b, 8);
+  return b;
+}
+
+t.test('startup packets', async (t) => {
+  t.same(parseStartupPacket(packet(80877103)), { kind: 'ssl' });
+  t.same(parseStartupPacket(packet(80877104)), { kind: 'gssenc' });
+  const cancel = Buffer.alloc(8);
+  cancel.writeInt32BE(7, 0);
+  cancel.writeInt32BE(-9, 4);
+  t.same(parseStartupPacket(packet(80877102, cancel)), { kind: 'cancel', processId: 7, secretKey: -9 });
+  t.same(parseStartupPacket(packet((2 << 16) | 0, Buffer.from([0]))), { kind: 'unsupported', major: 2, minor: 0 });
+  const s = parseStartupPacket(serialize.startup({ user: 'u', database: 'd', application_name: 'a' }));
+  t.equal(s.kind, 'startup');
+  if (s.kind === 'startup') {
+    t.equal(s.minor, 0);
+    t.same([...s.params], [['user', 'u'], ['database', 'd'], ['application_name', 'a'], ['client_encoding', 'UTF8']]);
+  }
+  const bad = Buffer.concat([packet(3 << 16), Buffer.from('user\0u')]);
+  bad.writeInt32BE(bad.length, 0);
+  t.equal(parseStartupPacket(bad).kind, 'invalid', 'missing terminator');
+  const opt = Buffer.from('user\0u\0_pq_.foo\0x\0\0');
+  const withOpt = parseStartupPacket(packet((3 << 16) | 2, opt));
+  t.match(withOpt, { kind: 'startup', minor: 2, protocolOptions: ['_pq_.foo'] });
+  t.equal(startupLength(Buffer.from([0, 0, 0, 3])), null);
+  t.equal(startupLength(Buffer.from([0, 0, 0x27, 0x11])), null, '10001 is over the limit');
+  t.equal(startupLength(Buffer.from([0, 0, 0x27, 0x10])), 10000);
+  t.equal(startupLength(Buffer.from([0x7f, 0xff, 0xff, 0xff])), null);
+});
+
+t.test('startup parameters', async (t) => {
+  const cases: { name: string; params: Record<string, string>; forward?: Record<string, string>; refused?: string; invalid?: boolean }[] = [
+    { name: 'allowlist, canonical spelling', params: { user: 'u', datestyle: 'ISO', application_name: 'x' }, forward: { DateStyle: 'ISO', application_name: 'x' } },
+    { name: 'unknown dropped', params: { work_mem: '1GB', session_authorization: 'postgres' }, forward: {} },
+    { name: 'pinned name refused', params: { 'App.Tenant_ID': 'b' }, refused: 'app.tenant_id' },
+    { name: 'pinned name in options', params: { options: '-c app.tenant_id=b' }, refused: 'app.tenant_id' },
+    { name: 'pinned name in --options', params: { options: '--app.tenant-id=b' }, refused: 'app.tenant_id' },
+    { name: 'options forwarded through allowlist', params: { options: '-csearch_path=a,b -c TimeZone=UTC --work_mem=1' }, forward: { search_path: 'a,b', TimeZone: 'UTC' } },
+    { name: 'malformed options', params: { options: 'garbage' }, invalid: true },
+  ];
+  for (const c of cases) {
+    const d = decideStartupParams(new Map(Object.entries(c.params)), ['app.tenant_id']);
+    if (c.forward) t.same(Object.fromEntries(d.forward), c.forward, c.name);
+    t.equal(d.refused, c.refused, `${c.name}: refused`);
+    t.equal(Boolean(d.invalid), Boolean(c.invalid), `${c.name}: invalid`);
+  }
+  t.same(parseOptions('-c a=b\\ c').settings, [['a', 'b c']], 'backslash escapes a space');
+});
+
+t.test('set_config statements', async (t) => {
+  t.equal(quoteLiteral("it's"), "'it''s'");
+  t.equal(quoteLiteral('a\\b'), "E'a\\\\b'");
+  t.equal(setConfigSql(new Map([['a', '1']]), new Map([['a', '1']])), null, 'nothing to do');
+  t.equal(
+    setConfigSql(new Map([['application_name', 'x'], ['TimeZone', 'UTC']]), new Map([['TimeZone', 'UTC']])),
+    "SELECT pg_catalog.set_config('application_name', 'x', false)",
+  );
+});
