@@ -38,7 +38,7 @@ export interface HbaToken {
 /** A column: one token, or several joined by commas. */
 export type HbaField = readonly HbaToken[];
 
-type Parsed<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: string };
+export type Parsed<T> = { readonly ok: true; readonly value: T } | { readonly ok: false; readonly error: string };
 
 function ok<T>(value: T): Parsed<T> {
   return { ok: true, value };
@@ -383,6 +383,7 @@ export function parseHbaFile(text: string, sourceName: string): { rules: HbaRule
     }
     const fields = tokenizeLine(buf, true);
     if (!fields.ok) {
+      ruleNo++; // a broken record still takes its place in the numbering
       errors.push({ line, message: fields.error });
       continue;
     }

@@ -72,6 +72,7 @@ export async function startProxy(
     server_roles: [{ name: SERVER_ROLE, password: SERVER_ROLE_PASSWORD }],
     hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }],
     log_level: 'debug',
+    pinning: { variables: ['app.tenant_id'] },
     ...opts.extra,
   });
   const log = new LogCapture();
