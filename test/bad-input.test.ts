@@ -1,0 +1,186 @@
+// Hostile and broken clients: garbage, bad lengths, oversized and truncated packets,
+// stalls, wrong protocol versions, aborted logins, too many clients. Each gets the right
+// FATAL or a close, and the proxy keeps serving everyone else.
+
+import net from 'node:net';
+import t from 'tap';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { parseFields } from '../src/protocol/fields.js';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, startProxy } from './helpers/proxy.js';
+
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+const proxy = await startProxy(t, pgs, {
+  users: [{ name: 'alice', password: 'alice-pw' }],
+  extra: { limits: { startup_timeout_ms: 600, max_message_bytes: 65536, max_clients: 50 } },
+});
+
+interface Reply {
+  bytes: Buffer;
+  closed: boolean;
+  error?: Record<string, string>;
+  ms: number;
+}
+
+/** Sends raw bytes, then collects everything until the proxy closes (or `waitMs` passes). */
+function exchange(payload: Buffer | Buffer[], waitMs = 3000, port = proxy.port): Promise<Reply> {
+  return new Promise((resolve) => {
+    const started = Date.now();
+    const sock = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    let done = false;
+    const finish = (closed: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sock.destroy();
+      const bytes = Buffer.concat(chunks);
+      const e = findError(bytes);
+      resolve({ bytes, closed, ms: Date.now() - started, ...(e ? { error: e } : {}) });
+    };
+    const timer = setTimeout(() => finish(false), waitMs);
+    sock.on('data', (d) => chunks.push(d));
+    sock.on('close', () => finish(true));
+    sock.on('error', () => finish(true));
+    sock.on('connect', () => {
+      for (const p of Array.isArray(payload) ? payload : [payload]) sock.write(p);
+    });
+  });
+}
+
+/** The first ErrorResponse in a backend byte stream. */
+function findError(bytes: Buffer): Record<string, string> | undefined {
+  let pos = 0;
+  while (pos + 5 <= bytes.length) {
+    const len = bytes.readInt32BE(pos + 1);
+    if (bytes[pos] === 0x45) return parseFields(bytes.subarray(pos, pos + 1 + len));
+    pos += 1 + len;
+  }
+  return undefined;
+}
+
+function lengthOnly(len: number, extra = Buffer.alloc(0)): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32BE(len, 0);
+  return Buffer.concat([b, extra]);
+}
+
+async function stillServing(t: { equal: (a: unknown, b: unknown, m?: string) => void }): Promise<void> {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  const r = await c.query('SELECT 1 AS ok');
+  t.equal(r.rows[0].ok, 1, 'proxy still serves a normal client');
+  await c.end();
+}
+
+const cases: { name: string; payload: Buffer | Buffer[]; code?: string; message?: RegExp; maxMs?: number }[] = [
+  { name: 'HTTP request instead of a startup packet', payload: Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), code: '08P01', message: /invalid length of startup packet/ },
+  { name: 'length field of 3', payload: lengthOnly(3), code: '08P01', message: /invalid length of startup packet/ },
+  { name: 'length field of 2^31-1 (answered at once, nothing allocated)', payload: lengthOnly(0x7fffffff), code: '08P01', maxMs: 500 },
+  { name: 'negative length', payload: lengthOnly(-8), code: '08P01' },
+  { name: 'startup packet over 10000 bytes', payload: lengthOnly(10001, Buffer.alloc(10001 - 4)), code: '08P01' },
+  { name: 'protocol 2.0', payload: Buffer.from([0, 0, 0, 8, 0, 2, 0, 0]), code: '0A000', message: /unsupported frontend protocol 2\.0: server supports 3\.0 to 3\.0/ },
+  { name: 'protocol 4.0', payload: Buffer.from([0, 0, 0, 9, 0, 4, 0, 0, 0]), code: '0A000' },
+  {
+    name: 'startup packet without terminator',
+    payload: (() => {
+      const body = Buffer.from('user\0alice');
+      const b = Buffer.alloc(8 + body.length);
+      b.writeInt32BE(b.length, 0);
+      b.writeInt32BE(196608, 4);
+      body.copy(b, 8);
+      return b;
+    })(),
+    code: '08P01',
+    message: /invalid startup packet layout/,
+  },
+  { name: 'startup without a user', payload: serialize.startup({ database: 'postgres' } as Record<string, string>).subarray(0), code: '28000', message: /no PostgreSQL user name specified/ },
+  { name: 'half a packet, then a stall: startup timeout', payload: lengthOnly(100, Buffer.alloc(10)), code: '57014', message: /canceling authentication due to timeout/ },
+  {
+    name: 'a Query instead of a SASL response',
+    payload: [serialize.startup({ user: 'alice', database: 'postgres' }), serialize.query('SELECT 1')],
+    code: '08P01',
+    message: /expected SASL response/,
+  },
+  {
+    name: 'an oversized SASL message',
+    payload: [serialize.startup({ user: 'alice', database: 'postgres' }), Buffer.from([0x70, 0x7f, 0xff, 0xff, 0xff])],
+    code: '08P01',
+    message: /invalid message length/,
+  },
+];
+
+for (const c of cases) {
+  t.test(c.name, async (t) => {
+    const r = await exchange(c.payload);
+    t.ok(r.closed, 'connection closed by the proxy');
+    if (c.code) {
+      t.equal(r.error?.S, 'FATAL', 'FATAL severity');
+      t.equal(r.error?.C, c.code, `SQLSTATE ${c.code}`);
+    }
+    if (c.message) t.match(r.error?.M, c.message);
+    if (c.maxMs) t.ok(r.ms < c.maxMs, `answered in ${r.ms} ms`);
+    await stillServing(t);
+  });
+}
+
+t.test('SSLRequest and GSSENCRequest are answered N when TLS is not configured', async (t) => {
+  const ssl = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+  const gss = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30]);
+  const r = await exchange([gss], 300);
+  t.equal(r.bytes.toString(), 'N');
+  const r2 = await exchange([ssl], 300);
+  t.equal(r2.bytes.toString(), 'N');
+  const twice = await exchange([ssl, ssl], 1000);
+  t.equal(twice.bytes.subarray(0, 1).toString(), 'N');
+  t.equal(findError(twice.bytes.subarray(1))?.C, '08P01', 'a second SSLRequest is a protocol violation');
+});
+
+t.test('client disconnects mid-auth: nothing leaks, others unaffected', async (t) => {
+  for (let i = 0; i < 20; i++) {
+    await new Promise<void>((resolve) => {
+      const sock = net.connect(proxy.port, '127.0.0.1', () => sock.write(serialize.startup({ user: 'alice', database: 'postgres' })));
+      sock.once('data', () => {
+        sock.destroy();
+        resolve();
+      });
+    });
+  }
+  await stillServing(t);
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(proxy.server.runtime.clients, 0, 'client count back to zero');
+});
+
+t.test('an oversized message after login is a protocol violation, not an allocation', async (t) => {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  const errored = new Promise<Error>((resolve) => c.on('error', resolve));
+  // Bypass the driver: write a Query header that claims 1 GiB.
+  const stream = (c as unknown as { connection: { stream: net.Socket } }).connection.stream;
+  stream.write(Buffer.from([0x51, 0x40, 0x00, 0x00, 0x00]));
+  const err = (await errored) as Error & { code?: string };
+  t.match(err.message, /invalid message length|Connection terminated/);
+  await stillServing(t);
+});
+
+t.test('limits.max_clients: the client over the limit gets FATAL 53300', async (t) => {
+  const small = await startProxy(t, pgs, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { limits: { max_clients: 2 } },
+  });
+  const holders = [net.connect(small.port, '127.0.0.1'), net.connect(small.port, '127.0.0.1')];
+  await Promise.all(holders.map((s) => new Promise((r) => s.once('connect', r))));
+  await new Promise((r) => setTimeout(r, 100));
+  const r = await exchange(serialize.startup({ user: 'alice', database: 'postgres' }), 2000, small.port);
+  t.equal(r.error?.C, '53300');
+  t.equal(r.error?.M, 'sorry, too many clients already');
+  for (const s of holders) s.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  const c = new pg.Client({ host: '127.0.0.1', port: small.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  t.pass('a slot frees up once a client leaves');
+  await c.end();
+});
