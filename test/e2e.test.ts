@@ -16,6 +16,8 @@ const proxy = await startProxy(t, pgs, {
   users: [
     { name: 'alice', password: 'alice-pw' },
     { name: 'expired', password: 'expired-pw', valid_until: '2001-01-01T00:00:00Z' },
+    { name: 'tenant_a', password: 'a-pw', pins: { 'app.tenant_id': 'a' } },
+    { name: 'tenant_b', password: 'b-pw', pins: { 'app.tenant_id': '${user}@${database}' } },
   ],
 });
 
@@ -207,4 +209,17 @@ t.test('psql: wrong password', async (t) => {
   const r = await psql([...psqlConn(), '-c', 'SELECT 1'], undefined, 'bad');
   t.not(r.status, 0);
   t.match(r.stderr, /password authentication failed for user "alice"/);
+});
+
+t.test('pins: each client finds its own value on a reused server connection', async (t) => {
+  const seen: { pid: number; value: string }[] = [];
+  for (const [user, want] of [['tenant_a', 'a'], ['tenant_b', 'tenant_b@appdb'], ['tenant_a', 'a'], ['alice', '']] as const) {
+    const c = await client(user, user === 'alice' ? 'alice-pw' : `${user.slice(-1)}-pw`);
+    const r = await c.query("SELECT pg_backend_pid() AS pid, current_setting('app.tenant_id', true) AS v");
+    await c.end();
+    t.equal(r.rows[0].v ?? '', want, `${user} sees its own pin`);
+    seen.push({ pid: r.rows[0].pid, value: r.rows[0].v });
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(new Set(seen.map((s) => s.pid)).size < seen.length, 'at least one backend served two of these clients');
 });

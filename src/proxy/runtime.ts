@@ -16,9 +16,6 @@ export interface RuntimeUser {
   readonly secret: ScramSecret | null;
 }
 
-/** Used when the config has neither `hba` nor `hba_file`: every client must pass SCRAM. */
-const DEFAULT_HBA = [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }] as const;
-
 export class Runtime {
   readonly users = new Map<string, RuntimeUser>();
   readonly hba: readonly HbaRule[];
@@ -46,7 +43,8 @@ function loadRules(config: Config): HbaRule[] {
     if (errors.length > 0) throw new Error(`${config.hba_file}:${errors[0]!.line}: ${errors[0]!.message}`);
     return rules;
   }
-  const { rules, errors } = rulesFromConfig(config.hba ?? DEFAULT_HBA, config.source ?? 'config');
+  // No rules at all means default deny (`check` warns about it).
+  const { rules, errors } = rulesFromConfig(config.hba ?? [], config.source ?? 'config');
   if (errors.length > 0) throw new Error(`hba[${errors[0]!.index}]: ${errors[0]!.message}`);
   return rules;
 }

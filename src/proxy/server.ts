@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import * as be from '../protocol/backend.js';
 import { SqlState } from '../protocol/sqlstate.js';
+import { endAndLinger } from '../net/linger.js';
 import { ClientSession } from '../session/client-session.js';
 import { Runtime } from './runtime.js';
 
@@ -45,7 +46,7 @@ export class ProxyServer {
     const rt = this.runtime;
     if (rt.clients >= rt.config.limits.max_clients) {
       socket.on('error', () => socket.destroy());
-      socket.end(be.fatal(SqlState.TOO_MANY_CONNECTIONS, 'sorry, too many clients already'));
+      endAndLinger(socket, be.fatal(SqlState.TOO_MANY_CONNECTIONS, 'sorry, too many clients already'));
       return;
     }
     rt.clients++;

@@ -4,6 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type { Logger } from 'pino';
+import { endAndLinger } from '../net/linger.js';
 import { ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
 import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
@@ -17,6 +18,7 @@ import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
 import type { Cancellable } from './cancel.js';
+import { resolvePins } from './pins.js';
 import { setConfigSql } from './set-config.js';
 
 export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
@@ -244,8 +246,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const user = this.runtimeUser;
         if (!user) return this.authFailed();
         if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return this.authFailed();
+        const pins = resolvePins(user.config.pins, { user: this.user, database: this.database });
+        if (!pins.ok) {
+          return this.fatal(
+            SqlState.INVALID_AUTHORIZATION,
+            `pinned variable "${pins.variable}" needs \${${pins.missing}}, which this connection does not provide`,
+          );
+        }
+        // Pins go last: they are what the server connection must hold for this client.
+        this.params = new Map([...this.params, ...pins.values]);
         for (const f of r.send) this.socket.write(f);
         this.socket.write(be.authenticationOk);
+        // The login is proven: from here the wait for a server is bounded by
+        // pool.acquire_timeout_ms, not by the startup timeout meant for slow logins.
+        this.clearStartupTimer();
         this.move('connecting');
         this.scanner.inspect = CLIENT_RELAY_INSPECT;
         this.scanner.maxLength = this.rt.config.limits.max_message_bytes;
@@ -356,12 +370,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   fatal(code: string, message: string, detail?: string): void {
     if (this.state === 'closed') return;
     this.log.info({ code, reason: message }, 'session refused or ended with FATAL');
-    if (!this.socket.destroyed) this.socket.end(be.fatal(code, message, detail));
+    endAndLinger(this.socket, be.fatal(code, message, detail));
     this.finish(message);
   }
 
   close(): void {
-    this.socket.end();
+    endAndLinger(this.socket);
     this.finish('closed');
   }
 
@@ -385,7 +399,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (clean) server.applied.clear();
       this.pool.release(server, clean, clean ? RESET_SQL : null);
     }
-    if (!this.socket.destroyed && !this.socket.writableEnded) this.socket.end();
+    endAndLinger(this.socket);
     if (wasReady) this.log.info({ reason }, 'session ended');
   }
 }

@@ -2,7 +2,7 @@
 // 127.0.0.1, scram-sha-256, fsync=off), run as the `postgres` OS user when we are root.
 
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -61,9 +61,23 @@ export interface PgServer {
 }
 
 const running = new Set<ChildProcess>();
+const runningDataDirs = new Set<string>();
 process.on('exit', () => {
+  for (const dir of runningDataDirs) {
+    const pid = postmasterPid(dir);
+    if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
   for (const child of running) child.kill('SIGKILL');
 });
+
+function postmasterPid(dataDir: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    return pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export async function startPostgres(opts: { settings?: Record<string, string> } = {}): Promise<PgServer> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-pg-'));
@@ -97,6 +111,7 @@ export async function startPostgres(opts: { settings?: Record<string, string> } 
   const [cmd, args] = pgCommand(pgBin('postgres'), ['-D', dataDir, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v.replace(/^'|'$/g, '')}`])]);
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   running.add(child);
+  runningDataDirs.add(dataDir);
   let log = '';
   child.stderr!.on('data', (d: Buffer) => {
     log += d.toString();
@@ -141,12 +156,22 @@ export async function startPostgres(opts: { settings?: Record<string, string> } 
     async stop() {
       if (stopped) return;
       stopped = true;
-      // SIGQUIT = immediate shutdown: nothing to keep in a throw-away cluster.
+      // SIGQUIT = immediate shutdown: nothing to keep in a throw-away cluster. Signal the
+      // postmaster itself: runuser (our child when root) does not forward SIGQUIT.
+      const postmaster = postmasterPid(dataDir);
+      if (postmaster) {
+        try {
+          process.kill(postmaster, 'SIGQUIT');
+        } catch {
+          /* already gone */
+        }
+      }
       child.kill('SIGQUIT');
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
       await exited;
       clearTimeout(timer);
       running.delete(child);
+      runningDataDirs.delete(dataDir);
       rmSync(root, { recursive: true, force: true });
     },
   };
