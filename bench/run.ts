@@ -26,9 +26,14 @@ const PROXY_USER = 'bench';
 const PROXY_PASSWORD = 'bench-pw'; // same as the server role's, so one PGPASSWORD works everywhere
 const DATABASE = 'bench';
 
-/** Both proxies use the same pooling; switch to 'transaction' once pgbastion's pooling is compared in that mode. */
+/**
+ * Both proxies use the same pooling. Session mode gives each pgbench client its own server
+ * connection, so the pool is sized above the client count: this measures the relay, not
+ * queueing. Switch to 'transaction' with a pool smaller than the clients once pgbastion
+ * pools per transaction.
+ */
 const POOL_MODE: 'session' | 'transaction' = 'session';
-const POOL_SIZE = 20;
+const POOL_SIZE = 40;
 
 const THREADS = 2;
 const WARMUP_S = 2; // per target before measuring: warms caches and V8's JIT, not recorded

@@ -14,6 +14,8 @@ export type AuthOutcome =
 
 export interface AuthMethod {
   readonly name: 'scram-sha-256' | 'trust' | 'cert';
+  /** Does this method check a secret the client could guess? Only those count toward lockout. */
+  readonly provesCredential: boolean;
   begin(): AuthOutcome;
   /** A typed message from the client during authentication (normally 'p'). */
   handle(type: number, frame: Buffer): AuthOutcome;
@@ -22,6 +24,7 @@ export interface AuthMethod {
 /** `trust`: no exchange at all. */
 export class TrustAuth implements AuthMethod {
   readonly name = 'trust' as const;
+  readonly provesCredential = false;
   begin(): AuthOutcome {
     return { kind: 'ok', send: [] };
   }
@@ -33,6 +36,7 @@ export class TrustAuth implements AuthMethod {
 /** SCRAM-SHA-256 (and -PLUS when channel binding data is given) over SASL messages. */
 export class ScramAuth implements AuthMethod {
   readonly name = 'scram-sha-256' as const;
+  readonly provesCredential = true;
   private readonly session: ScramServerSession;
   private step: 'initial' | 'final' | 'done' = 'initial';
 

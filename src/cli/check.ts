@@ -2,6 +2,7 @@
 // Exit 0 with a one-line summary (plus warnings), or 1 with every problem as `path.to.key: message (line L, column C)`.
 
 import type { Config } from '../config/types.js';
+import { unservedFeatures } from '../config/unserved.js';
 import { ConfigError, formatProblem, loadConfigFileWithWarnings } from '../config/load.js';
 
 const USAGE = `usage: pgbastion check [-c FILE]
@@ -62,8 +63,14 @@ export async function runCheck(
   }
   try {
     const { config, warnings } = await loadConfigFileWithWarnings(parsed.file);
+    const unserved = unservedFeatures(config);
+    if (unserved.refuse.length > 0) {
+      err(`${parsed.file}: valid, but \`pgbastion start\` would refuse it:`);
+      for (const r of unserved.refuse) err(r);
+      return 1;
+    }
     out(summarise(config));
-    for (const w of warnings) out(`warning: ${w}`);
+    for (const w of [...warnings, ...unserved.warn]) out(`warning: ${w}`);
     return 0;
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e; // a bug, not a bad config: main.ts reports it with exit 2

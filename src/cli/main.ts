@@ -2,7 +2,9 @@
 // The `pgbastion` command: dispatches to start, check, scram-secret and the other
 // sub-commands of SPEC §1. Exit codes: 0 ok, 1 invalid input/config, 2 runtime failure.
 
+import { runCerts } from './certs.js';
 import { runCheck } from './check.js';
+import { runHba } from './hba.js';
 import { runScramSecret } from './scram-secret.js';
 import { runStart } from './start.js';
 
@@ -12,6 +14,10 @@ commands:
   start [-c FILE]                      run the proxy (FILE: $PGBASTION_CONFIG or config/pgbastion.yaml)
   check [-c FILE]                      validate a config file
   scram-secret [--iterations N]        read a password on stdin, print a SCRAM-SHA-256 secret
+  certs init --dir DIR [--host NAME]   create a local CA and a server certificate
+  certs client --dir DIR --cn NAME     issue a client certificate from DIR's CA
+  hba explain -c FILE --user U --database D --address A [--ssl] [--cert-cn CN]
+                                       show which rule decides a connection
 
 Run "pgbastion <command> --help" for a command's options.`;
 
@@ -27,6 +33,10 @@ async function main(argv: string[]): Promise<number> {
       return runCheck(args, out, err);
     case 'scram-secret':
       return runScramSecret(args, process.stdin, out, err);
+    case 'certs':
+      return runCerts(args, out, err);
+    case 'hba':
+      return runHba(args, out, err);
     case undefined:
     case '--help':
     case '-h':

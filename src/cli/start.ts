@@ -1,7 +1,8 @@
 // `pgbastion start`: load and validate the config, bind the listeners, and stay up
 // until SIGTERM/SIGINT, then stop accepting, end sessions and exit 0.
 
-import { ConfigError, loadConfigFile } from '../config/load.js';
+import { ConfigError, formatProblem, loadConfigFile } from '../config/load.js';
+import { unservedFeatures } from '../config/unserved.js';
 import { createLogger } from '../logger.js';
 import { ProxyServer } from '../proxy/server.js';
 
@@ -29,14 +30,21 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
   } catch (e) {
     if (e instanceof ConfigError) {
       err(`pgbastion: invalid config ${file}:`);
-      for (const p of e.problems) err(`  ${p.path}: ${p.message}${p.line ? ` (line ${p.line}${p.column ? `, column ${p.column}` : ''})` : ''}`);
+      for (const p of e.problems) err(`  ${formatProblem(p)}`);
       return 1;
     }
     err(`pgbastion: cannot load ${file}: ${(e as Error).message}`);
     return 1;
   }
 
+  const unserved = unservedFeatures(config);
+  if (unserved.refuse.length > 0) {
+    err(`pgbastion: ${file} asks for what this build cannot serve safely:`);
+    for (const r of unserved.refuse) err(`  ${r}`);
+    return 1;
+  }
   const logger = createLogger(config.log_level);
+  for (const w of unserved.warn) logger.warn(w);
   const server = new ProxyServer(config, logger);
   try {
     await server.start();

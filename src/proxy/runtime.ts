@@ -9,6 +9,7 @@ import { parseScramSecret, type ScramSecret } from '../auth/scram.js';
 import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
 import type { HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
+import { LockoutTracker } from '../auth/lockout.js';
 import { CancelRegistry } from '../session/cancel.js';
 
 export interface RuntimeUser {
@@ -21,6 +22,7 @@ export class Runtime {
   readonly hba: readonly HbaRule[];
   readonly pools: PoolRegistry;
   readonly cancels = new CancelRegistry();
+  readonly lockout: LockoutTracker;
   /** Per-process key that derives stable fake SCRAM salts for unknown users. */
   readonly fakeSaltKey = randomBytes(32);
   clients = 0;
@@ -33,11 +35,12 @@ export class Runtime {
       this.users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
     }
     this.hba = loadRules(config);
+    this.lockout = new LockoutTracker(config.limits.auth_failures);
     this.pools = new PoolRegistry(config, logger);
   }
 }
 
-function loadRules(config: Config): HbaRule[] {
+export function loadRules(config: Config): HbaRule[] {
   if (config.hba_file) {
     const { rules, errors } = parseHbaFile(readFileSync(config.hba_file, 'utf8'), config.hba_file);
     if (errors.length > 0) throw new Error(`${config.hba_file}:${errors[0]!.line}: ${errors[0]!.message}`);

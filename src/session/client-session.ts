@@ -10,7 +10,8 @@ import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
-import { evaluate } from '../hba/rules.js';
+import { displayClientAddress, evaluate } from '../hba/rules.js';
+import { lockoutMessage } from '../auth/lockout.js';
 import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
 import { PoolTimeoutError, type Pool } from '../pool/pool.js';
@@ -64,7 +65,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     public socket: net.Socket,
     private readonly rt: Runtime,
   ) {
-    this.address = normaliseAddress(socket.remoteAddress ?? 'unknown');
+    this.address = displayClientAddress(socket.remoteAddress ?? 'unknown');
     this.port = socket.remotePort ?? 0;
     this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
@@ -185,6 +186,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`);
     }
     this.log.debug({ rule: rule.index, method: rule.method }, 'hba rule matched');
+    if (this.auth.provesCredential) {
+      // Checked before any credential is looked at, so a locked key is no password oracle.
+      const verdict = this.rt.lockout.check(this.address, this.user);
+      if (verdict.locked) {
+        this.log.warn({ by: verdict.by }, 'login refused: locked out after repeated failures');
+        return this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict));
+      }
+    }
     this.move('auth');
     this.onAuthOutcome(this.auth.begin());
   }
@@ -255,6 +264,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         }
         // Pins go last: they are what the server connection must hold for this client.
         this.params = new Map([...this.params, ...pins.values]);
+        if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         for (const f of r.send) this.socket.write(f);
         this.socket.write(be.authenticationOk);
         // The login is proven: from here the wait for a server is bounded by
@@ -275,6 +285,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Same words for a wrong password and an unknown user: no enumeration. */
   private authFailed(): void {
+    if (this.auth?.provesCredential) this.rt.lockout.recordFailure(this.address, this.user);
     this.fatal(SqlState.INVALID_PASSWORD, `password authentication failed for user "${this.user}"`);
   }
 
@@ -407,9 +418,4 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 function isReplication(value: string | undefined): boolean {
   if (value === undefined) return false;
   return ['true', 'on', 'yes', '1', 'database'].includes(value.toLowerCase());
-}
-
-/** Node reports IPv4 clients of a dual-stack listener as ::ffff:a.b.c.d. */
-export function normaliseAddress(addr: string): string {
-  return addr.startsWith('::ffff:') && addr.includes('.') ? addr.slice(7) : addr;
 }
