@@ -1,5 +1,7 @@
 // PgBouncer's own HBA test table, run unchanged against pgbastion's parser and matcher.
-// Data: ../shared/conformance/pgbouncer-hba/hba_test.{rules,eval} relative to the repo root.
+// Data: ../shared/conformance/pgbouncer-hba/hba_test.{rules,eval} beside the repository when
+// present (the canonical copy); otherwise the byte-identical copy kept in test/conformance/,
+// so a clone on its own still runs it. When both exist they must not differ.
 
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -18,9 +20,16 @@ function repoRoot(): string {
   return dir;
 }
 
-const dataDir = path.resolve(repoRoot(), '../shared/conformance/pgbouncer-hba');
+const sharedDir = path.resolve(repoRoot(), '../shared/conformance/pgbouncer-hba');
+const vendoredDir = path.resolve(repoRoot(), 'test/conformance/pgbouncer-hba');
+const dataDir = existsSync(sharedDir) ? sharedDir : vendoredDir;
 const rulesText = readFileSync(path.join(dataDir, 'hba_test.rules'), 'utf8');
 const evalText = readFileSync(path.join(dataDir, 'hba_test.eval'), 'utf8');
+if (dataDir === sharedDir) {
+  for (const f of ['hba_test.rules', 'hba_test.eval']) {
+    t.equal(readFileSync(path.join(vendoredDir, f), 'utf8'), readFileSync(path.join(sharedDir, f), 'utf8'), `test/conformance copy of ${f} is current`);
+  }
+}
 
 const { rules, errors } = parseHbaFile(rulesText, 'hba_test.rules');
 t.same(errors, [], 'hba_test.rules parses without errors');
