@@ -2,7 +2,7 @@
 // starting anything (SPEC §1). Reads the same rules `start` would (hba or hba_file).
 
 import { parseArgs } from 'node:util';
-import { ConfigError, formatProblem, loadConfigFile } from '../config/load.js';
+import { loadConfigOrReport } from './load-config.js';
 import { certNamesUser } from '../hba/cert-map.js';
 import { explain } from '../hba/explain.js';
 import { loadRules } from '../proxy/runtime.js';
@@ -59,18 +59,8 @@ export async function runHba(args: string[], out: (s: string) => void, err: (s: 
     return 1;
   }
   const file = values.config ?? configPathFrom([]);
-  let config;
-  try {
-    config = await loadConfigFile(file);
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      err(`pgbastion: invalid config ${file}:`);
-      for (const p of e.problems) err(`  ${formatProblem(p)}`);
-      return 1;
-    }
-    err(`pgbastion: cannot load ${file}: ${(e as Error).message}`);
-    return 1;
-  }
+  const config = await loadConfigOrReport(file, err);
+  if (!config) return 1;
   const conn = { address: values.address!, tls: values.ssl!, database: values.database!, user: values.user!, replication: false };
   const x = explain(loadRules(config), conn);
   out(x.text);

@@ -1,7 +1,7 @@
 // `pgbastion start`: load and validate the config, bind the listeners, and stay up
 // until SIGTERM/SIGINT, then stop accepting, end sessions and exit 0.
 
-import { ConfigError, formatProblem, loadConfigFile } from '../config/load.js';
+import { loadConfigOrReport } from './load-config.js';
 import { unservedFeatures } from '../config/unserved.js';
 import { createLogger } from '../logger.js';
 import { ProxyServer } from '../proxy/server.js';
@@ -24,18 +24,8 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     return 0;
   }
   const file = configPathFrom(args);
-  let config;
-  try {
-    config = await loadConfigFile(file);
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      err(`pgbastion: invalid config ${file}:`);
-      for (const p of e.problems) err(`  ${formatProblem(p)}`);
-      return 1;
-    }
-    err(`pgbastion: cannot load ${file}: ${(e as Error).message}`);
-    return 1;
-  }
+  const config = await loadConfigOrReport(file, err);
+  if (!config) return 1;
 
   const unserved = unservedFeatures(config);
   if (unserved.refuse.length > 0) {
