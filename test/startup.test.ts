@@ -64,6 +64,13 @@ t.test('set_config statements', async (t) => {
   t.equal(quoteLiteral("it's"), "'it''s'");
   t.equal(quoteLiteral('a\\b'), "E'a\\\\b'");
   t.equal(setConfigSql(new Map([['a', '1']]), new Map([['a', '1']])), null, 'nothing to do');
+  t.equal(setConfigSql(new Map([['TimeZone', 'UTC']]), new Map([['timezone', 'UTC']])), null, 'names compare case-insensitively');
+  t.equal(
+    setConfigSql(new Map([['app.tenant_id', 'b']]), new Map([['app.tenant_id', 'a'], ['application_name', 'x']])),
+    `RESET "application_name"; SELECT pg_catalog.set_config('app.tenant_id', 'b', false)`,
+    'what the previous client set and this one did not is reset',
+  );
+  t.equal(setConfigSql(new Map(), new Map([['app.tenant_id', 'a']])), 'RESET "app"."tenant_id"', 'a client without pins gets none');
   t.equal(
     setConfigSql(new Map([['application_name', 'x'], ['TimeZone', 'UTC']]), new Map([['TimeZone', 'UTC']])),
     "SELECT pg_catalog.set_config('application_name', 'x', false)",

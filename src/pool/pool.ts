@@ -23,6 +23,9 @@ interface Waiter {
   timer: NodeJS.Timeout;
 }
 
+const MAX_ACCEPTED = 10_000;
+const settingKey = (name: string, value: string): string => `${name.toLowerCase()}\0${value}`;
+
 export class Pool {
   /** Most recently used last: reuse the warmest connection first. */
   private readonly idle: ServerConnection[] = [];
@@ -31,6 +34,13 @@ export class Pool {
   private total = 0;
   private sweeper: NodeJS.Timeout | null = null;
   private closed = false;
+  /**
+   * What a client is told at login without waiting for a server connection (PgBouncer's
+   * "welcome"): the ParameterStatus values of a fresh connection, once one has logged in.
+   */
+  welcome: ReadonlyMap<string, string> | null = null;
+  /** `name=value` settings a server has accepted: safe to apply later without a round trip. */
+  private readonly accepted = new Set<string>();
 
   constructor(
     readonly name: string,
@@ -39,6 +49,21 @@ export class Pool {
 
   get stats(): { total: number; idle: number; waiting: number; active: number } {
     return { total: this.total, idle: this.idle.length, waiting: this.waiters.length, active: this.total - this.idle.length };
+  }
+
+  /** Remembers settings a server accepted (bounded: past the cap, logins just take the slow path). */
+  noteAccepted(settings: ReadonlyMap<string, string>): void {
+    for (const [name, value] of settings) {
+      if (this.accepted.size >= MAX_ACCEPTED) return;
+      this.accepted.add(settingKey(name, value));
+    }
+  }
+
+  /** Can a client with these settings log in at once, its first lease applying them? */
+  canWelcome(settings: ReadonlyMap<string, string>): boolean {
+    if (this.welcome === null) return false;
+    for (const [name, value] of settings) if (!this.accepted.has(settingKey(name, value))) return false;
+    return true;
   }
 
   acquire(): Promise<ServerConnection> {
@@ -97,6 +122,7 @@ export class Pool {
     return this.opts.connect().then(
       (conn) => {
         conn.whenClosedIdle(() => this.forgetIdle(conn));
+        this.welcome ??= conn.loginParams;
         return conn;
       },
       (err: unknown) => {

@@ -34,9 +34,17 @@ const TRANSITIONS: Record<ClientState, readonly ClientState[]> = {
 
 /** PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH bounds SASL messages before login. */
 const MAX_AUTH_MESSAGE = 65535 + 64;
-const CLIENT_RELAY_INSPECT = inspectTable('X');
+/**
+ * Client messages the relay looks at: Terminate, the two that carry SQL (policy), and the
+ * three that each make the server answer with exactly one ReadyForQuery (lease accounting).
+ */
+const CLIENT_RELAY_INSPECT = inspectTable('XQPSF');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
+const Q = 0x51;
+const P = 0x50;
+const S = 0x53;
+const F = 0x46;
 
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   readonly id = randomBytes(6).toString('hex');
@@ -59,6 +67,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private server: ServerConnection | null = null;
   /** Client bytes that arrived before a server connection was attached. */
   private queued: Buffer[] = [];
+  /** ReadyForQuery messages the queued bytes will make the server send. */
+  private queuedOwed = 0;
+  /** ReadyForQuery messages the server still owes for what this client sent it. */
+  private owed = 0;
+  /** A lease request is in flight (transaction mode, between transactions). */
+  private leasing = false;
+  /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
+  private sticky: string | null = null;
+  private readonly transactionMode: boolean;
   private startupTimer: NodeJS.Timeout | null;
 
   constructor(
@@ -69,6 +86,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.port = socket.remotePort ?? 0;
     this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
+    this.transactionMode = rt.config.pool.mode === 'transaction';
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
@@ -213,8 +231,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- ScanSink: typed messages during auth and relay ---------------------------------
 
   pass(bytes: Buffer): void {
-    if (this.state === 'ready' && this.server) {
-      if (!this.server.write(bytes)) this.waitForServerDrain();
+    if (this.state === 'ready') {
+      this.forward(bytes, 0);
     } else if (this.state === 'connecting') {
       this.queued.push(bytes);
     } else if (this.state === 'auth') {
@@ -229,9 +247,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.onAuthOutcome(this.auth!.handle(type, frame));
       case 'connecting':
         this.queued.push(frame);
+        this.queuedOwed += owesReady(type);
         return;
       case 'ready':
-        return this.pass(frame);
+        return this.clientMessage(type, frame);
       case 'startup':
       case 'closed':
         return;
@@ -291,8 +310,89 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- server lease -------------------------------------------------------------------
 
+  // ---- relay: client → server ------------------------------------------------------------
+
+  private clientMessage(type: number, frame: Buffer): void {
+    if (type === P && this.transactionMode && frame[5] !== 0 && this.sticky === null) {
+      // A named statement lives on one server connection; keep the client on it.
+      this.makeSticky('named prepared statement');
+    }
+    this.forward(frame, owesReady(type));
+  }
+
+  /** Sends client bytes to its server connection, leasing one first when it has none. */
+  private forward(bytes: Buffer, owes: number): void {
+    const server = this.server;
+    if (server) {
+      this.owed += owes;
+      if (!server.write(bytes)) this.waitForServerDrain();
+      return;
+    }
+    this.queued.push(bytes);
+    this.queuedOwed += owes;
+    if (!this.leasing) void this.lease();
+  }
+
+  private makeSticky(reason: string): void {
+    this.sticky = reason;
+    this.log.debug({ reason }, 'client is now sticky to its server connection');
+  }
+
+  /**
+   * Transaction mode: takes a server connection for the client's next transaction. The
+   * client's settings go ahead of its first bytes in the same write (no round trip), and
+   * only when the connection does not already hold exactly them.
+   */
+  private async lease(): Promise<void> {
+    this.leasing = true;
+    this.socket.pause(); // bounded memory while we wait: the client's bytes stay in the kernel
+    let server: ServerConnection;
+    try {
+      server = await this.pool!.acquire();
+    } catch (err) {
+      this.leasing = false;
+      return this.onConnectFailure(err);
+    }
+    this.leasing = false;
+    if (this.state !== 'ready') return this.pool!.release(server, true, null);
+    this.server = server;
+    server.attach(this);
+    const out = server.socket;
+    out.cork();
+    const sql = setConfigSql(this.params, server.applied);
+    if (sql) {
+      server.sendHidden(sql);
+      holdExactly(server.applied, this.params);
+    }
+    this.flushQueued(server);
+    out.uncork();
+    this.socket.resume();
+  }
+
+  private flushQueued(server: ServerConnection): void {
+    const queued = this.queued;
+    this.queued = [];
+    this.owed += this.queuedOwed;
+    this.queuedOwed = 0;
+    for (const bytes of queued) if (!server.write(bytes)) this.waitForServerDrain();
+  }
+
+  /** Transaction mode: the server connection goes back once nothing more is owed on it. */
+  private releaseIfDone(status: TxStatus): void {
+    const server = this.server;
+    if (!server || !this.transactionMode || this.sticky !== null) return;
+    if (this.owed !== 0 || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
+    this.server = null;
+    this.pool!.release(server, true, null);
+  }
+
   private async connectServer(user: RuntimeUser): Promise<void> {
     const pool = this.rt.pools.get(this.database, user.config.server_role);
+    this.pool = pool;
+    if (pool.canWelcome(this.params)) {
+      // Like PgBouncer: log the client in now; its first message leases a server connection.
+      return this.completeStartup(null);
+    }
     let server: ServerConnection;
     try {
       server = await pool.acquire();
@@ -300,7 +400,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.onConnectFailure(err);
     }
     if (this.state !== 'connecting') return pool.release(server, true, null);
-    this.pool = pool;
     this.server = server;
     server.attach(this);
     try {
@@ -310,23 +409,27 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.onConnectFailure(err);
     }
     if (this.state !== 'connecting') return;
-    for (const [name, value] of this.params) server.applied.set(name, value);
+    holdExactly(server.applied, this.params);
+    pool.noteAccepted(this.params);
     this.completeStartup(server);
   }
 
-  private completeStartup(server: ServerConnection): void {
+  /** Ends the login: with the server connection it was proven on, or (null) from the pool's welcome. */
+  private completeStartup(server: ServerConnection | null): void {
     this.key = this.rt.cancels.issue(this);
+    const params = server ? server.params : welcomeFor(this.pool!.welcome!, this.params);
     this.socket.cork();
-    for (const [name, value] of server.params) this.socket.write(be.parameterStatus(name, value));
+    for (const [name, value] of params) this.socket.write(be.parameterStatus(name, value));
     this.socket.write(be.backendKeyData(this.key.processId, this.key.secretKey));
-    this.socket.write(be.readyForQuery(server.txStatus));
+    this.socket.write(be.readyForQuery(server ? server.txStatus : 'I'));
     this.socket.uncork();
     this.clearStartupTimer();
     this.move('ready');
-    this.log.info({ server: server.id, pid: server.processId }, 'session started');
-    const queued = this.queued;
-    this.queued = [];
-    for (const bytes of queued) this.pass(bytes);
+    this.log.info(server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
+    if (server === null) {
+      if (this.queued.length > 0) void this.lease();
+    } else if (this.queued.length > 0) this.flushQueued(server);
+    else this.releaseIfDone(server.txStatus);
   }
 
   private onConnectFailure(err: unknown): void {
@@ -352,8 +455,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ServerPeer ---------------------------------------------------------------------
 
-  onServerReady(_status: TxStatus): void {
-    // Session mode keeps the server until the client leaves; transaction mode releases here.
+  onServerReady(status: TxStatus): void {
+    if (this.owed > 0) this.owed--;
+    this.releaseIfDone(status);
   }
 
   onServerLost(err: UpstreamError): void {
@@ -406,13 +510,38 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && !server.busy && server.txStatus === 'I' && this.scanner.atBoundary;
-      if (clean) server.applied.clear();
-      this.pool.release(server, clean, clean ? RESET_SQL : null);
+      const clean = server.state === 'active' && this.owed === 0 && server.txStatus === 'I' && this.scanner.atBoundary;
+      // Transaction mode hands a clean, non-sticky connection on as is: the next lease
+      // makes it hold its own client's settings. Anything else is reset or closed.
+      const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
+      if (reset) server.applied.clear();
+      this.pool.release(server, clean, reset);
     }
     endAndLinger(this.socket);
     if (wasReady) this.log.info({ reason }, 'session ended');
   }
+}
+
+/** How many ReadyForQuery messages a client message makes the server send. */
+function owesReady(type: number): number {
+  return type === Q || type === S || type === F ? 1 : 0;
+}
+
+/** The pool's welcome values with this client's own settings where the server reports them. */
+function welcomeFor(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>): Map<string, string> {
+  const out = new Map(welcome);
+  const byLower = new Map([...welcome.keys()].map((k) => [k.toLowerCase(), k]));
+  for (const [name, value] of settings) {
+    const key = byLower.get(name.toLowerCase());
+    if (key !== undefined) out.set(key, value);
+  }
+  return out;
+}
+
+/** Records that `applied` now holds exactly `wanted` (what setConfigSql made it hold). */
+function holdExactly(applied: Map<string, string>, wanted: ReadonlyMap<string, string>): void {
+  applied.clear();
+  for (const [name, value] of wanted) applied.set(name, value);
 }
 
 function isReplication(value: string | undefined): boolean {

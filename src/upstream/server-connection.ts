@@ -58,6 +58,8 @@ export class ServerConnection implements ScanSink {
   txStatus: TxStatus = 'I';
   /** ParameterStatus values the server has reported, kept current. */
   readonly params = new Map<string, string>();
+  /** ParameterStatus values as they were right after login: the server's own defaults. */
+  loginParams: ReadonlyMap<string, string> = new Map();
   /** Settings applied with set_config on this session (name → value), cleared by DISCARD ALL. */
   readonly applied = new Map<string, string>();
   processId = 0;
@@ -72,6 +74,9 @@ export class ServerConnection implements ScanSink {
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
   private onIdleClose: (() => void) | null = null;
+  /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
+  private pipelinedHidden = 0;
+  private pipelinedError: Record<string, string> | null = null;
 
   private constructor(
     readonly socket: net.Socket,
@@ -165,6 +170,19 @@ export class ServerConnection implements ScanSink {
     });
   }
 
+  /**
+   * Writes a statement the client never sees, ahead of the client's own bytes (no round trip
+   * of its own). Its replies up to its ReadyForQuery are swallowed; if it fails the
+   * connection is closed and the client told, since what follows it would run without the
+   * settings it was meant to hold.
+   */
+  sendHidden(sql: string): void {
+    this.pipelinedHidden++;
+    this.scanner.inspect = INSPECT_ALL;
+    this.busy = true;
+    this.socket.write(serialize.query(sql));
+  }
+
   close(): void {
     if (this.state === 'closed') return;
     this.fail(null);
@@ -204,6 +222,7 @@ export class ServerConnection implements ScanSink {
   message(type: number, frame: Buffer): void {
     switch (this.state) {
       case 'active':
+        if (this.pipelinedHidden > 0) return this.pipelinedHiddenMessage(type, frame);
         return this.relayMessage(type, frame);
       case 'hidden':
         return this.hiddenMessage(type, frame);
@@ -232,6 +251,22 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x53 /* S */) {
       const [name, value] = parseParameterStatus(frame);
       this.params.set(name, value);
+    }
+  }
+
+  private pipelinedHiddenMessage(type: number, frame: Buffer): void {
+    if (type === 0x45 /* E */) this.pipelinedError ??= parseFields(frame);
+    else if (type === 0x53 /* S */) {
+      const [name, value] = parseParameterStatus(frame);
+      this.params.set(name, value);
+    } else if (type === 0x5a /* Z */) {
+      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      this.pipelinedHidden--;
+      if (this.pipelinedError) {
+        const fields = this.pipelinedError;
+        return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
+      }
+      if (this.pipelinedHidden === 0) this.scanner.inspect = RELAY_INSPECT;
     }
   }
 
@@ -269,6 +304,7 @@ export class ServerConnection implements ScanSink {
         return;
       case 0x5a /* Z */:
         this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+        this.loginParams = new Map(this.params);
         this.move('idle');
         this.scanner.inspect = RELAY_INSPECT;
         this.loginDone?.();

@@ -1,0 +1,197 @@
+// Transaction pooling: many clients share few server connections, each transaction on
+// whichever is free, and at every statement each client sees only its own pinned tenant.
+
+import t from 'tap';
+import pg from 'pg';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+
+const TENANTS = ['a', 'b', 'c'];
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+await pgs.query(`
+  CREATE TABLE tenant_rows (tenant text NOT NULL, v int NOT NULL);
+  INSERT INTO tenant_rows SELECT t, g FROM unnest(ARRAY['a','b','c']) t, generate_series(1, 5) g;
+  ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY;
+  CREATE POLICY by_tenant ON tenant_rows USING (tenant = current_setting('app.tenant_id', true));
+  GRANT SELECT ON tenant_rows TO ${SERVER_ROLE};
+`);
+const POOL_SIZE = 4;
+const proxy = await startProxy(t, pgs, {
+  users: [
+    ...TENANTS.map((x) => ({ name: `tenant_${x}`, password: `pw-${x}`, pins: { 'app.tenant_id': x } })),
+    { name: 'plain', password: 'plain-pw' },
+  ],
+  extra: { pool: { mode: 'transaction', size: POOL_SIZE, acquire_timeout_ms: 3000 } },
+});
+
+async function connect(user: string, password: string, extra: Partial<pg.ClientConfig> = {}): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password, database: 'postgres', ...extra });
+  await c.connect();
+  return c;
+}
+const tenantClient = (x: string) => connect(`tenant_${x}`, `pw-${x}`);
+
+const CHECK = "SELECT current_setting('app.tenant_id', true) AS t, (SELECT array_agg(DISTINCT tenant) FROM tenant_rows) AS seen, (SELECT count(*) FROM tenant_rows)::int AS n";
+
+t.test('isolation hammer: 40 clients, 3 tenants, pool of 4, 20 000+ statements, zero mismatches', async (t) => {
+  const CLIENTS = 42;
+  const STATEMENTS_EACH = 500;
+  let statements = 0;
+  const mismatches: string[] = [];
+  const backends = new Set<number>();
+
+  const checksBy = new Map<number, number>();
+  async function check(c: pg.Client, tenant: string, how: 'simple' | 'extended', who: number): Promise<void> {
+    checksBy.set(who, (checksBy.get(who) ?? 0) + 1);
+    const r = how === 'simple' ? await c.query(CHECK) : await c.query(`${CHECK}, pg_backend_pid() AS pid, $1::int AS k`, [statements]);
+    statements++;
+    const row = r.rows[0] as { t: string; seen: string[] | null; n: number; pid?: number };
+    if (row.pid) backends.add(row.pid);
+    if (row.t !== tenant || row.n !== 5 || row.seen?.length !== 1 || row.seen[0] !== tenant) {
+      mismatches.push(`${tenant} (${how}) saw t=${row.t} seen=${JSON.stringify(row.seen)} n=${row.n}`);
+    }
+  }
+
+  async function worker(i: number): Promise<void> {
+    const tenant = TENANTS[i % TENANTS.length]!;
+    const c = await tenantClient(tenant);
+    try {
+      const start = checksBy.get(i) ?? 0;
+      while ((checksBy.get(i) ?? 0) - start < STATEMENTS_EACH) {
+        const pick = Math.floor(Math.random() * 6);
+        if (pick === 0) {
+          await check(c, tenant, 'simple', i);
+        } else if (pick === 1) {
+          await check(c, tenant, 'extended', i);
+        } else if (pick === 2) {
+          await c.query('BEGIN');
+          await check(c, tenant, 'simple', i);
+          await check(c, tenant, 'extended', i);
+          await c.query('COMMIT');
+        } else if (pick === 3) {
+          await c.query('BEGIN');
+          await check(c, tenant, 'extended', i);
+          await c.query('SELECT 1/0').catch(() => undefined);
+          await c.query('ROLLBACK');
+          await check(c, tenant, 'simple', i);
+        } else if (pick === 4) {
+          await c.query('SELECT 1/0').catch(() => undefined);
+          await check(c, tenant, 'extended', i);
+        } else {
+          // Pipelined: two queries in flight at once on one client connection.
+          await Promise.all([check(c, tenant, 'simple', i), check(c, tenant, 'extended', i)]);
+        }
+      }
+    } finally {
+      await c.end();
+    }
+  }
+
+  await Promise.all(Array.from({ length: CLIENTS }, (_, i) => worker(i)));
+  t.ok(statements >= 20_000, `${statements} checking statements, plus transaction control and errors`);
+  t.same(mismatches.slice(0, 5), [], 'no statement saw another tenant (first mismatches shown)');
+  t.equal(mismatches.length, 0, 'zero mismatches');
+  t.ok(backends.size <= POOL_SIZE, `${backends.size} server connections served ${CLIENTS} clients`);
+  const stats = [...proxy.server.runtime.pools.all()].map((p) => p.stats);
+  t.ok(stats.every((s) => s.total <= POOL_SIZE), 'pool never grew past its size');
+});
+
+t.test('a client without pins finds none on a connection a tenant used', async (t) => {
+  const a = await tenantClient('a');
+  const plain = await connect('plain', 'plain-pw');
+  t.teardown(async () => {
+    await a.end();
+    await plain.end();
+  });
+  for (let i = 0; i < 20; i++) {
+    await a.query('SELECT 1');
+    const r = await plain.query(CHECK);
+    t.equal(r.rows[0].t ?? '', '', 'no tenant value');
+    t.equal(r.rows[0].n, 0, 'RLS shows nothing');
+  }
+});
+
+t.test('startup parameters follow their client from connection to connection', async (t) => {
+  const named = await connect('tenant_a', 'pw-a', { application_name: 'app-one', statement_timeout: 12345 });
+  const bare = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await named.end();
+    await bare.end();
+  });
+  for (let i = 0; i < 10; i++) {
+    const a = await named.query("SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st");
+    const b = await bare.query("SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st");
+    t.same(a.rows[0], { app: 'app-one', st: '12345ms' });
+    t.same(b.rows[0], { app: '', st: '0' });
+  }
+});
+
+t.test('more clients in transactions than connections: the rest wait, then time out with 53300', async (t) => {
+  const holders = await Promise.all(Array.from({ length: POOL_SIZE }, () => tenantClient('a')));
+  t.teardown(() => Promise.all(holders.map((h) => h.end())));
+  for (const h of holders) await h.query('BEGIN');
+  const waiter = await tenantClient('b');
+  const started = Date.now();
+  const err = await waiter.query('SELECT 1').then(
+    () => null,
+    (e: { code?: string }) => e,
+  );
+  t.equal(err?.code, '53300', 'FATAL 53300 after pool.acquire_timeout_ms');
+  t.ok(Date.now() - started >= 2500, 'waited for the acquire timeout');
+  await waiter.end().catch(() => {});
+  for (const h of holders) await h.query('COMMIT');
+  const late = await tenantClient('c');
+  t.equal((await late.query(CHECK)).rows[0].t, 'c', 'connections free again after COMMIT');
+  await late.end();
+});
+
+t.test('a server connection that dies between transactions is never seen by its client', async (t) => {
+  const c = await tenantClient('a');
+  t.teardown(() => c.end());
+  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+  await pgs.query('SELECT pg_terminate_backend($1)', [pid]);
+  await new Promise((r) => setTimeout(r, 200));
+  for (let i = 0; i < 5; i++) t.equal((await c.query(CHECK)).rows[0].t, 'a', 'next transaction on a healthy connection');
+});
+
+t.test('cancel reaches the connection the client is using in this transaction', async (t) => {
+  const c = await tenantClient('b');
+  t.teardown(() => c.end());
+  await c.query('SELECT 1');
+  const started = Date.now();
+  const sleeping = c.query('SELECT pg_sleep(10)').then(
+    () => null,
+    (e: { code?: string }) => e,
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  const canceller = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres' });
+  // node-postgres cancels with the BackendKeyData it received from the proxy.
+  const key = c as unknown as { processID: number; secretKey: number };
+  await new Promise<void>((resolve) => {
+    const con = new (pg as unknown as { Connection: new () => { connect(p: number, h: string): void; on(e: string, f: () => void): void; cancel(pid: number, key: number): void; end(): void } }).Connection();
+    con.on('connect', () => {
+      con.cancel(key.processID, key.secretKey);
+      resolve();
+    });
+    con.connect(proxy.port, '127.0.0.1');
+  });
+  await canceller.end().catch(() => {});
+  const err = await sleeping;
+  t.equal(err?.code, '57014', 'query canceled');
+  t.ok(Date.now() - started < 2000, 'returned in under 2 s');
+  t.equal((await c.query(CHECK)).rows[0].t, 'b', 'connection usable after the cancel');
+});
+
+t.test('named prepared statements keep working (the client stays on its connection)', async (t) => {
+  const c = await tenantClient('c');
+  t.teardown(() => c.end());
+  const q = { name: 'by-v', text: 'SELECT v, current_setting($2) AS t FROM tenant_rows WHERE v = $1', values: [3, 'app.tenant_id'] };
+  for (let i = 0; i < 5; i++) {
+    await c.query('BEGIN');
+    const r = await c.query(q);
+    await c.query('COMMIT');
+    t.same(r.rows, [{ v: 3, t: 'c' }]);
+  }
+});
