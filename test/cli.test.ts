@@ -144,5 +144,4 @@ t.test('check warns about accepted settings this build does not serve yet', asyn
   const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'metrics: { host: 127.0.0.1, port: 9930 }\n')], { env: { APP_RW_PW: 'pw' } });
   t.equal(r.status, 0, r.stderr);
   t.match(r.stdout, /warning: metrics: .*not implemented yet/);
-  t.match(r.stdout, /warning: pool\.mode: transaction pooling is not implemented yet/);
 });

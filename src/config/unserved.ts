@@ -18,7 +18,6 @@ export function unservedFeatures(c: Config): Unserved {
   if (c.proxy_protocol) refuse.push('proxy_protocol: PROXY headers are not implemented in this build');
   if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
   if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');
-  if (c.pool.mode === 'transaction') warn.push('pool.mode: transaction pooling is not implemented yet; server connections are held for the whole session');
   if (c.metrics) warn.push('metrics: the /metrics endpoint is not implemented yet; nothing listens there');
   if (c.audit.connections || c.audit.ddl) warn.push('audit: the audit trail is not implemented yet; nothing is written');
   return { refuse, warn };

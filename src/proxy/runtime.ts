@@ -10,6 +10,7 @@ import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
 import type { HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
+import { PolicyClassifier } from '../policy/classify.js';
 import { CancelRegistry } from '../session/cancel.js';
 
 export interface RuntimeUser {
@@ -23,6 +24,8 @@ export class Runtime {
   readonly pools: PoolRegistry;
   readonly cancels = new CancelRegistry();
   readonly lockout: LockoutTracker;
+  /** Decides, per statement, whether it would change a pinned variable. */
+  readonly policy: PolicyClassifier;
   /** Per-process key that derives stable fake SCRAM salts for unknown users. */
   readonly fakeSaltKey = randomBytes(32);
   clients = 0;
@@ -36,6 +39,7 @@ export class Runtime {
     }
     this.hba = loadRules(config);
     this.lockout = new LockoutTracker(config.limits.auth_failures);
+    this.policy = new PolicyClassifier(config.pinning.variables);
     this.pools = new PoolRegistry(config, logger);
   }
 }

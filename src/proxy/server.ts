@@ -7,6 +7,7 @@ import type { Config } from '../config/types.js';
 import * as be from '../protocol/backend.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { endAndLinger } from '../net/linger.js';
+import { loadPolicyParser } from '../policy/classify.js';
 import { ClientSession } from '../session/client-session.js';
 import { Runtime } from './runtime.js';
 
@@ -21,6 +22,7 @@ export class ProxyServer {
 
   /** Binds every configured listener; resolves with the bound addresses. */
   async start(): Promise<net.AddressInfo[]> {
+    await loadPolicyParser(); // the SQL parser (WebAssembly) must be ready before the first client
     for (const ep of this.runtime.config.listen) {
       const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
       await new Promise<void>((resolve, reject) => {

@@ -20,6 +20,7 @@ import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-
 import { decideStartupParams } from './startup-params.js';
 import type { Cancellable } from './cancel.js';
 import { resolvePins } from './pins.js';
+import { Refusals } from './refusal.js';
 import { setConfigSql } from './set-config.js';
 
 export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
@@ -76,6 +77,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
   private sticky: string | null = null;
   private readonly transactionMode: boolean;
+  private readonly refusals = new Refusals();
   private startupTimer: NodeJS.Timeout | null;
 
   constructor(
@@ -313,11 +315,34 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- relay: client → server ------------------------------------------------------------
 
   private clientMessage(type: number, frame: Buffer): void {
-    if (type === P && this.transactionMode && frame[5] !== 0 && this.sticky === null) {
+    if (type === Q) return this.forward(this.vet(frame, 5, null), 1);
+    if (type === P) {
+      const nameEnd = frame.indexOf(0, 5);
+      if (nameEnd < 0) throw new FrameError('invalid Parse message');
+      const name = frame.toString('utf8', 5, nameEnd);
       // A named statement lives on one server connection; keep the client on it.
-      this.makeSticky('named prepared statement');
+      if (name !== '' && this.transactionMode && this.sticky === null) this.makeSticky('named prepared statement');
+      return this.forward(this.vet(frame, nameEnd + 1, name), 0);
     }
     this.forward(frame, owesReady(type));
+  }
+
+  /**
+   * Runs the pinning policy on the SQL text at `at` in a Query (name null) or Parse frame.
+   * Returns the frame to forward: the original, or the refusal that stands in for it.
+   */
+  private vet(frame: Buffer, at: number, statementName: string | null): Buffer {
+    const end = frame.indexOf(0, at);
+    if (end < 0) throw new FrameError(statementName === null ? 'invalid Query message' : 'invalid Parse message');
+    const verdict = this.rt.policy.classify(frame.toString('utf8', at, end));
+    if (verdict.sticky !== null && this.transactionMode && this.sticky === null) this.makeSticky(verdict.sticky);
+    if (verdict.refuse === null) return frame;
+    this.log.warn({ variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
+    return statementName === null ? this.refusals.query(verdict.refuse) : this.refusals.parse(statementName, verdict.refuse);
+  }
+
+  serverError(frame: Buffer): Buffer {
+    return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
@@ -457,6 +482,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   onServerReady(status: TxStatus): void {
     if (this.owed > 0) this.owed--;
+    if (this.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
   }
 

@@ -30,6 +30,8 @@ export interface ServerPeer {
   onServerReady(status: TxStatus): void;
   /** The connection died under the client. */
   onServerLost(err: UpstreamError): void;
+  /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
+  serverError(frame: Buffer): Buffer;
 }
 
 export interface ServerLogin {
@@ -42,7 +44,8 @@ export interface ServerLogin {
   logger: Logger;
 }
 
-const RELAY_INSPECT = inspectTable('ZS');
+/** ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may rewrite). */
+const RELAY_INSPECT = inspectTable('ZSE');
 
 interface Hidden {
   resolve: () => void;
@@ -243,6 +246,7 @@ export class ServerConnection implements ScanSink {
 
   private relayMessage(type: number, frame: Buffer): void {
     const peer = this.peer!;
+    if (type === 0x45 /* E */) return void peer.socket.write(peer.serverError(frame));
     peer.socket.write(frame);
     if (type === 0x5a /* Z */) {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;

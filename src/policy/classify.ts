@@ -1,0 +1,99 @@
+// Decides, for every Query and Parse string, whether it tampers with a pinned session variable
+// (refuse) and whether it leaves session state a transaction pooler cannot move (sticky).
+//
+// Pipeline: lexical pre-check (ordinary statements stop here, no allocation) → LRU cache by
+// exact text → PostgreSQL 17 parser → tree walk (walk.ts). The text is read twice when it holds
+// a backslash: as written, and as a server with standard_conforming_strings = off reads it.
+//
+// Known limits (what no inspection of the statement text can see):
+// - Functions, procedures, views, rules and triggers that already exist run code the text does
+//   not show: `SELECT f()` where f calls set_config() is allowed. Restrict who may create them.
+// - DO blocks and non-SQL function bodies are judged by their text only (a pinned name, its parts
+//   as words, set_config, pg_settings, RESET, DISCARD, U& → refused). Dynamic SQL assembled at
+//   run time (chr(), format(), decode(), concatenation of fragments of the parts) gets past it.
+// - Identifiers are folded as in a UTF-8 database. Single-byte server encodings whose locale
+//   folds high-bit letters to ASCII, and client encodings other than UTF-8 (the caller decodes
+//   the bytes as UTF-8), are not modelled.
+// - The grammar is PostgreSQL 17's. Text it rejects is allowed, except when it mentions a pinned
+//   variable as above (refused: an older server might accept `SET app.tenant_id = system_user`)
+//   or contains a word of a session-changing form (sticky 'unparsed statement'). The
+//   standard_conforming_strings = off reading gets no such fallback: if it does not parse, the
+//   server in that mode rejects it too (a version-skew gap remains there).
+// - set_config() is matched by name in any schema, and any identifier spelled set_config (an
+//   aggregate's sfunc, a column) is refused: conservative on purpose.
+// - Only literal `set_config(<string constant>, ...)` names are trusted; casts, parameters and
+//   expressions are refused (`'app.tenant_idXX'::varchar(13)` is app.tenant_id).
+
+import { VerdictCache } from './cache.js';
+import { nonStandardStringsReading } from './escape-strings.js';
+import { mayBeSticky, mayMatter, opaqueRisk } from './lexical.js';
+import { parseStatements } from './parser.js';
+import { PinnedNames } from './pinned.js';
+import { ALLOW, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
+import { inspect, type WalkEnv } from './walk.js';
+
+export type { PolicyVerdict, Refusal } from './verdict.js';
+export { loadPolicyParser } from './parser.js';
+
+export interface PolicyClassifierOptions {
+  /** Verdicts kept for repeated texts (0 disables the cache). Default 10 000. */
+  readonly cacheSize?: number;
+  /** Longer texts are classified every time, never cached. Default 8 192 characters. */
+  readonly maxCachedLength?: number;
+  /** Bound on the summed length of cached texts. Default 4 Mi characters. */
+  readonly cacheChars?: number;
+}
+
+export class PolicyClassifier {
+  private readonly pins: PinnedNames;
+  private readonly cache: VerdictCache;
+  private readonly env: WalkEnv;
+  private readonly maxCachedLength: number;
+
+  /** `pinned`: the `prefix.name` variables clients may not change (any case). */
+  constructor(pinned: readonly string[], opts: PolicyClassifierOptions = {}) {
+    this.pins = new PinnedNames(pinned);
+    this.cache = new VerdictCache(opts.cacheSize ?? 10_000, opts.cacheChars ?? 4 * 1024 * 1024);
+    this.maxCachedLength = opts.maxCachedLength ?? 8192;
+    this.env = { pins: this.pins, parse: parseStatements };
+  }
+
+  /** Number of cached verdicts (for tests and metrics). */
+  get cachedEntries(): number {
+    return this.cache.size;
+  }
+
+  /** Synchronous; never throws for any SQL text (only if loadPolicyParser() was not awaited). */
+  classify(sql: string): PolicyVerdict {
+    if (!mayMatter(sql)) return ALLOW;
+    const hit = this.cache.get(sql);
+    if (hit !== undefined) return hit;
+    const v = this.analyse(sql);
+    if (sql.length <= this.maxCachedLength) this.cache.set(sql, v);
+    return v;
+  }
+
+  private analyse(sql: string): PolicyVerdict {
+    // The parser reads a C string; the server rejects a message with an embedded NUL, but
+    // should one get here, every piece is judged rather than only the first.
+    if (sql.includes('\0')) return sql.split('\0').reduce<PolicyVerdict>((acc, part) => merge(acc, this.analyse(part)), ALLOW);
+    const asWritten = this.reading(sql, true);
+    const nonStandard = nonStandardStringsReading(sql);
+    return nonStandard === null ? asWritten : merge(asWritten, this.reading(nonStandard, false));
+  }
+
+  /** One reading of the text. `primary` is false for the standard_conforming_strings = off rewrite. */
+  private reading(sql: string, primary: boolean): PolicyVerdict {
+    const stmts = parseStatements(sql);
+    if (stmts !== null) return inspect(stmts, this.env);
+    // A rewrite that does not parse is text the server would reject in that mode too; judging
+    // it by words would refuse harmless statements like `... 'C:\', current_setting('app.tenant_id')`.
+    if (!primary) return ALLOW;
+    const risk = opaqueRisk(sql, this.pins);
+    if (risk !== null) {
+      const why = ' (it does not parse here but mentions it, and another PostgreSQL version might accept it)';
+      return verdict(refusal(risk, pinnedDetail('a statement', risk, 'could change', why)), null);
+    }
+    return mayBeSticky(sql) ? verdict(null, 'unparsed statement') : ALLOW;
+  }
+}

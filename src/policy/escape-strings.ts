@@ -1,0 +1,187 @@
+// The text as a server with standard_conforming_strings = off reads it, rewritten so that the
+// parser (which always assumes on) sees the same tokens: every plain '...' becomes E'...'.
+//
+// Why: any client may SET standard_conforming_strings = off. Then `SELECT 'x\' , ' ; SET
+// app.tenant_id = 1; -- '` is two harmless strings to the parser but a SELECT and a SET to the
+// server. Classifying both readings closes that gap.
+
+const enum Ch {
+  Quote = 39, // '
+  DQuote = 34, // "
+  Backslash = 92,
+  Dollar = 36,
+  Dash = 45,
+  Slash = 47,
+  Star = 42,
+  Amp = 38,
+  LF = 10,
+  CR = 13,
+}
+
+function isIdentStart(c: number): boolean {
+  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95 || c >= 128;
+}
+
+function isIdentCont(c: number): boolean {
+  return isIdentStart(c) || (c >= 48 && c <= 57) || c === Ch.Dollar;
+}
+
+/** Dollar-quote tags may not contain `$` or start with a digit. */
+function isTagCont(c: number): boolean {
+  return isIdentStart(c) || (c >= 48 && c <= 57);
+}
+
+/**
+ * The standard_conforming_strings = off reading of `sql`, or null when it is the same as the
+ * default one (no plain or national string literal contains a backslash).
+ * Follows PostgreSQL's scan.l: comments (nested), "identifiers", $tag$ quotes, U&'...', B'...',
+ * X'...' (no backslash escapes in either mode), E'...' (escapes in both), N'...' and '...'
+ * (escapes only when off), and string continuation across a newline.
+ */
+export function nonStandardStringsReading(sql: string): string | null {
+  if (!sql.includes('\\')) return null;
+  const n = sql.length;
+  let out = '';
+  let copied = 0;
+  let i = 0;
+  const prefix = (at: number, insert: string): void => {
+    out += sql.slice(copied, at) + insert;
+    copied = at;
+  };
+  while (i < n) {
+    const c = sql.charCodeAt(i);
+    if (c === Ch.Dash && sql.charCodeAt(i + 1) === Ch.Dash) {
+      i = lineEnd(sql, i);
+    } else if (c === Ch.Slash && sql.charCodeAt(i + 1) === Ch.Star) {
+      i = blockCommentEnd(sql, i);
+    } else if (c === Ch.DQuote) {
+      i = doubledQuoteEnd(sql, i, Ch.DQuote);
+    } else if (c === Ch.Quote) {
+      const end = escapeStringEnd(sql, i);
+      if (sql.slice(i, end).includes('\\')) prefix(i, ' E');
+      i = end;
+    } else if (c === Ch.Dollar) {
+      i = dollarQuoteEnd(sql, i);
+    } else if (isIdentStart(c)) {
+      let j = i + 1;
+      while (j < n && isIdentCont(sql.charCodeAt(j))) j++;
+      const next = sql.charCodeAt(j);
+      const single = j === i + 1 ? sql[i]!.toLowerCase() : '';
+      if (next === Ch.Quote && single === 'e') {
+        i = escapeStringEnd(sql, j);
+      } else if (next === Ch.Quote && (single === 'b' || single === 'x')) {
+        i = doubledQuoteEnd(sql, j, Ch.Quote);
+      } else if (next === Ch.Quote && single === 'n') {
+        // N'...' is the keyword NCHAR then an ordinary string literal (scan.l xnstart).
+        const end = escapeStringEnd(sql, j);
+        if (sql.slice(j, end).includes('\\')) {
+          prefix(i, ' NCHAR E');
+          copied = j;
+        }
+        i = end;
+      } else if (single === 'u' && next === Ch.Amp && (sql.charCodeAt(j + 1) === Ch.Quote || sql.charCodeAt(j + 1) === Ch.DQuote)) {
+        // U&'...' and U&"...": doubling only; backslash starts a Unicode escape, decoded later.
+        i = doubledQuoteEnd(sql, j + 1, sql.charCodeAt(j + 1));
+      } else {
+        i = j;
+      }
+    } else {
+      i++;
+    }
+  }
+  if (copied === 0 && out === '') return null;
+  return out + sql.slice(copied);
+}
+
+function lineEnd(sql: string, i: number): number {
+  while (i < sql.length && sql.charCodeAt(i) !== Ch.LF && sql.charCodeAt(i) !== Ch.CR) i++;
+  return i;
+}
+
+function blockCommentEnd(sql: string, i: number): number {
+  let depth = 0;
+  while (i < sql.length) {
+    if (sql.charCodeAt(i) === Ch.Slash && sql.charCodeAt(i + 1) === Ch.Star) {
+      depth++;
+      i += 2;
+    } else if (sql.charCodeAt(i) === Ch.Star && sql.charCodeAt(i + 1) === Ch.Slash) {
+      depth--;
+      i += 2;
+      if (depth === 0) return i;
+    } else {
+      i++;
+    }
+  }
+  return i;
+}
+
+/** End (exclusive) of a literal opened at `open` whose only escape is a doubled quote. */
+function doubledQuoteEnd(sql: string, open: number, quote: number): number {
+  let i = open + 1;
+  while (i < sql.length) {
+    if (sql.charCodeAt(i) === quote) {
+      if (sql.charCodeAt(i + 1) === quote) i += 2;
+      else return i + 1;
+    } else {
+      i++;
+    }
+  }
+  return i;
+}
+
+/** End (exclusive) of a backslash-escaped string opened at `open`, continuation segments included. */
+function escapeStringEnd(sql: string, open: number): number {
+  let i = open + 1;
+  while (i < sql.length) {
+    const c = sql.charCodeAt(i);
+    if (c === Ch.Backslash) {
+      i += 2;
+    } else if (c === Ch.Quote) {
+      if (sql.charCodeAt(i + 1) === Ch.Quote) {
+        i += 2;
+        continue;
+      }
+      const next = continuation(sql, i + 1);
+      if (next < 0) return i + 1;
+      i = next + 1;
+    } else {
+      i++;
+    }
+  }
+  return i;
+}
+
+/**
+ * Where a string continues after its closing quote: whitespace holding at least one newline
+ * (and -- comments) then a quote, as in `'a'\n'b'` = 'ab'. Returns that quote's index or -1.
+ */
+function continuation(sql: string, i: number): number {
+  let newline = false;
+  while (i < sql.length) {
+    const c = sql.charCodeAt(i);
+    if (c === Ch.LF || c === Ch.CR) {
+      newline = true;
+      i++;
+    } else if (c === 32 || c === 9 || c === 12 || c === 11) {
+      i++;
+    } else if (c === Ch.Dash && sql.charCodeAt(i + 1) === Ch.Dash) {
+      i = lineEnd(sql, i);
+    } else {
+      break;
+    }
+  }
+  return newline && sql.charCodeAt(i) === Ch.Quote ? i : -1;
+}
+
+/** After a `$` at `i`: past the whole $tag$...$tag$ literal if one starts there, else past the `$`. */
+function dollarQuoteEnd(sql: string, i: number): number {
+  let j = i + 1;
+  if (sql.charCodeAt(j) !== Ch.Dollar) {
+    if (!isIdentStart(sql.charCodeAt(j))) return i + 1; // $1 parameter or a lone $
+    while (j < sql.length && isTagCont(sql.charCodeAt(j))) j++;
+    if (sql.charCodeAt(j) !== Ch.Dollar) return i + 1;
+  }
+  const tag = sql.slice(i, j + 1);
+  const close = sql.indexOf(tag, j + 1);
+  return close < 0 ? sql.length : close + tag.length;
+}

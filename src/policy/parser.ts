@@ -1,0 +1,29 @@
+// The real PostgreSQL 17 parser (libpg-query, compiled to WebAssembly): loaded once at
+// startup, then called synchronously. Nothing else in pgbastion imports libpg-query.
+
+import { loadModule, parseSync } from 'libpg-query';
+
+let loaded = false;
+
+/** Loads the parser's WebAssembly module. Call once before the first classify(). */
+export async function loadPolicyParser(): Promise<void> {
+  await loadModule();
+  loaded = true;
+}
+
+/**
+ * The raw statements of `sql` (each a `{ NodeType: {...} }` object in libpg-query's JSON
+ * form), or null when the parser rejects the text. Throws only when the parser was never loaded.
+ */
+export function parseStatements(sql: string): readonly unknown[] | null {
+  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() before classify()');
+  if (sql.trim() === '') return []; // libpg-query refuses empty input; PostgreSQL runs it as nothing
+  let tree: { stmts?: { stmt?: unknown }[] };
+  try {
+    tree = parseSync(sql) as typeof tree;
+  } catch {
+    // Syntax errors, and the parser's own limits (nesting depth, memory): both mean "not parsed".
+    return null;
+  }
+  return (tree.stmts ?? []).map((s) => s.stmt ?? null).filter((s) => s !== null);
+}

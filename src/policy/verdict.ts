@@ -1,0 +1,45 @@
+// What the pinning policy answers for one SQL string, and the few constructors that build
+// answers, so every refusal carries the same message shape (SQLSTATE 42501 is the caller's).
+
+export interface Refusal {
+  /** The pinned variable the statement would change (lower-case). */
+  readonly variable: string;
+  /** `permission denied to set parameter "<variable>"`, as PostgreSQL words it. */
+  readonly message: string;
+  /** Which form was refused and why. */
+  readonly detail: string;
+}
+
+export interface PolicyVerdict {
+  /** Set when the statement must be refused with ERROR 42501. */
+  readonly refuse: Refusal | null;
+  /** Set when the statement leaves session state a transaction pooler cannot carry to another server connection. */
+  readonly sticky: string | null;
+}
+
+/** The answer for everything that neither tampers nor leaves session state. */
+export const ALLOW: PolicyVerdict = Object.freeze({ refuse: null, sticky: null });
+
+export function refusal(variable: string, detail: string): Refusal {
+  return Object.freeze({ variable, message: `permission denied to set parameter "${variable}"`, detail });
+}
+
+export type Effect = 'would change' | 'would reset' | 'could change';
+
+/** `<form> <effect> "<variable>", which pgbastion pins for this session<why>`. */
+export function pinnedDetail(form: string, variable: string, effect: Effect = 'would change', why = ''): string {
+  return `${form} ${effect} "${variable}", which pgbastion pins for this session${why}`;
+}
+
+export function verdict(refuse: Refusal | null, sticky: string | null): PolicyVerdict {
+  if (refuse === null && sticky === null) return ALLOW;
+  // Refuse wins: a refused statement never reaches the server, so it leaves no state.
+  return Object.freeze({ refuse, sticky: refuse === null ? sticky : null });
+}
+
+/** Both answers at once (several statements, or two readings of one text): first refusal, else first sticky. */
+export function merge(a: PolicyVerdict, b: PolicyVerdict): PolicyVerdict {
+  if (a.refuse !== null) return a;
+  if (b.refuse !== null) return b;
+  return a.sticky !== null ? a : b;
+}

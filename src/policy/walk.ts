@@ -1,0 +1,369 @@
+// Inspects parsed statements: a generic walk over every node of libpg-query's JSON tree, so a
+// set_config() call is found wherever the grammar allows an expression, plus handlers for the
+// statement kinds that set variables or leave session state.
+
+import { opaqueRisk } from './lexical.js';
+import type { PinnedNames } from './pinned.js';
+import { pinnedDetail, refusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
+
+export interface WalkEnv {
+  readonly pins: PinnedNames;
+  /** Parses SQL (a LANGUAGE sql function body); null when it does not parse. */
+  readonly parse: (sql: string) => readonly unknown[] | null;
+}
+
+/** Names that reach set_config_by_name(): the SQL function and its C symbol (LANGUAGE internal). */
+const SET_CONFIG_NAMES: ReadonlySet<string> = new Set(['set_config', 'set_config_by_name']);
+
+/** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
+const SESSION_LOCKS: ReadonlySet<string> = new Set([
+  'pg_advisory_lock',
+  'pg_advisory_lock_shared',
+  'pg_try_advisory_lock',
+  'pg_try_advisory_lock_shared',
+]);
+
+/** parsenodes.h CURSOR_OPT_HOLD. */
+const CURSOR_OPT_HOLD = 0x20;
+
+/** How the statement that owns a nested SET is named in a refusal. */
+const SET_OWNER: Readonly<Record<string, string>> = {
+  AlterRoleSetStmt: 'ALTER ROLE ... ',
+  AlterDatabaseSetStmt: 'ALTER DATABASE ... ',
+  AlterSystemStmt: 'ALTER SYSTEM ',
+  CreateFunctionStmt: 'CREATE FUNCTION ... ',
+  AlterFunctionStmt: 'ALTER FUNCTION ... ',
+};
+
+const DML_VERB: Readonly<Record<string, string>> = {
+  UpdateStmt: 'UPDATE',
+  MergeStmt: 'MERGE INTO',
+  InsertStmt: 'INSERT INTO',
+  DeleteStmt: 'DELETE FROM',
+};
+
+type Obj = Record<string, unknown>;
+
+interface Frame {
+  readonly node: unknown;
+  /** The node type when known from a `{ Type: {...} }` wrapper. */
+  readonly type: string | null;
+  /** The nearest enclosing statement type (for refusal wording and CREATE-only rules). */
+  readonly owner: string;
+  /** True only for a statement as the client wrote it, not one nested in another. */
+  readonly top: boolean;
+}
+
+/**
+ * The verdict for parsed statements. `nested` is set for a function body: there, only
+ * refusals count (its session effects happen when it is called, which no text shows).
+ */
+export function inspect(stmts: readonly unknown[], env: WalkEnv, nested = false): PolicyVerdict {
+  const w = new Walk(env, nested);
+  for (const stmt of stmts) {
+    w.run(stmt);
+    if (w.refuse !== null) break;
+  }
+  return verdict(w.refuse, w.sticky);
+}
+
+class Walk {
+  refuse: Refusal | null = null;
+  sticky: string | null = null;
+  private readonly pins: PinnedNames;
+
+  constructor(
+    private readonly env: WalkEnv,
+    private readonly nested: boolean,
+  ) {
+    this.pins = env.pins;
+  }
+
+  /** Iterative on purpose: a long `a + b + ...` chain nests deeper than the JS call stack. */
+  run(stmt: unknown): void {
+    const stack: Frame[] = [{ node: stmt, type: null, owner: '', top: true }];
+    while (stack.length > 0 && this.refuse === null) {
+      const f = stack.pop()!;
+      const node = f.node;
+      if (Array.isArray(node)) {
+        for (let i = node.length - 1; i >= 0; i--) stack.push({ node: node[i], type: null, owner: f.owner, top: false });
+        continue;
+      }
+      if (typeof node !== 'object' || node === null) continue;
+      const o = node as Obj;
+      const keys = Object.keys(o);
+      if (f.type === null && keys.length === 1 && /^[A-Z]/.test(keys[0]!)) {
+        const type = keys[0]!;
+        const owner = type.endsWith('Stmt') && type !== 'VariableSetStmt' ? type : f.owner;
+        stack.push({ node: o[type], type, owner, top: f.top });
+        continue;
+      }
+      const type = f.type ?? bareType(o);
+      const skip = type === null ? null : this.visit(type, o, f);
+      for (let i = keys.length - 1; i >= 0; i--) {
+        const k = keys[i]!;
+        const v = o[k];
+        if (k === skip || typeof v !== 'object' || v === null) continue;
+        stack.push({ node: v, type: null, owner: f.owner, top: false });
+      }
+    }
+  }
+
+  private refuseWith(variable: string, detail: string): void {
+    this.refuse ??= refusal(variable, detail);
+  }
+
+  private stick(reason: string): void {
+    if (!this.nested) this.sticky ??= reason;
+  }
+
+  /** Applies the rule for one node; returns a field the walk must not descend into. */
+  private visit(type: string, o: Obj, f: Frame): string | null {
+    switch (type) {
+      case 'VariableSetStmt':
+        this.variableSet(o, f);
+        return null;
+      case 'DiscardStmt':
+        if (o.target === 'DISCARD_ALL' && this.pins.first !== null) {
+          this.refuseWith(this.pins.first, pinnedDetail('DISCARD ALL', this.pins.first, 'would reset'));
+        }
+        return null;
+      case 'FuncCall':
+        this.funcCall(o);
+        return 'funcname'; // its name is judged here, not by the String rule below
+      case 'String':
+        this.nameString(str(o.sval), f);
+        return null;
+      case 'RangeVar':
+        if (o.relpersistence === 't' || isTempSchema(str(o.schemaname))) this.stick(tempReason(f.owner));
+        return null;
+      case 'UpdateStmt':
+      case 'MergeStmt':
+      case 'InsertStmt':
+      case 'DeleteStmt':
+        this.settingsView(type, o);
+        return null;
+      case 'DoStmt':
+        this.doBlock(o);
+        return null;
+      case 'CreateFunctionStmt':
+        this.functionBody(o);
+        return null;
+      case 'PrepareStmt':
+        this.stick('PREPARE');
+        return null;
+      case 'ListenStmt':
+        this.stick('LISTEN');
+        return null;
+      case 'LoadStmt':
+        this.stick('LOAD');
+        return null;
+      case 'DeclareCursorStmt':
+        if ((num(o.options) & CURSOR_OPT_HOLD) !== 0) this.stick('DECLARE WITH HOLD');
+        return null;
+      default:
+        return null;
+    }
+  }
+
+  /** SET / RESET in every place the grammar nests one (ALTER ROLE, function SET clauses, ...). */
+  private variableSet(o: Obj, f: Frame): void {
+    const kind = str(o.kind);
+    const name = str(o.name);
+    const local = o.is_local === true;
+    if (kind === 'VAR_RESET_ALL') {
+      const first = this.pins.first;
+      if (first !== null) this.refuseWith(first, pinnedDetail(`${SET_OWNER[f.owner] ?? ''}RESET ALL`, first, 'would reset'));
+      else if (f.top) this.stick('RESET');
+      return;
+    }
+    const pinned = this.pins.match(name);
+    if (pinned !== null) {
+      const [form, verb] = setForm(kind, local);
+      this.refuseWith(pinned, pinnedDetail(`${SET_OWNER[f.owner] ?? ''}${form}`, pinned, verb));
+      return;
+    }
+    // Only a statement the client sent changes its session; SET LOCAL and SET TRANSACTION end with the transaction.
+    if (!f.top || local) return;
+    const lower = name.toLowerCase();
+    if (kind === 'VAR_SET_MULTI' && lower.startsWith('transaction')) return;
+    if (kind === 'VAR_RESET') this.stick('RESET');
+    else if (lower === 'role') this.stick('SET ROLE');
+    else if (lower === 'session_authorization') this.stick('SET SESSION AUTHORIZATION');
+    else this.stick('SET');
+  }
+
+  private funcCall(o: Obj): void {
+    const name = lastName(o.funcname);
+    if (SESSION_LOCKS.has(name)) {
+      this.stick('advisory lock');
+      return;
+    }
+    if (name !== 'set_config') return; // any schema: a same-named function elsewhere errs towards refusing
+    const args = Array.isArray(o.args) ? (o.args as unknown[]) : [];
+    const target = o.func_variadic === true ? undefined : argument(args, 0, 'setting_name');
+    const constant = stringConst(target);
+    if (constant === null) {
+      const first = this.pins.first;
+      if (first !== null) {
+        this.refuseWith(first, pinnedDetail('set_config() with a name that is not a string constant', first, 'could change'));
+        return;
+      }
+      this.stick('set_config');
+      return;
+    }
+    const pinned = this.pins.match(constant);
+    if (pinned !== null) {
+      this.refuseWith(pinned, pinnedDetail('set_config()', pinned));
+      return;
+    }
+    if (!isTrue(argument(args, 2, 'is_local'))) this.stick('set_config');
+  }
+
+  /** An identifier or name-list element: set_config named outside a call, or a pg_temp schema. */
+  private nameString(sval: string, f: Frame): void {
+    const lower = sval.toLowerCase();
+    if (SET_CONFIG_NAMES.has(lower) && this.pins.first !== null) {
+      // e.g. CREATE AGGREGATE a(text, bool) (sfunc = set_config, initcond = 'app.tenant_id'),
+      // or CREATE FUNCTION ... LANGUAGE internal AS 'set_config_by_name'.
+      this.refuseWith(this.pins.first, pinnedDetail(`a reference to ${lower} outside a direct call`, this.pins.first, 'could change'));
+      return;
+    }
+    if (isTempSchema(lower) && /^(Create|Define|View|CompositeType)/.test(f.owner)) this.stick('temporary object');
+  }
+
+  /** pg_settings is a view whose UPDATE rule calls set_config(): writing to it is SET. */
+  private settingsView(type: string, o: Obj): void {
+    const rel = o.relation as Obj | undefined;
+    if (rel === undefined || str(rel.relname).toLowerCase() !== 'pg_settings' || this.pins.first === null) return;
+    this.refuseWith(this.pins.first, pinnedDetail(`${DML_VERB[type] ?? 'writing to'} pg_settings`, this.pins.first, 'could change', ' (it is equivalent to SET)'));
+  }
+
+  /**
+   * A DO body is procedural code this module cannot parse: refused when its text mentions a
+   * pinned name, set_config, pg_settings, RESET or DISCARD (lexical.opaqueRisk). Its session
+   * effects are unknowable, so every DO block is sticky.
+   */
+  private doBlock(o: Obj): void {
+    const body = defElemStrings(o.args, 'as').join('\n');
+    const risk = opaqueRisk(body, this.pins);
+    if (risk !== null) {
+      this.refuseWith(risk, pinnedDetail('a DO block', risk, 'could change', ' (its body mentions it and cannot be analysed)'));
+      return;
+    }
+    this.stick('DO');
+  }
+
+  /**
+   * A string function body: LANGUAGE sql is parsed and inspected like any statement (so the
+   * usual `SELECT current_setting('app.tenant_id')` helper passes); any other language is
+   * judged by the same text rule as DO. BEGIN ATOMIC bodies are already in the tree.
+   */
+  private functionBody(o: Obj): void {
+    const body = defElemStrings(o.options, 'as');
+    if (body.length === 0) return;
+    const language = (defElemStrings(o.options, 'language')[0] ?? 'sql').toLowerCase();
+    const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
+    if (language === 'sql') {
+      const stmts = this.env.parse(body[0]!);
+      if (stmts !== null) {
+        const inner = inspect(stmts, this.env, true).refuse;
+        if (inner !== null) this.refuseWith(inner.variable, `${what} body: ${inner.detail}`);
+        return;
+      }
+    }
+    const risk = opaqueRisk(body.join('\n'), this.pins);
+    if (risk !== null) {
+      this.refuseWith(risk, pinnedDetail(`${what} (LANGUAGE ${language})`, risk, 'could change', ' (its body mentions it and cannot be analysed)'));
+    }
+  }
+}
+
+/** Node types that libpg-query prints without a wrapper when a field has that exact type. */
+function bareType(o: Obj): string | null {
+  if (typeof o.kind === 'string' && o.kind.startsWith('VAR_')) return 'VariableSetStmt'; // AlterRoleSetStmt.setstmt, ...
+  if (Array.isArray(o.funcname) && 'funcformat' in o) return 'FuncCall'; // CallStmt.funccall
+  if (typeof o.relname === 'string' && 'relpersistence' in o) return 'RangeVar'; // relation, into.rel, ...
+  return null;
+}
+
+function setForm(kind: string, local: boolean): [string, Effect] {
+  const set = local ? 'SET LOCAL' : 'SET';
+  switch (kind) {
+    case 'VAR_SET_DEFAULT':
+      return [`${set} ... TO DEFAULT`, 'would reset'];
+    case 'VAR_SET_CURRENT':
+      return [`${set} ... FROM CURRENT`, 'would change'];
+    case 'VAR_RESET':
+      return ['RESET', 'would reset'];
+    default:
+      return [set, 'would change'];
+  }
+}
+
+function tempReason(owner: string): string {
+  if (owner === 'CreateSeqStmt') return 'temporary sequence';
+  if (owner === 'ViewStmt') return 'temporary view';
+  return 'temporary table';
+}
+
+function isTempSchema(name: string): boolean {
+  return /^pg_temp(_\d+)?$/i.test(name);
+}
+
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' ? v : 0;
+}
+
+/** The last element of a name list (`pg_catalog.set_config` → `set_config`), lower-case. */
+function lastName(names: unknown): string {
+  if (!Array.isArray(names) || names.length === 0) return '';
+  const last = names[names.length - 1] as { String?: { sval?: unknown } };
+  return str(last.String?.sval).toLowerCase();
+}
+
+/** Argument `index` of a call, or the one passed by `name =>`; undefined when absent. */
+function argument(args: readonly unknown[], index: number, name: string): unknown {
+  for (const a of args) {
+    const named = (a as { NamedArgExpr?: Obj }).NamedArgExpr;
+    if (named !== undefined && str(named.name).toLowerCase() === name) return named.arg;
+  }
+  const positional = args[index] as { NamedArgExpr?: Obj } | undefined;
+  if (positional === undefined || positional.NamedArgExpr !== undefined) return undefined;
+  // A named argument before this one would have been rejected by PostgreSQL; positional wins.
+  return positional;
+}
+
+/** The value of a plain string constant node, else null (parameters, casts, expressions). */
+function stringConst(node: unknown): string | null {
+  const c = (node as { A_Const?: { sval?: { sval?: unknown }; isnull?: unknown } } | undefined)?.A_Const;
+  if (c === undefined || c.isnull === true || c.sval === undefined) return null;
+  return typeof c.sval.sval === 'string' ? c.sval.sval : ''; // an empty string prints as {}
+}
+
+function isTrue(node: unknown): boolean {
+  const c = (node as { A_Const?: { boolval?: { boolval?: unknown } } } | undefined)?.A_Const;
+  return c?.boolval?.boolval === true;
+}
+
+/** The string values of DefElem `name` in a DefElem list (a body is a one- or two-item List). */
+function defElemStrings(list: unknown, name: string): string[] {
+  if (!Array.isArray(list)) return [];
+  const out: string[] = [];
+  for (const item of list) {
+    const d = (item as { DefElem?: Obj }).DefElem;
+    if (d === undefined || d.defname !== name) continue;
+    collectStrings(d.arg, out);
+  }
+  return out;
+}
+
+function collectStrings(node: unknown, out: string[]): void {
+  const n = node as { String?: { sval?: unknown }; List?: { items?: unknown } } | undefined;
+  if (n?.String !== undefined) out.push(str(n.String.sval));
+  else if (n?.List !== undefined && Array.isArray(n.List.items)) for (const i of n.List.items) collectStrings(i, out);
+}

@@ -1,0 +1,64 @@
+// Refusing one statement without breaking the protocol: the refused Query or Parse is
+// replaced by a statement that fails to parse on the server with a unique token in its
+// error. The server then does exactly what PostgreSQL does for any failed statement —
+// aborts an open transaction block, skips the rest of an extended-protocol batch until
+// Sync, answers in order — and on the way back that one ErrorResponse is swapped for ours.
+
+import { randomBytes } from 'node:crypto';
+import { serialize } from 'pg-protocol';
+import * as be from '../protocol/backend.js';
+import { parseFields } from '../protocol/fields.js';
+import { SqlState } from '../protocol/sqlstate.js';
+
+export interface RefusalText {
+  readonly message: string;
+  readonly detail: string;
+}
+
+/** Pending refusals of one client session, matched by token when their error comes back. */
+export class Refusals {
+  private readonly pending = new Map<string, Buffer>();
+
+  /** The Query frame to send instead of a refused simple-protocol Query. */
+  query(text: RefusalText): Buffer {
+    return serialize.query(this.register(text));
+  }
+
+  /** The Parse frame to send instead of a refused Parse (same statement name). */
+  parse(statementName: string, text: RefusalText): Buffer {
+    return serialize.parse({ name: statementName, text: this.register(text), types: [] });
+  }
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /** Our ErrorResponse if `frame` is the server's error for one of our tokens, else null. */
+  rewrite(frame: Buffer): Buffer | null {
+    const fields = parseFields(frame);
+    if (fields.C !== '42601' || !fields.M) return null;
+    const token = /pgbastion_refused_[0-9a-f]{16}/.exec(fields.M)?.[0];
+    if (!token) return null;
+    const reply = this.pending.get(token);
+    if (!reply) return null;
+    this.pending.delete(token);
+    return reply;
+  }
+
+  /**
+   * Forgets refusals the server skipped (an earlier error in the same batch makes it skip
+   * to Sync): called when nothing more is owed, so no error for them can still come.
+   */
+  clear(): void {
+    this.pending.clear();
+  }
+
+  private register(text: RefusalText): string {
+    const token = `pgbastion_refused_${randomBytes(8).toString('hex')}`;
+    this.pending.set(
+      token,
+      be.errorResponse({ severity: 'ERROR', code: SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail }),
+    );
+    return token;
+  }
+}
