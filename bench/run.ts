@@ -27,13 +27,11 @@ const PROXY_PASSWORD = 'bench-pw'; // same as the server role's, so one PGPASSWO
 const DATABASE = 'bench';
 
 /**
- * Both proxies use the same pooling. Session mode gives each pgbench client its own server
- * connection, so the pool is sized above the client count: this measures the relay, not
- * queueing. Switch to 'transaction' with a pool smaller than the clients once pgbastion
- * pools per transaction.
+ * Both proxies pool per transaction with fewer server connections than pgbench clients:
+ * the configuration pgbastion is built for, and the one PgBouncer is usually run in.
  */
-const POOL_MODE: 'session' | 'transaction' = 'session';
-const POOL_SIZE = 40;
+const POOL_MODE: 'session' | 'transaction' = 'transaction';
+const POOL_SIZE = 20;
 
 const THREADS = 2;
 const WARMUP_S = 2; // per target before measuring: warms caches and V8's JIT, not recorded

@@ -16,9 +16,9 @@
 //   the bytes as UTF-8), are not modelled.
 // - The grammar is PostgreSQL 17's. Text it rejects is allowed, except when it mentions a pinned
 //   variable as above (refused: an older server might accept `SET app.tenant_id = system_user`)
-//   or contains a word of a session-changing form (sticky 'unparsed statement'). The
-//   standard_conforming_strings = off reading gets no such fallback: if it does not parse, the
-//   server in that mode rejects it too (a version-skew gap remains there).
+//   or contains a word of a session-changing form (sticky 'unparsed statement'). The same
+//   refusal applies to the standard_conforming_strings = off reading, so a statement with `\'`
+//   in a string and a pinned name elsewhere may be refused although it is harmless.
 // - set_config() is matched by name in any schema, and any identifier spelled set_config (an
 //   aggregate's sfunc, a column) is refused: conservative on purpose.
 // - Only literal `set_config(<string constant>, ...)` names are trusted; casts, parameters and
@@ -86,14 +86,12 @@ export class PolicyClassifier {
   private reading(sql: string, primary: boolean): PolicyVerdict {
     const stmts = parseStatements(sql);
     if (stmts !== null) return inspect(stmts, this.env);
-    // A rewrite that does not parse is text the server would reject in that mode too; judging
-    // it by words would refuse harmless statements like `... 'C:\', current_setting('app.tenant_id')`.
-    if (!primary) return ALLOW;
     const risk = opaqueRisk(sql, this.pins);
     if (risk !== null) {
       const why = ' (it does not parse here but mentions it, and another PostgreSQL version might accept it)';
       return verdict(refusal(risk, pinnedDetail('a statement', risk, 'could change', why)), null);
     }
-    return mayBeSticky(sql) ? verdict(null, 'unparsed statement') : ALLOW;
+    // The rewrite is a guess at another mode; a sticky mark from its failure would only be noise.
+    return primary && mayBeSticky(sql) ? verdict(null, 'unparsed statement') : ALLOW;
   }
 }

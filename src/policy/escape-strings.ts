@@ -36,18 +36,16 @@ function isTagCont(c: number): boolean {
  * default one (no plain or national string literal contains a backslash).
  * Follows PostgreSQL's scan.l: comments (nested), "identifiers", $tag$ quotes, U&'...', B'...',
  * X'...' (no backslash escapes in either mode), E'...' (escapes in both), N'...' and '...'
- * (escapes only when off), and string continuation across a newline.
+ * (escapes only when off), and string continuation across a newline. PostgreSQL 15 also
+ * continues a string across `-- comments`, which the PostgreSQL 17 parser here rejects: the
+ * rewrite drops such comments so both read one string.
  */
 export function nonStandardStringsReading(sql: string): string | null {
   if (!sql.includes('\\')) return null;
   const n = sql.length;
-  let out = '';
-  let copied = 0;
+  const edits: Edit[] = [];
+  let escapes = false; // whether any plain string needed its E
   let i = 0;
-  const prefix = (at: number, insert: string): void => {
-    out += sql.slice(copied, at) + insert;
-    copied = at;
-  };
   while (i < n) {
     const c = sql.charCodeAt(i);
     if (c === Ch.Dash && sql.charCodeAt(i + 1) === Ch.Dash) {
@@ -55,10 +53,13 @@ export function nonStandardStringsReading(sql: string): string | null {
     } else if (c === Ch.Slash && sql.charCodeAt(i + 1) === Ch.Star) {
       i = blockCommentEnd(sql, i);
     } else if (c === Ch.DQuote) {
-      i = doubledQuoteEnd(sql, i, Ch.DQuote);
+      i = doubledQuoteEnd(sql, i, Ch.DQuote, edits);
     } else if (c === Ch.Quote) {
-      const end = escapeStringEnd(sql, i);
-      if (sql.slice(i, end).includes('\\')) prefix(i, ' E');
+      const end = escapeStringEnd(sql, i, edits);
+      if (sql.slice(i, end).includes('\\')) {
+        edits.push({ from: i, to: i, text: ' E' });
+        escapes = true;
+      }
       i = end;
     } else if (c === Ch.Dollar) {
       i = dollarQuoteEnd(sql, i);
@@ -68,20 +69,20 @@ export function nonStandardStringsReading(sql: string): string | null {
       const next = sql.charCodeAt(j);
       const single = j === i + 1 ? sql[i]!.toLowerCase() : '';
       if (next === Ch.Quote && single === 'e') {
-        i = escapeStringEnd(sql, j);
+        i = escapeStringEnd(sql, j, edits);
       } else if (next === Ch.Quote && (single === 'b' || single === 'x')) {
-        i = doubledQuoteEnd(sql, j, Ch.Quote);
+        i = doubledQuoteEnd(sql, j, Ch.Quote, edits);
       } else if (next === Ch.Quote && single === 'n') {
         // N'...' is the keyword NCHAR then an ordinary string literal (scan.l xnstart).
-        const end = escapeStringEnd(sql, j);
+        const end = escapeStringEnd(sql, j, edits);
         if (sql.slice(j, end).includes('\\')) {
-          prefix(i, ' NCHAR E');
-          copied = j;
+          edits.push({ from: i, to: j, text: ' NCHAR E' });
+          escapes = true;
         }
         i = end;
       } else if (single === 'u' && next === Ch.Amp && (sql.charCodeAt(j + 1) === Ch.Quote || sql.charCodeAt(j + 1) === Ch.DQuote)) {
         // U&'...' and U&"...": doubling only; backslash starts a Unicode escape, decoded later.
-        i = doubledQuoteEnd(sql, j + 1, sql.charCodeAt(j + 1));
+        i = doubledQuoteEnd(sql, j + 1, sql.charCodeAt(j + 1), edits);
       } else {
         i = j;
       }
@@ -89,8 +90,24 @@ export function nonStandardStringsReading(sql: string): string | null {
       i++;
     }
   }
-  if (copied === 0 && out === '') return null;
-  return out + sql.slice(copied);
+  return escapes ? applyEdits(sql, edits) : null;
+}
+
+/** Replace sql[from, to) by text. */
+interface Edit {
+  readonly from: number;
+  readonly to: number;
+  readonly text: string;
+}
+
+function applyEdits(sql: string, edits: readonly Edit[]): string {
+  let out = '';
+  let at = 0;
+  for (const e of [...edits].sort((a, b) => a.from - b.from)) {
+    out += sql.slice(at, e.from) + e.text;
+    at = e.to;
+  }
+  return out + sql.slice(at);
 }
 
 function lineEnd(sql: string, i: number): number {
@@ -115,13 +132,21 @@ function blockCommentEnd(sql: string, i: number): number {
   return i;
 }
 
-/** End (exclusive) of a literal opened at `open` whose only escape is a doubled quote. */
-function doubledQuoteEnd(sql: string, open: number, quote: number): number {
+/**
+ * End (exclusive) of a literal opened at `open` whose only escape is a doubled quote. String
+ * literals (not "identifiers") continue across a newline like escape strings do.
+ */
+function doubledQuoteEnd(sql: string, open: number, quote: number, edits: Edit[]): number {
   let i = open + 1;
   while (i < sql.length) {
     if (sql.charCodeAt(i) === quote) {
-      if (sql.charCodeAt(i + 1) === quote) i += 2;
-      else return i + 1;
+      if (sql.charCodeAt(i + 1) === quote) {
+        i += 2;
+        continue;
+      }
+      const next = quote === Ch.Quote ? continuation(sql, i + 1, edits) : -1;
+      if (next < 0) return i + 1;
+      i = next + 1;
     } else {
       i++;
     }
@@ -130,7 +155,7 @@ function doubledQuoteEnd(sql: string, open: number, quote: number): number {
 }
 
 /** End (exclusive) of a backslash-escaped string opened at `open`, continuation segments included. */
-function escapeStringEnd(sql: string, open: number): number {
+function escapeStringEnd(sql: string, open: number, edits: Edit[]): number {
   let i = open + 1;
   while (i < sql.length) {
     const c = sql.charCodeAt(i);
@@ -141,7 +166,7 @@ function escapeStringEnd(sql: string, open: number): number {
         i += 2;
         continue;
       }
-      const next = continuation(sql, i + 1);
+      const next = continuation(sql, i + 1, edits);
       if (next < 0) return i + 1;
       i = next + 1;
     } else {
@@ -153,10 +178,12 @@ function escapeStringEnd(sql: string, open: number): number {
 
 /**
  * Where a string continues after its closing quote: whitespace holding at least one newline
- * (and -- comments) then a quote, as in `'a'\n'b'` = 'ab'. Returns that quote's index or -1.
+ * (and -- comments) then a quote, as in `'a'\n'b'` = 'ab'. Returns that quote's index or -1;
+ * on a continuation, records the deletion of the comments in between.
  */
-function continuation(sql: string, i: number): number {
+function continuation(sql: string, i: number, edits: Edit[]): number {
   let newline = false;
+  const comments: Edit[] = [];
   while (i < sql.length) {
     const c = sql.charCodeAt(i);
     if (c === Ch.LF || c === Ch.CR) {
@@ -165,12 +192,16 @@ function continuation(sql: string, i: number): number {
     } else if (c === 32 || c === 9 || c === 12 || c === 11) {
       i++;
     } else if (c === Ch.Dash && sql.charCodeAt(i + 1) === Ch.Dash) {
-      i = lineEnd(sql, i);
+      const end = lineEnd(sql, i);
+      comments.push({ from: i, to: end, text: '' });
+      i = end;
     } else {
       break;
     }
   }
-  return newline && sql.charCodeAt(i) === Ch.Quote ? i : -1;
+  if (!newline || sql.charCodeAt(i) !== Ch.Quote) return -1;
+  edits.push(...comments);
+  return i;
 }
 
 /** After a `$` at `i`: past the whole $tag$...$tag$ literal if one starts there, else past the `$`. */

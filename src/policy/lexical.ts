@@ -34,7 +34,7 @@ const OPAQUE_RISK = /set_config|pg_settings|u&|(?<![a-z0-9_$])(?:reset|discard)(
  * For SQL this module cannot parse: the pinned variable it might change, or null. Refuses
  * when the text mentions a pinned name (whole, or all its parts as words: `"app"."tenant_id"`),
  * set_config, pg_settings, RESET, DISCARD or a U& escape. Dynamic SQL assembled at run time
- * (`'SE' || 'T'`, chr(), format(), decode()) can still get past it: see the module README in
+ * (`'SE' || 'T'`, chr(), format(), decode()) can still get past it: see the limits listed in
  * classify.ts.
  */
 export function opaqueRisk(text: string, pins: PinnedNames): string | null {

@@ -19,10 +19,6 @@ export class PinnedNames {
     this.parts = this.names.map((n) => n.split('.').filter((p) => p !== '').map(wordMatcher));
   }
 
-  get isEmpty(): boolean {
-    return this.first === null;
-  }
-
   /** The pinned name `name` designates, or null. */
   match(name: string): string | null {
     const lower = name.toLowerCase();
