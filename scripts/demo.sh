@@ -74,8 +74,11 @@ if [[ ! -d node_modules ]]; then
   say "installing npm dependencies"
   npm ci --no-audit --no-fund --loglevel=error
 fi
-say "building pgbastion"
-npm run --silent build
+# Build only when needed: a rebuild rewrites dist/ under anything already running from it.
+if [[ ! -f dist/cli/main.js ]] || [[ -n $(find src package.json tsconfig.json -newer dist/cli/main.js -print -quit) ]]; then
+  say "building pgbastion"
+  npm run --silent build
+fi
 
 # ---- 3. throw-away PostgreSQL -----------------------------------------------------------
 stop_demo
