@@ -43,9 +43,12 @@ t.test('isolation hammer: 40 clients, 3 tenants, pool of 4, 20 000+ statements, 
   const backends = new Set<number>();
 
   const checksBy = new Map<number, number>();
-  async function check(c: pg.Client, tenant: string, how: 'simple' | 'extended', who: number): Promise<void> {
+  async function check(c: pg.Client, tenant: string, how: 'simple' | 'extended' | 'named', who: number): Promise<void> {
     checksBy.set(who, (checksBy.get(who) ?? 0) + 1);
-    const r = how === 'simple' ? await c.query(CHECK) : await c.query(`${CHECK}, pg_backend_pid() AS pid, $1::int AS k`, [statements]);
+    const r =
+      how === 'simple'
+        ? await c.query(CHECK)
+        : await c.query({ text: `${CHECK}, pg_backend_pid() AS pid, $1::int AS k`, values: [statements], ...(how === 'named' ? { name: 'check' } : {}) });
     statements++;
     const row = r.rows[0] as { t: string; seen: string[] | null; n: number; pid?: number };
     if (row.pid) backends.add(row.pid);
@@ -60,7 +63,7 @@ t.test('isolation hammer: 40 clients, 3 tenants, pool of 4, 20 000+ statements, 
     try {
       const start = checksBy.get(i) ?? 0;
       while ((checksBy.get(i) ?? 0) - start < STATEMENTS_EACH) {
-        const pick = Math.floor(Math.random() * 6);
+        const pick = Math.floor(Math.random() * 7);
         if (pick === 0) {
           await check(c, tenant, 'simple', i);
         } else if (pick === 1) {
@@ -79,6 +82,9 @@ t.test('isolation hammer: 40 clients, 3 tenants, pool of 4, 20 000+ statements, 
         } else if (pick === 4) {
           await c.query('SELECT 1/0').catch(() => undefined);
           await check(c, tenant, 'extended', i);
+        } else if (pick === 5) {
+          // A named statement, prepared on whichever connection first ran it for this client.
+          await check(c, tenant, 'named', i);
         } else {
           // Pipelined: two queries in flight at once on one client connection.
           await Promise.all([check(c, tenant, 'simple', i), check(c, tenant, 'extended', i)]);
@@ -194,4 +200,68 @@ t.test('named prepared statements keep working (the client stays on its connecti
     await c.query('COMMIT');
     t.same(r.rows, [{ v: 3, t: 'c' }]);
   }
+});
+
+t.test('protocol-level prepared statements follow the client across server connections', async (t) => {
+  const clients = await Promise.all(TENANTS.map((x) => tenantClient(x)));
+  t.teardown(() => Promise.all(clients.map((c) => c.end())));
+  const q = (v: number) => ({ name: 'by-v', text: "SELECT v, current_setting('app.tenant_id') AS t, pg_backend_pid() AS pid FROM tenant_rows WHERE v = $1", values: [v] });
+  const pids = new Set<number>();
+  for (let round = 0; round < 30; round++) {
+    await Promise.all(
+      clients.map(async (c, i) => {
+        const v = 1 + ((round + i) % 5);
+        const r = await c.query(q(v));
+        pids.add(r.rows[0].pid);
+        t.same([r.rows[0].v, r.rows[0].t], [v, TENANTS[i]], 'right row, right tenant');
+      }),
+    );
+  }
+  t.ok(pids.size > 1, `the statement ran on ${pids.size} server connections`);
+});
+
+t.test('postgres.js (prepares every statement by default) in transaction mode', async (t) => {
+  const { default: postgres } = await import('postgres');
+  const sql = postgres({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres', max: 4, prepare: true, onnotice: () => {} });
+  t.teardown(() => sql.end({ timeout: 5 }));
+  for (let round = 0; round < 20; round++) {
+    const rows = await Promise.all(
+      [1, 2, 3, 4, 5].map((v) => sql`SELECT v, current_setting('app.tenant_id') AS t FROM tenant_rows WHERE v = ${v}`),
+    );
+    rows.forEach((r, i) => t.same([r[0]?.v, r[0]?.t], [i + 1, 'b']));
+  }
+  const inTx = await sql.begin(async (tx) => {
+    await tx`SELECT 1`;
+    return tx`SELECT count(*)::int AS n FROM tenant_rows`;
+  });
+  t.equal(inTx[0]?.n, 5, 'a transaction through sql.begin');
+});
+
+t.test('a name prepared twice is an error, as in PostgreSQL; Close frees it', async (t) => {
+  const c = await tenantClient('a');
+  t.teardown(() => c.end());
+  // node-postgres never re-sends Parse for a name it knows: speak the protocol through its
+  // connection object; with no query of its own active, the client reports errors as events.
+  const raw = (c as unknown as { connection: { parse(m: object): void; sync(): void; close(m: object): void; once(e: string, f: () => void): void } }).connection;
+  const errors: { code?: string }[] = [];
+  // Server errors carry a SQLSTATE; node-postgres also complains (no code) about replies it did not ask for.
+  c.on('error', (e: Error & { code?: string }) => e.code && errors.push(e));
+  let parsed = 0;
+  (raw as unknown as { on(e: string, f: () => void): void }).on('parseComplete', () => parsed++);
+  const ready = () => new Promise<void>((resolve) => raw.once('readyForQuery', resolve));
+  await c.query({ name: 'dup', text: 'SELECT 1 AS one', values: [] });
+  parsed = 0;
+  let done = ready();
+  raw.parse({ name: 'dup', text: 'SELECT 2', types: [] });
+  raw.sync();
+  await done;
+  t.same(errors.map((e) => e.code), ['42P05'], 'prepared statement "dup" already exists');
+  t.equal(parsed, 0);
+  done = ready();
+  raw.close({ type: 'S', name: 'dup' });
+  raw.parse({ name: 'dup', text: 'SELECT 2', types: [] });
+  raw.sync();
+  await done;
+  t.same(errors.map((e) => e.code), ['42P05'], 'no new error');
+  t.equal(parsed, 1, 'after Close the name can be prepared again');
 });

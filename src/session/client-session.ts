@@ -21,6 +21,7 @@ import { decideStartupParams } from './startup-params.js';
 import type { Cancellable } from './cancel.js';
 import { resolvePins } from './pins.js';
 import { Refusals } from './refusal.js';
+import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { setConfigSql } from './set-config.js';
 
 export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
@@ -36,16 +37,31 @@ const TRANSITIONS: Record<ClientState, readonly ClientState[]> = {
 /** PostgreSQL's PG_MAX_AUTH_TOKEN_LENGTH bounds SASL messages before login. */
 const MAX_AUTH_MESSAGE = 65535 + 64;
 /**
- * Client messages the relay looks at: Terminate, the two that carry SQL (policy), and the
- * three that each make the server answer with exactly one ReadyForQuery (lease accounting).
+ * Client messages the relay looks at: Terminate, the two that carry SQL (policy), the three
+ * that each make the server answer with exactly one ReadyForQuery (lease accounting), and
+ * the three that name a prepared statement (renamed per server connection).
  */
-const CLIENT_RELAY_INSPECT = inspectTable('XQPSF');
+const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDC');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
 const Q = 0x51;
 const P = 0x50;
 const S = 0x53;
 const F = 0x46;
+const B = 0x42;
+const D = 0x44;
+const C = 0x43;
+const DEALLOCATE_ALL = /\bdeallocate\s+(prepare\s+)?all\b/i;
+
+/** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
+interface Outgoing {
+  readonly bytes: Buffer;
+  readonly type: number;
+  /** A prepared statement the server connection must hold before these bytes reach it. */
+  readonly needs: Statement | null;
+  /** This Parse defines `defines` on the server connection. */
+  readonly defines: Statement | null;
+}
 
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   readonly id = randomBytes(6).toString('hex');
@@ -67,9 +83,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private pool: Pool | null = null;
   private server: ServerConnection | null = null;
   /** Client bytes that arrived before a server connection was attached. */
-  private queued: Buffer[] = [];
-  /** ReadyForQuery messages the queued bytes will make the server send. */
-  private queuedOwed = 0;
+  private queued: Outgoing[] = [];
   /** ReadyForQuery messages the server still owes for what this client sent it. */
   private owed = 0;
   /** A lease request is in flight (transaction mode, between transactions). */
@@ -78,6 +92,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private sticky: string | null = null;
   private readonly transactionMode: boolean;
   private readonly refusals = new Refusals();
+  private readonly statements = new PreparedStatements();
   private startupTimer: NodeJS.Timeout | null;
 
   constructor(
@@ -234,9 +249,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   pass(bytes: Buffer): void {
     if (this.state === 'ready') {
-      this.forward(bytes, 0);
+      this.send(bytes, 0);
     } else if (this.state === 'connecting') {
-      this.queued.push(bytes);
+      this.queued.push({ bytes, type: 0, needs: null, defines: null });
     } else if (this.state === 'auth') {
       this.fatal(SqlState.PROTOCOL_VIOLATION, 'unexpected message during authentication');
     }
@@ -248,8 +263,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       case 'auth':
         return this.onAuthOutcome(this.auth!.handle(type, frame));
       case 'connecting':
-        this.queued.push(frame);
-        this.queuedOwed += owesReady(type);
+        // Pipelined before login completed: handled as soon as the session is ready.
+        this.queued.push({ bytes: frame, type: -type, needs: null, defines: null });
         return;
       case 'ready':
         return this.clientMessage(type, frame);
@@ -315,16 +330,46 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- relay: client → server ------------------------------------------------------------
 
   private clientMessage(type: number, frame: Buffer): void {
-    if (type === Q) return this.forward(this.vet(frame, 5, null), 1);
-    if (type === P) {
-      const nameEnd = frame.indexOf(0, 5);
-      if (nameEnd < 0) throw new FrameError('invalid Parse message');
-      const name = frame.toString('utf8', 5, nameEnd);
-      // A named statement lives on one server connection; keep the client on it.
-      if (name !== '' && this.transactionMode && this.sticky === null) this.makeSticky('named prepared statement');
-      return this.forward(this.vet(frame, nameEnd + 1, name), 0);
+    switch (type) {
+      case Q:
+        return this.send(this.vet(frame, 5, null), Q);
+      case P: {
+        const nameEnd = frame.indexOf(0, 5);
+        if (nameEnd < 0) throw new FrameError('invalid Parse message');
+        const name = frame.toString('utf8', 5, nameEnd);
+        const vetted = this.vet(frame, nameEnd + 1, name);
+        // Session mode keeps one server connection: names can stay as the client chose them.
+        if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P);
+        if (this.statements.has(name)) {
+          const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
+          return this.send(this.refusals.parse(name, text), P);
+        }
+        const stmt = this.statements.define(frame, name, nameEnd);
+        return this.send(stmt.parse, P, null, stmt);
+      }
+      case B:
+        return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
+      case D:
+      case C:
+        return this.sendNaming(frame, type, this.transactionMode ? statementTarget(frame) : null);
+      default:
+        return this.send(frame, type);
     }
-    this.forward(frame, owesReady(type));
+  }
+
+  /** Bind/Describe/Close naming a client statement: renamed, and prepared first where missing. */
+  private sendNaming(frame: Buffer, type: number, at: { start: number; end: number } | null): void {
+    if (at === null || at.end === at.start) return this.send(frame, type);
+    const name = frame.toString('utf8', at.start, at.end);
+    const stmt = this.statements.get(name);
+    // Unknown to us: the server answers as PostgreSQL would ("does not exist").
+    if (!stmt) return this.send(frame, type);
+    const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
+    if (type === C) {
+      this.statements.forget(name);
+      return this.send(renamed, type);
+    }
+    this.send(renamed, type, stmt);
   }
 
   /**
@@ -346,16 +391,34 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
-  private forward(bytes: Buffer, owes: number): void {
+  private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null): void {
     const server = this.server;
-    if (server) {
-      this.owed += owes;
-      if (!server.write(bytes)) this.waitForServerDrain();
-      return;
-    }
-    this.queued.push(bytes);
-    this.queuedOwed += owes;
+    if (server) return this.write(server, { bytes, type, needs, defines });
+    this.queued.push({ bytes, type, needs, defines });
     if (!this.leasing) void this.lease();
+  }
+
+  /** The one place client bytes reach a server connection, with its bookkeeping. */
+  private write(server: ServerConnection, out: Outgoing): void {
+    if (out.needs && !server.prepared.has(out.needs.serverName)) {
+      server.write(out.needs.parse);
+      server.noteParse(true);
+      server.prepared.add(out.needs.serverName);
+    }
+    if (out.type === P) {
+      server.noteParse(false);
+      if (out.defines) server.prepared.add(out.defines.serverName);
+    } else if (out.type === Q || out.type === S || out.type === F) {
+      server.noteSync();
+      this.owed++;
+      // DEALLOCATE ALL drops the statements the proxy prepared there too.
+      if (out.type === Q && server.prepared.size > 0 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
+        server.prepared.clear();
+      }
+    } else if (out.type === C && out.bytes[5] === 0x53 /* S */) {
+      server.prepared.delete(out.bytes.toString('utf8', 6, out.bytes.length - 1));
+    }
+    if (!server.write(out.bytes)) this.waitForServerDrain();
   }
 
   private makeSticky(reason: string): void {
@@ -397,9 +460,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private flushQueued(server: ServerConnection): void {
     const queued = this.queued;
     this.queued = [];
-    this.owed += this.queuedOwed;
-    this.queuedOwed = 0;
-    for (const bytes of queued) if (!server.write(bytes)) this.waitForServerDrain();
+    for (const out of queued) this.write(server, out);
   }
 
   /** Transaction mode: the server connection goes back once nothing more is owed on it. */
@@ -451,10 +512,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.clearStartupTimer();
     this.move('ready');
     this.log.info(server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
-    if (server === null) {
-      if (this.queued.length > 0) void this.lease();
-    } else if (this.queued.length > 0) this.flushQueued(server);
-    else this.releaseIfDone(server.txStatus);
+    // What the client pipelined behind its login goes through the same checks as the rest.
+    const early = this.queued;
+    this.queued = [];
+    for (const out of early) {
+      if (out.type < 0) this.clientMessage(-out.type, out.bytes);
+      else this.send(out.bytes, 0);
+    }
+    if (server !== null) this.releaseIfDone(server.txStatus);
   }
 
   private onConnectFailure(err: unknown): void {
@@ -540,17 +605,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
-      if (reset) server.applied.clear();
+      if (reset) {
+        server.applied.clear();
+        server.prepared.clear();
+      }
       this.pool.release(server, clean, reset);
     }
     endAndLinger(this.socket);
     if (wasReady) this.log.info({ reason }, 'session ended');
   }
-}
-
-/** How many ReadyForQuery messages a client message makes the server send. */
-function owesReady(type: number): number {
-  return type === Q || type === S || type === F ? 1 : 0;
 }
 
 /** The pool's welcome values with this client's own settings where the server reports them. */

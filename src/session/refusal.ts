@@ -11,8 +11,10 @@ import { parseFields } from '../protocol/fields.js';
 import { SqlState } from '../protocol/sqlstate.js';
 
 export interface RefusalText {
+  /** SQLSTATE; 42501 (insufficient_privilege) unless given. */
+  readonly code?: string;
   readonly message: string;
-  readonly detail: string;
+  readonly detail?: string;
 }
 
 /** Pending refusals of one client session, matched by token when their error comes back. */
@@ -57,7 +59,7 @@ export class Refusals {
     const token = `pgbastion_refused_${randomBytes(8).toString('hex')}`;
     this.pending.set(
       token,
-      be.errorResponse({ severity: 'ERROR', code: SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail }),
+      be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail }),
     );
     return token;
   }

@@ -44,8 +44,11 @@ export interface ServerLogin {
   logger: Logger;
 }
 
-/** ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may rewrite). */
-const RELAY_INSPECT = inspectTable('ZSE');
+/**
+ * ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may
+ * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped).
+ */
+const RELAY_INSPECT = inspectTable('ZSE1');
 
 interface Hidden {
   resolve: () => void;
@@ -77,6 +80,13 @@ export class ServerConnection implements ScanSink {
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
   private onIdleClose: (() => void) | null = null;
+  /** Server-side names of the prepared statements this session holds (see session/prepared.ts). */
+  readonly prepared = new Set<string>();
+  /**
+   * One list per ReadyForQuery still to come, oldest first: for each Parse sent in that
+   * stretch, whether the proxy injected it (its ParseComplete is not the client's).
+   */
+  private parseGroups: boolean[][] = [[]];
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
   private pipelinedHidden = 0;
   private pipelinedError: Record<string, string> | null = null;
@@ -146,6 +156,16 @@ export class ServerConnection implements ScanSink {
     this.onIdleClose = cb;
   }
 
+  /** A Parse went out (`injected`: by the proxy, not the client). */
+  noteParse(injected: boolean): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push(injected);
+  }
+
+  /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
+  noteSync(): void {
+    this.parseGroups.push([]);
+  }
+
   /** Client → server bytes. Returns false when the socket wants the writer to wait. */
   write(bytes: Buffer): boolean {
     this.busy = true;
@@ -181,6 +201,7 @@ export class ServerConnection implements ScanSink {
    */
   sendHidden(sql: string): void {
     this.pipelinedHidden++;
+    this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
     this.busy = true;
     this.socket.write(serialize.query(sql));
@@ -246,9 +267,16 @@ export class ServerConnection implements ScanSink {
 
   private relayMessage(type: number, frame: Buffer): void {
     const peer = this.peer!;
-    if (type === 0x45 /* E */) return void peer.socket.write(peer.serverError(frame));
+    if (type === 0x31 /* 1 ParseComplete */) {
+      if (this.parseGroups[0]!.shift() === true) return; // answers a Parse the proxy injected
+    } else if (type === 0x45 /* E */) {
+      // The server now skips to the next Sync: Parses still listed for this stretch get no answer.
+      this.parseGroups[0]!.length = 0;
+      return void peer.socket.write(peer.serverError(frame));
+    }
     peer.socket.write(frame);
     if (type === 0x5a /* Z */) {
+      this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.busy = false;
       peer.onServerReady(this.txStatus);
@@ -265,6 +293,7 @@ export class ServerConnection implements ScanSink {
       this.params.set(name, value);
     } else if (type === 0x5a /* Z */) {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      this.endParseGroup();
       this.pipelinedHidden--;
       if (this.pipelinedError) {
         const fields = this.pipelinedError;
@@ -272,6 +301,11 @@ export class ServerConnection implements ScanSink {
       }
       if (this.pipelinedHidden === 0) this.scanner.inspect = RELAY_INSPECT;
     }
+  }
+
+  private endParseGroup(): void {
+    if (this.parseGroups.length > 1) this.parseGroups.shift();
+    else this.parseGroups[0]!.length = 0;
   }
 
   private hiddenMessage(type: number, frame: Buffer): void {

@@ -1,0 +1,67 @@
+// Protocol-level prepared statements in transaction mode. A client's named statement must
+// keep working when its next transaction lands on another server connection, so each one
+// gets a server-side name of its own, its Parse is remembered, and it is prepared again
+// on demand (right before a Bind or Describe that needs it) on a connection that lacks it.
+
+import { FrameError } from '../protocol/scanner.js';
+
+export interface Statement {
+  readonly serverName: string;
+  /** The Parse frame under the server-side name, to replay on another connection. */
+  readonly parse: Buffer;
+}
+
+let nextStatement = 1;
+
+export class PreparedStatements {
+  private readonly byName = new Map<string, Statement>();
+
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+
+  /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
+  define(frame: Buffer, name: string, nameEnd: number): Statement {
+    const serverName = `pgbastion_s${nextStatement++}`;
+    const parse = replaceCString(frame, 5, nameEnd, serverName);
+    const stmt = { serverName, parse };
+    this.byName.set(name, stmt);
+    return stmt;
+  }
+
+  get(name: string): Statement | undefined {
+    return this.byName.get(name);
+  }
+
+  forget(name: string): void {
+    this.byName.delete(name);
+  }
+}
+
+/** Offsets of the statement name in a Bind ('B') frame: after the portal name. */
+export function bindStatementName(frame: Buffer): { start: number; end: number } {
+  const portalEnd = frame.indexOf(0, 5);
+  const end = portalEnd < 0 ? -1 : frame.indexOf(0, portalEnd + 1);
+  if (end < 0) throw new FrameError('invalid Bind message');
+  return { start: portalEnd + 1, end };
+}
+
+/** Offsets of the name in a Describe/Close frame whose target is a statement ('S'), else null. */
+export function statementTarget(frame: Buffer): { start: number; end: number } | null {
+  if (frame.length < 7) throw new FrameError('invalid Describe/Close message');
+  if (frame[5] !== 0x53 /* S */) return null;
+  const end = frame.indexOf(0, 6);
+  if (end < 0) throw new FrameError('invalid Describe/Close message');
+  return { start: 6, end };
+}
+
+/** A copy of `frame` with the C string at [start, end) replaced by `value` and the length fixed. */
+export function replaceCString(frame: Buffer, start: number, end: number, value: string): Buffer {
+  const v = Buffer.from(value, 'utf8');
+  const out = Buffer.allocUnsafe(frame.length - (end - start) + v.length);
+  frame.copy(out, 0, 0, start);
+  v.copy(out, start);
+  frame.copy(out, start + v.length, end);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}
