@@ -265,3 +265,35 @@ t.test('a name prepared twice is an error, as in PostgreSQL; Close frees it', as
   t.same(errors.map((e) => e.code), ['42P05'], 'no new error');
   t.equal(parsed, 1, 'after Close the name can be prepared again');
 });
+
+t.test("a client cannot reach another client's prepared statement on a shared connection", async (t) => {
+  const victim = await tenantClient('a');
+  const thief = await tenantClient('b');
+  t.teardown(async () => {
+    await victim.end();
+    await thief.end();
+  });
+  await victim.query({ name: 'secret', text: "SELECT 'victim-statement' AS s", values: [] });
+  // On whichever connection the thief gets, look for statements prepared for others.
+  const names = (await thief.query('SELECT name FROM pg_prepared_statements')).rows.map((r) => r.name as string);
+  for (const name of [...names, 'secret']) {
+    const err = await thief.query({ name, text: 'SELECT 1', values: [] }).then(
+      (r) => (r.rows[0]?.s === 'victim-statement' ? { code: 'LEAKED' } : null),
+      (e: { code?: string; message: string }) => e,
+    );
+    t.not(err?.code, 'LEAKED', `Bind to "${name}" does not run another client's statement`);
+  }
+  // A client that never prepared anything binds straight to a server-side name it saw.
+  const fresh = await tenantClient('c');
+  t.teardown(() => fresh.end());
+  const raw = (fresh as unknown as { connection: { bind(m: object): void; execute(m: object): void; sync(): void; once(e: string, f: () => void): void } }).connection;
+  const errors: { code?: string; message: string }[] = [];
+  fresh.on('error', (e: Error & { code?: string }) => e.code && errors.push(e));
+  const ready = new Promise<void>((resolve) => raw.once('readyForQuery', resolve));
+  raw.bind({ statement: names[0] ?? 'secret', values: [] });
+  raw.execute({});
+  raw.sync();
+  await ready;
+  t.equal(errors[0]?.code, '26000', 'Bind of a name this client never prepared: does not exist');
+  t.match(errors[0]?.message ?? '', /prepared statement ".*" does not exist/);
+});

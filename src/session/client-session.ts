@@ -51,6 +51,8 @@ const F = 0x46;
 const B = 0x42;
 const D = 0x44;
 const C = 0x43;
+/** Prepared statements a server connection may hold before the next lease deallocates them all. */
+const MAX_SERVER_STATEMENTS = 1000;
 const DEALLOCATE_ALL = /\bdeallocate\s+(prepare\s+)?all\b/i;
 
 /** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
@@ -362,8 +364,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (at === null || at.end === at.start) return this.send(frame, type);
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
-    // Unknown to us: the server answers as PostgreSQL would ("does not exist").
-    if (!stmt) return this.send(frame, type);
+    if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
     const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
     if (type === C) {
       this.statements.forget(name);
@@ -447,7 +448,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     server.attach(this);
     const out = server.socket;
     out.cork();
-    const sql = setConfigSql(this.params, server.applied);
+    let sql = setConfigSql(this.params, server.applied);
+    if (server.prepared.size > MAX_SERVER_STATEMENTS) {
+      // Statements of clients long gone pile up on a busy connection: start it afresh (the
+      // ones still needed are prepared again on demand).
+      sql = sql === null ? 'DEALLOCATE ALL' : `DEALLOCATE ALL; ${sql}`;
+      server.prepared.clear();
+    }
     if (sql) {
       server.sendHidden(sql);
       holdExactly(server.applied, this.params);

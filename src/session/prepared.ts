@@ -3,6 +3,7 @@
 // gets a server-side name of its own, its Parse is remembered, and it is prepared again
 // on demand (right before a Bind or Describe that needs it) on a connection that lacks it.
 
+import { randomBytes } from 'node:crypto';
 import { FrameError } from '../protocol/scanner.js';
 
 export interface Statement {
@@ -12,6 +13,11 @@ export interface Statement {
 }
 
 let nextStatement = 1;
+/**
+ * Server-side names are not guessable across restarts; they still show in
+ * pg_prepared_statements on that connection (see README, Prepared statements).
+ */
+const PREFIX = `pgbastion_${randomBytes(4).toString('hex')}_s`;
 
 export class PreparedStatements {
   private readonly byName = new Map<string, Statement>();
@@ -22,7 +28,7 @@ export class PreparedStatements {
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
   define(frame: Buffer, name: string, nameEnd: number): Statement {
-    const serverName = `pgbastion_s${nextStatement++}`;
+    const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
     const stmt = { serverName, parse };
     this.byName.set(name, stmt);

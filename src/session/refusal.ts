@@ -1,6 +1,7 @@
-// Refusing one statement without breaking the protocol: the refused Query or Parse is
+// Refusing one message without breaking the protocol: the refused Query or Parse is
 // replaced by a statement that fails to parse on the server with a unique token in its
-// error. The server then does exactly what PostgreSQL does for any failed statement —
+// error (a Bind/Describe of a statement the client never prepared names a token that
+// does not exist). The server then does exactly what PostgreSQL does for any failure —
 // aborts an open transaction block, skips the rest of an extended-protocol batch until
 // Sync, answers in order — and on the way back that one ErrorResponse is swapped for ours.
 
@@ -17,6 +18,8 @@ export interface RefusalText {
   readonly detail?: string;
 }
 
+const TOKEN = /pgbastion_t_[0-9a-f]{16}/;
+
 /** Pending refusals of one client session, matched by token when their error comes back. */
 export class Refusals {
   private readonly pending = new Map<string, Buffer>();
@@ -31,6 +34,15 @@ export class Refusals {
     return serialize.parse({ name: statementName, text: this.register(text), types: [] });
   }
 
+  /**
+   * A statement name to send instead of `name`, which this client never prepared: nothing
+   * on the server has it, so the client gets PostgreSQL's "does not exist" for its own name
+   * and can never reach a statement another client prepared on that connection.
+   */
+  missingStatement(name: string): string {
+    return this.register({ code: SqlState.UNDEFINED_PSTATEMENT, message: `prepared statement "${name}" does not exist` });
+  }
+
   get size(): number {
     return this.pending.size;
   }
@@ -38,8 +50,8 @@ export class Refusals {
   /** Our ErrorResponse if `frame` is the server's error for one of our tokens, else null. */
   rewrite(frame: Buffer): Buffer | null {
     const fields = parseFields(frame);
-    if (fields.C !== '42601' || !fields.M) return null;
-    const token = /pgbastion_refused_[0-9a-f]{16}/.exec(fields.M)?.[0];
+    if (!fields.M) return null;
+    const token = TOKEN.exec(fields.M)?.[0];
     if (!token) return null;
     const reply = this.pending.get(token);
     if (!reply) return null;
@@ -56,7 +68,7 @@ export class Refusals {
   }
 
   private register(text: RefusalText): string {
-    const token = `pgbastion_refused_${randomBytes(8).toString('hex')}`;
+    const token = `pgbastion_t_${randomBytes(8).toString('hex')}`;
     this.pending.set(
       token,
       be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail }),
