@@ -10,7 +10,9 @@ export type AuthOutcome =
   /** Wrong credentials: the caller answers with the uniform 28P01 message. */
   | { kind: 'denied' }
   /** Malformed exchange: FATAL 08P01 with this message. */
-  | { kind: 'protocol'; message: string };
+  | { kind: 'protocol'; message: string }
+  /** Refused before any credential exchange (e.g. certificate does not name the user): FATAL 28000. */
+  | { kind: 'refused'; message: string };
 
 export interface AuthMethod {
   readonly name: 'scram-sha-256' | 'trust' | 'cert';
@@ -30,6 +32,28 @@ export class TrustAuth implements AuthMethod {
   }
   handle(): AuthOutcome {
     return { kind: 'protocol', message: 'unexpected message during trust authentication' };
+  }
+}
+
+/**
+ * `cert`: the verified client certificate is the credential. Its CN, mapped through
+ * cert_map when there is one, must name the requested user.
+ */
+export class CertAuth implements AuthMethod {
+  readonly name = 'cert' as const;
+  readonly provesCredential = false;
+  constructor(
+    private readonly cn: string | undefined,
+    private readonly user: string,
+    private readonly namesUser: (cn: string, user: string) => boolean,
+  ) {}
+  begin(): AuthOutcome {
+    if (this.cn === undefined) return { kind: 'refused', message: 'connection requires a valid client certificate' };
+    if (!this.namesUser(this.cn, this.user)) return { kind: 'refused', message: `certificate authentication failed for user "${this.user}"` };
+    return { kind: 'ok', send: [] };
+  }
+  handle(): AuthOutcome {
+    return { kind: 'protocol', message: 'unexpected message during certificate authentication' };
   }
 }
 

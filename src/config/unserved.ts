@@ -1,8 +1,9 @@
-// Config the schema accepts (the full SPEC contract) but this build does not serve yet.
-// Security features that would silently degrade (TLS served as plaintext, PROXY headers
-// ignored) make `start` refuse; the rest are warnings `check` and `start` print.
-// Each entry disappears from here when its feature lands.
+// Config the schema accepts (the full SPEC contract) but this build cannot serve: features
+// not built yet, and TLS files that do not load. Security features that would silently
+// degrade (PROXY headers ignored, TLS not offered) make `start` refuse; the rest are
+// warnings `check` and `start` print. Each feature entry disappears when it lands.
 
+import { TlsTerminator } from '../tls/terminate.js';
 import type { Config } from './types.js';
 
 export interface Unserved {
@@ -11,10 +12,22 @@ export interface Unserved {
   readonly warn: readonly string[];
 }
 
+/** Certificate and key files must load (and match) before a listener may promise TLS. */
+export function tlsProblem(c: Config): string | null {
+  if (!c.tls) return null;
+  try {
+    new TlsTerminator(c.tls);
+    return null;
+  } catch (e) {
+    return `tls: cannot use the certificate, key or CA files: ${(e as Error).message}`;
+  }
+}
+
 export function unservedFeatures(c: Config): Unserved {
   const refuse: string[] = [];
   const warn: string[] = [];
-  if (c.tls) refuse.push('tls: client-facing TLS is not implemented in this build; refusing to serve plaintext instead');
+  const tls = tlsProblem(c);
+  if (tls) refuse.push(tls);
   if (c.proxy_protocol) refuse.push('proxy_protocol: PROXY headers are not implemented in this build');
   if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
   if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');

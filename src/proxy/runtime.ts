@@ -11,6 +11,7 @@ import type { HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
 import { PolicyClassifier } from '../policy/classify.js';
+import { TlsTerminator } from '../tls/terminate.js';
 import { CancelRegistry } from '../session/cancel.js';
 
 export interface RuntimeUser {
@@ -26,6 +27,8 @@ export class Runtime {
   readonly lockout: LockoutTracker;
   /** Decides, per statement, whether it would change a pinned variable. */
   readonly policy: PolicyClassifier;
+  /** Client-facing TLS, when configured. */
+  readonly tls: TlsTerminator | null;
   /** Per-process key that derives stable fake SCRAM salts for unknown users. */
   readonly fakeSaltKey = randomBytes(32);
   clients = 0;
@@ -40,6 +43,7 @@ export class Runtime {
     this.hba = loadRules(config);
     this.lockout = new LockoutTracker(config.limits.auth_failures);
     this.policy = new PolicyClassifier(config.pinning.variables);
+    this.tls = config.tls ? new TlsTerminator(config.tls) : null;
     this.pools = new PoolRegistry(config, logger);
   }
 }

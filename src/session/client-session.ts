@@ -3,9 +3,12 @@
 
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
+import type tls from 'node:tls';
+import { certNamesUser } from '../hba/cert-map.js';
+import { ALPN_POSTGRESQL, describePeer, type TlsPeer } from '../tls/terminate.js';
 import type { Logger } from 'pino';
 import { endAndLinger } from '../net/linger.js';
-import { ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
+import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
 import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
@@ -44,6 +47,7 @@ const MAX_AUTH_MESSAGE = 65535 + 64;
 const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDC');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
+const TLS_HANDSHAKE_RECORD = 0x16;
 const Q = 0x51;
 const P = 0x50;
 const S = 0x53;
@@ -74,6 +78,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly port: number;
   private startupBuf: Buffer = Buffer.alloc(0);
   private sslAnswered = false;
+  /** Set once a TLS handshake completed on this connection. */
+  private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
   private readonly scanner: MessageScanner;
   private auth: AuthMethod | null = null;
@@ -107,10 +113,46 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('error', (err) => this.log.debug({ err: err.message }, 'client socket error'));
-    socket.on('close', () => this.finish('client disconnected'));
+    this.listen(socket);
     this.startupTimer = setTimeout(() => this.onStartupTimeout(), rt.config.limits.startup_timeout_ms);
+  }
+
+  private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onSocketError = (err: Error): void => void this.log.debug({ err: err.message }, 'client socket error');
+  private readonly onSocketClose = (): void => this.finish('client disconnected');
+
+  private listen(socket: net.Socket): void {
+    socket.on('data', this.onSocketData);
+    socket.on('error', this.onSocketError);
+    socket.on('close', this.onSocketClose);
+  }
+
+  /** Hands the connection to TLS: from now on every byte in and out goes through `secure`. */
+  private startTls(early: Buffer | null, direct: boolean): void {
+    const raw = this.socket;
+    raw.off('data', this.onSocketData);
+    raw.off('error', this.onSocketError);
+    raw.off('close', this.onSocketClose);
+    raw.on('error', () => raw.destroy());
+    const secure = this.rt.tls!.upgrade(raw, early, direct);
+    this.socket = secure;
+    this.listen(secure);
+    secure.once('secure', () => this.onTlsReady(secure, direct));
+  }
+
+  private onTlsReady(secure: tls.TLSSocket, direct: boolean): void {
+    if (this.state === 'closed') return;
+    if (direct && secure.alpnProtocol !== ALPN_POSTGRESQL) {
+      // As PostgreSQL 17: direct TLS without the postgresql ALPN could be a confused peer.
+      this.log.info('direct TLS without ALPN "postgresql" refused');
+      return void this.close();
+    }
+    const peer = describePeer(secure);
+    this.tlsPeer = peer;
+    this.log = this.log.child({ tls: peer.protocol });
+    if (peer.certError !== null) {
+      this.fatal(SqlState.INVALID_AUTHORIZATION, `client certificate verification failed: ${peer.certError}`);
+    }
   }
 
   private move(to: ClientState): void {
@@ -146,6 +188,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Startup packets are untyped: a length, then a body; several may precede the real one. */
   private onStartupData(chunk: Buffer): void {
     this.startupBuf = this.startupBuf.length === 0 ? chunk : Buffer.concat([this.startupBuf, chunk]);
+    if (this.startupBuf[0] === TLS_HANDSHAKE_RECORD && !this.sslAnswered && this.rt.tls) {
+      // Direct TLS: a ClientHello where a startup packet length would be.
+      this.sslAnswered = true;
+      const early = this.startupBuf;
+      this.startupBuf = Buffer.alloc(0);
+      return this.startTls(early, true);
+    }
     while (this.state === 'startup' && this.startupBuf.length >= 4) {
       const len = startupLength(this.startupBuf);
       if (len === null) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'invalid length of startup packet');
@@ -167,9 +216,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       case 'ssl':
         if (this.sslAnswered) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'duplicate SSLRequest');
         this.sslAnswered = true;
-        // TLS termination plugs in here; until it is configured the answer is N (plaintext).
-        this.socket.write(be.SSL_NO);
-        return;
+        if (!this.rt.tls) return void this.socket.write(be.SSL_NO);
+        if (this.startupBuf.length > 0) {
+          // Bytes sent before our answer would be read as if they came over TLS (CVE-2021-23214 class).
+          this.log.warn('unencrypted data after SSLRequest');
+          this.startupBuf = Buffer.alloc(0);
+          return void this.abort();
+        }
+        this.socket.write(be.SSL_YES);
+        return this.startTls(null, false);
       case 'gssenc':
         if (this.gssAnswered) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'duplicate GSSENCRequest');
         this.gssAnswered = true;
@@ -203,7 +258,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
 
     const replication = isReplication(params.get('replication'));
-    const tls = false;
+    const tls = this.tlsPeer !== null;
     const rule = evaluate(this.rt.hba, { address: this.address, tls, database: this.database, user: this.user, replication });
     const conn = { address: this.address, user: this.user, database: this.database, tls, replication };
     if (rule === null) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('nomatch', conn));
@@ -238,7 +293,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private makeAuth(method: string): AuthMethod | null {
     switch (method) {
       case 'scram-sha-256':
-        return new ScramAuth({ secret: this.runtimeUser?.secret ?? null, username: this.user, fakeSaltKey: this.rt.fakeSaltKey });
+        return new ScramAuth({
+          secret: this.runtimeUser?.secret ?? null,
+          username: this.user,
+          fakeSaltKey: this.rt.fakeSaltKey,
+          // On TLS, SCRAM-SHA-256-PLUS is offered, bound to the certificate we presented.
+          channelBinding: this.tlsPeer ? { type: 'tls-server-end-point', data: this.rt.tls!.endPointHash } : null,
+        });
+      case 'cert':
+        return new CertAuth(this.tlsPeer?.cert?.cn, this.user, (cn, user) => certNamesUser(this.rt.config.cert_map, cn, user));
       case 'trust':
         return new TrustAuth();
       default:
@@ -289,11 +352,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.authFailed();
       case 'protocol':
         return this.fatal(SqlState.PROTOCOL_VIOLATION, r.message);
+      case 'refused':
+        return this.fatal(SqlState.INVALID_AUTHORIZATION, r.message);
       case 'ok': {
         const user = this.runtimeUser;
         if (!user) return this.authFailed();
         if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return this.authFailed();
-        const pins = resolvePins(user.config.pins, { user: this.user, database: this.database });
+        const cert = this.tlsPeer?.cert;
+        const pins = resolvePins(user.config.pins, { user: this.user, database: this.database, ...(cert ? { cert } : {}) });
         if (!pins.ok) {
           return this.fatal(
             SqlState.INVALID_AUTHORIZATION,
@@ -567,7 +633,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null {
     const s = this.server;
-    if (!s || s.isClosed) return null;
+    // Nothing in flight: in transaction mode the connection may be someone else's next.
+    if (!s || s.isClosed || this.owed === 0) return null;
     return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey };
   }
 
@@ -590,6 +657,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   close(): void {
     endAndLinger(this.socket);
     this.finish('closed');
+  }
+
+  /** Drops the connection without a word: nothing we could send would be read correctly. */
+  private abort(): void {
+    this.socket.destroy();
+    this.finish('aborted');
   }
 
   private clearStartupTimer(): void {

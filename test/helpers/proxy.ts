@@ -53,7 +53,7 @@ export interface RunningProxy {
 export async function startProxy(
   t: Test,
   pgs: PgServer,
-  opts: { users: TestUser[]; extra?: Record<string, unknown> },
+  opts: { users: TestUser[]; extra?: Record<string, unknown>; extraUsers?: Record<string, unknown>[] },
 ): Promise<RunningProxy> {
   const users = await Promise.all(
     opts.users.map(async (u) => ({
@@ -68,7 +68,7 @@ export async function startProxy(
     listen: { host: '127.0.0.1', port: 0 },
     upstreams: [{ host: pgs.host, port: pgs.port }],
     pool: { mode: 'session', size: 10 },
-    users,
+    users: [...users, ...(opts.extraUsers ?? [])],
     server_roles: [{ name: SERVER_ROLE, password: SERVER_ROLE_PASSWORD }],
     hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }],
     log_level: 'debug',

@@ -1,0 +1,146 @@
+// Client-facing TLS: one swappable SecureContext (certificates reload without a restart),
+// the server certificate's tls-server-end-point hash for SCRAM-SHA-256-PLUS, and the
+// upgrade of a client socket after SSLRequest or for direct TLS (PostgreSQL 17's
+// sslnegotiation=direct: a ClientHello first, ALPN "postgresql").
+
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type net from 'node:net';
+import { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import type { TlsConfig } from '../config/types.js';
+import { tlsServerEndPointHash } from '../auth/scram.js';
+
+/** TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites all qualify). */
+const FORWARD_SECRET_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
+export const ALPN_POSTGRESQL = 'postgresql';
+
+/** What the session learns from a completed handshake. */
+export interface TlsPeer {
+  readonly protocol: string;
+  readonly cipher: string;
+  /** Set when the client presented a certificate that chains to tls.ca and is in date. */
+  readonly cert: { readonly cn?: string; readonly o?: string; readonly ou?: string; readonly subject: string; readonly fingerprint256: string } | null;
+  /** Why a presented certificate was not accepted (expired, unknown CA...), else null. */
+  readonly certError: string | null;
+}
+
+export class TlsTerminator {
+  private context!: tls.SecureContext;
+  /** tls-server-end-point channel binding data of the certificate we present. */
+  endPointHash!: Buffer;
+  verifiesClients = false;
+
+  constructor(config: TlsConfig) {
+    this.load(config);
+  }
+
+  /** Builds a new context from the files; the old one keeps serving until this succeeds. */
+  load(config: TlsConfig): void {
+    const cert = readFileSync(config.cert);
+    const key = readFileSync(config.key);
+    const ca = config.ca ? readFileSync(config.ca) : undefined;
+    const crl = config.crl ? readFileSync(config.crl) : undefined;
+    const context = tls.createSecureContext({
+      cert,
+      key,
+      ...(ca ? { ca } : {}),
+      ...(crl ? { crl } : {}),
+      minVersion: config.min_version,
+      ciphers: FORWARD_SECRET_CIPHERS,
+      honorCipherOrder: true,
+    });
+    const leaf = new X509Certificate(cert);
+    this.endPointHash = tlsServerEndPointHash(leaf.raw);
+    this.context = context;
+    this.verifiesClients = ca !== undefined;
+  }
+
+  /**
+   * Starts the server side of a handshake on `socket`. `early` holds bytes already read
+   * from it (a direct-TLS ClientHello): those go through a small JS stream in front of the
+   * socket, since a socket whose bytes were consumed cannot be handed to TLS directly.
+   */
+  upgrade(socket: net.Socket, early: Buffer | null, direct: boolean): tls.TLSSocket {
+    const transport = early ? prependBytes(socket, early) : socket;
+    return new tls.TLSSocket(transport as net.Socket, {
+      isServer: true,
+      secureContext: this.context,
+      requestCert: this.verifiesClients,
+      // Checked after the handshake, so a client without a certificate can still use SCRAM.
+      rejectUnauthorized: false,
+      ...(direct ? { ALPNProtocols: [ALPN_POSTGRESQL] } : {}),
+    });
+  }
+}
+
+/** Describes a finished handshake. */
+export function describePeer(socket: tls.TLSSocket): TlsPeer {
+  const cipher = socket.getCipher();
+  const peer = socket.getPeerCertificate();
+  const presented = peer !== null && typeof peer === 'object' && Object.keys(peer).length > 0;
+  const verifyError = presented ? chainError(socket) : null;
+  const ok = presented && verifyError === null;
+  const one = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
+  return {
+    protocol: socket.getProtocol() ?? 'unknown',
+    cipher: cipher?.name ?? 'unknown',
+    cert: ok
+      ? {
+          cn: one(peer.subject?.CN),
+          o: one(peer.subject?.O),
+          ou: one(peer.subject?.OU),
+          subject: Object.entries(peer.subject ?? {}).map(([k, v]) => `${k}=${String(v)}`).join(','),
+          fingerprint256: peer.fingerprint256,
+        }
+      : null,
+    certError: presented ? verifyError : null,
+  };
+}
+
+/**
+ * OpenSSL's verdict on the peer's chain (tls.ca, validity dates, CRL), or null when it
+ * verified. A TLSSocket we build ourselves does not fill in `authorized` (only tls.Server's
+ * sockets do), so ask the handle as tls.Server does; fail closed if that ever goes away.
+ */
+function chainError(socket: tls.TLSSocket): string | null {
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'certificate verification unavailable';
+  const err = handle.verifyError();
+  return err ? (err.code ?? err.message) : null;
+}
+
+/** A duplex that yields `early` and then everything `socket` reads, and writes to `socket`. */
+function prependBytes(socket: net.Socket, early: Buffer): Duplex {
+  const duplex = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      socket.write(chunk, cb);
+    },
+    final(cb) {
+      socket.end(cb);
+    },
+    destroy(err, cb) {
+      socket.destroy(err ?? undefined);
+      cb(err);
+    },
+  });
+  duplex.push(early);
+  socket.on('data', (d: Buffer) => {
+    if (!duplex.push(d)) socket.pause();
+  });
+  socket.on('end', () => duplex.push(null));
+  socket.on('close', () => duplex.destroy());
+  socket.on('error', (err) => duplex.destroy(err));
+  return duplex;
+}
