@@ -12,7 +12,16 @@ import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
 import { PolicyClassifier } from '../policy/classify.js';
 import { TlsTerminator } from '../tls/terminate.js';
+import { Audit } from '../audit/audit.js';
+import { Metrics } from '../metrics/metrics.js';
 import { CancelRegistry } from '../session/cancel.js';
+
+export interface RuntimeOptions {
+  /** Read at scrape time: client connections and server connections by state. */
+  sample?: () => { clients: Record<string, number>; servers: Record<string, number> };
+  /** Where audit events go instead of audit.destination (tests capture them). */
+  auditStream?: NodeJS.WritableStream;
+}
 
 export interface RuntimeUser {
   readonly config: UserConfig;
@@ -29,6 +38,8 @@ export class Runtime {
   readonly policy: PolicyClassifier;
   /** Client-facing TLS, when configured. */
   readonly tls: TlsTerminator | null;
+  readonly metrics: Metrics;
+  readonly audit: Audit;
   /** Per-process key that derives stable fake SCRAM salts for unknown users. */
   readonly fakeSaltKey = randomBytes(32);
   clients = 0;
@@ -36,7 +47,17 @@ export class Runtime {
   constructor(
     readonly config: Config,
     readonly logger: Logger,
+    opts: RuntimeOptions = {},
   ) {
+    this.metrics = new Metrics(opts.sample ?? (() => ({ clients: {}, servers: {} })));
+    this.audit = new Audit(
+      config.audit,
+      (err) => {
+        logger.error({ err: err.message }, 'audit destination failed');
+        this.metrics.auditFailures.inc();
+      },
+      opts.auditStream,
+    );
     for (const user of config.users) {
       this.users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
     }
@@ -44,7 +65,7 @@ export class Runtime {
     this.lockout = new LockoutTracker(config.limits.auth_failures);
     this.policy = new PolicyClassifier(config.pinning.variables);
     this.tls = config.tls ? new TlsTerminator(config.tls) : null;
-    this.pools = new PoolRegistry(config, logger);
+    this.pools = new PoolRegistry(config, logger, this.metrics);
   }
 }
 

@@ -1,7 +1,10 @@
 // The client-facing listener(s): accepts connections, enforces limits.max_clients, and
 // hands each socket to a ClientSession. Owns the Runtime built from the loaded config.
 
+import type http from 'node:http';
 import net from 'node:net';
+import { displayClientAddress } from '../hba/rules.js';
+import { startMetricsServer } from '../metrics/http.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import * as be from '../protocol/backend.js';
@@ -16,8 +19,24 @@ export class ProxyServer {
   private readonly sessions = new Set<ClientSession>();
   readonly runtime: Runtime;
 
-  constructor(config: Config, logger: Logger) {
-    this.runtime = new Runtime(config, logger);
+  private metricsServer: http.Server | null = null;
+
+  constructor(config: Config, logger: Logger, opts: { auditStream?: NodeJS.WritableStream } = {}) {
+    this.runtime = new Runtime(config, logger, { ...opts, sample: () => this.sample() });
+  }
+
+  /** Client and server connections by state, for the gauges read at scrape time. */
+  private sample(): { clients: Record<string, number>; servers: Record<string, number> } {
+    const clients: Record<string, number> = { startup: 0, auth: 0, connecting: 0, ready: 0 };
+    for (const s of this.sessions) if (s.state !== 'closed') clients[s.state] = (clients[s.state] ?? 0) + 1;
+    const servers = { active: 0, idle: 0, waiting_clients: 0 };
+    for (const pool of this.runtime.pools.all()) {
+      const st = pool.stats;
+      servers.active += st.active;
+      servers.idle += st.idle;
+      servers.waiting_clients += st.waiting;
+    }
+    return { clients, servers };
   }
 
   /** Binds every configured listener; resolves with the bound addresses. */
@@ -35,6 +54,9 @@ export class ProxyServer {
       server.on('error', (err) => this.runtime.logger.error({ err }, 'listener error'));
       this.servers.push(server);
     }
+    if (this.runtime.config.metrics) {
+      this.metricsServer = await startMetricsServer(this.runtime.config.metrics, this.runtime.metrics, () => this.runtime.pools.anyUpstreamUp());
+    }
     const addrs = this.addresses();
     this.runtime.logger.info({ listen: addrs.map((a) => `${a.address}:${a.port}`) }, 'pgbastion listening');
     return addrs;
@@ -46,15 +68,27 @@ export class ProxyServer {
 
   private accept(socket: net.Socket): void {
     const rt = this.runtime;
-    if (rt.clients >= rt.config.limits.max_clients) {
-      socket.on('error', () => socket.destroy());
-      endAndLinger(socket, be.fatal(SqlState.TOO_MANY_CONNECTIONS, 'sorry, too many clients already'));
-      return;
+    if (rt.clients >= rt.config.limits.max_clients) return this.refuse(socket, SqlState.TOO_MANY_CONNECTIONS, 'sorry, too many clients already');
+    if (rt.audit.refusesSessions) {
+      // audit.on_failure: refuse — no session may start that could not be audited.
+      return this.refuse(socket, SqlState.CANNOT_CONNECT_NOW, 'the audit trail is unavailable; new sessions are refused');
     }
     rt.clients++;
     const session = new ClientSession(socket, rt);
     this.sessions.add(session);
     socket.once('close', () => this.sessions.delete(session));
+  }
+
+  private refuse(socket: net.Socket, code: string, message: string): void {
+    const rt = this.runtime;
+    socket.on('error', () => socket.destroy());
+    endAndLinger(socket, be.fatal(code, message));
+    rt.metrics.denied('limit');
+    rt.audit.connection(
+      'session.denied',
+      { session_id: '', client_addr: displayClientAddress(socket.remoteAddress ?? ''), client_port: socket.remotePort ?? 0, user: null, database: null },
+      { reason: 'limit', sqlstate: code, message },
+    );
   }
 
   get sessionCount(): number {
@@ -67,6 +101,10 @@ export class ProxyServer {
     const closed = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
     for (const session of this.sessions) session.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command');
     this.runtime.pools.closeAll();
+    const metrics = this.metricsServer;
+    if (metrics) closed.push(new Promise<void>((resolve) => metrics.close(() => resolve())));
+    metrics?.closeAllConnections();
     await Promise.all(closed);
+    this.runtime.audit.flush();
   }
 }

@@ -15,6 +15,8 @@ import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
 import { displayClientAddress, evaluate } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
+import type { AuditIdentity } from '../audit/audit.js';
+import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
 import { PoolTimeoutError, type Pool } from '../pool/pool.js';
@@ -78,6 +80,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly port: number;
   private startupBuf: Buffer = Buffer.alloc(0);
   private sslAnswered = false;
+  private readonly startedAt = performance.now();
+  private hbaRule = 0;
+  private transactions = 0;
+  /** When each owed ReadyForQuery was asked for (query duration histogram). */
+  private readonly askedAt: number[] = [];
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -117,6 +124,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.startupTimer = setTimeout(() => this.onStartupTimeout(), rt.config.limits.startup_timeout_ms);
   }
 
+  private identity(): AuditIdentity {
+    return {
+      session_id: this.id,
+      client_addr: this.address,
+      client_port: this.port,
+      user: this.user || null,
+      database: this.database || null,
+    };
+  }
+
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
   private readonly onSocketError = (err: Error): void => void this.log.debug({ err: err.message }, 'client socket error');
   private readonly onSocketClose = (): void => this.finish('client disconnected');
@@ -138,6 +155,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.socket = secure;
     this.listen(secure);
     secure.once('secure', () => this.onTlsReady(secure, direct));
+    secure.once('error', () => {
+      if (this.tlsPeer === null) this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
+    });
   }
 
   private onTlsReady(secure: tls.TLSSocket, direct: boolean): void {
@@ -149,9 +169,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     const peer = describePeer(secure);
     this.tlsPeer = peer;
+    this.rt.metrics.tlsHandshakes.inc({ result: 'ok' });
     this.log = this.log.child({ tls: peer.protocol });
     if (peer.certError !== null) {
-      this.fatal(SqlState.INVALID_AUTHORIZATION, `client certificate verification failed: ${peer.certError}`);
+      this.fatal(SqlState.INVALID_AUTHORIZATION, `client certificate verification failed: ${peer.certError}`, undefined, 'tls');
     }
   }
 
@@ -252,7 +273,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private onStartup(minor: number, params: Map<string, string>, protocolOptions: string[]): void {
     this.user = params.get('user') ?? '';
-    if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet');
+    if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
     this.database = params.get('database') || this.user;
     this.log = this.log.child({ user: this.user, database: this.database });
     if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
@@ -261,8 +282,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const tls = this.tlsPeer !== null;
     const rule = evaluate(this.rt.hba, { address: this.address, tls, database: this.database, user: this.user, replication });
     const conn = { address: this.address, user: this.user, database: this.database, tls, replication };
-    if (rule === null) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('nomatch', conn));
-    if (rule.method === 'reject' || replication) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('reject', conn));
+    this.rt.metrics.hba.inc({ rule: rule ? String(rule.index) : 'none', decision: rule && !replication ? rule.method : 'reject' });
+    if (rule === null) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('nomatch', conn), undefined, 'hba');
+    if (rule.method === 'reject' || replication) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('reject', conn), undefined, 'hba');
+    this.hbaRule = rule.index;
 
     const decision = decideStartupParams(params, this.rt.config.pinning.variables);
     if (decision.invalid) return this.fatal(SqlState.PROTOCOL_VIOLATION, decision.invalid);
@@ -275,7 +298,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.runtimeUser = this.rt.users.get(this.user) ?? null;
     this.auth = this.makeAuth(rule.method);
     if (!this.auth) {
-      return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`);
+      return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`, undefined, 'hba');
     }
     this.log.debug({ rule: rule.index, method: rule.method }, 'hba rule matched');
     if (this.auth.provesCredential) {
@@ -283,7 +306,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       const verdict = this.rt.lockout.check(this.address, this.user);
       if (verdict.locked) {
         this.log.warn({ by: verdict.by }, 'login refused: locked out after repeated failures');
-        return this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict));
+        this.rt.metrics.lockouts.inc({ by: verdict.by });
+        return this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict), undefined, 'lockout');
       }
     }
     this.move('auth');
@@ -353,7 +377,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       case 'protocol':
         return this.fatal(SqlState.PROTOCOL_VIOLATION, r.message);
       case 'refused':
-        return this.fatal(SqlState.INVALID_AUTHORIZATION, r.message);
+        this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'fail' });
+        return this.fatal(SqlState.INVALID_AUTHORIZATION, r.message, undefined, 'auth');
       case 'ok': {
         const user = this.runtimeUser;
         if (!user) return this.authFailed();
@@ -364,11 +389,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           return this.fatal(
             SqlState.INVALID_AUTHORIZATION,
             `pinned variable "${pins.variable}" needs \${${pins.missing}}, which this connection does not provide`,
+            undefined,
+            'auth',
           );
         }
         // Pins go last: they are what the server connection must hold for this client.
         this.params = new Map([...this.params, ...pins.values]);
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
+        this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
         for (const f of r.send) this.socket.write(f);
         this.socket.write(be.authenticationOk);
         // The login is proven: from here the wait for a server is bounded by
@@ -390,7 +418,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Same words for a wrong password and an unknown user: no enumeration. */
   private authFailed(): void {
     if (this.auth?.provesCredential) this.rt.lockout.recordFailure(this.address, this.user);
-    this.fatal(SqlState.INVALID_PASSWORD, `password authentication failed for user "${this.user}"`);
+    if (this.auth) this.rt.metrics.auth.inc({ method: this.auth.name, result: 'fail' });
+    this.fatal(SqlState.INVALID_PASSWORD, `password authentication failed for user "${this.user}"`, undefined, 'auth');
   }
 
   // ---- server lease -------------------------------------------------------------------
@@ -450,6 +479,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (verdict.sticky !== null && this.transactionMode && this.sticky === null) this.makeSticky(verdict.sticky);
     if (verdict.refuse === null) return frame;
     this.log.warn({ variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
+    this.rt.metrics.blocked.inc();
+    this.rt.audit.write('policy.blocked', { ...this.identity(), variable: verdict.refuse.variable, why: verdict.refuse.detail, protocol: statementName === null ? 'simple' : 'extended' });
     return statementName === null ? this.refusals.query(verdict.refuse) : this.refusals.parse(statementName, verdict.refuse);
   }
 
@@ -478,6 +509,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } else if (out.type === Q || out.type === S || out.type === F) {
       server.noteSync();
       this.owed++;
+      this.askedAt.push(performance.now());
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
       if (out.type === Q && server.prepared.size > 0 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();
@@ -490,6 +522,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private makeSticky(reason: string): void {
     this.sticky = reason;
+    this.rt.metrics.sticky.inc({ reason });
     this.log.debug({ reason }, 'client is now sticky to its server connection');
   }
 
@@ -502,12 +535,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.leasing = true;
     this.socket.pause(); // bounded memory while we wait: the client's bytes stay in the kernel
     let server: ServerConnection;
+    const waitStart = performance.now();
     try {
       server = await this.pool!.acquire();
     } catch (err) {
       this.leasing = false;
       return this.onConnectFailure(err);
     }
+    this.rt.metrics.poolWait.observe((performance.now() - waitStart) / 1000);
     this.leasing = false;
     if (this.state !== 'ready') return this.pool!.release(server, true, null);
     this.server = server;
@@ -585,6 +620,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.clearStartupTimer();
     this.move('ready');
     this.log.info(server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
+    this.rt.metrics.connections.inc({ outcome: 'started', reason: '' });
+    const cert = this.tlsPeer?.cert;
+    this.rt.audit.connection('session.start', this.identity(), {
+      auth_method: this.auth?.name,
+      hba_rule: this.hbaRule,
+      server_role: this.runtimeUser?.config.server_role,
+      tls: this.tlsPeer ? { version: this.tlsPeer.protocol, cipher: this.tlsPeer.cipher } : null,
+      cert: cert ? { subject: cert.subject, fingerprint: cert.fingerprint256 } : null,
+    });
     // What the client pipelined behind its login goes through the same checks as the rest.
     const early = this.queued;
     this.queued = [];
@@ -620,6 +664,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   onServerReady(status: TxStatus): void {
     if (this.owed > 0) this.owed--;
+    const asked = this.askedAt.shift();
+    if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
+    if (status === 'I') {
+      this.transactions++;
+      this.rt.metrics.transactions.inc();
+    }
     if (this.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
   }
@@ -646,10 +696,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.fatal(SqlState.QUERY_CANCELED, 'canceling authentication due to timeout');
   }
 
-  /** Sends a FATAL ErrorResponse and closes. */
-  fatal(code: string, message: string, detail?: string): void {
+  /** Sends a FATAL ErrorResponse and closes; before login that is a denial, audited as such. */
+  fatal(code: string, message: string, detail?: string, reason: DenyReason = denyReasonFor(code)): void {
     if (this.state === 'closed') return;
     this.log.info({ code, reason: message }, 'session refused or ended with FATAL');
+    if (this.state !== 'ready') {
+      this.rt.metrics.denied(reason);
+      this.rt.audit.connection('session.denied', this.identity(), { reason, sqlstate: code, message });
+    }
     endAndLinger(this.socket, be.fatal(code, message, detail));
     this.finish(message);
   }
@@ -692,7 +746,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.pool.release(server, clean, reset);
     }
     endAndLinger(this.socket);
-    if (wasReady) this.log.info({ reason }, 'session ended');
+    if (wasReady) {
+      this.log.info({ reason }, 'session ended');
+      this.rt.audit.connection('session.end', this.identity(), {
+        reason,
+        duration_ms: Math.round(performance.now() - this.startedAt),
+        bytes_in: this.socket.bytesRead,
+        bytes_out: this.socket.bytesWritten,
+        transactions: this.transactions,
+      });
+    }
   }
 }
 
@@ -711,6 +774,24 @@ function welcomeFor(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<
 function holdExactly(applied: Map<string, string>, wanted: ReadonlyMap<string, string>): void {
   applied.clear();
   for (const [name, value] of wanted) applied.set(name, value);
+}
+
+/** The audit reason of a refusal, from its SQLSTATE when the caller did not name one. */
+function denyReasonFor(code: string): DenyReason {
+  switch (code) {
+    case SqlState.INVALID_PASSWORD:
+      return 'auth';
+    case SqlState.TOO_MANY_CONNECTIONS:
+      return 'limit';
+    case SqlState.PROTOCOL_VIOLATION:
+    case SqlState.INTERNAL_ERROR:
+      return 'protocol';
+    case SqlState.CONNECTION_FAILURE:
+      return 'upstream';
+    default:
+      // 0A000 protocol version, 42501 startup parameter, 57014 timeout, server refusals (3D000 ...).
+      return code === '3D000' || code.startsWith('08') ? 'upstream' : 'startup';
+  }
 }
 
 function isReplication(value: string | undefined): boolean {

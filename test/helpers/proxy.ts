@@ -47,6 +47,8 @@ export interface RunningProxy {
   server: ProxyServer;
   config: Config;
   log: LogCapture;
+  /** Audit events (JSON objects) in the order written. */
+  audit: LogCapture;
   url(user: string, password: string, database?: string): string;
 }
 
@@ -76,7 +78,8 @@ export async function startProxy(
     ...opts.extra,
   });
   const log = new LogCapture();
-  const server = new ProxyServer(config, createLogger(config.log_level, log));
+  const audit = new LogCapture();
+  const server = new ProxyServer(config, createLogger(config.log_level, log), { auditStream: audit });
   const [addr] = await server.start();
   t.teardown(() => server.close());
   const port = addr!.port;
@@ -85,6 +88,7 @@ export async function startProxy(
     server,
     config,
     log,
+    audit,
     url: (user, password, database = 'postgres') =>
       `postgresql://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${port}/${database}?sslmode=disable`,
   };

@@ -1,0 +1,128 @@
+// Prometheus metrics (SPEC §5): one prom-client Registry per running proxy, so several can
+// live in one process (tests). Label sets are bounded: reasons, methods and states from
+// fixed lists, rule indexes, configured upstreams; never user names or client addresses.
+
+import client from 'prom-client';
+
+export type DenyReason = 'hba' | 'auth' | 'tls' | 'lockout' | 'limit' | 'protocol' | 'startup' | 'upstream';
+
+export class Metrics {
+  readonly registry = new client.Registry();
+
+  readonly connections = new client.Counter({
+    name: 'pgbastion_connections_total',
+    help: 'Client connection outcomes: started, or denied with a reason.',
+    labelNames: ['outcome', 'reason'] as const,
+    registers: [this.registry],
+  });
+  readonly auth = new client.Counter({
+    name: 'pgbastion_auth_total',
+    help: 'Client authentication results by method.',
+    labelNames: ['method', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly hba = new client.Counter({
+    name: 'pgbastion_hba_decisions_total',
+    help: 'HBA decisions by matching rule index ("none" when no rule matched).',
+    labelNames: ['rule', 'decision'] as const,
+    registers: [this.registry],
+  });
+  readonly lockouts = new client.Counter({
+    name: 'pgbastion_auth_lockouts_total',
+    help: 'Login attempts refused because the address or user is locked out.',
+    labelNames: ['by'] as const,
+    registers: [this.registry],
+  });
+  readonly clients: client.Gauge<'state'>;
+  readonly serverConnections: client.Gauge<'state'>;
+  readonly poolWait = new client.Histogram({
+    name: 'pgbastion_pool_wait_seconds',
+    help: 'Time a client waited for a server connection.',
+    buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+  readonly transactions = new client.Counter({
+    name: 'pgbastion_transactions_total',
+    help: 'Transactions completed (ReadyForQuery back to idle).',
+    registers: [this.registry],
+  });
+  readonly queryDuration = new client.Histogram({
+    name: 'pgbastion_query_duration_seconds',
+    help: 'Time from a Query or Sync reaching the server to its ReadyForQuery.',
+    buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+  readonly blocked = new client.Counter({
+    name: 'pgbastion_blocked_statements_total',
+    help: 'Statements refused by the pinning policy.',
+    registers: [this.registry],
+  });
+  readonly sticky = new client.Counter({
+    name: 'pgbastion_sticky_sessions_total',
+    help: 'Transaction-mode clients pinned to their server connection, by reason.',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamUp = new client.Gauge({
+    name: 'pgbastion_upstream_up',
+    help: '1 when the last connection attempt to this configured upstream succeeded.',
+    labelNames: ['upstream'] as const,
+    registers: [this.registry],
+  });
+  readonly upstreamFailovers = new client.Counter({
+    name: 'pgbastion_upstream_failovers_total',
+    help: 'Server connections opened on an upstream other than the first configured one.',
+    registers: [this.registry],
+  });
+  readonly tlsHandshakes = new client.Counter({
+    name: 'pgbastion_tls_handshakes_total',
+    help: 'Client TLS handshakes by result.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly auditFailures = new client.Counter({
+    name: 'pgbastion_audit_write_failures_total',
+    help: 'Failures of the audit destination.',
+    registers: [this.registry],
+  });
+  readonly configReloads = new client.Counter({
+    name: 'pgbastion_config_reloads_total',
+    help: 'Configuration reloads by result.',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  readonly configGeneration = new client.Gauge({
+    name: 'pgbastion_config_generation',
+    help: 'Generation of the loaded configuration (1 at start, +1 per successful reload).',
+    registers: [this.registry],
+  });
+
+  /** `sample` is read at scrape time: client states and pool connection states. */
+  constructor(sample: () => { clients: Record<string, number>; servers: Record<string, number> }) {
+    const registers = [this.registry];
+    this.clients = new client.Gauge({
+      name: 'pgbastion_client_connections',
+      help: 'Client connections by state.',
+      labelNames: ['state'] as const,
+      registers,
+      collect() {
+        for (const [state, n] of Object.entries(sample().clients)) this.set({ state }, n);
+      },
+    });
+    this.serverConnections = new client.Gauge({
+      name: 'pgbastion_pool_server_connections',
+      help: 'Server connections by state, over all pools.',
+      labelNames: ['state'] as const,
+      registers,
+      collect() {
+        for (const [state, n] of Object.entries(sample().servers)) this.set({ state }, n);
+      },
+    });
+    client.collectDefaultMetrics({ register: this.registry });
+    this.configGeneration.set(1);
+  }
+
+  denied(reason: DenyReason): void {
+    this.connections.inc({ outcome: 'denied', reason });
+  }
+}
