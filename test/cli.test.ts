@@ -140,8 +140,8 @@ t.test('TLS files that do not load: check and start refuse rather than serve wit
   t.match(start.stderr, /tls: cannot use/);
 });
 
-t.test('check warns about accepted settings this build does not serve yet', async (t) => {
-  const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'metrics: { host: 127.0.0.1, port: 9930 }\n')], { env: { APP_RW_PW: 'pw' } });
-  t.equal(r.status, 0, r.stderr);
-  t.match(r.stdout, /warning: audit\.ddl: .*not audited yet/);
+t.test('check refuses settings this build cannot serve', async (t) => {
+  const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'proxy_protocol: { trusted: [10.0.0.0/8] }\n')], { env: { APP_RW_PW: 'pw' } });
+  t.equal(r.status, 1, 'PROXY headers would be ignored: refused');
+  t.match(r.stderr, /proxy_protocol: PROXY headers are not implemented/);
 });

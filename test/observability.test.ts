@@ -92,6 +92,51 @@ t.test('policy.blocked', async (t) => {
   t.match(events('policy.blocked').at(-1), { event: 'policy.blocked', user: 'alice', variable: 'app.tenant_id', why: /SET/, protocol: 'simple' });
 });
 
+t.test('ddl events: success, failure, extended protocol, multi-statement strings, DO, redacted passwords', async (t) => {
+  await pgs.query(`ALTER ROLE ${SERVER_ROLE} CREATEROLE`);
+  const c = (await login('alice', USER_PASSWORD)) as pg.Client;
+  t.teardown(() => c.end());
+  const before = events('ddl').length;
+  await c.query('CREATE TABLE audited (id int)');
+  await c.query('CREATE TABLE audited (id int)').catch(() => {});
+  await c.query({ text: 'ALTER TABLE audited ADD COLUMN note text', values: [], queryMode: 'extended' } as pg.QueryConfig);
+  await c.query("SELECT 1; CREATE INDEX audited_id ON audited (id); COMMENT ON TABLE audited IS 'x'; SELECT 2");
+  await c.query('DO $$BEGIN PERFORM 1; END$$');
+  const MARK = 'marker-ddl-pw-93ab';
+  await c.query(`CREATE ROLE audited_role LOGIN ENCRYPTED PASSWORD '${MARK}'`);
+  await c.query(`ALTER ROLE audited_role /* 'decoy' */ PASSWORD E'${MARK}\\\\x'`);
+  await c.query(`ALTER ROLE audited_role PASSWORD $q$${MARK}$q$`);
+  await c.query('SELECT 1; DROP TABLE audited; SELECT 1/0; DROP TABLE never_runs').catch(() => {});
+  await c.query('DROP ROLE audited_role');
+  await settle();
+  const ddl = events('ddl').slice(before);
+  t.same(
+    ddl.map((e) => [e.class, e.outcome, e.command_tag ?? e.sqlstate]),
+    [
+      ['ddl', 'ok', 'CREATE TABLE'],
+      ['ddl', 'error', '42P07'],
+      ['ddl', 'ok', 'ALTER TABLE'],
+      ['ddl', 'ok', 'CREATE INDEX'],
+      ['ddl', 'ok', 'COMMENT'],
+      ['dynamic', 'ok', 'DO'],
+      ['role', 'ok', 'CREATE ROLE'],
+      ['role', 'ok', 'ALTER ROLE'],
+      ['role', 'ok', 'ALTER ROLE'],
+      ['ddl', 'ok', 'DROP TABLE'],
+      ['role', 'ok', 'DROP ROLE'],
+    ],
+  );
+  t.match(ddl[0], { event: 'ddl', user: 'alice', database: 'postgres', server_role: SERVER_ROLE, statement: 'CREATE TABLE audited (id int)', node: 'CreateStmt' });
+  t.equal(ddl[3]!.statement, 'CREATE INDEX audited_id ON audited (id)', 'each statement of a string on its own');
+  t.equal(ddl[6]!.statement, 'CREATE ROLE audited_role LOGIN ENCRYPTED PASSWORD <REDACTED>');
+  t.equal(ddl[7]!.statement, "ALTER ROLE audited_role /* 'decoy' */ PASSWORD <REDACTED>");
+  t.equal(ddl[8]!.statement, 'ALTER ROLE audited_role PASSWORD <REDACTED>');
+  const all = JSON.stringify(proxy.log.lines) + JSON.stringify(proxy.audit.lines);
+  t.notOk(all.includes(MARK), 'the marker password is in no log line');
+  const body = (await scrape()).body;
+  t.equal(metric(body, 'pgbastion_ddl_statements_total', 'class="role",outcome="ok"'), 4);
+});
+
 t.test('session.denied with its reason: hba, auth, lockout, protocol', async (t) => {
   const before = events('session.denied').length;
   t.equal(((await login('bob', 'bob-pw', 'forbidden')) as { code?: string }).code, '28000');

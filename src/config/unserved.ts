@@ -31,6 +31,5 @@ export function unservedFeatures(c: Config): Unserved {
   if (c.proxy_protocol) refuse.push('proxy_protocol: PROXY headers are not implemented in this build');
   if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
   if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');
-  if (c.audit.ddl) warn.push('audit.ddl: DDL statements are not audited yet; connection and policy events are');
   return { refuse, warn };
 }

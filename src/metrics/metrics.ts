@@ -52,6 +52,12 @@ export class Metrics {
     buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     registers: [this.registry],
   });
+  readonly ddl = new client.Counter({
+    name: 'pgbastion_ddl_statements_total',
+    help: 'Audited DDL statements by class (ddl, role, dynamic) and outcome.',
+    labelNames: ['class', 'outcome'] as const,
+    registers: [this.registry],
+  });
   readonly blocked = new client.Counter({
     name: 'pgbastion_blocked_statements_total',
     help: 'Statements refused by the pinning policy.',

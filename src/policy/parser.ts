@@ -27,3 +27,26 @@ export function parseStatements(sql: string): readonly unknown[] | null {
   }
   return (tree.stmts ?? []).map((s) => s.stmt ?? null).filter((s) => s !== null);
 }
+
+/** One statement of a parsed string with its place in the text (byte offsets, as PostgreSQL counts). */
+export interface LocatedStatement {
+  readonly stmt: unknown;
+  readonly location: number;
+  /** null: to the end of the text. */
+  readonly length: number | null;
+}
+
+/** Like parseStatements, keeping where each statement sits in `sql`. */
+export function parseLocated(sql: string): readonly LocatedStatement[] | null {
+  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() first');
+  if (sql.trim() === '') return [];
+  let tree: { stmts?: { stmt?: unknown; stmt_location?: number; stmt_len?: number }[] };
+  try {
+    tree = parseSync(sql) as typeof tree;
+  } catch {
+    return null;
+  }
+  return (tree.stmts ?? [])
+    .filter((s) => s.stmt !== undefined)
+    .map((s) => ({ stmt: s.stmt, location: s.stmt_location ?? 0, length: s.stmt_len ?? null }));
+}

@@ -16,6 +16,8 @@ import { parseStartupPacket, startupLength, type StartupPacket } from '../protoc
 import { displayClientAddress, evaluate } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
+import { ddlStatements, type DdlStatement } from '../audit/ddl.js';
+import { parseFields } from '../protocol/fields.js';
 import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
@@ -69,6 +71,16 @@ interface Outgoing {
   readonly needs: Statement | null;
   /** This Parse defines `defines` on the server connection. */
   readonly defines: Statement | null;
+  /** Statements the audit trail records once they complete. */
+  readonly ddl?: readonly DdlStatement[];
+}
+
+/** The audited statements answered by one ReadyForQuery, and what the server said of them. */
+interface DdlBatch {
+  readonly stmts: readonly DdlStatement[];
+  readonly extended: boolean;
+  readonly tags: string[];
+  error: string | null;
 }
 
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
@@ -85,6 +97,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private transactions = 0;
   /** When each owed ReadyForQuery was asked for (query duration histogram). */
   private readonly askedAt: number[] = [];
+  /** Per owed ReadyForQuery, the audited statements it answers (null: none). */
+  private readonly ddlBatches: (DdlBatch | null)[] = [];
+  private ddlPending = 0;
+  /** Audited statements of Parses sent since the last Sync. */
+  private ddlSinceSync: DdlStatement[] = [];
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -428,21 +445,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private clientMessage(type: number, frame: Buffer): void {
     switch (type) {
-      case Q:
-        return this.send(this.vet(frame, 5, null), Q);
+      case Q: {
+        const vetted = this.vet(frame, 5, null);
+        return this.send(vetted, Q, null, null, vetted === frame ? this.ddlOf(frame, 5) : undefined);
+      }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
         if (nameEnd < 0) throw new FrameError('invalid Parse message');
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
+        const ddl = vetted === frame ? this.ddlOf(frame, nameEnd + 1) : undefined;
         // Session mode keeps one server connection: names can stay as the client chose them.
-        if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P);
+        if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P, null, null, ddl);
         if (this.statements.has(name)) {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
         const stmt = this.statements.define(frame, name, nameEnd);
-        return this.send(stmt.parse, P, null, stmt);
+        return this.send(stmt.parse, P, null, stmt, ddl);
       }
       case B:
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
@@ -484,15 +504,64 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     return statementName === null ? this.refusals.query(verdict.refuse) : this.refusals.parse(statementName, verdict.refuse);
   }
 
+  // ---- DDL audit: statements recorded once the server has answered them ---------------------
+
+  /** Audited statements in the SQL of a Query/Parse frame (none unless audit.ddl is on). */
+  private ddlOf(frame: Buffer, at: number): readonly DdlStatement[] | undefined {
+    if (!this.rt.config.audit.ddl) return undefined;
+    const end = frame.indexOf(0, at);
+    return ddlStatements(frame.toString('utf8', at, end < 0 ? frame.length : end));
+  }
+
+  private queueDdlBatch(fromQuery: readonly DdlStatement[] | null, extended: boolean): void {
+    const stmts = extended ? this.ddlSinceSync : (fromQuery ?? []);
+    if (extended) this.ddlSinceSync = [];
+    if (stmts.length === 0) return void this.ddlBatches.push(null);
+    this.ddlBatches.push({ stmts, extended, tags: [], error: null });
+    this.ddlPending++;
+  }
+
+  get wantsCommandTags(): boolean {
+    return this.ddlPending > 0;
+  }
+
+  commandComplete(frame: Buffer): void {
+    const batch = this.ddlBatches[0];
+    if (batch) batch.tags.push(frame.toString('utf8', 5, frame.length - 1));
+  }
+
+  /** Writes the ddl events of the batch this ReadyForQuery ends. */
+  private settleDdl(batch: DdlBatch): void {
+    this.ddlPending--;
+    const who = { ...this.identity(), server_role: this.runtimeUser?.config.server_role, cert_subject: this.tlsPeer?.cert?.subject ?? null };
+    for (const stmt of batch.stmts) {
+      let outcome: { outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string } | null;
+      if (batch.extended) {
+        outcome = batch.error ? { outcome: 'error', sqlstate: batch.error } : { outcome: 'ok', command_tag: batch.tags.at(-1) ?? '' };
+      } else if (stmt.index < batch.tags.length) {
+        outcome = { outcome: 'ok', command_tag: batch.tags[stmt.index]! };
+      } else {
+        // The statement that failed; statements after it in the string never ran.
+        outcome = batch.error && stmt.index === batch.tags.length ? { outcome: 'error', sqlstate: batch.error } : null;
+      }
+      if (outcome === null) continue;
+      this.rt.metrics.ddl.inc({ class: stmt.class, outcome: outcome.outcome });
+      this.rt.audit.ddl(who, { class: stmt.class, node: stmt.node, statement: stmt.statement, ...outcome });
+    }
+  }
+
   serverError(frame: Buffer): Buffer {
+    const batch = this.ddlBatches[0];
+    if (batch && batch.error === null) batch.error = parseFields(frame).C ?? 'XX000';
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
-  private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null): void {
+  private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null, ddl?: readonly DdlStatement[]): void {
+    const out = { bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}) };
     const server = this.server;
-    if (server) return this.write(server, { bytes, type, needs, defines });
-    this.queued.push({ bytes, type, needs, defines });
+    if (server) return this.write(server, out);
+    this.queued.push(out);
     if (!this.leasing) void this.lease();
   }
 
@@ -506,10 +575,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (out.type === P) {
       server.noteParse(false);
       if (out.defines) server.prepared.add(out.defines.serverName);
+      if (out.ddl) this.ddlSinceSync.push(...out.ddl);
     } else if (out.type === Q || out.type === S || out.type === F) {
       server.noteSync();
       this.owed++;
       this.askedAt.push(performance.now());
+      this.queueDdlBatch(out.type === Q ? (out.ddl ?? null) : null, out.type !== Q);
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
       if (out.type === Q && server.prepared.size > 0 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();
@@ -666,6 +737,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.owed > 0) this.owed--;
     const asked = this.askedAt.shift();
     if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
+    const batch = this.ddlBatches.shift();
+    if (batch) this.settleDdl(batch);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();

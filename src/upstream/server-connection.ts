@@ -32,6 +32,9 @@ export interface ServerPeer {
   onServerLost(err: UpstreamError): void;
   /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
   serverError(frame: Buffer): Buffer;
+  /** Set while the peer wants CommandComplete tags (statements it audits are in flight). */
+  readonly wantsCommandTags: boolean;
+  commandComplete(frame: Buffer): void;
 }
 
 export interface ServerLogin {
@@ -46,9 +49,10 @@ export interface ServerLogin {
 
 /**
  * ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may
- * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped).
+ * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped),
+ * CommandComplete (tags of audited statements).
  */
-const RELAY_INSPECT = inspectTable('ZSE1');
+const RELAY_INSPECT = inspectTable('ZSE1C');
 
 interface Hidden {
   resolve: () => void;
@@ -275,7 +279,9 @@ export class ServerConnection implements ScanSink {
       return void peer.socket.write(peer.serverError(frame));
     }
     peer.socket.write(frame);
-    if (type === 0x5a /* Z */) {
+    if (type === 0x43 /* C */) {
+      if (peer.wantsCommandTags) peer.commandComplete(frame);
+    } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.busy = false;
