@@ -65,14 +65,18 @@ t.test('set_config statements', async (t) => {
   t.equal(quoteLiteral('a\\b'), "E'a\\\\b'");
   t.equal(setConfigSql(new Map([['a', '1']]), new Map([['a', '1']])), null, 'nothing to do');
   t.equal(setConfigSql(new Map([['TimeZone', 'UTC']]), new Map([['timezone', 'UTC']])), null, 'names compare case-insensitively');
+  const hex = (v: string) => `pg_catalog.convert_from(pg_catalog.decode('${Buffer.from(v).toString('hex')}', 'hex'), 'UTF8')`;
+  const tx = (body: string) => `BEGIN; SET LOCAL statement_timeout = 0; ${body}; COMMIT`;
   t.equal(
     setConfigSql(new Map([['app.tenant_id', 'b']]), new Map([['app.tenant_id', 'a'], ['application_name', 'x']])),
-    `RESET "application_name"; SELECT pg_catalog.set_config('app.tenant_id', 'b', false)`,
+    tx(`RESET "application_name"; SELECT pg_catalog.set_config('app.tenant_id', ${hex('b')}, false)`),
     'what the previous client set and this one did not is reset',
   );
-  t.equal(setConfigSql(new Map(), new Map([['app.tenant_id', 'a']])), 'RESET "app"."tenant_id"', 'a client without pins gets none');
+  t.equal(setConfigSql(new Map(), new Map([['app.tenant_id', 'a']])), tx('RESET "app"."tenant_id"'), 'a client without pins gets none');
   t.equal(
     setConfigSql(new Map([['application_name', 'x'], ['TimeZone', 'UTC']]), new Map([['TimeZone', 'UTC']])),
-    "SELECT pg_catalog.set_config('application_name', 'x', false)",
+    tx(`SELECT pg_catalog.set_config('application_name', ${hex('x')}, false)`),
   );
+  t.match(setConfigSql(new Map([['app.t', "テナント'\\"]]), new Map()), /^[\x20-\x7e]+$/, 'pure ASCII, whatever the value');
+  t.notMatch(setConfigSql(new Map([['app.t', 'a\\b']]), new Map())!, /\\/, 'no backslash: standard_conforming_strings cannot matter');
 });

@@ -45,13 +45,16 @@ const TRANSITIONS: Record<ClientState, readonly ClientState[]> = {
 const MAX_AUTH_MESSAGE = 65535 + 64;
 /**
  * Client messages the relay looks at: Terminate, the two that carry SQL (policy), the three
- * that each make the server answer with exactly one ReadyForQuery (lease accounting), and
- * the three that name a prepared statement (renamed per server connection).
+ * that each make the server answer with exactly one ReadyForQuery (lease accounting), the
+ * three that name a prepared statement (renamed per server connection), Execute and Flush
+ * (extended-protocol work not yet closed by a Sync), CopyDone/CopyFail (end of COPY IN).
  */
-const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDC');
+const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDCEHcf');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
 const TLS_HANDSHAKE_RECORD = 0x16;
+/** lo_open, lo_close, loread, lowrite, lo_lseek(64), lo_creat, lo_create, lo_tell(64), lo_truncate(64), lo_unlink. */
+const LARGE_OBJECT_FUNCTIONS = new Set([952, 953, 954, 955, 956, 3170, 957, 715, 958, 3171, 1004, 3172, 964]);
 const Q = 0x51;
 const P = 0x50;
 const S = 0x53;
@@ -59,6 +62,10 @@ const F = 0x46;
 const B = 0x42;
 const D = 0x44;
 const C = 0x43;
+const E = 0x45;
+const H = 0x48;
+const COPY_DONE = 0x63;
+const COPY_FAIL = 0x66;
 /** Prepared statements a server connection may hold before the next lease deallocates them all. */
 const MAX_SERVER_STATEMENTS = 1000;
 const DEALLOCATE_ALL = /\bdeallocate\s+(prepare\s+)?all\b/i;
@@ -73,6 +80,8 @@ interface Outgoing {
   readonly defines: Statement | null;
   /** Statements the audit trail records once they complete. */
   readonly ddl?: readonly DdlStatement[];
+  /** A Bind/Describe of the unnamed statement: it must be this client's, on this connection. */
+  readonly usesUnnamed?: { readonly start: number; readonly end: number };
 }
 
 /** The audited statements answered by one ReadyForQuery, and what the server said of them. */
@@ -118,6 +127,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private queued: Outgoing[] = [];
   /** ReadyForQuery messages the server still owes for what this client sent it. */
   private owed = 0;
+  /** Extended-protocol messages went out since the last Sync: the server is not done. */
+  private unsynced = false;
+  /** The server is in COPY IN: it ignores Sync until CopyDone/CopyFail. */
+  private copyIn = false;
+  /** Transaction mode: the client's last Parse of the unnamed statement, to replay elsewhere. */
+  private unnamedParse: Buffer | null = null;
+  /** The unnamed statement on the current server connection is this client's. */
+  private unnamedOnServer = false;
+  /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
+  private syncsAfterExecute = -1;
   /** A lease request is in flight (transaction mode, between transactions). */
   private leasing = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
@@ -217,9 +236,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
       if (this.state !== 'closed') this.scanner.feed(chunk);
     } catch (err) {
-      if (err instanceof FrameError) return this.fatal(SqlState.PROTOCOL_VIOLATION, err.message);
-      this.log.error({ err }, 'session failed');
-      this.fatal(SqlState.INTERNAL_ERROR, 'internal error in pgbastion');
+      this.onFailure(err);
     }
   }
 
@@ -422,7 +439,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.move('connecting');
         this.scanner.inspect = CLIENT_RELAY_INSPECT;
         this.scanner.maxLength = this.rt.config.limits.max_message_bytes;
-        void this.connectServer(user);
+        this.socket.pause(); // nothing more is read until the session is ready: bounded memory
+        this.guard(this.connectServer(user));
         return;
       }
       default: {
@@ -455,6 +473,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(frame, nameEnd + 1) : undefined;
+        // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
+        if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         // Session mode keeps one server connection: names can stay as the client chose them.
         if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P, null, null, ddl);
         if (this.statements.has(name)) {
@@ -464,6 +484,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const stmt = this.statements.define(frame, name, nameEnd);
         return this.send(stmt.parse, P, null, stmt, ddl);
       }
+      case F:
+        return this.send(this.vetFunctionCall(frame), F);
       case B:
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
       case D:
@@ -476,7 +498,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Bind/Describe/Close naming a client statement: renamed, and prepared first where missing. */
   private sendNaming(frame: Buffer, type: number, at: { start: number; end: number } | null): void {
-    if (at === null || at.end === at.start) return this.send(frame, type);
+    if (at === null) return this.send(frame, type);
+    if (at.end === at.start) {
+      if (type === C) return this.send(frame, type);
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at });
+    }
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
     if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
@@ -521,6 +547,34 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.ddlPending++;
   }
 
+  /**
+   * COPY IN started. When an Execute started it, the Syncs already sent behind that Execute
+   * are ignored by the server: they will get no ReadyForQuery, so stop waiting for them.
+   */
+  statementLost(serverName: string): void {
+    if (serverName === '') {
+      this.unnamedOnServer = false;
+      this.unnamedParse = null;
+      return;
+    }
+    this.statements.forgetServerName(serverName);
+  }
+
+  onCopyIn(): void {
+    this.copyIn = true;
+    for (; this.syncsAfterExecute > 0; this.syncsAfterExecute--) {
+      this.owed--;
+      this.askedAt.pop();
+      const batch = this.ddlBatches.pop();
+      if (batch) {
+        this.ddlPending--;
+        this.ddlSinceSync.unshift(...batch.stmts);
+      }
+      this.server?.dropLastSyncGroup();
+      this.unsynced = true; // the COPY's own Sync is still to come
+    }
+  }
+
   get wantsCommandTags(): boolean {
     return this.ddlPending > 0;
   }
@@ -550,6 +604,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
   }
 
+  /**
+   * Fast-path function calls name a function by OID, out of the policy's sight (OID 2078 is
+   * set_config). Only the large-object functions libpq calls this way are relayed.
+   */
+  private vetFunctionCall(frame: Buffer): Buffer {
+    if (frame.length >= 9 && LARGE_OBJECT_FUNCTIONS.has(frame.readUInt32BE(5))) return frame;
+    const refuse = { message: 'permission denied for fast-path function call', detail: 'pgbastion relays only the large-object functions through FunctionCall' };
+    this.log.warn({ oid: frame.length >= 9 ? frame.readUInt32BE(5) : null }, 'fast-path function call refused');
+    this.rt.metrics.blocked.inc();
+    this.rt.audit.write('policy.blocked', { ...this.identity(), variable: null, why: refuse.message, protocol: 'function-call' });
+    return this.refusals.query(refuse);
+  }
+
   serverError(frame: Buffer): Buffer {
     const batch = this.ddlBatches[0];
     if (batch && batch.error === null) batch.error = parseFields(frame).C ?? 'XX000';
@@ -558,25 +625,67 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
   private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null, ddl?: readonly DdlStatement[]): void {
-    const out = { bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}) };
+    this.queueOrWrite({ bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
+  }
+
+  private queueOrWrite(out: Outgoing): void {
     const server = this.server;
     if (server) return this.write(server, out);
     this.queued.push(out);
-    if (!this.leasing) void this.lease();
+    if (!this.leasing) this.guard(this.lease());
+  }
+
+  /** Async steps report their failures here instead of as unhandled rejections. */
+  private guard(p: Promise<void>): void {
+    p.catch((err: unknown) => this.onFailure(err));
+  }
+
+  private onFailure(err: unknown): void {
+    if (err instanceof FrameError) return this.fatal(SqlState.PROTOCOL_VIOLATION, err.message);
+    this.log.error({ err }, 'session failed');
+    this.fatal(SqlState.INTERNAL_ERROR, 'internal error in pgbastion');
   }
 
   /** The one place client bytes reach a server connection, with its bookkeeping. */
   private write(server: ServerConnection, out: Outgoing): void {
+    // (`out` may be replaced below when it names an unnamed statement that is not ours here.)
     if (out.needs && !server.prepared.has(out.needs.serverName)) {
       server.write(out.needs.parse);
-      server.noteParse(true);
+      server.noteParse(true, out.needs.serverName);
       server.prepared.add(out.needs.serverName);
     }
-    if (out.type === P) {
-      server.noteParse(false);
+    if (out.usesUnnamed && !this.unnamedOnServer) {
+      if (this.unnamedParse === null) {
+        // Never prepared by this client: whatever unnamed statement sits there is not its own.
+        const missing = this.refusals.missingStatement('');
+        out = { ...out, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
+      } else {
+        server.write(this.unnamedParse);
+        server.noteParse(true, '');
+        this.unnamedOnServer = true;
+      }
+    }
+    if (out.type === P || out.type === B || out.type === D || out.type === C || out.type === E || out.type === H) {
+      this.unsynced = true;
+      if (out.type === E) this.syncsAfterExecute = 0;
+    } else if (out.type === COPY_DONE || out.type === COPY_FAIL) {
+      this.copyIn = false;
+    }
+    if (out.type === S && this.copyIn) {
+      // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
+    } else if (out.type === P) {
+      const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
+      server.noteParse(false, name);
       if (out.defines) server.prepared.add(out.defines.serverName);
+      if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       if (out.ddl) this.ddlSinceSync.push(...out.ddl);
     } else if (out.type === Q || out.type === S || out.type === F) {
+      if (out.type === S) {
+        this.unsynced = false;
+        if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
+      } else {
+        this.syncsAfterExecute = -1;
+      }
       server.noteSync();
       this.owed++;
       this.askedAt.push(performance.now());
@@ -618,6 +727,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.state !== 'ready') return this.pool!.release(server, true, null);
     this.server = server;
     server.attach(this);
+    this.unnamedOnServer = false;
     const out = server.socket;
     out.cork();
     let sql = setConfigSql(this.params, server.applied);
@@ -646,7 +756,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private releaseIfDone(status: TxStatus): void {
     const server = this.server;
     if (!server || !this.transactionMode || this.sticky !== null) return;
-    if (this.owed !== 0 || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
+    if (this.owed !== 0 || this.unsynced || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
     this.server = null;
     this.pool!.release(server, true, null);
   }
@@ -703,10 +813,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // What the client pipelined behind its login goes through the same checks as the rest.
     const early = this.queued;
     this.queued = [];
-    for (const out of early) {
-      if (out.type < 0) this.clientMessage(-out.type, out.bytes);
-      else this.send(out.bytes, 0);
+    try {
+      for (const out of early) {
+        if (out.type < 0) this.clientMessage(-out.type, out.bytes);
+        else this.send(out.bytes, 0);
+      }
+    } catch (err) {
+      return this.onFailure(err);
     }
+    this.socket.resume();
     if (server !== null) this.releaseIfDone(server.txStatus);
   }
 
@@ -757,7 +872,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null {
     const s = this.server;
     // Nothing in flight: in transaction mode the connection may be someone else's next.
-    if (!s || s.isClosed || this.owed === 0) return null;
+    // While the hidden settings statement runs, a cancel would hit it, not the client's work.
+    if (!s || s.isClosed || this.owed === 0 || s.runningHidden) return null;
     return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey };
   }
 
@@ -808,7 +924,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && this.owed === 0 && server.txStatus === 'I' && this.scanner.atBoundary;
+      const clean = server.state === 'active' && this.owed === 0 && !this.unsynced && server.txStatus === 'I' && this.scanner.atBoundary;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;

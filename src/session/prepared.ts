@@ -42,6 +42,16 @@ export class PreparedStatements {
   forget(name: string): void {
     this.byName.delete(name);
   }
+
+  /** The server refused (or skipped) the Parse behind `serverName`: the client's name is free again. */
+  forgetServerName(serverName: string): void {
+    for (const [name, stmt] of this.byName) {
+      if (stmt.serverName === serverName) {
+        this.byName.delete(name);
+        return;
+      }
+    }
+  }
 }
 
 /** Offsets of the statement name in a Bind ('B') frame: after the portal name. */

@@ -40,7 +40,8 @@ export class Refusals {
    * and can never reach a statement another client prepared on that connection.
    */
   missingStatement(name: string): string {
-    return this.register({ code: SqlState.UNDEFINED_PSTATEMENT, message: `prepared statement "${name}" does not exist` });
+    const message = name === '' ? 'unnamed prepared statement does not exist' : `prepared statement "${name}" does not exist`;
+    return this.register({ code: SqlState.UNDEFINED_PSTATEMENT, message });
   }
 
   get size(): number {

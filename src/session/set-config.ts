@@ -2,6 +2,12 @@
 // settings (startup parameters and pins). set_config() takes the raw value exactly as a
 // startup packet does (no list re-quoting); RESET drops what a previous client set and
 // this one did not, back to the server's own default.
+//
+// It fails closed: it runs as one explicit transaction, so if any part fails the session
+// is left in an aborted transaction and whatever the client pipelined behind it fails
+// with 25P02 instead of running with someone else's values. Values travel as hex (pure
+// ASCII, no backslashes), so neither the client_encoding nor standard_conforming_strings
+// a previous client left behind can change what they mean.
 
 /** A SQL string literal that is safe whatever standard_conforming_strings says. */
 export function quoteLiteral(value: string): string {
@@ -31,10 +37,17 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   const calls: string[] = [];
   for (const [name, value] of wanted) {
     if (heldValue(held, name) === value) continue;
-    calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${quoteLiteral(value)}, false)`);
+    calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
   }
   if (calls.length > 0) parts.push(`SELECT ${calls.join(', ')}`);
-  return parts.length === 0 ? null : parts.join('; ');
+  if (parts.length === 0) return null;
+  // A statement_timeout the previous client left must not cancel this one.
+  return ['BEGIN', 'SET LOCAL statement_timeout = 0', ...parts, 'COMMIT'].join('; ');
+}
+
+/** `value` as an expression of pure ASCII that yields it whatever the session's encodings. */
+function utf8Hex(value: string): string {
+  return `pg_catalog.convert_from(pg_catalog.decode('${Buffer.from(value, 'utf8').toString('hex')}', 'hex'), 'UTF8')`;
 }
 
 function heldValue(held: ReadonlyMap<string, string>, name: string): string | undefined {

@@ -32,6 +32,10 @@ export interface ServerPeer {
   onServerLost(err: UpstreamError): void;
   /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
   serverError(frame: Buffer): Buffer;
+  /** A Parse of this server-side statement name failed or was skipped: it does not exist. */
+  statementLost(serverName: string): void;
+  /** The server entered COPY IN (CopyInResponse). */
+  onCopyIn(): void;
   /** Set while the peer wants CommandComplete tags (statements it audits are in flight). */
   readonly wantsCommandTags: boolean;
   commandComplete(frame: Buffer): void;
@@ -50,14 +54,19 @@ export interface ServerLogin {
 /**
  * ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may
  * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped),
- * CommandComplete (tags of audited statements).
+ * CommandComplete (tags of audited statements), CopyInResponse (Syncs are ignored in COPY IN).
  */
-const RELAY_INSPECT = inspectTable('ZSE1C');
+const RELAY_INSPECT = inspectTable('ZSE1CG');
 
 interface Hidden {
   resolve: () => void;
   reject: (err: UpstreamError) => void;
   error?: Record<string, string>;
+}
+
+interface ParseEntry {
+  readonly injected: boolean;
+  readonly name: string;
 }
 
 let nextServerId = 1;
@@ -83,6 +92,9 @@ export class ServerConnection implements ScanSink {
   private hidden: Hidden | null = null;
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
+  private serverVerified = false;
+  /** Waiting for the client socket to drain before reading more from the server. */
+  private drainWait: { out: net.Socket; resume: () => void } | null = null;
   private onIdleClose: (() => void) | null = null;
   /** Server-side names of the prepared statements this session holds (see session/prepared.ts). */
   readonly prepared = new Set<string>();
@@ -90,7 +102,7 @@ export class ServerConnection implements ScanSink {
    * One list per ReadyForQuery still to come, oldest first: for each Parse sent in that
    * stretch, whether the proxy injected it (its ParseComplete is not the client's).
    */
-  private parseGroups: boolean[][] = [[]];
+  private parseGroups: ParseEntry[][] = [[]];
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
   private pipelinedHidden = 0;
   private pipelinedError: Record<string, string> | null = null;
@@ -137,6 +149,11 @@ export class ServerConnection implements ScanSink {
     this.state = to;
   }
 
+  /** A pipelined hidden statement is still running ahead of the client's bytes. */
+  get runningHidden(): boolean {
+    return this.pipelinedHidden > 0;
+  }
+
   get isClosed(): boolean {
     return this.state === 'closed';
   }
@@ -151,6 +168,10 @@ export class ServerConnection implements ScanSink {
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
   detach(): void {
     this.peer = null;
+    if (this.drainWait) {
+      this.drainWait.out.off('drain', this.drainWait.resume);
+      this.drainWait.resume();
+    }
     if (this.state === 'active') this.move('idle');
     this.idleSince = Date.now();
   }
@@ -160,14 +181,22 @@ export class ServerConnection implements ScanSink {
     this.onIdleClose = cb;
   }
 
-  /** A Parse went out (`injected`: by the proxy, not the client). */
-  noteParse(injected: boolean): void {
-    this.parseGroups[this.parseGroups.length - 1]!.push(injected);
+  /** A Parse of `name` went out (`injected`: by the proxy, not the client). */
+  noteParse(injected: boolean, name: string): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected, name });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
   noteSync(): void {
     this.parseGroups.push([]);
+  }
+
+  /** A Sync went out that the server will ignore (COPY IN): forget its stretch. */
+  dropLastSyncGroup(): void {
+    if (this.parseGroups.length > 1) {
+      const last = this.parseGroups.pop()!;
+      this.parseGroups[this.parseGroups.length - 1]!.push(...last);
+    }
   }
 
   /** Client → server bytes. Returns false when the socket wants the writer to wait. */
@@ -228,9 +257,16 @@ export class ServerConnection implements ScanSink {
       } finally {
         out.uncork();
       }
-      if (out.writableNeedDrain && !this.socket.isPaused()) {
+      // Back-pressure from the client, but only while it is still our client: a release
+      // inside feed() handed us on, and the next client must not wait on the old one.
+      if (out.writableNeedDrain && this.peer === peer && this.drainWait === null) {
         this.socket.pause();
-        out.once('drain', () => this.socket.resume());
+        const resume = (): void => {
+          this.drainWait = null;
+          this.socket.resume();
+        };
+        this.drainWait = { out, resume };
+        out.once('drain', resume);
       }
       return;
     }
@@ -272,15 +308,21 @@ export class ServerConnection implements ScanSink {
   private relayMessage(type: number, frame: Buffer): void {
     const peer = this.peer!;
     if (type === 0x31 /* 1 ParseComplete */) {
-      if (this.parseGroups[0]!.shift() === true) return; // answers a Parse the proxy injected
+      if (this.parseGroups[0]!.shift()?.injected === true) return; // answers a Parse the proxy injected
     } else if (type === 0x45 /* E */) {
-      // The server now skips to the next Sync: Parses still listed for this stretch get no answer.
-      this.parseGroups[0]!.length = 0;
+      // The first Parse still listed failed, and the server now skips to the next Sync, so
+      // none of the Parses listed for this stretch created anything.
+      for (const lost of this.parseGroups[0]!.splice(0)) {
+        this.prepared.delete(lost.name);
+        peer.statementLost(lost.name);
+      }
       return void peer.socket.write(peer.serverError(frame));
     }
     peer.socket.write(frame);
     if (type === 0x43 /* C */) {
       if (peer.wantsCommandTags) peer.commandComplete(frame);
+    } else if (type === 0x47 /* G CopyInResponse */) {
+      peer.onCopyIn();
     } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
@@ -369,6 +411,8 @@ export class ServerConnection implements ScanSink {
     const code = frame.readInt32BE(5);
     switch (code) {
       case 0: // AuthenticationOk
+        // Only after the server proved it knows the secret: anything else could be an impostor.
+        if (!this.serverVerified) throw new UpstreamError('login', 'server accepted the login without completing SCRAM; refusing to trust it');
         return;
       case 10: {
         // AuthenticationSASL
@@ -391,10 +435,10 @@ export class ServerConnection implements ScanSink {
         if (!this.scram?.verifyServerFinal(frame.toString('utf8', 9))) {
           throw new UpstreamError('login', 'upstream server signature is invalid');
         }
+        this.serverVerified = true;
         return;
-      case 3: // cleartext password: PostgreSQL sends it only when pg_hba says "password"
-        this.socket.write(serialize.password(this.login.password));
-        return;
+      case 3: // cleartext password: never sent, it would hand the password to whoever asks
+        throw new UpstreamError('login', 'server asked for a cleartext password; pgbastion logs in with SCRAM-SHA-256 only');
       default:
         throw new UpstreamError('login', `unsupported authentication request ${code} from the server`);
     }

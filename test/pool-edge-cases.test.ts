@@ -1,0 +1,191 @@
+// Transaction pooling under the protocol's corner cases, on a pool of ONE server connection
+// so that every client shares it: extended-protocol work not yet closed by a Sync, COPY IN
+// through the extended protocol, the unnamed statement, failed Parses, fast-path function
+// calls, and settings made under another client's client_encoding.
+
+import t from 'tap';
+import pg from 'pg';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+await pgs.query(`CREATE TABLE copied (x int); GRANT ALL ON copied TO ${SERVER_ROLE}`);
+const proxy = await startProxy(t, pgs, {
+  users: [
+    { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+    { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'テナント-b' } },
+  ],
+  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
+});
+
+interface Raw {
+  parse(m: object): void;
+  bind(m: object): void;
+  execute(m: object): void;
+  describe(m: object): void;
+  sync(): void;
+  sendCopyFromChunk(b: Buffer): void;
+  endCopyFrom(): void;
+  stream: { write(b: Buffer): void };
+  once(e: string, f: (m: never) => void): void;
+  on(e: string, f: (m: never) => void): void;
+}
+
+async function connect(user: string, password: string, extra: Partial<pg.ClientConfig> = {}) {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password, database: 'postgres', ...extra });
+  await c.connect();
+  const errors: { code?: string; message: string }[] = [];
+  c.on('error', (e: Error & { code?: string }) => e.code && errors.push(e));
+  const raw = (c as unknown as { connection: Raw }).connection;
+  const ready = () => new Promise<{ status: string }>((resolve) => raw.once('readyForQuery', resolve as (m: never) => void));
+  return { c, raw, errors, ready };
+}
+const pinOf = async (c: pg.Client) => (await c.query("SELECT current_setting('app.tenant_id') AS v")).rows[0].v as string;
+
+/**
+ * A simple query spoken on the raw connection: node-postgres stops being queryable once it
+ * saw replies it did not ask for, so after raw protocol work the checks go this way too.
+ */
+async function rawQuery(conn: Awaited<ReturnType<typeof connect>>, sql: string): Promise<string[]> {
+  const rows: string[] = [];
+  const onRow = ((m: { fields: (string | Buffer)[] }) => rows.push(String(m.fields[0]))) as (m: never) => void;
+  conn.raw.on('dataRow', onRow);
+  const r = conn.ready();
+  const text = Buffer.from(sql + '\0');
+  const head = Buffer.from([0x51, 0, 0, 0, 0]);
+  head.writeInt32BE(4 + text.length, 1);
+  conn.raw.stream.write(Buffer.concat([head, text]));
+  await r;
+  (conn.raw as unknown as { off(e: string, f: unknown): void }).off('dataRow', onRow);
+  return rows;
+}
+
+t.test('extended-protocol work not closed by a Sync keeps the connection', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  let r = a.ready();
+  // A simple query, then BEGIN through the extended protocol with no Sync yet.
+  a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 13, ...Buffer.from('SELECT 1\0')]));
+  a.raw.parse({ text: 'BEGIN' });
+  a.raw.bind({});
+  a.raw.execute({});
+  await r;
+  let bDone = false;
+  const bPin = pinOf(b.c).then((v) => ((bDone = true), v));
+  await new Promise((res) => setTimeout(res, 300));
+  t.notOk(bDone, 'the other client waits: the connection is still mid-batch');
+  r = a.ready();
+  a.raw.sync();
+  t.equal((await r).status, 'T', 'BEGIN took effect on the connection that ran it');
+  r = a.ready();
+  a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 11, ...Buffer.from('COMMIT\0')]));
+  await r;
+  t.equal(await bPin, 'テナント-b', 'the other client then gets the connection with its own value');
+  t.same(a.errors, []);
+});
+
+t.test('COPY FROM STDIN through the extended protocol releases the connection afterwards', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  const copyIn = new Promise((res) => a.raw.once('copyInResponse', res as (m: never) => void));
+  a.raw.parse({ text: 'COPY copied FROM STDIN' });
+  a.raw.bind({});
+  a.raw.execute({});
+  a.raw.sync();
+  await copyIn;
+  const r = a.ready();
+  a.raw.sendCopyFromChunk(Buffer.from('1\n2\n'));
+  a.raw.endCopyFrom();
+  a.raw.sync();
+  await r;
+  t.equal((await b.c.query('SELECT count(*)::int AS n FROM copied')).rows[0].n, 2, 'the next client gets the connection');
+  t.same(await rawQuery(a, "SELECT current_setting('app.tenant_id')"), ['a'], 'and the copying client keeps working');
+});
+
+t.test("the unnamed statement never runs for another client; a client's own is replayed", async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  let r = a.ready();
+  a.raw.parse({ text: "SELECT 'a-statement' AS s" });
+  a.raw.sync();
+  await r;
+  await pinOf(b.c); // the connection passes through another client's transaction
+  const rows: string[] = [];
+  b.raw.on('dataRow', ((m: { fields: string[] }) => rows.push(String(m.fields[0]))) as (m: never) => void);
+  r = b.ready();
+  b.raw.bind({});
+  b.raw.execute({});
+  b.raw.sync();
+  await r;
+  t.same(rows, [], "B did not run A's statement");
+  t.equal(b.errors[0]?.code, '26000');
+  t.match(b.errors[0]?.message ?? '', /unnamed prepared statement does not exist/);
+  const aRows: string[] = [];
+  a.raw.on('dataRow', ((m: { fields: string[] }) => aRows.push(String(m.fields[0]))) as (m: never) => void);
+  r = a.ready();
+  a.raw.bind({});
+  a.raw.execute({});
+  a.raw.sync();
+  await r;
+  t.same(aRows, ['a-statement'], 'A still finds its own unnamed statement');
+  t.same(a.errors, []);
+});
+
+t.test('a name whose Parse failed can be prepared again', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  t.teardown(() => a.c.end());
+  let r = a.ready();
+  a.raw.parse({ name: 's1', text: 'SELEC 1' });
+  a.raw.sync();
+  await r;
+  t.equal(a.errors[0]?.code, '42601');
+  r = a.ready();
+  a.raw.parse({ name: 's1', text: 'SELECT 1' });
+  a.raw.sync();
+  await r;
+  t.equal(a.errors.length, 1, 'no "already exists"');
+});
+
+t.test('fast-path FunctionCall of set_config is refused', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  t.teardown(() => a.c.end());
+  const args = ['app.tenant_id', 'b', 'false'].map((v) => Buffer.from(v));
+  const body = Buffer.concat([
+    Buffer.from([0, 0, 0x08, 0x1e]), // OID 2078 set_config
+    Buffer.from([0, 0]), // argument formats: all text
+    Buffer.from([0, 3]),
+    ...args.flatMap((a) => [Buffer.from([0, 0, 0, a.length]), a]),
+    Buffer.from([0, 0]), // result format text
+  ]);
+  const frame = Buffer.concat([Buffer.from('F'), Buffer.from([0, 0, 0, 0]), body]);
+  frame.writeInt32BE(frame.length - 1, 1);
+  const r = a.ready();
+  a.raw.stream.write(frame);
+  await r;
+  t.equal(a.errors[0]?.code, '42501');
+  t.same(await rawQuery(a, "SELECT current_setting('app.tenant_id')"), ['a'], 'pin unchanged, connection usable');
+});
+
+t.test("settings are applied correctly whatever client_encoding the previous client left", async (t) => {
+  const sjis = await connect('tenant_a', 'pw-a', { options: '-c client_encoding=SJIS' } as Partial<pg.ClientConfig>);
+  t.teardown(() => sjis.c.end());
+  await sjis.c.query('SELECT 1');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(() => b.c.end());
+  t.equal(await pinOf(b.c), 'テナント-b', 'non-ASCII pin intact after an SJIS client used the connection');
+  t.equal(await pinOf(b.c), 'テナント-b');
+});
