@@ -240,3 +240,39 @@ t.test('the shipped alert rules pass promtool', async (t) => {
   t.equal(r.status, 0, r.stdout + r.stderr);
   t.match(r.stdout, /SUCCESS: \d+ rules found/);
 });
+
+t.test('audit.on_failure: refuse — an unwritable audit destination refuses new sessions', async (t) => {
+  const { buildConfig } = await import('../src/config/load.js');
+  const { ProxyServer } = await import('../src/proxy/server.js');
+  const { createLogger } = await import('../src/logger.js');
+  const { makeScramSecret } = await import('../src/auth/scram.js');
+  const { LogCapture } = await import('./helpers/proxy.js');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-audit-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const config = await buildConfig({
+    listen: { host: '127.0.0.1', port: 0 },
+    upstreams: [{ host: pgs.host, port: pgs.port }],
+    users: [{ name: 'carol', secret: await makeScramSecret('carol-pw'), server_role: SERVER_ROLE }],
+    server_roles: [{ name: SERVER_ROLE, password: SERVER_ROLE_PASSWORD }],
+    hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }],
+    // A directory where the audit file should be: opening it fails.
+    audit: { destination: dir, on_failure: 'refuse' },
+    metrics: { host: '127.0.0.1', port: await freePort() },
+  });
+  const log = new LogCapture();
+  const server = new ProxyServer(config, createLogger('info', log));
+  const [addr] = await server.start();
+  t.teardown(() => server.close());
+  await new Promise((r) => setTimeout(r, 200));
+  const c = new pg.Client({ host: '127.0.0.1', port: addr!.port, user: 'carol', password: 'carol-pw', database: 'postgres' });
+  const err = await c.connect().then(
+    () => null,
+    (e: { code?: string; message: string }) => e,
+  );
+  await c.end().catch(() => {});
+  t.equal(err?.code, '57P03', 'refused while the audit trail cannot be written');
+  t.match(err?.message ?? '', /audit trail is unavailable/);
+  t.ok(log.lines.some((l) => l.msg === 'audit destination failed'), 'the failure is in the operational log');
+  const body = await (await fetch(`http://127.0.0.1:${config.metrics!.port}/metrics`)).text();
+  t.match(body, /pgbastion_audit_write_failures_total [1-9]/, 'and counted');
+});

@@ -1,9 +1,9 @@
 // The audit trail (SPEC §4): JSON lines, one event each, on their own destination and
-// separate from the operational log. Asynchronous writes (pino's SonicBoom stream) so a slow disk
-// never stalls the relay; flushed on shutdown. A failing destination is reported, counted,
+// separate from the operational log. Asynchronous writes (a file write stream) so a slow disk
+// never stalls the relay; ended (flushed) on shutdown. A failing destination is reported, counted,
 // and — with audit.on_failure: refuse — makes the proxy refuse new sessions until it recovers.
 
-import pino from 'pino';
+import { createWriteStream } from 'node:fs';
 import type { AuditConfig } from '../config/types.js';
 
 export type AuditEvent =
@@ -24,25 +24,55 @@ export interface AuditIdentity {
   readonly database: string | null;
 }
 
+const REOPEN_MS = 2000;
+
 export class Audit {
-  private readonly stream: pino.DestinationStream & { flushSync?: () => void; on?: (e: string, f: (err: Error) => void) => void };
-  /** False after the destination failed, until a write succeeds again. */
+  private stream: NodeJS.WritableStream | null = null;
+  private reopenTimer: NodeJS.Timeout | null = null;
+  /** False after the destination failed, until it could be opened again. */
   healthy = true;
 
   constructor(
     private readonly config: AuditConfig,
-    onFailure: (err: Error) => void = () => {},
+    private readonly onFailure: (err: Error) => void = () => {},
     destination?: NodeJS.WritableStream,
   ) {
-    this.stream =
-      destination ??
-      (config.destination === 'stdout'
-        ? pino.destination({ fd: 1, sync: false })
-        : pino.destination({ dest: config.destination, append: true, mkdir: true, sync: false }));
-    this.stream.on?.('error', (err: Error) => {
-      this.healthy = false;
-      onFailure(err);
+    if (destination) this.stream = destination;
+    else if (config.destination === 'stdout') this.stream = process.stdout;
+    else this.openFile(config.destination);
+  }
+
+  /**
+   * Appends to the audit file. A failure (unwritable path, disk full) marks the trail
+   * unhealthy and retries the open every REOPEN_MS; events in between are lost, and say so
+   * through the failure counter, never by stopping the proxy.
+   */
+  private openFile(path: string): void {
+    const stream = createWriteStream(path, { flags: 'a', mode: 0o600 });
+    this.stream = stream;
+    stream.once('open', () => {
+      this.healthy = true;
     });
+    stream.on('error', (err: Error) => {
+      if (this.stream === stream) this.stream = null;
+      stream.destroy();
+      this.healthy = false;
+      this.onFailure(err);
+      if (!this.reopenTimer) {
+        this.reopenTimer = setTimeout(() => {
+          this.reopenTimer = null;
+          this.openFile(path);
+        }, REOPEN_MS);
+        this.reopenTimer.unref();
+      }
+    });
+  }
+
+  /** Reopens the file (log rotation): the next events go to a file of that name. */
+  reopen(): void {
+    if (this.config.destination === 'stdout' || this.stream === process.stdout) return;
+    this.stream?.end();
+    this.openFile(this.config.destination);
   }
 
   get refusesSessions(): boolean {
@@ -61,15 +91,15 @@ export class Audit {
 
   /** Events that are always written (policy blocks, config reloads). */
   write(event: AuditEvent, fields: Record<string, unknown>): void {
-    this.stream.write(JSON.stringify({ time: new Date().toISOString(), event, ...fields }, censorSecrets) + '\n');
+    this.stream?.write(JSON.stringify({ time: new Date().toISOString(), event, ...fields }, censorSecrets) + '\n');
   }
 
-  flush(): void {
-    try {
-      this.stream.flushSync?.();
-    } catch {
-      /* the destination already reported its failure */
-    }
+  /** Ends the stream so that everything accepted reaches the file (at shutdown). */
+  close(): Promise<void> {
+    if (this.reopenTimer) clearTimeout(this.reopenTimer);
+    const stream = this.stream;
+    if (!stream || stream === process.stdout || stream === process.stderr) return Promise.resolve();
+    return new Promise((resolve) => stream.end(() => resolve()));
   }
 }
 

@@ -58,8 +58,9 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => {
-    // Live reload is not built yet: say so instead of pretending.
-    logger.warn('SIGHUP received: configuration reload is not implemented yet; restart pgbastion to apply changes');
+    // Log rotation works now; live reload of the configuration is not built yet: say so.
+    server.runtime.audit.reopen();
+    logger.warn('SIGHUP received: audit file reopened; configuration reload is not implemented yet, restart pgbastion to apply changes');
   });
   return -1;
 }

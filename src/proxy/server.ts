@@ -105,6 +105,6 @@ export class ProxyServer {
     if (metrics) closed.push(new Promise<void>((resolve) => metrics.close(() => resolve())));
     metrics?.closeAllConnections();
     await Promise.all(closed);
-    this.runtime.audit.flush();
+    await this.runtime.audit.close();
   }
 }
