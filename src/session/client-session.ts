@@ -17,6 +17,7 @@ import { displayClientAddress, evaluate } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
 import { ddlStatements, type DdlStatement } from '../audit/ddl.js';
+import { DdlTracker, type DdlOutcome } from './ddl-tracker.js';
 import { parseFields } from '../protocol/fields.js';
 import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
@@ -84,13 +85,6 @@ interface Outgoing {
   readonly usesUnnamed?: { readonly start: number; readonly end: number };
 }
 
-/** The audited statements answered by one ReadyForQuery, and what the server said of them. */
-interface DdlBatch {
-  readonly stmts: readonly DdlStatement[];
-  readonly extended: boolean;
-  readonly tags: string[];
-  error: string | null;
-}
 
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   readonly id = randomBytes(6).toString('hex');
@@ -106,11 +100,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private transactions = 0;
   /** When each owed ReadyForQuery was asked for (query duration histogram). */
   private readonly askedAt: number[] = [];
-  /** Per owed ReadyForQuery, the audited statements it answers (null: none). */
-  private readonly ddlBatches: (DdlBatch | null)[] = [];
-  private ddlPending = 0;
-  /** Audited statements of Parses sent since the last Sync. */
-  private ddlSinceSync: DdlStatement[] = [];
+  /** Audited statements in flight, settled as the server answers them. */
+  private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -539,18 +530,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     return ddlStatements(frame.toString('utf8', at, end < 0 ? frame.length : end));
   }
 
-  private queueDdlBatch(fromQuery: readonly DdlStatement[] | null, extended: boolean): void {
-    const stmts = extended ? this.ddlSinceSync : (fromQuery ?? []);
-    if (extended) this.ddlSinceSync = [];
-    if (stmts.length === 0) return void this.ddlBatches.push(null);
-    this.ddlBatches.push({ stmts, extended, tags: [], error: null });
-    this.ddlPending++;
-  }
+  // ---- ServerPeer: what the server connection reports ----------------------------------
 
-  /**
-   * COPY IN started. When an Execute started it, the Syncs already sent behind that Execute
-   * are ignored by the server: they will get no ReadyForQuery, so stop waiting for them.
-   */
+  /** A Parse failed or was skipped: its statement does not exist on that connection. */
   statementLost(serverName: string): void {
     if (serverName === '') {
       this.unnamedOnServer = false;
@@ -560,48 +542,33 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.statements.forgetServerName(serverName);
   }
 
+  /**
+   * COPY IN started. When an Execute started it, the Syncs already sent behind that Execute
+   * are ignored by the server: they will get no ReadyForQuery, so stop waiting for them.
+   */
   onCopyIn(): void {
     this.copyIn = true;
     for (; this.syncsAfterExecute > 0; this.syncsAfterExecute--) {
       this.owed--;
       this.askedAt.pop();
-      const batch = this.ddlBatches.pop();
-      if (batch) {
-        this.ddlPending--;
-        this.ddlSinceSync.unshift(...batch.stmts);
-      }
+      this.ddl.unowe();
       this.server?.dropLastSyncGroup();
       this.unsynced = true; // the COPY's own Sync is still to come
     }
   }
 
   get wantsCommandTags(): boolean {
-    return this.ddlPending > 0;
+    return this.ddl.active;
   }
 
   commandComplete(frame: Buffer): void {
-    const batch = this.ddlBatches[0];
-    if (batch) batch.tags.push(frame.toString('utf8', 5, frame.length - 1));
+    this.ddl.commandComplete(frame.toString('utf8', 5, frame.length - 1));
   }
 
-  /** Writes the ddl events of the batch this ReadyForQuery ends. */
-  private settleDdl(batch: DdlBatch): void {
-    this.ddlPending--;
+  private recordDdl(stmt: DdlStatement, outcome: DdlOutcome): void {
     const who = { ...this.identity(), server_role: this.runtimeUser?.config.server_role, cert_subject: this.tlsPeer?.cert?.subject ?? null };
-    for (const stmt of batch.stmts) {
-      let outcome: { outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string } | null;
-      if (batch.extended) {
-        outcome = batch.error ? { outcome: 'error', sqlstate: batch.error } : { outcome: 'ok', command_tag: batch.tags.at(-1) ?? '' };
-      } else if (stmt.index < batch.tags.length) {
-        outcome = { outcome: 'ok', command_tag: batch.tags[stmt.index]! };
-      } else {
-        // The statement that failed; statements after it in the string never ran.
-        outcome = batch.error && stmt.index === batch.tags.length ? { outcome: 'error', sqlstate: batch.error } : null;
-      }
-      if (outcome === null) continue;
-      this.rt.metrics.ddl.inc({ class: stmt.class, outcome: outcome.outcome });
-      this.rt.audit.ddl(who, { class: stmt.class, node: stmt.node, statement: stmt.statement, ...outcome });
-    }
+    this.rt.metrics.ddl.inc({ class: stmt.class, outcome: outcome.outcome });
+    this.rt.audit.ddl(who, { class: stmt.class, node: stmt.node, statement: stmt.statement, ...outcome });
   }
 
   /**
@@ -618,8 +585,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   serverError(frame: Buffer): Buffer {
-    const batch = this.ddlBatches[0];
-    if (batch && batch.error === null) batch.error = parseFields(frame).C ?? 'XX000';
+    if (this.ddl.active) this.ddl.error(parseFields(frame).C ?? 'XX000');
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
 
@@ -678,7 +644,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteParse(false, name);
       if (out.defines) server.prepared.add(out.defines.serverName);
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
-      if (out.ddl) this.ddlSinceSync.push(...out.ddl);
+      this.ddl.parsed(out.ddl);
     } else if (out.type === Q || out.type === S || out.type === F) {
       if (out.type === S) {
         this.unsynced = false;
@@ -689,7 +655,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteSync();
       this.owed++;
       this.askedAt.push(performance.now());
-      this.queueDdlBatch(out.type === Q ? (out.ddl ?? null) : null, out.type !== Q);
+      this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
       if (out.type === Q && server.prepared.size > 0 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();
@@ -852,8 +818,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.owed > 0) this.owed--;
     const asked = this.askedAt.shift();
     if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
-    const batch = this.ddlBatches.shift();
-    if (batch) this.settleDdl(batch);
+    this.ddl.ready();
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();

@@ -1,0 +1,92 @@
+// Pure parts of DDL auditing: which statements are audited (and how their text is
+// redacted), and how outcomes pair with the server's answers.
+
+import t from 'tap';
+import { ddlStatements } from '../src/audit/ddl.js';
+import { loadPolicyParser } from '../src/policy/classify.js';
+import { DdlTracker, type DdlOutcome } from '../src/session/ddl-tracker.js';
+
+await loadPolicyParser();
+
+t.test('classification', async (t) => {
+  const cases: [string, [string, string][]][] = [
+    ['SELECT 1', []],
+    ['INSERT INTO t VALUES (1)', []],
+    ['UPDATE t SET x = 1', []],
+    ['create table t (x int)', [['ddl', 'CreateStmt']]],
+    ['ALTER TABLE t ADD COLUMN y int', [['ddl', 'AlterTableStmt']]],
+    ['DROP INDEX i', [['ddl', 'DropStmt']]],
+    ['TRUNCATE t', [['ddl', 'TruncateStmt']]],
+    ["COMMENT ON TABLE t IS 'x'", [['ddl', 'CommentStmt']]],
+    ['GRANT SELECT ON t TO r', [['role', 'GrantStmt']]],
+    ['REVOKE r FROM u', [['role', 'GrantRoleStmt']]],
+    ['CREATE ROLE r', [['role', 'CreateRoleStmt']]],
+    ['ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO r', [['role', 'AlterDefaultPrivilegesStmt']]],
+    ["ALTER SYSTEM SET work_mem = '4MB'", [['ddl', 'AlterSystemStmt']]],
+    ['REINDEX TABLE t', [['ddl', 'ReindexStmt']]],
+    ['CLUSTER t USING i', [['ddl', 'ClusterStmt']]],
+    ['CREATE EXTENSION pgcrypto', [['ddl', 'CreateExtensionStmt']]],
+    ['SELECT * INTO newt FROM t', [['ddl', 'SelectStmt']]],
+    ['DO $$BEGIN END$$', [['dynamic', 'DoStmt']]],
+    ['SELECT 1; CREATE TABLE a (x int); SELECT 2; DROP TABLE a', [['ddl', 'CreateStmt'], ['ddl', 'DropStmt']]],
+    ['CREAT TABLE broken', []],
+  ];
+  for (const [sql, want] of cases) t.same(ddlStatements(sql).map((d) => [d.class, d.node]), want, sql);
+  t.same(ddlStatements('SELECT 1; CREATE TABLE a (x int); SELECT 2').map((d) => d.index), [1], 'index among all statements');
+});
+
+t.test('password redaction at the parser positions', async (t) => {
+  const cases: [string, string][] = [
+    ["CREATE ROLE r LOGIN PASSWORD 'p1'", 'CREATE ROLE r LOGIN PASSWORD <REDACTED>'],
+    ["create user r with encrypted password 'p''2' valid until 'infinity'", "create user r with encrypted password <REDACTED> valid until 'infinity'"],
+    ["ALTER ROLE r PASSWORD /* 'decoy' */ 'p3'", "ALTER ROLE r PASSWORD /* 'decoy' */ <REDACTED>"],
+    ["ALTER USER r PASSWORD -- 'decoy'\n'p4'", "ALTER USER r PASSWORD -- 'decoy'\n<REDACTED>"],
+    ["ALTER ROLE r PASSWORD E'p\\'5'", 'ALTER ROLE r PASSWORD <REDACTED>'],
+    ['ALTER ROLE r PASSWORD $x$p6$x$', 'ALTER ROLE r PASSWORD <REDACTED>'],
+    ["CREATE USER MAPPING FOR r SERVER s OPTIONS (user 'u', password 'p7')", "CREATE USER MAPPING FOR r SERVER s OPTIONS (user 'u', password <REDACTED>)"],
+    // No literal to point at: everything from the option on is hidden (fail closed).
+    ['ALTER ROLE r PASSWORD NULL', 'ALTER ROLE r <REDACTED>'],
+  ];
+  for (const [sql, want] of cases) t.equal(ddlStatements(sql)[0]?.statement, want, sql);
+  const multi = ddlStatements("SELECT 1; CREATE ROLE a PASSWORD 'pa'; CREATE ROLE b PASSWORD 'pb'");
+  t.same(multi.map((d) => d.statement), ['CREATE ROLE a PASSWORD <REDACTED>', 'CREATE ROLE b PASSWORD <REDACTED>']);
+  for (const [sql] of cases) t.notMatch(JSON.stringify(ddlStatements(sql)), /p[1-7]|p\\'5|p''2/, `no secret left: ${sql}`);
+});
+
+t.test('tracker: outcomes per statement of a Query string', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
+  const stmts = ddlStatements('SELECT 1; CREATE TABLE a (x int); SELECT 1/0; DROP TABLE a');
+  tracker.owed(stmts);
+  t.ok(tracker.active);
+  tracker.commandComplete('SELECT 1');
+  tracker.commandComplete('CREATE TABLE');
+  tracker.error('22012');
+  tracker.ready();
+  t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]], 'DROP after the error never ran');
+  t.notOk(tracker.active);
+  tracker.owed(ddlStatements('CREATE TABLE a (x int)'));
+  tracker.error('42P07');
+  tracker.ready();
+  t.same(seen[1], ['CreateStmt', { outcome: 'error', sqlstate: '42P07' }]);
+});
+
+t.test('tracker: extended protocol, pipelining, and a Sync the server ignored', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
+  tracker.owed([]); // an unrelated Query in flight first
+  tracker.parsed(ddlStatements('CREATE TABLE b (x int)'));
+  tracker.owed(null); // its Sync
+  tracker.ready(); // the Query's ReadyForQuery: nothing recorded
+  t.same(seen, []);
+  tracker.commandComplete('CREATE TABLE');
+  tracker.ready();
+  t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
+  tracker.parsed(ddlStatements('DROP TABLE b'));
+  tracker.owed(null);
+  tracker.unowe(); // COPY IN swallowed that Sync: the statements wait for the next one
+  tracker.owed(null);
+  tracker.error('2BP01');
+  tracker.ready();
+  t.same(seen[1], ['DropStmt', { outcome: 'error', sqlstate: '2BP01' }]);
+});
