@@ -3,7 +3,7 @@
 // never stalls the relay; ended (flushed) on shutdown. A failing destination is reported, counted,
 // and — with audit.on_failure: refuse — makes the proxy refuse new sessions until it recovers.
 
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, WriteStream } from 'node:fs';
 import type { AuditConfig } from '../config/types.js';
 
 export type AuditEvent =
@@ -31,12 +31,15 @@ export class Audit {
   private reopenTimer: NodeJS.Timeout | null = null;
   /** False after the destination failed, until it could be opened again. */
   healthy = true;
+  /** The stream was given by the caller (tests): reloads never replace it. */
+  private readonly injected: boolean;
 
   constructor(
-    private readonly config: AuditConfig,
+    private config: AuditConfig,
     private readonly onFailure: (err: Error) => void = () => {},
     destination?: NodeJS.WritableStream,
   ) {
+    this.injected = destination !== undefined;
     if (destination) this.stream = destination;
     else if (config.destination === 'stdout') this.stream = process.stdout;
     else this.openFile(config.destination);
@@ -66,6 +69,18 @@ export class Audit {
         this.reopenTimer.unref();
       }
     });
+  }
+
+  /** Reload: new flags at once; a new destination is opened in place of the old one. */
+  reconfigure(config: AuditConfig): void {
+    const moved = config.destination !== this.config.destination;
+    this.config = config;
+    if (!moved || this.injected) return;
+    if (this.reopenTimer) clearTimeout(this.reopenTimer);
+    this.reopenTimer = null;
+    if (this.stream instanceof WriteStream) this.stream.end();
+    if (config.destination === 'stdout') this.stream = process.stdout;
+    else this.openFile(config.destination);
   }
 
   /** Reopens the file (log rotation): the next events go to a file of that name. */

@@ -1,6 +1,7 @@
 // `pgbastion start`: load and validate the config, bind the listeners, and stay up
 // until SIGTERM/SIGINT, then stop accepting, end sessions and exit 0.
 
+import { loadConfigFile } from '../config/load.js';
 import { loadConfigOrReport } from './load-config.js';
 import { unservedFeatures } from '../config/unserved.js';
 import { createLogger } from '../logger.js';
@@ -57,10 +58,14 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
+  let reloading = Promise.resolve();
   process.on('SIGHUP', () => {
-    // Log rotation works now; live reload of the configuration is not built yet: say so.
-    server.runtime.audit.reopen();
-    logger.warn('SIGHUP received: audit file reopened; configuration reload is not implemented yet, restart pgbastion to apply changes');
+    // One reload at a time, in signal order; the audit file is reopened too (log rotation).
+    reloading = reloading.then(async () => {
+      logger.info({ file }, 'SIGHUP: reloading configuration');
+      await server.reload(() => loadConfigFile(file));
+      server.runtime.audit.reopen();
+    });
   });
   return -1;
 }

@@ -44,7 +44,7 @@ export class Pool {
 
   constructor(
     readonly name: string,
-    private readonly opts: PoolOptions,
+    private opts: PoolOptions,
   ) {}
 
   get stats(): { total: number; idle: number; waiting: number; active: number } {
@@ -64,6 +64,11 @@ export class Pool {
     if (this.welcome === null) return false;
     for (const [name, value] of settings) if (!this.accepted.has(settingKey(name, value))) return false;
     return true;
+  }
+
+  /** Reload: a smaller size takes effect as connections come back (extra ones are closed). */
+  setLimits(size: number, acquireTimeoutMs: number, idleTimeoutMs: number): void {
+    this.opts = { ...this.opts, size, acquireTimeoutMs, idleTimeoutMs };
   }
 
   acquire(): Promise<ServerConnection> {
@@ -134,7 +139,7 @@ export class Pool {
 
   /** A clean connection goes to the longest waiter, else back to the idle list. */
   private handOver(conn: ServerConnection): void {
-    if (conn.isClosed) return this.drop(conn);
+    if (conn.isClosed || this.total > this.opts.size) return this.drop(conn);
     const waiter = this.waiters.shift();
     if (waiter) {
       clearTimeout(waiter.timer);

@@ -59,6 +59,12 @@ export class PoolRegistry {
     return (await Promise.all(attempts)).some(Boolean);
   }
 
+  /** New pools and new server connections use `config`; existing pools take its limits. */
+  setConfig(config: Config): void {
+    this.config = config;
+    for (const pool of this.pools.values()) pool.setLimits(config.pool.size, config.pool.acquire_timeout_ms, config.pool.server_idle_timeout_ms);
+  }
+
   all(): IterableIterator<Pool> {
     return this.pools.values();
   }

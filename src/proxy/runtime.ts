@@ -28,16 +28,31 @@ export interface RuntimeUser {
   readonly secret: ScramSecret | null;
 }
 
-export class Runtime {
-  readonly users = new Map<string, RuntimeUser>();
+/** Everything a reload replaces, built in full before anything is swapped. */
+interface Generation {
+  readonly config: Config;
+  readonly users: ReadonlyMap<string, RuntimeUser>;
   readonly hba: readonly HbaRule[];
+  readonly policy: PolicyClassifier;
+  readonly tls: TlsTerminator | null;
+}
+
+/** Builds a generation from a config; throws (and changes nothing) when any part is unusable. */
+function buildGeneration(config: Config): Generation {
+  const users = new Map<string, RuntimeUser>();
+  for (const user of config.users) users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
+  // A fresh context from the files: new handshakes use it, sessions already on TLS keep theirs.
+  const tls = config.tls ? new TlsTerminator(config.tls) : null;
+  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls };
+}
+
+export class Runtime {
+  private gen: Generation;
+  /** 1 at start, +1 per successful reload. */
+  generation = 1;
   readonly pools: PoolRegistry;
   readonly cancels = new CancelRegistry();
   readonly lockout: LockoutTracker;
-  /** Decides, per statement, whether it would change a pinned variable. */
-  readonly policy: PolicyClassifier;
-  /** Client-facing TLS, when configured. */
-  readonly tls: TlsTerminator | null;
   readonly metrics: Metrics;
   readonly audit: Audit;
   /** Per-process key that derives stable fake SCRAM salts for unknown users. */
@@ -45,7 +60,7 @@ export class Runtime {
   clients = 0;
 
   constructor(
-    readonly config: Config,
+    config: Config,
     readonly logger: Logger,
     opts: RuntimeOptions = {},
   ) {
@@ -58,14 +73,46 @@ export class Runtime {
       },
       opts.auditStream,
     );
-    for (const user of config.users) {
-      this.users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
-    }
-    this.hba = loadRules(config);
+    this.gen = buildGeneration(config);
     this.lockout = new LockoutTracker(config.limits.auth_failures);
-    this.policy = new PolicyClassifier(config.pinning.variables);
-    this.tls = config.tls ? new TlsTerminator(config.tls) : null;
     this.pools = new PoolRegistry(config, logger, this.metrics);
+  }
+
+  get config(): Config {
+    return this.gen.config;
+  }
+  get users(): ReadonlyMap<string, RuntimeUser> {
+    return this.gen.users;
+  }
+  get hba(): readonly HbaRule[] {
+    return this.gen.hba;
+  }
+  /** Decides, per statement, whether it would change a pinned variable. */
+  get policy(): PolicyClassifier {
+    return this.gen.policy;
+  }
+  /** Client-facing TLS, when configured. */
+  get tls(): TlsTerminator | null {
+    return this.gen.tls;
+  }
+
+  /**
+   * Swaps in a new configuration: users, rules, pins, cert_map, certificates, upstreams,
+   * pool limits, lockout policy, audit settings. Throws before changing anything if a part
+   * cannot be built. Returns the settings that only a restart can change.
+   */
+  apply(config: Config): string[] {
+    const next = buildGeneration(config);
+    const prev = this.gen.config;
+    const needsRestart: string[] = [];
+    if (JSON.stringify(prev.listen) !== JSON.stringify(config.listen)) needsRestart.push('listen');
+    if (JSON.stringify(prev.metrics) !== JSON.stringify(config.metrics)) needsRestart.push('metrics');
+    this.gen = next;
+    this.generation++;
+    this.lockout.setPolicy(config.limits.auth_failures);
+    this.pools.setConfig(config);
+    this.audit.reconfigure(config.audit);
+    return needsRestart;
   }
 }
 

@@ -4,6 +4,8 @@
 import type http from 'node:http';
 import net from 'node:net';
 import { displayClientAddress } from '../hba/rules.js';
+import { ConfigError, formatProblem } from '../config/load.js';
+import { unservedFeatures } from '../config/unserved.js';
 import { startMetricsServer } from '../metrics/http.js';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
@@ -89,6 +91,35 @@ export class ProxyServer {
       { session_id: '', client_addr: displayClientAddress(socket.remoteAddress ?? ''), client_port: socket.remotePort ?? 0, user: null, database: null },
       { reason: 'limit', sqlstate: code, message },
     );
+  }
+
+  /**
+   * SIGHUP: load → validate → build → swap. New connections see the new configuration at
+   * once; sessions it no longer allows end at their next transaction boundary. A config
+   * that fails at any step leaves the running one untouched. Returns whether it applied.
+   */
+  async reload(load: () => Promise<Config>): Promise<boolean> {
+    const rt = this.runtime;
+    let config: Config;
+    let needsRestart: string[];
+    try {
+      config = await load();
+      const unserved = unservedFeatures(config);
+      if (unserved.refuse.length > 0) throw new Error(unserved.refuse.join('; '));
+      needsRestart = rt.apply(config);
+    } catch (err) {
+      const message = err instanceof ConfigError ? err.problems.map(formatProblem).join('; ') : (err as Error).message;
+      rt.logger.error({ err: message }, 'configuration reload failed; the running configuration is unchanged');
+      rt.metrics.configReloads.inc({ result: 'failure' });
+      rt.audit.write('config.reload_failed', { generation: rt.generation, error: message });
+      return false;
+    }
+    rt.metrics.configReloads.inc({ result: 'success' });
+    rt.metrics.configGeneration.set(rt.generation);
+    rt.audit.write('config.reloaded', { generation: rt.generation, needs_restart: needsRestart });
+    rt.logger.info({ generation: rt.generation, needs_restart: needsRestart }, 'configuration reloaded');
+    for (const session of this.sessions) session.recheck();
+    return true;
   }
 
   get sessionCount(): number {

@@ -102,6 +102,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly askedAt: number[] = [];
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
+  private pinValues: ReadonlyMap<string, string> = new Map();
+  /** Why a configuration reload withdrew this session's permission (ended at the next boundary). */
+  private revoked: string | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -419,6 +422,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           );
         }
         // Pins go last: they are what the server connection must hold for this client.
+        this.pinValues = pins.values;
         this.params = new Map([...this.params, ...pins.values]);
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
@@ -814,6 +818,41 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ServerPeer ---------------------------------------------------------------------
 
+  // ---- reload: sessions the new configuration no longer allows --------------------------------
+
+  /** Called after a reload: a session the new rules do not allow ends at its next transaction boundary. */
+  recheck(): void {
+    if (this.state !== 'ready' || this.revoked !== null) return;
+    this.revoked = this.withdrawnBy();
+    if (this.revoked !== null) {
+      this.log.info({ reason: this.revoked }, 'session no longer allowed after reload');
+      this.endIfRevokedAndIdle();
+    }
+  }
+
+  /** What in the current configuration no longer allows this session, or null. */
+  private withdrawnBy(): string | null {
+    const user = this.rt.users.get(this.user);
+    if (!user) return 'the user was removed';
+    if (user.config.server_role !== this.runtimeUser?.config.server_role) return 'the user now maps to another server role';
+    if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return 'the user expired';
+    const conn = { address: this.address, tls: this.tlsPeer !== null, database: this.database, user: this.user, replication: false };
+    const rule = evaluate(this.rt.hba, conn);
+    if (rule === null || rule.method !== this.auth?.name) return 'the rules no longer allow this connection';
+    if (rule.method === 'cert' && !certNamesUser(this.rt.config.cert_map, this.tlsPeer?.cert?.cn ?? '', this.user)) return 'the certificate no longer maps to the user';
+    const cert = this.tlsPeer?.cert;
+    const pins = resolvePins(user.config.pins, { user: this.user, database: this.database, ...(cert ? { cert } : {}) });
+    if (!pins.ok || !sameMap(pins.values, this.pinValues)) return 'the pinned values changed';
+    return null;
+  }
+
+  /** Between transactions (nothing owed, no transaction open): end a revoked session now. */
+  private endIfRevokedAndIdle(): void {
+    if (this.revoked === null || this.owed !== 0 || this.unsynced) return;
+    if (this.server && this.server.txStatus !== 'I') return;
+    this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', `configuration reload: ${this.revoked}`);
+  }
+
   onServerReady(status: TxStatus): void {
     if (this.owed > 0) this.owed--;
     const asked = this.askedAt.shift();
@@ -825,6 +864,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (this.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
+    if (this.revoked !== null) this.endIfRevokedAndIdle();
   }
 
   onServerLost(err: UpstreamError): void {
@@ -911,6 +951,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       });
     }
   }
+}
+
+function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
 }
 
 /** The pool's welcome values with this client's own settings where the server reports them. */
