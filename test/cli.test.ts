@@ -141,7 +141,7 @@ t.test('TLS files that do not load: check and start refuse rather than serve wit
 });
 
 t.test('check refuses settings this build cannot serve', async (t) => {
-  const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'proxy_protocol: { trusted: [10.0.0.0/8] }\n')], { env: { APP_RW_PW: 'pw' } });
-  t.equal(r.status, 1, 'PROXY headers would be ignored: refused');
-  t.match(r.stderr, /proxy_protocol: PROXY headers are not implemented/);
+  const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'upstream: { send_proxy_protocol: true }\n')], { env: { APP_RW_PW: 'pw' } });
+  t.equal(r.status, 1, 'a PROXY header HAProxy expects would be missing: refused');
+  t.match(r.stderr, /upstream\.send_proxy_protocol: not implemented/);
 });

@@ -28,7 +28,6 @@ export function unservedFeatures(c: Config): Unserved {
   const warn: string[] = [];
   const tls = tlsProblem(c);
   if (tls) refuse.push(tls);
-  if (c.proxy_protocol) refuse.push('proxy_protocol: PROXY headers are not implemented in this build');
   if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
   if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');
   return { refuse, warn };

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import type { Config, UserConfig } from '../config/types.js';
 import { parseScramSecret, type ScramSecret } from '../auth/scram.js';
 import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
-import type { HbaRule } from '../hba/rules.js';
+import { cidrContains, cidrMatcher, maxPrefix, parseClientAddress, parseIpAddress, type CidrMatcher, type HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
 import { PolicyClassifier } from '../policy/classify.js';
@@ -35,6 +35,8 @@ interface Generation {
   readonly hba: readonly HbaRule[];
   readonly policy: PolicyClassifier;
   readonly tls: TlsTerminator | null;
+  /** Peers whose PROXY protocol header is believed (proxy_protocol.trusted); null: feature off. */
+  readonly trustedProxies: readonly CidrMatcher[] | null;
 }
 
 /** Builds a generation from a config; throws (and changes nothing) when any part is unusable. */
@@ -43,7 +45,16 @@ function buildGeneration(config: Config): Generation {
   for (const user of config.users) users.set(user.name, { config: user, secret: user.secret ? parseScramSecret(user.secret) : null });
   // A fresh context from the files: new handshakes use it, sessions already on TLS keep theirs.
   const tls = config.tls ? new TlsTerminator(config.tls) : null;
-  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls };
+  const trustedProxies = config.proxy_protocol ? config.proxy_protocol.trusted.map(toCidr) : null;
+  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies };
+}
+
+/** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. */
+function toCidr(entry: string): CidrMatcher {
+  const [ip, bits] = entry.split('/');
+  const addr = parseIpAddress(ip!);
+  if (addr === null) throw new Error(`proxy_protocol.trusted: invalid address ${entry}`);
+  return cidrMatcher(addr, bits === undefined ? maxPrefix(addr.family) : Number(bits));
 }
 
 export class Runtime {
@@ -94,6 +105,18 @@ export class Runtime {
   /** Client-facing TLS, when configured. */
   get tls(): TlsTerminator | null {
     return this.gen.tls;
+  }
+
+  get proxyProtocolEnabled(): boolean {
+    return this.gen.trustedProxies !== null;
+  }
+
+  /** Does a PROXY header from this peer count? null: PROXY protocol is not configured. */
+  proxyHeaderTrusted(peer: string): boolean | null {
+    const trusted = this.gen.trustedProxies;
+    if (trusted === null) return null;
+    const addr = parseClientAddress(peer);
+    return addr !== null && trusted.some((m) => cidrContains(m, addr));
   }
 
   /**

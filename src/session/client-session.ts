@@ -13,6 +13,7 @@ import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
+import { looksLikeProxyHeader, parseProxyHeader } from '../protocol/proxy-header.js';
 import { displayClientAddress, evaluate } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
@@ -91,8 +92,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   state: ClientState = 'startup';
   log: Logger;
 
-  private readonly address: string;
-  private readonly port: number;
+  /** The client's address: the peer's, or the one a trusted PROXY header gave. */
+  private address: string;
+  private port: number;
+  /** A trusted balancer is in front: its PROXY header must come before anything else. */
+  private awaitingProxyHeader: boolean;
   private startupBuf: Buffer = Buffer.alloc(0);
   private sslAnswered = false;
   private readonly startedAt = performance.now();
@@ -146,6 +150,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   ) {
     this.address = displayClientAddress(socket.remoteAddress ?? 'unknown');
     this.port = socket.remotePort ?? 0;
+    this.awaitingProxyHeader = rt.proxyHeaderTrusted(socket.remoteAddress ?? '') === true;
     this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
@@ -237,6 +242,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Startup packets are untyped: a length, then a body; several may precede the real one. */
   private onStartupData(chunk: Buffer): void {
     this.startupBuf = this.startupBuf.length === 0 ? chunk : Buffer.concat([this.startupBuf, chunk]);
+    if (!this.sslAnswered && !this.takeProxyHeader()) return;
     if (this.startupBuf[0] === TLS_HANDSHAKE_RECORD && !this.sslAnswered && this.rt.tls) {
       // Direct TLS: a ClientHello where a startup packet length would be.
       this.sslAnswered = true;
@@ -258,6 +264,36 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.startupBuf = Buffer.alloc(0);
       this.scanner.feed(rest);
     }
+  }
+
+  /**
+   * PROXY protocol: from a trusted balancer the header is required and names the client;
+   * from anyone else a header is a forgery attempt. Returns false while the session must
+   * wait for more bytes or has ended.
+   */
+  private takeProxyHeader(): boolean {
+    if (!this.awaitingProxyHeader) {
+      const first = this.startupBuf[0];
+      if (this.rt.proxyProtocolEnabled && (first === 0x0d || first === 0x50) && looksLikeProxyHeader(this.startupBuf)) {
+        this.fatal(SqlState.PROTOCOL_VIOLATION, 'PROXY protocol header from a peer not in proxy_protocol.trusted', undefined, 'protocol');
+        return false;
+      }
+      return true;
+    }
+    const header = parseProxyHeader(this.startupBuf);
+    if (header.kind === 'incomplete') return false;
+    if (header.kind === 'invalid') {
+      this.fatal(SqlState.PROTOCOL_VIOLATION, `invalid PROXY protocol header: ${header.message}`, undefined, 'protocol');
+      return false;
+    }
+    this.awaitingProxyHeader = false;
+    this.startupBuf = this.startupBuf.subarray(header.length);
+    if (header.source) {
+      this.address = displayClientAddress(header.source.address);
+      this.port = header.source.port;
+      this.log = this.rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}`, via: this.socket.remoteAddress });
+    }
+    return this.startupBuf.length > 0;
   }
 
   private onStartupPacket(p: StartupPacket): void {
