@@ -162,6 +162,47 @@ t.test('a server connection that dies between transactions is never seen by its 
   for (let i = 0; i < 5; i++) t.equal((await c.query(CHECK)).rows[0].t, 'a', 'next transaction on a healthy connection');
 });
 
+t.test('a server connection that dies inside a transaction: an ERROR, and the client carries on', async (t) => {
+  const c = await tenantClient('a');
+  t.teardown(() => c.end());
+  const errors: unknown[] = [];
+  c.on('error', (e) => errors.push(e));
+  await c.query('BEGIN');
+  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+  await pgs.query('SELECT pg_terminate_backend($1)', [pid]);
+  const err = await c.query('SELECT 1').then(
+    () => null,
+    (e: { code?: string; severity?: string }) => e,
+  );
+  t.ok(err, 'the statement in the dead transaction fails');
+  t.equal(err?.severity, 'ERROR', 'as an ERROR, not a FATAL');
+  t.equal(err?.code, '08006');
+  t.match((err as { message?: string } | null)?.message ?? '', /server connection lost; the transaction was rolled back/);
+  const r = await c.query(CHECK);
+  t.equal(r.rows[0].t, 'a', 'the next transaction runs on a healthy connection with the pins');
+  t.same(errors, [], 'the client connection never broke');
+});
+
+t.test('a server connection that dies during a statement: that statement fails, the client carries on', async (t) => {
+  const c = await tenantClient('b');
+  t.teardown(() => c.end());
+  const errors: unknown[] = [];
+  c.on('error', (e) => errors.push(e));
+  const pid = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+  void pid;
+  const running = c.query('SELECT pg_sleep(5), pg_backend_pid()').then(
+    () => null,
+    (e: { code?: string; severity?: string }) => e,
+  );
+  await new Promise((r) => setTimeout(r, 300));
+  await pgs.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%'");
+  const err = await running;
+  t.equal(err?.severity, 'ERROR');
+  t.equal(err?.code, '57P01', "PostgreSQL's own error, as an ERROR");
+  t.equal((await c.query(CHECK)).rows[0].t, 'b');
+  t.same(errors, []);
+});
+
 t.test('cancel reaches the connection the client is using in this transaction', async (t) => {
   const c = await tenantClient('b');
   t.teardown(() => c.end());

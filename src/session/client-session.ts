@@ -55,6 +55,7 @@ const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDCEHcf');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
 const TLS_HANDSHAKE_RECORD = 0x16;
+const EMPTY = Buffer.alloc(0);
 /** lo_open, lo_close, loread, lowrite, lo_lseek(64), lo_creat, lo_create, lo_tell(64), lo_truncate(64), lo_unlink. */
 const LARGE_OBJECT_FUNCTIONS = new Set([952, 953, 954, 955, 956, 3170, 957, 715, 958, 3171, 1004, 3172, 964]);
 const Q = 0x51;
@@ -107,6 +108,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
   private pinValues: ReadonlyMap<string, string> = new Map();
+  /** The server connection died while this client was idle inside a transaction (message). */
+  private lostTransaction: string | null = null;
+  /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
+  private serverFatalRelayed = false;
   /** Why a configuration reload withdrew this session's permission (ended at the next boundary). */
   private revoked: string | null = null;
   /** Set once a TLS handshake completed on this connection. */
@@ -402,7 +407,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   pass(bytes: Buffer): void {
     if (this.state === 'ready') {
-      this.send(bytes, 0);
+      if (this.lostTransaction === null) this.send(bytes, 0);
     } else if (this.state === 'connecting') {
       this.queued.push({ bytes, type: 0, needs: null, defines: null });
     } else if (this.state === 'auth') {
@@ -493,6 +498,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- relay: client → server ------------------------------------------------------------
 
   private clientMessage(type: number, frame: Buffer): void {
+    if (this.lostTransaction !== null) return this.answerLostTransaction(type);
     switch (type) {
       case Q: {
         const vetted = this.vet(frame, 5, null);
@@ -525,6 +531,21 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       default:
         return this.send(frame, type);
     }
+  }
+
+  /**
+   * The transaction this client had open died with its server connection. Like PostgreSQL
+   * after an error, everything up to the next Query/Sync is dropped and that one is
+   * answered with the error and ReadyForQuery idle: nothing runs outside the lost transaction.
+   */
+  private answerLostTransaction(type: number): void {
+    if (type !== Q && type !== S && type !== F) return;
+    const detail = this.lostTransaction!;
+    this.lostTransaction = null;
+    this.socket.cork();
+    this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the transaction was rolled back', detail }));
+    this.socket.write(be.readyForQuery('I'));
+    this.socket.uncork();
   }
 
   /** Bind/Describe/Close naming a client statement: renamed, and prepared first where missing. */
@@ -625,6 +646,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   serverError(frame: Buffer): Buffer {
+    // The server is going away (terminated backend, shutdown): in transaction mode the
+    // client's connection outlives it, so the client hears an ERROR, not a FATAL.
+    if (this.transactionMode && this.sticky === null && isFatal(frame)) {
+      // Nobody is waiting for it (idle in a transaction): the loss is reported on the next statement.
+      if (this.owed === 0) return EMPTY;
+      this.serverFatalRelayed = true;
+      const f = parseFields(frame);
+      return be.errorResponse({ severity: 'ERROR', code: f.C ?? SqlState.CONNECTION_FAILURE, message: f.M ?? 'server connection lost', ...(f.D ? { detail: f.D } : {}) });
+    }
     if (this.ddl.active) this.ddl.error(parseFields(frame).C ?? 'XX000');
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
@@ -903,11 +933,39 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.revoked !== null) this.endIfRevokedAndIdle();
   }
 
+  /**
+   * The server connection died under the client. In transaction mode a client without
+   * session state keeps its connection: it gets an error for the work in flight and its
+   * next transaction runs on a healthy server connection. Otherwise the session ends.
+   */
   onServerLost(err: UpstreamError): void {
     this.log.warn({ err: err.message }, 'server connection lost');
+    const inTransaction = this.server !== null && this.server.txStatus !== 'I';
     if (this.server && this.pool) this.pool.release(this.server, false, null);
     this.server = null;
-    this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
+    if (!this.transactionMode || this.sticky !== null || this.state !== 'ready') {
+      return this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
+    }
+    if (this.owed === 0) {
+      // Idle inside a transaction: its next statement must fail, not run outside it.
+      if (inTransaction) this.lostTransaction = err.message;
+      this.serverFatalRelayed = false;
+      return;
+    }
+    this.socket.cork();
+    if (!this.serverFatalRelayed) {
+      this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: 'server connection lost', detail: err.message }));
+    }
+    for (let i = 0; i < Math.max(1, this.owed); i++) this.socket.write(be.readyForQuery('I'));
+    this.socket.uncork();
+    this.serverFatalRelayed = false;
+    this.owed = 0;
+    this.unsynced = false;
+    this.copyIn = false;
+    this.askedAt.length = 0;
+    this.ddl.abandon();
+    this.refusals.clear();
+    if (this.socket.isPaused()) this.socket.resume();
   }
 
   cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null {
@@ -987,6 +1045,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       });
     }
   }
+}
+
+/** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */
+function isFatal(frame: Buffer): boolean {
+  if (frame[5] !== 0x53 /* S */) return false;
+  const sev = frame.toString('latin1', 6, 11);
+  return sev === 'FATAL' || sev === 'PANIC';
 }
 
 function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>): boolean {

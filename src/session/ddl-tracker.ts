@@ -50,6 +50,13 @@ export class DdlTracker {
     this.sinceSync.unshift(...batch.stmts);
   }
 
+  /** The server connection died: nothing in flight will be answered. */
+  abandon(): void {
+    this.batches.length = 0;
+    this.pending = 0;
+    this.sinceSync = [];
+  }
+
   commandComplete(tag: string): void {
     this.batches[0]?.tags.push(tag);
   }
