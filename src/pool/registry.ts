@@ -74,7 +74,7 @@ export class PoolRegistry {
     this.pools.clear();
   }
 
-  /** Tries every upstream in order; a login refusal is final, a network failure moves on. */
+  /** Tries every upstream in order; a login refusal is final, an unreachable server or a standby moves on. */
   private async connect(database: string, role: string): Promise<ServerConnection> {
     const serverRole = this.config.server_roles.find((r) => r.name === role);
     if (!serverRole) throw new UpstreamError('login', `no credentials configured for server role "${role}"`);
@@ -91,6 +91,7 @@ export class PoolRegistry {
           timeoutMs: this.config.pool.acquire_timeout_ms,
           logger: this.logger,
         });
+        if (this.config.upstream.require_primary) await conn.requirePrimary();
         this.metrics.upstreamUp.set(label, 1);
         this.lastUp = true;
         if (i > 0) this.metrics.upstreamFailovers.inc();
@@ -104,6 +105,6 @@ export class PoolRegistry {
       }
     }
     this.lastUp = false;
-    throw new UpstreamError('unreachable', last?.message ?? 'no upstream configured');
+    throw new UpstreamError('unreachable', last?.message ?? 'no upstream configured', last?.fields);
   }
 }

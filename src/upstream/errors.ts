@@ -1,7 +1,8 @@
 // Errors of the upstream layer, with predicates the session uses to choose between
 // "tell the client and go on" and "close".
 
-export type UpstreamFailure = 'unreachable' | 'login' | 'protocol' | 'lost' | 'timeout';
+/** `standby`: reachable, but in recovery while upstream.require_primary is set. */
+export type UpstreamFailure = 'unreachable' | 'login' | 'protocol' | 'lost' | 'timeout' | 'standby';
 
 export class UpstreamError extends Error {
   constructor(

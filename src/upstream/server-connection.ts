@@ -69,6 +69,9 @@ interface ParseEntry {
   readonly name: string;
 }
 
+const REQUIRE_PRIMARY_SQL =
+  "DO $$BEGIN IF pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'in recovery' USING ERRCODE = '25006'; END IF; END$$";
+
 let nextServerId = 1;
 
 export class ServerConnection implements ScanSink {
@@ -238,6 +241,20 @@ export class ServerConnection implements ScanSink {
     this.scanner.inspect = INSPECT_ALL;
     this.busy = true;
     this.socket.write(serialize.query(sql));
+  }
+
+  /**
+   * Fails (and closes the connection) when the server is in recovery: with
+   * upstream.require_primary a standby is never handed to a client, even if HAProxy
+   * routed there after a failover.
+   */
+  async requirePrimary(): Promise<void> {
+    try {
+      await this.runHidden(REQUIRE_PRIMARY_SQL);
+    } catch (err) {
+      const e = err as UpstreamError;
+      throw new UpstreamError('standby', `${this.endpoint.host}:${this.endpoint.port} is in recovery (not a primary)`, e.fields);
+    }
   }
 
   close(): void {

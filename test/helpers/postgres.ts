@@ -79,7 +79,11 @@ function postmasterPid(dataDir: string): number | undefined {
   }
 }
 
-export async function startPostgres(opts: { settings?: Record<string, string> } = {}): Promise<PgServer> {
+/**
+ * `standbyOf`: instead of initdb, take a base backup of that server (pg_basebackup -R) and
+ * start it as a hot standby streaming from it; pg_is_in_recovery() is then true.
+ */
+export async function startPostgres(opts: { settings?: Record<string, string>; standbyOf?: PgServer } = {}): Promise<PgServer> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-pg-'));
   chmodSync(root, 0o755);
   const dataDir = path.join(root, 'data');
@@ -90,10 +94,21 @@ export async function startPostgres(opts: { settings?: Record<string, string> } 
     chownSync(root, uid, gid);
     chownSync(pwfile, uid, gid);
   }
-  const [initCmd, initArgs] = pgCommand(pgBin('initdb'), [
-    '-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${pwfile}`, '-E', 'UTF8', '--no-sync', '--locale=C',
-  ]);
-  execFileSync(initCmd, initArgs, { stdio: 'pipe' });
+  if (opts.standbyOf) {
+    const primary = opts.standbyOf;
+    const [bbCmd, bbArgs] = pgCommand(pgBin('pg_basebackup'), [
+      '-h', primary.host, '-p', String(primary.port), '-U', SUPERUSER, '-D', dataDir, '-R', '-X', 'stream', '--no-sync', '-w',
+    ]);
+    execFileSync(bbCmd, asRoot ? ['-u', 'postgres', '--', 'env', `PGPASSWORD=${SUPERUSER_PASSWORD}`, ...bbArgs.slice(3)] : bbArgs, {
+      stdio: 'pipe',
+      env: { ...process.env, PGPASSWORD: SUPERUSER_PASSWORD },
+    });
+  } else {
+    const [initCmd, initArgs] = pgCommand(pgBin('initdb'), [
+      '-D', dataDir, '-U', SUPERUSER, '--auth=scram-sha-256', `--pwfile=${pwfile}`, '-E', 'UTF8', '--no-sync', '--locale=C',
+    ]);
+    execFileSync(initCmd, initArgs, { stdio: 'pipe' });
+  }
 
   const port = await freePort();
   const settings: Record<string, string> = {

@@ -1,0 +1,81 @@
+// Upstream selection: upstreams in order of preference, and upstream.require_primary never
+// hands out a connection to a server in recovery (a real hot standby made with
+// pg_basebackup -R), whatever order the endpoints come in.
+
+import t from 'tap';
+import pg from 'pg';
+import { freePort, startPostgres } from './helpers/postgres.js';
+import { createServerRole, startProxy } from './helpers/proxy.js';
+
+const primary = await startPostgres({ settings: { full_page_writes: 'on' } });
+t.teardown(() => primary.stop());
+await createServerRole(primary);
+const standby = await startPostgres({ standbyOf: primary });
+t.teardown(() => standby.stop());
+
+async function inRecovery(port: number): Promise<{ recovery?: boolean; code?: string; ms: number }> {
+  const started = Date.now();
+  const c = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  try {
+    await c.connect();
+    const r = await c.query('SELECT pg_is_in_recovery() AS r');
+    return { recovery: r.rows[0].r as boolean, ms: Date.now() - started };
+  } catch (e) {
+    return { code: (e as { code?: string }).code, ms: Date.now() - started };
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+t.test('the standby really is one', async (t) => {
+  t.equal((await standby.query('SELECT pg_is_in_recovery() AS r')).rows[0].r, true);
+});
+
+t.test('require_primary skips a standby listed first', async (t) => {
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: {
+      upstreams: [
+        { host: '127.0.0.1', port: standby.port },
+        { host: '127.0.0.1', port: primary.port },
+      ],
+      upstream: { require_primary: true },
+      pool: { mode: 'transaction', size: 2 },
+    },
+  });
+  for (let i = 0; i < 3; i++) t.same((await inRecovery(proxy.port)).recovery, false, 'served by the primary');
+});
+
+t.test('require_primary with only a standby: FATAL 08006 at once', async (t) => {
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [{ host: '127.0.0.1', port: standby.port }], upstream: { require_primary: true } },
+  });
+  const r = await inRecovery(proxy.port);
+  t.equal(r.code, '08006');
+  t.ok(r.ms < 3000, `answered in ${r.ms} ms`);
+});
+
+t.test('without require_primary the standby is used as listed', async (t) => {
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [{ host: '127.0.0.1', port: standby.port }], upstream: { require_primary: false } },
+  });
+  t.equal((await inRecovery(proxy.port)).recovery, true);
+});
+
+t.test('an unreachable first upstream is skipped; none reachable is FATAL 08006 promptly', async (t) => {
+  const dead = await freePort();
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [{ host: '127.0.0.1', port: dead }, { host: '127.0.0.1', port: primary.port }] },
+  });
+  t.equal((await inRecovery(proxy.port)).recovery, false);
+  const none = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [{ host: '127.0.0.1', port: dead }] },
+  });
+  const r = await inRecovery(none.port);
+  t.equal(r.code, '08006');
+  t.ok(r.ms < 3000, `answered in ${r.ms} ms`);
+});
