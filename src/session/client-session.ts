@@ -108,8 +108,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
   private pinValues: ReadonlyMap<string, string> = new Map();
-  /** The server connection died while this client was idle inside a transaction (message). */
-  private lostTransaction: string | null = null;
+  /**
+   * The work this client sent cannot run: its transaction died with its server connection,
+   * or no server connection could be opened for it. Answered at the next Query/Sync.
+   */
+  private lostTransaction: { message: string; detail: string } | null = null;
   /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
   private serverFatalRelayed = false;
   /** Why a configuration reload withdrew this session's permission (ended at the next boundary). */
@@ -540,10 +543,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private answerLostTransaction(type: number): void {
     if (type !== Q && type !== S && type !== F) return;
-    const detail = this.lostTransaction!;
+    const failure = this.lostTransaction!;
     this.lostTransaction = null;
     this.socket.cork();
-    this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the transaction was rolled back', detail }));
+    this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: failure.message, detail: failure.detail }));
     this.socket.write(be.readyForQuery('I'));
     this.socket.uncork();
   }
@@ -756,6 +759,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server = await this.pool!.acquire();
     } catch (err) {
       this.leasing = false;
+      if (err instanceof UpstreamError && this.transactionMode && this.sticky === null && this.state === 'ready') {
+        return this.failQueuedWork(err);
+      }
       return this.onConnectFailure(err);
     }
     this.rt.metrics.poolWait.observe((performance.now() - waitStart) / 1000);
@@ -779,6 +785,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     this.flushQueued(server);
     out.uncork();
+    this.socket.resume();
+  }
+
+  /**
+   * Transaction mode, no upstream reachable for the client's next transaction: that work
+   * fails with ERROR 08006 (like a statement that failed) and the client may retry; its
+   * connection to pgbastion stays open for when an upstream is back (failover).
+   */
+  private failQueuedWork(err: UpstreamError): void {
+    this.log.warn({ err: err.message }, 'no server connection for the next transaction');
+    const queued = this.queued;
+    this.queued = [];
+    this.lostTransaction = { message: 'pgbastion could not connect to the upstream server', detail: err.message };
+    for (const out of queued) if (out.type !== 0) this.answerLostTransaction(out.type);
     this.socket.resume();
   }
 
@@ -948,7 +968,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (this.owed === 0) {
       // Idle inside a transaction: its next statement must fail, not run outside it.
-      if (inTransaction) this.lostTransaction = err.message;
+      if (inTransaction) this.lostTransaction = { message: 'server connection lost; the transaction was rolled back', detail: err.message };
       this.serverFatalRelayed = false;
       return;
     }
