@@ -189,3 +189,46 @@ t.test("settings are applied correctly whatever client_encoding the previous cli
   t.equal(await pinOf(b.c), 'テナント-b', 'non-ASCII pin intact after an SJIS client used the connection');
   t.equal(await pinOf(b.c), 'テナント-b');
 });
+
+t.test('SET of a startup parameter follows the client instead of pinning it to a connection', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  await a.c.query("SET application_name = 'jdbc-like'");
+  await a.c.query('SET extra_float_digits TO 2');
+  const bad = await a.c.query("SET extra_float_digits = 'lots'").then(
+    () => null,
+    (e: { code?: string }) => e,
+  );
+  t.equal(bad?.code, '22023', 'an invalid value is refused by the server and not remembered');
+  for (let i = 0; i < 3; i++) {
+    t.equal((await b.c.query("SELECT current_setting('application_name') AS v")).rows[0].v, '', 'another client does not inherit it');
+    const r = await a.c.query("SELECT current_setting('application_name') AS app, current_setting('extra_float_digits') AS efd");
+    t.same(r.rows[0], { app: 'jdbc-like', efd: '2' }, 'the client keeps it on every transaction');
+  }
+});
+
+t.test('SQL DEALLOCATE of a driver-prepared statement frees the client\'s name', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  t.teardown(() => a.c.end());
+  let r = a.ready();
+  a.raw.parse({ name: 'n1', text: 'SELECT 1' });
+  a.raw.sync();
+  await r;
+  t.same(await rawQuery(a, 'DEALLOCATE n1'), [], 'DEALLOCATE succeeds');
+  r = a.ready();
+  a.raw.parse({ name: 'n1', text: 'SELECT 2' });
+  a.raw.sync();
+  await r;
+  t.same(a.errors, [], 'the name can be prepared again');
+  r = a.ready();
+  a.raw.parse({ name: 'n2', text: 'SELECT 3' });
+  a.raw.sync();
+  await r;
+  t.same(await rawQuery(a, 'DEALLOCATE ALL'), []);
+  t.same(await rawQuery(a, 'DEALLOCATE n2'), [], '(answered by the server)');
+  t.equal(a.errors.at(-1)?.code, '26000', 'after DEALLOCATE ALL the names are gone, as in PostgreSQL');
+});

@@ -29,6 +29,8 @@ import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-
 import { decideStartupParams } from './startup-params.js';
 import type { Cancellable } from './cancel.js';
 import { resolvePins } from './pins.js';
+import { trackedSet, type TrackedSet } from './tracked-set.js';
+import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { setConfigSql } from './set-config.js';
@@ -71,7 +73,8 @@ const COPY_DONE = 0x63;
 const COPY_FAIL = 0x66;
 /** Prepared statements a server connection may hold before the next lease deallocates them all. */
 const MAX_SERVER_STATEMENTS = 1000;
-const DEALLOCATE_ALL = /\bdeallocate\s+(prepare\s+)?all\b/i;
+const DEALLOCATE_ALL = /^\s*deallocate\s+(prepare\s+)?all\s*;?\s*$/i;
+const DEALLOCATE_ONE = /^\s*deallocate\s+(prepare\s+)?(?:"([^"]+)"|([a-z_][a-z0-9_$]*))\s*;?\s*$/i;
 
 /** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
 interface Outgoing {
@@ -85,6 +88,10 @@ interface Outgoing {
   readonly ddl?: readonly DdlStatement[];
   /** A Bind/Describe of the unnamed statement: it must be this client's, on this connection. */
   readonly usesUnnamed?: { readonly start: number; readonly end: number };
+  /** A SET of a startup parameter: becomes one of the client's settings once the server accepts it. */
+  readonly sets?: TrackedSet;
+  /** A DEALLOCATE of this server-side statement. */
+  readonly deallocates?: Statement;
 }
 
 
@@ -141,6 +148,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private unnamedParse: Buffer | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
+  /** Per owed ReadyForQuery, the tracked SET it answers (null: none), and whether it failed. */
+  private readonly setsInFlight: ({ name: string; value: string; failed: boolean } | null)[] = [];
+  /** The SQL text of the message vet() last looked at. */
+  private vettedSql = '';
   /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
   private syncsAfterExecute = -1;
   /** A lease request is in flight (transaction mode, between transactions). */
@@ -505,7 +516,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     switch (type) {
       case Q: {
         const vetted = this.vet(frame, 5, null);
-        return this.send(vetted, Q, null, null, vetted === frame ? this.ddlOf(frame, 5) : undefined);
+        if (vetted !== frame) return this.send(vetted, Q);
+        const sql = this.vettedSql;
+        if (this.transactionMode) {
+          const dealloc = this.deallocate(sql);
+          if (dealloc) return this.queueOrWrite(dealloc);
+          const sets = trackedSet(sql);
+          if (sets) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, sets });
+        }
+        return this.send(frame, Q, null, null, this.ddlOf(frame, 5));
       }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
@@ -576,13 +595,37 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private vet(frame: Buffer, at: number, statementName: string | null): Buffer {
     const end = frame.indexOf(0, at);
     if (end < 0) throw new FrameError(statementName === null ? 'invalid Query message' : 'invalid Parse message');
-    const verdict = this.rt.policy.classify(frame.toString('utf8', at, end));
-    if (verdict.sticky !== null && this.transactionMode && this.sticky === null) this.makeSticky(verdict.sticky);
+    const sql = frame.toString('utf8', at, end);
+    const verdict = this.rt.policy.classify(sql);
+    this.vettedSql = sql;
+    if (verdict.sticky !== null && this.transactionMode && this.sticky === null) {
+      // A plain SET of a startup parameter is remembered with the client's settings instead.
+      if (!(verdict.sticky === 'SET' && statementName === null && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
+    }
     if (verdict.refuse === null) return frame;
     this.log.warn({ variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
     this.rt.metrics.blocked.inc();
     this.rt.audit.write('policy.blocked', { ...this.identity(), variable: verdict.refuse.variable, why: verdict.refuse.detail, protocol: statementName === null ? 'simple' : 'extended' });
     return statementName === null ? this.refusals.query(verdict.refuse) : this.refusals.parse(statementName, verdict.refuse);
+  }
+
+  /**
+   * SQL DEALLOCATE of a protocol-level statement this client prepared (drivers free theirs
+   * this way): it names the server-side statement instead, prepared first where missing so
+   * the answer is PostgreSQL's own. DEALLOCATE ALL forgets all of the client's names.
+   */
+  private deallocate(sql: string): Outgoing | null {
+    if (DEALLOCATE_ALL.test(sql)) {
+      this.statements.clear();
+      return null;
+    }
+    const m = DEALLOCATE_ONE.exec(sql);
+    if (!m) return null;
+    const name = m[2] ?? m[3]!;
+    const stmt = this.statements.get(name);
+    if (!stmt) return null;
+    this.statements.forget(name);
+    return { bytes: serialize.query(`DEALLOCATE "${stmt.serverName}"`), type: Q, needs: stmt, defines: null, deallocates: stmt };
   }
 
   // ---- DDL audit: statements recorded once the server has answered them ---------------------
@@ -616,6 +659,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.owed--;
       this.askedAt.pop();
       this.ddl.unowe();
+      this.setsInFlight.pop();
       this.server?.dropLastSyncGroup();
       this.unsynced = true; // the COPY's own Sync is still to come
     }
@@ -649,6 +693,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   serverError(frame: Buffer): Buffer {
+    const set = this.setsInFlight[0];
+    if (set) set.failed = true;
     // The server is going away (terminated backend, shutdown): in transaction mode the
     // client's connection outlives it, so the client hears an ERROR, not a FATAL.
     if (this.transactionMode && this.sticky === null && isFatal(frame)) {
@@ -728,9 +774,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteSync();
       this.owed++;
       this.askedAt.push(performance.now());
+      this.setsInFlight.push(out.sets ? { ...out.sets, failed: false } : null);
+      if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
-      if (out.type === Q && server.prepared.size > 0 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
+      if (out.type === Q && server.prepared.size > 0 && out.bytes.length < 64 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();
       }
     } else if (out.type === C && out.bytes[5] === 0x53 /* S */) {
@@ -904,6 +952,18 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ServerPeer ---------------------------------------------------------------------
 
+  /** A SET the server accepted: the client's settings (and this connection's) now include it. */
+  private holdSetting(name: string, value: string): void {
+    const lower = name.toLowerCase();
+    const next = new Map([...this.params].filter(([k]) => k.toLowerCase() !== lower));
+    next.set(name, value);
+    this.params = next;
+    if (this.server) {
+      for (const k of [...this.server.applied.keys()]) if (k.toLowerCase() === lower) this.server.applied.delete(k);
+      this.server.applied.set(name, value);
+    }
+  }
+
   // ---- reload: sessions the new configuration no longer allows --------------------------------
 
   /** Called after a reload: a session the new rules do not allow ends at its next transaction boundary. */
@@ -944,6 +1004,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const asked = this.askedAt.shift();
     if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
     this.ddl.ready();
+    const set = this.setsInFlight.shift();
+    if (set && !set.failed) this.holdSetting(set.name, set.value);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();
@@ -984,6 +1046,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.copyIn = false;
     this.askedAt.length = 0;
     this.ddl.abandon();
+    this.setsInFlight.length = 0;
     this.refusals.clear();
     if (this.socket.isPaused()) this.socket.resume();
   }

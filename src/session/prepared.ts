@@ -43,6 +43,11 @@ export class PreparedStatements {
     this.byName.delete(name);
   }
 
+  /** DEALLOCATE ALL: every name is free again (their server-side copies go with the connection's). */
+  clear(): void {
+    this.byName.clear();
+  }
+
   /** The server refused (or skipped) the Parse behind `serverName`: the client's name is free again. */
   forgetServerName(serverName: string): void {
     for (const [name, stmt] of this.byName) {

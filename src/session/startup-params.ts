@@ -11,6 +11,11 @@ const ALLOWED = new Map(
   ].map((n) => [n.toLowerCase(), n]),
 );
 
+/** PostgreSQL's spelling of `name` when a client may set it at startup, else null. */
+export function allowedStartupName(name: string): string | null {
+  return ALLOWED.get(name.toLowerCase()) ?? null;
+}
+
 /** Parameters with a meaning of their own in the startup packet (not GUCs). */
 const RESERVED = new Set(['user', 'database', 'options', 'replication']);
 
