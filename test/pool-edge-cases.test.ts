@@ -232,3 +232,31 @@ t.test('SQL DEALLOCATE of a driver-prepared statement frees the client\'s name',
   t.same(await rawQuery(a, 'DEALLOCATE n2'), [], '(answered by the server)');
   t.equal(a.errors.at(-1)?.code, '26000', 'after DEALLOCATE ALL the names are gone, as in PostgreSQL');
 });
+
+t.test('the same through the extended protocol (as pgJDBC and psycopg 3 send them)', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  let r = a.ready();
+  a.raw.parse({ text: 'SET extra_float_digits = 3' });
+  a.raw.bind({});
+  a.raw.execute({});
+  a.raw.sync();
+  await r;
+  t.same(await rawQuery(b, "SELECT current_setting('extra_float_digits')"), ['1'], 'not inherited by another client (1 is the default)');
+  t.same(await rawQuery(a, "SELECT current_setting('extra_float_digits')"), ['3'], 'kept for the client');
+  r = a.ready();
+  a.raw.parse({ name: 'p9', text: 'SELECT 9' });
+  a.raw.sync();
+  await r;
+  r = a.ready();
+  a.raw.parse({ text: 'DEALLOCATE p9' });
+  a.raw.bind({});
+  a.raw.execute({});
+  a.raw.sync();
+  await r;
+  t.same(a.errors, [], 'DEALLOCATE of a driver-prepared name through Parse/Bind/Execute works');
+});

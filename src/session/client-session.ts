@@ -149,7 +149,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
   /** Per owed ReadyForQuery, the tracked SET it answers (null: none), and whether it failed. */
-  private readonly setsInFlight: ({ name: string; value: string; failed: boolean } | null)[] = [];
+  private readonly setsInFlight: ({ sets: TrackedSet[]; failed: boolean } | null)[] = [];
+  /** Tracked SETs of Parses sent since the last Sync. */
+  private setsSinceSync: TrackedSet[] = [];
   /** The SQL text of the message vet() last looked at. */
   private vettedSql = '';
   /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
@@ -532,6 +534,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(frame, nameEnd + 1) : undefined;
+        if (vetted === frame && name === '' && this.transactionMode) {
+          // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
+          const sql = this.vettedSql;
+          const dealloc = this.deallocate(sql);
+          if (dealloc) {
+            this.unnamedParse = null;
+            const parse = serialize.parse({ name: '', text: dealloc.bytes.toString('utf8', 5, dealloc.bytes.length - 1), types: [] });
+            return this.queueOrWrite({ ...dealloc, bytes: parse, type: P });
+          }
+          const sets = trackedSet(sql);
+          this.unnamedParse = frame;
+          if (sets) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
+        }
         // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
         if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         // Session mode keeps one server connection: names can stay as the client chose them.
@@ -600,7 +615,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.vettedSql = sql;
     if (verdict.sticky !== null && this.transactionMode && this.sticky === null) {
       // A plain SET of a startup parameter is remembered with the client's settings instead.
-      if (!(verdict.sticky === 'SET' && statementName === null && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
+      if (!(verdict.sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
     }
     if (verdict.refuse === null) return frame;
     this.log.warn({ variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
@@ -759,6 +774,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (out.type === S && this.copyIn) {
       // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
     } else if (out.type === P) {
+      if (out.sets) this.setsSinceSync.push(out.sets);
+      if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
       server.noteParse(false, name);
       if (out.defines) server.prepared.add(out.defines.serverName);
@@ -774,7 +791,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteSync();
       this.owed++;
       this.askedAt.push(performance.now());
-      this.setsInFlight.push(out.sets ? { ...out.sets, failed: false } : null);
+      const sets = out.type === Q ? (out.sets ? [out.sets] : []) : this.setsSinceSync;
+      if (out.type !== Q) this.setsSinceSync = [];
+      this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
@@ -1004,8 +1023,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const asked = this.askedAt.shift();
     if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
     this.ddl.ready();
-    const set = this.setsInFlight.shift();
-    if (set && !set.failed) this.holdSetting(set.name, set.value);
+    const done = this.setsInFlight.shift();
+    if (done && !done.failed) for (const set of done.sets) this.holdSetting(set.name, set.value);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();
