@@ -823,7 +823,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     let server: ServerConnection;
     const waitStart = performance.now();
     try {
-      server = await this.pool!.acquire();
+      server = await this.acquireLive();
     } catch (err) {
       this.leasing = false;
       if (err instanceof UpstreamError && this.transactionMode && this.sticky === null && this.state === 'ready') {
@@ -853,6 +853,18 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.flushQueued(server);
     out.uncork();
     this.socket.resume();
+  }
+
+  /**
+   * A connection from the pool, skipping any that died between being handed over and our
+   * turn to run (a server shutting down closes its idle connections at any moment).
+   */
+  private async acquireLive(): Promise<ServerConnection> {
+    for (;;) {
+      const server = await this.pool!.acquire();
+      if (!server.isClosed) return server;
+      this.pool!.release(server, false, null);
+    }
   }
 
   /**
@@ -893,7 +905,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     let server: ServerConnection;
     try {
-      server = await pool.acquire();
+      server = await this.acquireLive();
     } catch (err) {
       return this.onConnectFailure(err);
     }
