@@ -97,6 +97,13 @@ export class Pool {
   release(conn: ServerConnection, reusable: boolean, reset: string | null): void {
     conn.detach();
     if (!reusable || conn.isClosed || this.closed) return this.drop(conn);
+    const pending = conn.cancelling;
+    if (pending) {
+      // A cancel aimed at the last client's statement could still interrupt the next one.
+      conn.cancelling = null;
+      void pending.then(() => this.release(conn, true, reset));
+      return;
+    }
     if (reset === null) return this.handOver(conn);
     conn.runHidden(reset).then(
       () => this.handOver(conn),

@@ -5,9 +5,20 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { serialize } from 'pg-protocol';
 
+export interface CancelTarget {
+  host: string;
+  port: number;
+  processId: number;
+  secretKey: number;
+  /** Told when the cancel has been delivered (PostgreSQL closed the cancel connection). */
+  delivering(done: Promise<void>): void;
+}
+
 export interface Cancellable {
   /** The server endpoint and real key of the connection the client is using now, if any. */
-  cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null;
+  cancelTarget(): CancelTarget | null;
+  /** No server connection yet: cancel the work waiting for one. Returns whether there was any. */
+  cancelWaiting(): boolean;
 }
 
 export class CancelRegistry {
@@ -30,12 +41,16 @@ export class CancelRegistry {
 
   /** Forwards a cancel for a known key; unknown keys are ignored, as PostgreSQL does. */
   cancel(processId: number, secretKey: number): boolean {
-    const target = this.sessions.get(keyOf(processId, secretKey))?.cancelTarget();
-    if (!target) return false;
+    const session = this.sessions.get(keyOf(processId, secretKey));
+    if (!session) return false;
+    const target = session.cancelTarget();
+    if (!target) return session.cancelWaiting();
     const socket = net.connect({ host: target.host, port: target.port });
     socket.on('error', () => socket.destroy());
-    socket.setTimeout(5000, () => socket.destroy());
+    socket.setTimeout(2000, () => socket.destroy());
     socket.once('connect', () => socket.end(serialize.cancel(target.processId, target.secretKey)));
+    // Until PostgreSQL has signalled the backend, the connection must not serve another client.
+    target.delivering(new Promise((resolve) => socket.once('close', () => resolve())));
     return true;
   }
 

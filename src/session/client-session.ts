@@ -27,7 +27,7 @@ import { PoolTimeoutError, type Pool } from '../pool/pool.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
-import type { Cancellable } from './cancel.js';
+import type { Cancellable, CancelTarget } from './cancel.js';
 import { resolvePins } from './pins.js';
 import { trackedSet, type TrackedSet } from './tracked-set.js';
 import { serialize } from 'pg-protocol';
@@ -119,7 +119,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * The work this client sent cannot run: its transaction died with its server connection,
    * or no server connection could be opened for it. Answered at the next Query/Sync.
    */
-  private lostTransaction: { message: string; detail: string } | null = null;
+  private lostTransaction: { code?: string; message: string; detail: string } | null = null;
   /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
   private serverFatalRelayed = false;
   /** Why a configuration reload withdrew this session's permission (ended at the next boundary). */
@@ -580,7 +580,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const failure = this.lostTransaction!;
     this.lostTransaction = null;
     this.socket.cork();
-    this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: failure.message, detail: failure.detail }));
+    this.socket.write(be.errorResponse({ severity: 'ERROR', code: failure.code ?? SqlState.CONNECTION_FAILURE, message: failure.message, detail: failure.detail }));
     this.socket.write(be.readyForQuery('I'));
     this.socket.uncork();
   }
@@ -853,6 +853,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.flushQueued(server);
     out.uncork();
     this.socket.resume();
+    // The work it was leased for may have been cancelled while waiting.
+    this.releaseIfDone(server.txStatus);
   }
 
   /**
@@ -1082,12 +1084,27 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.socket.isPaused()) this.socket.resume();
   }
 
-  cancelTarget(): { host: string; port: number; processId: number; secretKey: number } | null {
+  cancelTarget(): CancelTarget | null {
     const s = this.server;
     // Nothing in flight: in transaction mode the connection may be someone else's next.
     // While the hidden settings statement runs, a cancel would hit it, not the client's work.
     if (!s || s.isClosed || this.owed === 0 || s.runningHidden) return null;
-    return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey };
+    const delivering = (done: Promise<void>): void => {
+      const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
+      s.cancelling = Promise.race([done, timeout]);
+    };
+    return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey, delivering };
+  }
+
+  /** Work still waiting for a server connection is cancelled here, as PostgreSQL would have. */
+  cancelWaiting(): boolean {
+    if (this.server !== null || !this.leasing || this.queued.length === 0) return false;
+    const queued = this.queued;
+    this.queued = [];
+    this.lostTransaction = { code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail: 'cancelled while waiting for a server connection' };
+    for (const out of queued) if (out.type !== 0) this.answerLostTransaction(out.type);
+    this.lostTransaction = null;
+    return true;
   }
 
   // ---- endings ------------------------------------------------------------------------

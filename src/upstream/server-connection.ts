@@ -99,6 +99,8 @@ export class ServerConnection implements ScanSink {
   /** Waiting for the client socket to drain before reading more from the server. */
   private drainWait: { out: net.Socket; resume: () => void } | null = null;
   private onIdleClose: (() => void) | null = null;
+  /** A cancel for this connection is on its way: it must not serve another client before. */
+  cancelling: Promise<void> | null = null;
   /** Server-side names of the prepared statements this session holds (see session/prepared.ts). */
   readonly prepared = new Set<string>();
   /**
