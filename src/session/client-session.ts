@@ -534,6 +534,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(frame, nameEnd + 1) : undefined;
+        // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
+        if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         if (vetted === frame && name === '' && this.transactionMode) {
           // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
           const sql = this.vettedSql;
@@ -544,11 +546,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
             return this.queueOrWrite({ ...dealloc, bytes: parse, type: P });
           }
           const sets = trackedSet(sql);
-          this.unnamedParse = frame;
           if (sets) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
         }
-        // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
-        if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         // Session mode keeps one server connection: names can stay as the client chose them.
         if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P, null, null, ddl);
         if (this.statements.has(name)) {
