@@ -3,7 +3,7 @@
 // program (test/compat/) that goes through every step below and prints one JSON line per
 // step with what it observed; this file decides pass or fail from those observations, in
 // transaction and in session pool mode, over TLS (SCRAM and certificate logins), and writes
-// the result to test/compat/MATRIX.md.
+// the result to test/COMPATIBILITY.md.
 //
 // Debian packages: python3-psycopg2 python3-psycopg libpostgresql-jdbc-java ruby-pg
 // libdbd-pg-perl (plus the JDK for `java`). A driver that is not installed fails its test.
@@ -25,7 +25,7 @@ import { createServerRole, SERVER_ROLE, startProxy, type RunningProxy } from './
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const COMPAT = path.join(HERE, 'compat');
-const MATRIX_FILE = path.join(COMPAT, 'MATRIX.md');
+const MATRIX_FILE = path.join(COMPAT, '..', 'COMPATIBILITY.md');
 const CLIENT_TIMEOUT_MS = 90_000;
 
 // ---------------------------------------------------------------------------------------
@@ -440,7 +440,7 @@ const runtimes: string[] = [];
 
 const fmt = (v: unknown) => (typeof v === 'string' ? JSON.stringify(v) : JSON.stringify(v) ?? String(v));
 
-// COMPAT_CLIENTS=psycopg3,jdbc runs only those (for debugging; MATRIX.md is then not written).
+// COMPAT_CLIENTS=psycopg3,jdbc runs only those (for debugging; COMPATIBILITY.md is then not written).
 const only = process.env.COMPAT_CLIENTS?.split(',').filter(Boolean);
 for (const client of CLIENTS) {
   if (only && !only.includes(client.id)) continue;
@@ -557,11 +557,11 @@ for (const client of CLIENTS) {
   });
 }
 
-t.test('write test/compat/MATRIX.md', async (t) => {
+t.test('write test/COMPATIBILITY.md', async (t) => {
   const md = renderMatrix();
   t.comment(runtimes.join('\n'));
   if (only) {
-    t.comment(`COMPAT_CLIENTS set: MATRIX.md not written\n${md}`);
+    t.comment(`COMPAT_CLIENTS set: COMPATIBILITY.md not written\n${md}`);
     return;
   }
   writeFileSync(MATRIX_FILE, md);
