@@ -832,7 +832,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     this.rt.metrics.poolWait.observe((performance.now() - waitStart) / 1000);
     this.leasing = false;
-    if (this.state !== 'ready') return this.pool!.release(server, true, null);
+    // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
+    if (this.state !== 'ready' || this.queued.length === 0) {
+      this.pool!.release(server, true, null);
+      if (this.state === 'ready') this.socket.resume();
+      return;
+    }
     this.server = server;
     server.attach(this);
     this.unnamedOnServer = false;
@@ -852,8 +857,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.flushQueued(server);
     out.uncork();
     this.socket.resume();
-    // The work it was leased for may have been cancelled while waiting.
-    this.releaseIfDone(server.txStatus);
   }
 
   /**
@@ -891,7 +894,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Transaction mode: the server connection goes back once nothing more is owed on it. */
   private releaseIfDone(status: TxStatus): void {
     const server = this.server;
-    if (!server || !this.transactionMode || this.sticky !== null) return;
+    if (!server || !this.transactionMode || this.sticky !== null || server.runningHidden) return;
     if (this.owed !== 0 || this.unsynced || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
     this.server = null;
     this.pool!.release(server, true, null);

@@ -167,7 +167,7 @@ export class ServerConnection implements ScanSink {
   attach(peer: ServerPeer): void {
     this.move('active');
     this.peer = peer;
-    this.scanner.inspect = RELAY_INSPECT;
+    this.scanner.inspect = this.pipelinedHidden > 0 ? INSPECT_ALL : RELAY_INSPECT;
   }
 
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
