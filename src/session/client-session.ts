@@ -526,14 +526,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const sets = trackedSet(sql);
           if (sets) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, sets });
         }
-        return this.send(frame, Q, null, null, this.ddlOf(frame, 5));
+        return this.send(frame, Q, null, null, this.ddlOf(sql));
       }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
         if (nameEnd < 0) throw new FrameError('invalid Parse message');
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
-        const ddl = vetted === frame ? this.ddlOf(frame, nameEnd + 1) : undefined;
+        const ddl = vetted === frame ? this.ddlOf(this.vettedSql) : undefined;
         // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
         if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         if (vetted === frame && name === '' && this.transactionMode) {
@@ -644,11 +644,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- DDL audit: statements recorded once the server has answered them ---------------------
 
-  /** Audited statements in the SQL of a Query/Parse frame (none unless audit.ddl is on). */
-  private ddlOf(frame: Buffer, at: number): readonly DdlStatement[] | undefined {
-    if (!this.rt.config.audit.ddl) return undefined;
-    const end = frame.indexOf(0, at);
-    return ddlStatements(frame.toString('utf8', at, end < 0 ? frame.length : end));
+  /** Audited statements in SQL vet() just decoded (none unless audit.ddl is on). */
+  private ddlOf(sql: string): readonly DdlStatement[] | undefined {
+    return this.rt.config.audit.ddl ? ddlStatements(sql) : undefined;
   }
 
   // ---- ServerPeer: what the server connection reports ----------------------------------

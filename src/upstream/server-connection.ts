@@ -86,8 +86,6 @@ export class ServerConnection implements ScanSink {
   readonly applied = new Map<string, string>();
   processId = 0;
   secretKey = 0;
-  /** Client bytes were forwarded since the last ReadyForQuery: a reply is still owed. */
-  busy = false;
   idleSince = 0;
 
   private readonly scanner: MessageScanner;
@@ -206,7 +204,6 @@ export class ServerConnection implements ScanSink {
 
   /** Client → server bytes. Returns false when the socket wants the writer to wait. */
   write(bytes: Buffer): boolean {
-    this.busy = true;
     return this.socket.write(bytes);
   }
 
@@ -241,7 +238,6 @@ export class ServerConnection implements ScanSink {
     this.pipelinedHidden++;
     this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
-    this.busy = true;
     this.socket.write(serialize.query(sql));
   }
 
@@ -345,7 +341,6 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
-      this.busy = false;
       peer.onServerReady(this.txStatus);
     } else if (type === 0x53 /* S */) {
       const [name, value] = parseParameterStatus(frame);
