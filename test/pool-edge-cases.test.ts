@@ -41,7 +41,13 @@ async function connect(user: string, password: string, extra: Partial<pg.ClientC
   c.on('error', (e: Error & { code?: string }) => e.code && errors.push(e));
   const raw = (c as unknown as { connection: Raw }).connection;
   const ready = () => new Promise<{ status: string }>((resolve) => raw.once('readyForQuery', resolve as (m: never) => void));
-  return { c, raw, errors, ready };
+  /** Sends raw protocol messages and waits for the ReadyForQuery that ends them. */
+  const roundTrip = async (send: () => void) => {
+    const r = ready();
+    send();
+    return r;
+  };
+  return { c, raw, errors, ready, roundTrip };
 }
 const pinOf = async (c: pg.Client) => (await c.query("SELECT current_setting('app.tenant_id') AS v")).rows[0].v as string;
 
@@ -70,23 +76,21 @@ t.test('extended-protocol work not closed by a Sync keeps the connection', async
     await a.c.end();
     await b.c.end();
   });
-  let r = a.ready();
-  // A simple query, then BEGIN through the extended protocol with no Sync yet.
-  a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 13, ...Buffer.from('SELECT 1\0')]));
-  a.raw.parse({ text: 'BEGIN' });
-  a.raw.bind({});
-  a.raw.execute({});
-  await r;
+  await a.roundTrip(() => {
+    // A simple query, then BEGIN through the extended protocol with no Sync yet.
+    a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 13, ...Buffer.from('SELECT 1\0')]));
+    a.raw.parse({ text: 'BEGIN' });
+    a.raw.bind({});
+    a.raw.execute({});
+  });
   let bDone = false;
   const bPin = pinOf(b.c).then((v) => ((bDone = true), v));
   await new Promise((res) => setTimeout(res, 300));
   t.notOk(bDone, 'the other client waits: the connection is still mid-batch');
-  r = a.ready();
-  a.raw.sync();
-  t.equal((await r).status, 'T', 'BEGIN took effect on the connection that ran it');
-  r = a.ready();
-  a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 11, ...Buffer.from('COMMIT\0')]));
-  await r;
+  t.equal((await a.roundTrip(() => a.raw.sync())).status, 'T', 'BEGIN took effect on the connection that ran it');
+  await a.roundTrip(() => {
+    a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 11, ...Buffer.from('COMMIT\0')]));
+  });
   t.equal(await bPin, 'テナント-b', 'the other client then gets the connection with its own value');
   t.same(a.errors, []);
 });
@@ -104,11 +108,11 @@ t.test('COPY FROM STDIN through the extended protocol releases the connection af
   a.raw.execute({});
   a.raw.sync();
   await copyIn;
-  const r = a.ready();
-  a.raw.sendCopyFromChunk(Buffer.from('1\n2\n'));
-  a.raw.endCopyFrom();
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.sendCopyFromChunk(Buffer.from('1\n2\n'));
+    a.raw.endCopyFrom();
+    a.raw.sync();
+  });
   t.equal((await b.c.query('SELECT count(*)::int AS n FROM copied')).rows[0].n, 2, 'the next client gets the connection');
   t.same(await rawQuery(a, "SELECT current_setting('app.tenant_id')"), ['a'], 'and the copying client keeps working');
 });
@@ -120,28 +124,28 @@ t.test("the unnamed statement never runs for another client; a client's own is r
     await a.c.end();
     await b.c.end();
   });
-  let r = a.ready();
-  a.raw.parse({ text: "SELECT 'a-statement' AS s" });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ text: "SELECT 'a-statement' AS s" });
+    a.raw.sync();
+  });
   await pinOf(b.c); // the connection passes through another client's transaction
   const rows: string[] = [];
   b.raw.on('dataRow', ((m: { fields: string[] }) => rows.push(String(m.fields[0]))) as (m: never) => void);
-  r = b.ready();
-  b.raw.bind({});
-  b.raw.execute({});
-  b.raw.sync();
-  await r;
+  await b.roundTrip(() => {
+    b.raw.bind({});
+    b.raw.execute({});
+    b.raw.sync();
+  });
   t.same(rows, [], "B did not run A's statement");
   t.equal(b.errors[0]?.code, '26000');
   t.match(b.errors[0]?.message ?? '', /unnamed prepared statement does not exist/);
   const aRows: string[] = [];
   a.raw.on('dataRow', ((m: { fields: string[] }) => aRows.push(String(m.fields[0]))) as (m: never) => void);
-  r = a.ready();
-  a.raw.bind({});
-  a.raw.execute({});
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.bind({});
+    a.raw.execute({});
+    a.raw.sync();
+  });
   t.same(aRows, ['a-statement'], 'A still finds its own unnamed statement');
   t.same(a.errors, []);
 });
@@ -149,15 +153,15 @@ t.test("the unnamed statement never runs for another client; a client's own is r
 t.test('a name whose Parse failed can be prepared again', async (t) => {
   const a = await connect('tenant_a', 'pw-a');
   t.teardown(() => a.c.end());
-  let r = a.ready();
-  a.raw.parse({ name: 's1', text: 'SELEC 1' });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 's1', text: 'SELEC 1' });
+    a.raw.sync();
+  });
   t.equal(a.errors[0]?.code, '42601');
-  r = a.ready();
-  a.raw.parse({ name: 's1', text: 'SELECT 1' });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 's1', text: 'SELECT 1' });
+    a.raw.sync();
+  });
   t.equal(a.errors.length, 1, 'no "already exists"');
 });
 
@@ -174,9 +178,9 @@ t.test('fast-path FunctionCall of set_config is refused', async (t) => {
   ]);
   const frame = Buffer.concat([Buffer.from('F'), Buffer.from([0, 0, 0, 0]), body]);
   frame.writeInt32BE(frame.length - 1, 1);
-  const r = a.ready();
-  a.raw.stream.write(frame);
-  await r;
+  await a.roundTrip(() => {
+    a.raw.stream.write(frame);
+  });
   t.equal(a.errors[0]?.code, '42501');
   t.same(await rawQuery(a, "SELECT current_setting('app.tenant_id')"), ['a'], 'pin unchanged, connection usable');
 });
@@ -215,20 +219,20 @@ t.test('SET of a startup parameter follows the client instead of pinning it to a
 t.test('SQL DEALLOCATE of a driver-prepared statement frees the client\'s name', async (t) => {
   const a = await connect('tenant_a', 'pw-a');
   t.teardown(() => a.c.end());
-  let r = a.ready();
-  a.raw.parse({ name: 'n1', text: 'SELECT 1' });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 'n1', text: 'SELECT 1' });
+    a.raw.sync();
+  });
   t.same(await rawQuery(a, 'DEALLOCATE n1'), [], 'DEALLOCATE succeeds');
-  r = a.ready();
-  a.raw.parse({ name: 'n1', text: 'SELECT 2' });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 'n1', text: 'SELECT 2' });
+    a.raw.sync();
+  });
   t.same(a.errors, [], 'the name can be prepared again');
-  r = a.ready();
-  a.raw.parse({ name: 'n2', text: 'SELECT 3' });
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 'n2', text: 'SELECT 3' });
+    a.raw.sync();
+  });
   t.same(await rawQuery(a, 'DEALLOCATE ALL'), []);
   t.same(await rawQuery(a, 'DEALLOCATE n2'), [], '(answered by the server)');
   t.equal(a.errors.at(-1)?.code, '26000', 'after DEALLOCATE ALL the names are gone, as in PostgreSQL');
@@ -241,24 +245,24 @@ t.test('the same through the extended protocol (as pgJDBC and psycopg 3 send the
     await a.c.end();
     await b.c.end();
   });
-  let r = a.ready();
-  a.raw.parse({ text: 'SET extra_float_digits = 3' });
-  a.raw.bind({});
-  a.raw.execute({});
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ text: 'SET extra_float_digits = 3' });
+    a.raw.bind({});
+    a.raw.execute({});
+    a.raw.sync();
+  });
   t.same(await rawQuery(b, "SELECT current_setting('extra_float_digits')"), ['1'], 'not inherited by another client (1 is the default)');
   t.same(await rawQuery(a, "SELECT current_setting('extra_float_digits')"), ['3'], 'kept for the client');
-  r = a.ready();
-  a.raw.parse({ name: 'p9', text: 'SELECT 9' });
-  a.raw.sync();
-  await r;
-  r = a.ready();
-  a.raw.parse({ text: 'DEALLOCATE p9' });
-  a.raw.bind({});
-  a.raw.execute({});
-  a.raw.sync();
-  await r;
+  await a.roundTrip(() => {
+    a.raw.parse({ name: 'p9', text: 'SELECT 9' });
+    a.raw.sync();
+  });
+  await a.roundTrip(() => {
+    a.raw.parse({ text: 'DEALLOCATE p9' });
+    a.raw.bind({});
+    a.raw.execute({});
+    a.raw.sync();
+  });
   t.same(a.errors, [], 'DEALLOCATE of a driver-prepared name through Parse/Bind/Execute works');
 });
 
