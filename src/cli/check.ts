@@ -70,7 +70,7 @@ export async function runCheck(
       return 1;
     }
     out(summarise(config));
-    for (const w of [...warnings, ...unserved.warn]) out(`warning: ${w}`);
+    for (const w of warnings) out(`warning: ${w}`);
     return 0;
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e; // a bug, not a bad config: main.ts reports it with exit 2

@@ -35,7 +35,6 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     return 1;
   }
   const logger = createLogger(config.log_level);
-  for (const w of unserved.warn) logger.warn(w);
   const server = new ProxyServer(config, logger);
   try {
     await server.start();

@@ -1,15 +1,13 @@
 // Config the schema accepts (the full SPEC contract) but this build cannot serve: features
-// not built yet, and TLS files that do not load. Security features that would silently
-// degrade (PROXY headers ignored, TLS not offered) make `start` refuse; the rest are
-// warnings `check` and `start` print. Each feature entry disappears when it lands.
+// not built yet, and TLS files that do not load. Serving without them would be less safe
+// than asked, so `check`, `start` and reload refuse. Each feature entry disappears when it lands.
 
 import { TlsTerminator } from '../tls/terminate.js';
 import type { Config } from './types.js';
 
 export interface Unserved {
-  /** `start` refuses to run with these: serving without them would be less safe than asked. */
+  /** Why the configuration cannot be served, one problem each (empty: it can). */
   readonly refuse: readonly string[];
-  readonly warn: readonly string[];
 }
 
 /** Certificate and key files must load (and match) before a listener may promise TLS. */
@@ -25,10 +23,9 @@ export function tlsProblem(c: Config): string | null {
 
 export function unservedFeatures(c: Config): Unserved {
   const refuse: string[] = [];
-  const warn: string[] = [];
   const tls = tlsProblem(c);
   if (tls) refuse.push(tls);
   if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
   if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');
-  return { refuse, warn };
+  return { refuse };
 }
