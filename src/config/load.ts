@@ -566,6 +566,13 @@ function checkUpstream(c: RawConfig, col: Collector): void {
   if (c.upstream.tls.ca !== undefined && c.upstream.tls.mode !== 'verify-full') {
     col.warn(['upstream', 'tls', 'ca'], `is ignored unless mode is verify-full (mode is ${c.upstream.tls.mode})`);
   }
+  if (c.upstream.tls.mode === 'verify-full' && c.upstream.tls.ca === undefined) {
+    col.problem(['upstream', 'tls', 'ca'], 'is required when mode is verify-full (the CA that signed the upstream certificates)');
+  }
+  const probeRole = c.upstream.health_check.server_role;
+  if (probeRole !== undefined && !c.server_roles.some((r) => r.name === probeRole)) {
+    col.problem(['upstream', 'health_check', 'server_role'], `names no server_roles entry ("${probeRole}")`);
+  }
 }
 
 /** Local shape check of a PostgreSQL SCRAM verifier; the scram module does the real work. */

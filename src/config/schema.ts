@@ -112,6 +112,8 @@ const upstreamSchema = {
       properties: {
         interval_ms: positiveInt('Milliseconds between health checks.', 2000),
         timeout_ms: positiveInt('Milliseconds before a health check counts as failed.', 1000),
+        database: { type: 'string', minLength: 1, default: 'postgres', description: 'Database the health check logs in to.' },
+        server_role: nonEmptyString('server_roles entry the health check logs in as (default: the first one).'),
       },
     },
   },

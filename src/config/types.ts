@@ -22,7 +22,14 @@ export interface UpstreamConfig {
   readonly tls: { readonly mode: UpstreamTlsMode; readonly ca?: string };
   readonly send_proxy_protocol: boolean;
   readonly require_primary: boolean;
-  readonly health_check: { readonly interval_ms: number; readonly timeout_ms: number };
+  readonly health_check: {
+    readonly interval_ms: number;
+    readonly timeout_ms: number;
+    /** Database the probe logs in to. */
+    readonly database: string;
+    /** server_roles entry the probe logs in as; default: the first one. */
+    readonly server_role?: string;
+  };
 }
 
 export interface PoolConfig {

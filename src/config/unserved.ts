@@ -1,8 +1,9 @@
-// Config the schema accepts (the full SPEC contract) but this build cannot serve: features
-// not built yet, and TLS files that do not load. Serving without them would be less safe
-// than asked, so `check`, `start` and reload refuse. Each feature entry disappears when it lands.
+// Config the schema accepts but this build cannot serve: TLS certificate, key or CA files
+// that do not load. Serving without them would be less safe than asked, so `check`, `start`
+// and reload refuse.
 
 import { TlsTerminator } from '../tls/terminate.js';
+import { buildUpstreamTransport } from '../upstream/dial.js';
 import type { Config } from './types.js';
 
 export interface Unserved {
@@ -25,7 +26,10 @@ export function unservedFeatures(c: Config): Unserved {
   const refuse: string[] = [];
   const tls = tlsProblem(c);
   if (tls) refuse.push(tls);
-  if (c.upstream.tls.mode !== 'disable') refuse.push(`upstream.tls.mode: ${c.upstream.tls.mode} is not implemented in this build`);
-  if (c.upstream.send_proxy_protocol) refuse.push('upstream.send_proxy_protocol: not implemented in this build');
+  try {
+    buildUpstreamTransport(c);
+  } catch (e) {
+    refuse.push(`upstream.tls: cannot use the CA file: ${(e as Error).message}`);
+  }
   return { refuse };
 }

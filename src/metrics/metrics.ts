@@ -71,13 +71,13 @@ export class Metrics {
   });
   readonly upstreamUp = new client.Gauge({
     name: 'pgbastion_upstream_up',
-    help: '1 when the last connection attempt to this configured upstream succeeded.',
+    help: '1 when the last health check or connection attempt found this upstream usable (a primary, with require_primary).',
     labelNames: ['upstream'] as const,
     registers: [this.registry],
   });
   readonly upstreamFailovers = new client.Counter({
     name: 'pgbastion_upstream_failovers_total',
-    help: 'Server connections opened on an upstream other than the first configured one.',
+    help: 'Times new server connections moved from one configured upstream to another.',
     registers: [this.registry],
   });
   readonly tlsHandshakes = new client.Counter({

@@ -4,13 +4,14 @@
 import type { Logger } from 'pino';
 import type { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
+import type { ClientOrigin } from '../upstream/dial.js';
 
 export interface PoolOptions {
   size: number;
   acquireTimeoutMs: number;
   idleTimeoutMs: number;
-  /** Opens and logs in a new server connection. */
-  connect: () => Promise<ServerConnection>;
+  /** Opens and logs in a new server connection on behalf of `origin` (the PROXY header's client). */
+  connect: (origin: ClientOrigin | null) => Promise<ServerConnection>;
   logger: Logger;
 }
 
@@ -21,6 +22,7 @@ interface Waiter {
   resolve: (conn: ServerConnection) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
+  origin: ClientOrigin | null;
 }
 
 const MAX_ACCEPTED = 10_000;
@@ -71,11 +73,12 @@ export class Pool {
     this.opts = { ...this.opts, size, acquireTimeoutMs, idleTimeoutMs };
   }
 
-  acquire(): Promise<ServerConnection> {
+  /** `origin`: the client asking, named in the PROXY header if a new connection is opened for it. */
+  acquire(origin: ClientOrigin | null = null): Promise<ServerConnection> {
     if (this.closed) return Promise.reject(new UpstreamError('unreachable', 'pool is closed'));
     const conn = this.takeIdle();
     if (conn) return Promise.resolve(conn);
-    if (this.total < this.opts.size) return this.openNew();
+    if (this.total < this.opts.size) return this.openNew(origin);
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         resolve,
@@ -85,6 +88,7 @@ export class Pool {
           if (i >= 0) this.waiters.splice(i, 1);
           reject(new PoolTimeoutError(`no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`));
         }, this.opts.acquireTimeoutMs),
+        origin,
       };
       this.waiters.push(waiter);
     });
@@ -121,6 +125,15 @@ export class Pool {
     if (this.sweeper) clearInterval(this.sweeper);
   }
 
+  /** Closes the idle connections `doomed` picks (their upstream went unhealthy). */
+  closeIdle(doomed: (conn: ServerConnection) => boolean): void {
+    for (const conn of this.idle.filter(doomed)) {
+      this.idle.splice(this.idle.indexOf(conn), 1);
+      conn.close();
+      this.total--;
+    }
+  }
+
   private takeIdle(): ServerConnection | null {
     while (this.idle.length > 0) {
       const conn = this.idle.pop()!;
@@ -129,9 +142,9 @@ export class Pool {
     return null;
   }
 
-  private openNew(): Promise<ServerConnection> {
+  private openNew(origin: ClientOrigin | null): Promise<ServerConnection> {
     this.total++;
-    return this.opts.connect().then(
+    return this.opts.connect(origin).then(
       (conn) => {
         conn.whenClosedIdle(() => this.forgetIdle(conn));
         this.welcome ??= conn.loginParams;
@@ -166,7 +179,7 @@ export class Pool {
     const waiter = this.waiters.shift();
     if (waiter) {
       clearTimeout(waiter.timer);
-      this.openNew().then(waiter.resolve, waiter.reject);
+      this.openNew(waiter.origin).then(waiter.resolve, waiter.reject);
     }
   }
 

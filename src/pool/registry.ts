@@ -3,9 +3,11 @@
 
 import net from 'node:net';
 import type { Logger } from 'pino';
-import type { Config } from '../config/types.js';
+import type { Config, Endpoint } from '../config/types.js';
 import { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
+import { PLAIN_TRANSPORT, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
+import { HealthChecker, endpointKey, usable, type Health } from '../upstream/health.js';
 import { Pool } from './pool.js';
 import type { Metrics } from '../metrics/metrics.js';
 
@@ -13,12 +15,23 @@ export class PoolRegistry {
   private readonly pools = new Map<string, Pool>();
   /** Did the last attempt to open a server connection reach an upstream? null: none yet. */
   private lastUp: boolean | null = null;
+  /** The endpoint the last server connection was opened on: a change is a failover. */
+  private active: string | null = null;
+  readonly health: HealthChecker;
 
   constructor(
     private config: Config,
     private readonly logger: Logger,
     private readonly metrics: Metrics,
-  ) {}
+    private transport: UpstreamTransport = PLAIN_TRANSPORT,
+  ) {
+    this.health = new HealthChecker(
+      (endpoint, timeoutMs) => this.probe(endpoint, timeoutMs),
+      healthOptions(config),
+      (endpoint, health, previous, error) => this.onHealthChange(endpoint, health, previous, error),
+    );
+    this.health.configure(config.upstreams, healthOptions(config));
+  }
 
   get(database: string, role: string): Pool {
     const key = `${database}\0${role}`;
@@ -29,7 +42,7 @@ export class PoolRegistry {
         size: this.config.pool.size,
         acquireTimeoutMs: this.config.pool.acquire_timeout_ms,
         idleTimeoutMs: this.config.pool.server_idle_timeout_ms,
-        connect: () => this.connect(database, role),
+        connect: (origin) => this.connect(database, role, origin),
         logger: this.logger,
       });
       this.pools.set(key, pool);
@@ -38,31 +51,23 @@ export class PoolRegistry {
   }
 
   /**
-   * Readiness: the last server connection opened fine, or (none yet / the last failed)
-   * some configured upstream accepts a TCP connection right now.
+   * Readiness: some upstream passed its health check; before the first check completes,
+   * the last server connection opened fine or some upstream accepts a TCP connection.
    */
   async anyUpstreamUp(timeoutMs = 1000): Promise<boolean> {
+    const checked = this.health.anyUsable();
+    if (checked !== null) return checked;
     if (this.lastUp === true) return true;
-    const attempts = this.config.upstreams.map(
-      (ep) =>
-        new Promise<boolean>((resolve) => {
-          const sock = net.connect({ host: ep.host, port: ep.port });
-          const done = (ok: boolean) => {
-            sock.destroy();
-            resolve(ok);
-          };
-          sock.setTimeout(timeoutMs, () => done(false));
-          sock.once('connect', () => done(true));
-          sock.once('error', () => done(false));
-        }),
-    );
+    const attempts = this.config.upstreams.map((ep) => tcpReachable(ep, timeoutMs).then(() => true, () => false));
     return (await Promise.all(attempts)).some(Boolean);
   }
 
   /** New pools and new server connections use `config`; existing pools take its limits. */
-  setConfig(config: Config): void {
+  setConfig(config: Config, transport: UpstreamTransport = PLAIN_TRANSPORT): void {
     this.config = config;
+    this.transport = transport;
     for (const pool of this.pools.values()) pool.setLimits(config.pool.size, config.pool.acquire_timeout_ms, config.pool.server_idle_timeout_ms);
+    this.health.configure(config.upstreams, healthOptions(config));
   }
 
   all(): IterableIterator<Pool> {
@@ -70,17 +75,24 @@ export class PoolRegistry {
   }
 
   closeAll(): void {
+    this.health.stop();
     for (const pool of this.pools.values()) pool.close();
     this.pools.clear();
   }
 
-  /** Tries every upstream in order; a login refusal is final, an unreachable server or a standby moves on. */
-  private async connect(database: string, role: string): Promise<ServerConnection> {
+  /**
+   * Tries the upstreams in order, skipping those the health checks found down (or in
+   * recovery, with require_primary) unless none is left; a login refusal is final, an
+   * unreachable server or a standby moves on.
+   */
+  private async connect(database: string, role: string, origin: ClientOrigin | null): Promise<ServerConnection> {
     const serverRole = this.config.server_roles.find((r) => r.name === role);
     if (!serverRole) throw new UpstreamError('login', `no credentials configured for server role "${role}"`);
+    const healthy = this.config.upstreams.filter((e) => this.health.isUsable(e));
+    const candidates = healthy.length > 0 ? healthy : this.config.upstreams;
     let last: UpstreamError | null = null;
-    for (const [i, endpoint] of this.config.upstreams.entries()) {
-      const label = { upstream: `${endpoint.host}:${endpoint.port}` };
+    for (const endpoint of candidates) {
+      const where = endpointKey(endpoint);
       try {
         const conn = await ServerConnection.open({
           endpoint,
@@ -90,21 +102,104 @@ export class PoolRegistry {
           maxMessageBytes: this.config.limits.max_message_bytes,
           timeoutMs: this.config.pool.acquire_timeout_ms,
           logger: this.logger,
+          transport: this.transport,
+          origin,
         });
         if (this.config.upstream.require_primary) await conn.requirePrimary();
-        this.metrics.upstreamUp.set(label, 1);
-        this.lastUp = true;
-        if (i > 0) this.metrics.upstreamFailovers.inc();
+        this.noteConnected(endpoint);
         return conn;
       } catch (err) {
         const e = err instanceof UpstreamError ? err : new UpstreamError('unreachable', String(err));
         if (e.failure === 'login') throw e;
-        this.metrics.upstreamUp.set(label, 0);
-        this.logger.warn({ upstream: `${endpoint.host}:${endpoint.port}`, err: e.message }, 'upstream unreachable');
+        this.health.report(endpoint, e.failure === 'standby' ? 'standby' : 'down', e.message);
+        this.metrics.upstreamUp.set({ upstream: where }, 0);
+        this.logger.warn({ upstream: where, err: e.message }, 'upstream unusable');
         last = e;
       }
     }
     this.lastUp = false;
     throw new UpstreamError('unreachable', last?.message ?? 'no upstream configured', last?.fields);
   }
+
+  private noteConnected(endpoint: Endpoint): void {
+    const where = endpointKey(endpoint);
+    this.metrics.upstreamUp.set({ upstream: where }, 1);
+    this.lastUp = true;
+    if (this.active !== null && this.active !== where) {
+      this.metrics.upstreamFailovers.inc();
+      this.logger.warn({ from: this.active, to: where }, 'new server connections now go to another upstream');
+    }
+    this.active = where;
+  }
+
+  /** Health check: log in as the probe's server role and ask whether the server is in recovery. */
+  private async probe(endpoint: Endpoint, timeoutMs: number): Promise<'primary' | 'standby'> {
+    const hc = this.config.upstream.health_check;
+    const role = this.config.server_roles.find((r) => r.name === hc.server_role) ?? this.config.server_roles[0];
+    if (!role) {
+      // No credentials to log in with: reachability is all that can be checked.
+      await tcpReachable(endpoint, timeoutMs);
+      return 'primary';
+    }
+    let conn: ServerConnection;
+    try {
+      conn = await ServerConnection.open({
+        endpoint,
+        user: role.name,
+        password: role.password,
+        database: hc.database,
+        maxMessageBytes: this.config.limits.max_message_bytes,
+        timeoutMs,
+        logger: this.logger,
+        transport: this.transport,
+        origin: null,
+      });
+    } catch (err) {
+      // A server that answers with a login refusal is alive; the problem is the probe's credentials.
+      if (err instanceof UpstreamError && err.failure === 'login' && err.fields?.C !== undefined) {
+        this.logger.warn({ upstream: endpointKey(endpoint), err: err.message }, 'health check cannot log in; checking reachability only');
+        return 'primary';
+      }
+      throw err;
+    }
+    try {
+      const timer = setTimeout(() => conn.close(), timeoutMs);
+      const recovering = await conn.inRecovery().finally(() => clearTimeout(timer));
+      return recovering ? 'standby' : 'primary';
+    } finally {
+      conn.close();
+    }
+  }
+
+  private onHealthChange(endpoint: Endpoint, health: Health, previous: Health, error?: string): void {
+    const where = endpointKey(endpoint);
+    const ok = usable(health, this.config.upstream.require_primary);
+    this.metrics.upstreamUp.set({ upstream: where }, ok ? 1 : 0);
+    if (ok) {
+      this.logger.info({ upstream: where, health, previous }, 'upstream healthy');
+      return;
+    }
+    this.logger.warn({ upstream: where, health, previous, err: error }, 'upstream unhealthy: new server connections skip it');
+    // Idle connections there would fail their next client (or, on a demoted server, refuse its writes).
+    for (const pool of this.pools.values()) pool.closeIdle((conn) => endpointKey(conn.endpoint) === where);
+  }
+}
+
+function healthOptions(config: Config): { intervalMs: number; timeoutMs: number; requirePrimary: boolean } {
+  const hc = config.upstream.health_check;
+  return { intervalMs: hc.interval_ms, timeoutMs: hc.timeout_ms, requirePrimary: config.upstream.require_primary };
+}
+
+function tcpReachable(endpoint: Endpoint, timeoutMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const sock = net.connect({ host: endpoint.host, port: endpoint.port });
+    const done = (err?: Error): void => {
+      sock.destroy();
+      if (err) reject(err);
+      else resolve();
+    };
+    sock.setTimeout(timeoutMs, () => done(new Error(`timed out connecting to ${endpointKey(endpoint)}`)));
+    sock.once('connect', () => done());
+    sock.once('error', (e) => done(e));
+  });
 }

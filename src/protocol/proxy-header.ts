@@ -2,6 +2,8 @@
 // balancer puts in front of the PostgreSQL stream to carry the real client address.
 // Pure: parses a prefix of the bytes read so far; never allocates for a claimed length.
 
+import { parseClientAddress } from '../hba/rules.js';
+
 export type ProxyHeader =
   | { readonly kind: 'incomplete' }
   | { readonly kind: 'invalid'; readonly message: string }
@@ -85,4 +87,57 @@ function parseV2(buf: Buffer): ProxyHeader {
 function validAddress(s: string, family: 4 | 6): boolean {
   if (family === 4) return /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.test(s) && s.split('.').every((o) => Number(o) <= 255);
   return /^[0-9a-fA-F:.]+$/.test(s) && s.includes(':');
+}
+
+/** One side of a connection, as carried in a PROXY header. */
+export interface ProxyAddress {
+  readonly address: string;
+  readonly port: number;
+}
+
+/**
+ * A PROXY v2 header for an upstream that accepts them (HAProxy `accept-proxy`): PROXY with
+ * the client's address as source and the address it connected to as destination, or
+ * LOCAL (no addresses) for the proxy's own connections such as health checks, or when an
+ * address is not IP. Mixed families are sent as IPv6, IPv4 mapped into ::ffff:0:0/96.
+ */
+export function encodeProxyV2(source: ProxyAddress | null, destination: ProxyAddress | null): Buffer {
+  const src = source && ipBytes(source.address);
+  const dst = destination && ipBytes(destination.address);
+  if (!src || !dst) {
+    const local = Buffer.alloc(16);
+    V2_SIGNATURE.copy(local);
+    local[12] = 0x20; // version 2, LOCAL
+    return local; // family UNSPEC, no address block
+  }
+  const v6 = src.length === 16 || dst.length === 16;
+  const width = v6 ? 16 : 4;
+  const header = Buffer.alloc(16 + 2 * width + 4);
+  V2_SIGNATURE.copy(header);
+  header[12] = 0x21; // version 2, PROXY
+  header[13] = v6 ? 0x21 : 0x11; // TCP over IPv6 / IPv4
+  header.writeUInt16BE(2 * width + 4, 14);
+  widen(src, width).copy(header, 16);
+  widen(dst, width).copy(header, 16 + width);
+  header.writeUInt16BE(source!.port, 16 + 2 * width);
+  header.writeUInt16BE(destination!.port, 18 + 2 * width);
+  return header;
+}
+
+/** 4 or 16 address bytes (IPv4-mapped IPv6 as 4); null for anything but an IP address. */
+function ipBytes(address: string): Buffer | null {
+  const ip = parseClientAddress(address);
+  if (ip === null) return null;
+  const out = Buffer.alloc(ip.family === 4 ? 4 : 16);
+  ip.words.forEach((w, i) => out.writeUInt32BE(w, 4 * i));
+  return out;
+}
+
+function widen(bytes: Buffer, width: number): Buffer {
+  if (bytes.length === width) return bytes;
+  const out = Buffer.alloc(16);
+  out[10] = 0xff;
+  out[11] = 0xff;
+  bytes.copy(out, 12);
+  return out;
 }

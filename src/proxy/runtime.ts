@@ -15,6 +15,7 @@ import { TlsTerminator } from '../tls/terminate.js';
 import { Audit } from '../audit/audit.js';
 import { Metrics } from '../metrics/metrics.js';
 import { CancelRegistry } from '../session/cancel.js';
+import { buildUpstreamTransport, type UpstreamTransport } from '../upstream/dial.js';
 
 export interface RuntimeOptions {
   /** Read at scrape time: client connections and server connections by state. */
@@ -37,6 +38,7 @@ interface Generation {
   readonly tls: TlsTerminator | null;
   /** Peers whose PROXY protocol header is believed (proxy_protocol.trusted); null: feature off. */
   readonly trustedProxies: readonly CidrMatcher[] | null;
+  readonly upstreamTransport: UpstreamTransport;
 }
 
 /** Builds a generation from a config; throws (and changes nothing) when any part is unusable. */
@@ -46,7 +48,8 @@ function buildGeneration(config: Config): Generation {
   // A fresh context from the files: new handshakes use it, sessions already on TLS keep theirs.
   const tls = config.tls ? new TlsTerminator(config.tls) : null;
   const trustedProxies = config.proxy_protocol ? config.proxy_protocol.trusted.map(toCidr) : null;
-  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies };
+  const upstreamTransport = buildUpstreamTransport(config);
+  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies, upstreamTransport };
 }
 
 /** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. */
@@ -86,7 +89,7 @@ export class Runtime {
     );
     this.gen = buildGeneration(config);
     this.lockout = new LockoutTracker(config.limits.auth_failures);
-    this.pools = new PoolRegistry(config, logger, this.metrics);
+    this.pools = new PoolRegistry(config, logger, this.metrics, this.gen.upstreamTransport);
   }
 
   get config(): Config {
@@ -133,7 +136,7 @@ export class Runtime {
     this.gen = next;
     this.generation++;
     this.lockout.setPolicy(config.limits.auth_failures);
-    this.pools.setConfig(config);
+    this.pools.setConfig(config, next.upstreamTransport);
     this.audit.reconfigure(config.audit);
     return needsRestart;
   }

@@ -34,6 +34,8 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { setConfigSql } from './set-config.js';
+import type { ClientOrigin } from '../upstream/dial.js';
+import type { ProxyAddress } from '../protocol/proxy-header.js';
 
 export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
 
@@ -164,6 +166,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly refusals = new Refusals();
   private readonly statements = new PreparedStatements();
   private startupTimer: NodeJS.Timeout | null;
+  private originCache: ClientOrigin | null = null;
+  /** The pgbastion address the client connected to (read off the TCP socket, before any TLS layer). */
+  private readonly listenerEnd: ProxyAddress;
 
   constructor(
     public socket: net.Socket,
@@ -171,6 +176,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   ) {
     this.address = displayClientAddress(socket.remoteAddress ?? 'unknown');
     this.port = socket.remotePort ?? 0;
+    this.listenerEnd = { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
     this.awaitingProxyHeader = rt.proxyHeaderTrusted(socket.remoteAddress ?? '') === true;
     this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
@@ -857,13 +863,21 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.socket.resume();
   }
 
+  /** This client as named in the PROXY header of server connections opened for it. */
+  private origin(): ClientOrigin {
+    return (this.originCache ??= {
+      source: { address: this.address, port: this.port },
+      destination: this.listenerEnd,
+    });
+  }
+
   /**
    * A connection from the pool, skipping any that died between being handed over and our
    * turn to run (a server shutting down closes its idle connections at any moment).
    */
   private async acquireLive(): Promise<ServerConnection> {
     for (;;) {
-      const server = await this.pool!.acquire();
+      const server = await this.pool!.acquire(this.origin());
       if (!server.isClosed) return server;
       this.pool!.release(server, false, null);
     }

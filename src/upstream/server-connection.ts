@@ -8,7 +8,9 @@ import { ScramClientSession } from '../auth/scram.js';
 import { parseFields, parseParameterStatus, readCStrings } from '../protocol/fields.js';
 import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
 import type { Endpoint } from '../config/types.js';
+import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
+import { dial, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
 export type TxStatus = 'I' | 'T' | 'E';
@@ -49,6 +51,9 @@ export interface ServerLogin {
   maxMessageBytes: number;
   timeoutMs: number;
   logger: Logger;
+  transport: UpstreamTransport;
+  /** The client whose demand opens this connection (PROXY header); null: the proxy's own. */
+  origin: ClientOrigin | null;
 }
 
 /**
@@ -114,6 +119,8 @@ export class ServerConnection implements ScanSink {
     readonly socket: net.Socket,
     readonly endpoint: Endpoint,
     private readonly login: ServerLogin,
+    /** Set on TLS connections: SCRAM-SHA-256-PLUS binds the login to this server certificate. */
+    private readonly channelBinding: ChannelBinding | null,
   ) {
     this.scanner = new MessageScanner(INSPECT_ALL, login.maxMessageBytes, this);
     socket.setNoDelay(true);
@@ -123,24 +130,24 @@ export class ServerConnection implements ScanSink {
     socket.on('close', () => this.fail(new UpstreamError('lost', 'server closed the connection unexpectedly')));
   }
 
-  /** Opens a TCP connection and logs in; resolves once the server is ready for queries. */
-  static open(login: ServerLogin): Promise<ServerConnection> {
+  /** Connects (PROXY header, TLS as configured) and logs in; resolves once the server is ready for queries. */
+  static async open(login: ServerLogin): Promise<ServerConnection> {
+    const deadline = Date.now() + login.timeoutMs;
+    const { socket, channelBinding } = await dial(login.endpoint, login.transport, login.origin, login.timeoutMs);
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: login.endpoint.host, port: login.endpoint.port });
-      const conn = new ServerConnection(socket, login.endpoint, login);
+      const conn = new ServerConnection(socket, login.endpoint, login, channelBinding);
       const timer = setTimeout(() => {
-        conn.fail(new UpstreamError('timeout', `timed out connecting to ${login.endpoint.host}:${login.endpoint.port}`));
-      }, login.timeoutMs);
+        conn.fail(new UpstreamError('timeout', `timed out logging in to ${login.endpoint.host}:${login.endpoint.port}`));
+      }, Math.max(1, deadline - Date.now()));
       conn.loginDone = (err) => {
         clearTimeout(timer);
         conn.loginDone = null;
         if (err) reject(err);
         else resolve(conn);
       };
-      socket.once('connect', () => {
-        conn.move('login');
-        socket.write(serialize.startup({ user: login.user, database: login.database }));
-      });
+      conn.move('login');
+      socket.write(serialize.startup({ user: login.user, database: login.database }));
+      socket.resume();
     });
   }
 
@@ -252,6 +259,17 @@ export class ServerConnection implements ScanSink {
     } catch (err) {
       const e = err as UpstreamError;
       throw new UpstreamError('standby', `${this.endpoint.host}:${this.endpoint.port} is in recovery (not a primary)`, e.fields);
+    }
+  }
+
+  /** Health check: is the server in recovery (a standby)? Other failures reject. */
+  async inRecovery(): Promise<boolean> {
+    try {
+      await this.runHidden(REQUIRE_PRIMARY_SQL);
+      return false;
+    } catch (err) {
+      if ((err as UpstreamError).fields?.C === '25006') return true;
+      throw err;
     }
   }
 
@@ -431,11 +449,14 @@ export class ServerConnection implements ScanSink {
       case 10: {
         // AuthenticationSASL
         const mechanisms = readCStrings(frame, 9);
-        if (!mechanisms.includes('SCRAM-SHA-256')) {
+        // Over TLS, bind the exchange to the certificate when the server offers it (a relay
+        // in the middle cannot then reuse the proof), like libpq's channel_binding=prefer.
+        const bind = this.channelBinding !== null && mechanisms.includes('SCRAM-SHA-256-PLUS');
+        if (!bind && !mechanisms.includes('SCRAM-SHA-256')) {
           throw new UpstreamError('login', `server offers no supported SASL mechanism (${mechanisms.join(', ')})`);
         }
-        this.scram = new ScramClientSession(this.login.password);
-        this.socket.write(serialize.sendSASLInitialResponseMessage('SCRAM-SHA-256', this.scram.clientFirst()));
+        this.scram = new ScramClientSession(this.login.password, { channelBinding: bind ? this.channelBinding : null });
+        this.socket.write(serialize.sendSASLInitialResponseMessage(this.scram.mechanism, this.scram.clientFirst()));
         return;
       }
       case 11: {
