@@ -140,8 +140,14 @@ t.test('TLS files that do not load: check and start refuse rather than serve wit
   t.match(start.stderr, /tls: cannot use/);
 });
 
-t.test('check refuses settings this build cannot serve', async (t) => {
-  const r = cli(['check', '-c', writeConfig('warn.yaml', VALID + 'upstream: { send_proxy_protocol: true }\n')], { env: { APP_RW_PW: 'pw' } });
-  t.equal(r.status, 1, 'a PROXY header HAProxy expects would be missing: refused');
-  t.match(r.stderr, /upstream\.send_proxy_protocol: not implemented/);
+t.test('check refuses an upstream CA that does not load; verify-full needs one', async (t) => {
+  const env = { APP_RW_PW: 'pw' };
+  const missing = cli(['check', '-c', writeConfig('up-ca.yaml', VALID + 'upstream: { tls: { mode: verify-full, ca: /nonexistent/ca.crt } }\n')], { env });
+  t.equal(missing.status, 1, 'without the CA, verify-full could not verify anything: refused');
+  t.match(missing.stderr, /upstream\.tls: cannot use the CA file: .*nonexistent/);
+  const noCa = cli(['check', '-c', writeConfig('up-noca.yaml', VALID + 'upstream: { tls: { mode: verify-full } }\n')], { env });
+  t.equal(noCa.status, 1);
+  t.match(noCa.stderr, /upstream\.tls\.ca.*required when mode is verify-full/);
+  const ok = cli(['check', '-c', writeConfig('up-proxy.yaml', VALID + 'upstream: { send_proxy_protocol: true, tls: { mode: require } }\n')], { env });
+  t.equal(ok.status, 0, ok.stderr);
 });

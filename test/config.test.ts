@@ -65,7 +65,7 @@ t.test('defaults fill every optional section', async (t) => {
     tls: { mode: 'disable' },
     send_proxy_protocol: false,
     require_primary: true,
-    health_check: { interval_ms: 2000, timeout_ms: 1000 },
+    health_check: { interval_ms: 2000, timeout_ms: 1000, database: 'postgres' },
   });
   t.same(c.pool, { mode: 'transaction', size: 20, acquire_timeout_ms: 5000, server_idle_timeout_ms: 600000 });
   t.same(c.users, []);

@@ -4,14 +4,11 @@
 // (immediate shutdown) and the standby promoted. Every client recovers, clients that
 // were idle at that moment never see an error, and every acknowledged commit is there.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import t from 'tap';
 import pg from 'pg';
-import { freePort, startPostgres } from './helpers/postgres.js';
+import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { startHaproxy } from './helpers/haproxy.js';
 
 const primary = await startPostgres({ settings: { full_page_writes: 'on', synchronous_commit: 'on' } });
 t.teardown(() => primary.stop());
@@ -24,11 +21,8 @@ await primary.query("ALTER SYSTEM SET synchronous_standby_names = '*'");
 await primary.query('SELECT pg_reload_conf()');
 
 // HAProxy: the primary, the standby as backup; quick checks so the test stays short.
-const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-haproxy-'));
-t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-const haPort = await freePort();
-writeFileSync(
-  path.join(dir, 'haproxy.cfg'),
+const haproxy = await startHaproxy(
+  t,
   `global
   maxconn 2000
 defaults
@@ -39,20 +33,12 @@ defaults
   retries 2
   option redispatch
 listen postgres
-  bind 127.0.0.1:${haPort}
+  bind 127.0.0.1:{PORT}
   server primary 127.0.0.1:${primary.port} check inter 300 fall 2 rise 2
   server standby 127.0.0.1:${standby.port} check inter 300 fall 2 rise 2 backup
 `,
 );
-const haproxy = spawn('haproxy', ['-f', path.join(dir, 'haproxy.cfg'), '-db'], { stdio: ['ignore', 'ignore', 'pipe'] });
-let haLog = '';
-haproxy.stderr.on('data', (d: Buffer) => (haLog += d.toString()));
-const haExit = new Promise((r) => haproxy.once('exit', r));
-t.teardown(async () => {
-  haproxy.kill('SIGTERM');
-  await haExit;
-});
-await new Promise((r) => setTimeout(r, 700));
+const haPort = haproxy.port;
 
 const proxy = await startProxy(t, primary, {
   users: [{ name: 'app', password: 'app-pw' }],

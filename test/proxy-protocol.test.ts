@@ -10,6 +10,7 @@ import { parseProxyHeader } from '../src/protocol/proxy-header.js';
 import { parseFields } from '../src/protocol/fields.js';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
+import { headerBalancer } from './helpers/balancer.js';
 
 function v2(family: 4 | 6, src: string, sport: number, command = 0x21): Buffer {
   const sig = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
@@ -77,27 +78,6 @@ const untrusting = await startProxy(t, pgs, {
   extra: { proxy_protocol: { trusted: ['10.9.9.9/32'] }, hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }] },
 });
 
-/** A tiny balancer: each connection to it reaches `port` with `header` in front. */
-async function balancer(t: { teardown(f: () => unknown): void }, port: number, header: Buffer): Promise<number> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    sockets.add(client);
-    const upstream = net.connect(port, '127.0.0.1', () => {
-      upstream.write(header);
-      client.pipe(upstream).pipe(client);
-    });
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    sockets.add(upstream);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise((r) => server.close(r));
-  });
-  return (server.address() as net.AddressInfo).port;
-}
-
 async function login(port: number): Promise<string> {
   const c = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-pw', database: 'postgres' });
   try {
@@ -117,12 +97,12 @@ t.test('v1 and v2 (IPv4 and IPv6) headers from the trusted balancer name the cli
     ['v2 IPv4', v2(4, '203.0.113.8', 5556), '203.0.113.8'],
     ['v2 IPv6', v2(6, '2001:db8::9', 5557), '2001:db8:0:0:0:0:0:9'],
   ] as const) {
-    t.equal(await login(await balancer(t, proxy.port, header)), 'ok', `${what}: allowed by the rule for the header's address`);
+    t.equal(await login(await headerBalancer(t, proxy.port, header)), 'ok', `${what}: allowed by the rule for the header's address`);
     await new Promise((r) => setTimeout(r, 50));
     const start = proxy.audit.lines.filter((l) => l.event === 'session.start').at(-1);
     t.equal(start?.client_addr, addr, `${what}: audit shows the real client`);
   }
-  const other = await login(await balancer(t, proxy.port, Buffer.from('PROXY TCP4 198.51.100.1 127.0.0.1 5555 6432\r\n')));
+  const other = await login(await headerBalancer(t, proxy.port, Buffer.from('PROXY TCP4 198.51.100.1 127.0.0.1 5555 6432\r\n')));
   t.match(other, /^28000: pg_hba\.conf rejects connection for host "198\.51\.100\.1"/, 'rules see the header address');
 });
 

@@ -86,6 +86,8 @@ export function dial(endpoint: Endpoint, transport: UpstreamTransport, origin: C
       const verify = transport.tlsMode === 'verify-full';
       const secure = tls.connect({
         socket: raw,
+        // The name verified against the certificate (without it Node checks "localhost").
+        host: endpoint.host,
         // SNI takes host names only; an IP is still checked against the certificate's IP SANs.
         servername: net.isIP(endpoint.host) ? undefined : endpoint.host,
         ca: verify && transport.ca ? transport.ca : undefined,
