@@ -183,6 +183,28 @@ t.test('an endpoint that comes back is used again', async (t) => {
   t.not((await metricsText(proxy)).match(/pgbastion_upstream_failovers_total (\d+)/)?.[1], failoversBefore, 'counted as a failover');
 });
 
+t.test('reload to another upstream: the next transaction goes there, the old one is no longer probed', async (t) => {
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: {
+      upstreams: [{ host: '127.0.0.1', port: primary.port }],
+      upstream: { require_primary: false, health_check: { interval_ms: 50 } },
+      pool: { mode: 'transaction', size: 2 },
+    },
+  });
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  t.teardown(() => c.end());
+  const port = async () => (await c.query('SELECT inet_server_port() AS p')).rows[0].p as number;
+  t.equal(await port(), primary.port);
+  const next = { ...proxy.config, upstreams: [{ host: '127.0.0.1', port: standby.port }] };
+  t.equal(await proxy.server.reload(async () => next), true);
+  for (let i = 0; i < 3; i++) t.equal(await port(), standby.port, 'the pooled connection to the old upstream is not reused');
+  const health = proxy.server.runtime.pools.health;
+  await until('the new upstream to be probed', () => health.health({ host: '127.0.0.1', port: standby.port }) === 'standby');
+  t.equal(health.health({ host: '127.0.0.1', port: primary.port }), 'unknown', 'the old upstream is forgotten');
+});
+
 declare namespace Tap {
   type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 }

@@ -126,6 +126,21 @@ t.test('reload: a CA file that cannot be read leaves the running upstream TLS as
   t.same(await sslOfServerSession(proxy.port), { ssl: true }, 'still verified with the old CA');
 });
 
+t.test('reload from disable to require: pooled plaintext connections are not reused', async (t) => {
+  const proxy = await proxyWith(t, {});
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  t.teardown(() => c.end());
+  const ssl = async () => (await c.query('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()')).rows[0].ssl as boolean;
+  t.equal(await ssl(), false);
+  await c.query('BEGIN');
+  const next = { ...proxy.config, upstream: { ...proxy.config.upstream, tls: { mode: 'require' as const } } };
+  t.equal(await proxy.server.reload(async () => next), true);
+  t.equal(await ssl(), false, 'the transaction in progress keeps its connection');
+  await c.query('COMMIT');
+  for (let i = 0; i < 3; i++) t.equal(await ssl(), true, 'later transactions (same client) run over TLS');
+});
+
 declare namespace Tap {
   type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 }

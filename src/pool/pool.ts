@@ -12,6 +12,8 @@ export interface PoolOptions {
   idleTimeoutMs: number;
   /** Opens and logs in a new server connection on behalf of `origin` (the PROXY header's client). */
   connect: (origin: ClientOrigin | null) => Promise<ServerConnection>;
+  /** May this connection serve another client? False once its upstream left the configuration. */
+  keep: (conn: ServerConnection) => boolean;
   logger: Logger;
 }
 
@@ -137,7 +139,10 @@ export class Pool {
   private takeIdle(): ServerConnection | null {
     while (this.idle.length > 0) {
       const conn = this.idle.pop()!;
-      if (!conn.isClosed) return conn;
+      if (conn.isClosed) continue; // already counted out by forgetIdle
+      if (this.opts.keep(conn)) return conn;
+      conn.close();
+      this.total--;
     }
     return null;
   }
@@ -159,7 +164,7 @@ export class Pool {
 
   /** A clean connection goes to the longest waiter, else back to the idle list. */
   private handOver(conn: ServerConnection): void {
-    if (conn.isClosed || this.total > this.opts.size) return this.drop(conn);
+    if (conn.isClosed || this.total > this.opts.size || !this.opts.keep(conn)) return this.drop(conn);
     const waiter = this.waiters.shift();
     if (waiter) {
       clearTimeout(waiter.timer);

@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { Config, Endpoint } from '../config/types.js';
 import { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
-import { PLAIN_TRANSPORT, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
+import { PLAIN_TRANSPORT, sameTransport, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
 import { HealthChecker, endpointKey, usable, type Health } from '../upstream/health.js';
 import { Pool } from './pool.js';
 import type { Metrics } from '../metrics/metrics.js';
@@ -18,6 +18,8 @@ export class PoolRegistry {
   /** The endpoint the last server connection was opened on: a change is a failover. */
   private active: string | null = null;
   readonly health: HealthChecker;
+  /** host:port of the configured upstreams. */
+  private configured: ReadonlySet<string>;
 
   constructor(
     private config: Config,
@@ -25,6 +27,7 @@ export class PoolRegistry {
     private readonly metrics: Metrics,
     private transport: UpstreamTransport = PLAIN_TRANSPORT,
   ) {
+    this.configured = new Set(config.upstreams.map(endpointKey));
     this.health = new HealthChecker(
       (endpoint, timeoutMs) => this.probe(endpoint, timeoutMs),
       healthOptions(config),
@@ -43,6 +46,7 @@ export class PoolRegistry {
         acquireTimeoutMs: this.config.pool.acquire_timeout_ms,
         idleTimeoutMs: this.config.pool.server_idle_timeout_ms,
         connect: (origin) => this.connect(database, role, origin),
+        keep: (conn) => this.current(conn),
         logger: this.logger,
       });
       this.pools.set(key, pool);
@@ -66,7 +70,13 @@ export class PoolRegistry {
   setConfig(config: Config, transport: UpstreamTransport = PLAIN_TRANSPORT): void {
     this.config = config;
     this.transport = transport;
-    for (const pool of this.pools.values()) pool.setLimits(config.pool.size, config.pool.acquire_timeout_ms, config.pool.server_idle_timeout_ms);
+    this.configured = new Set(config.upstreams.map(endpointKey));
+    for (const pool of this.pools.values()) {
+      pool.setLimits(config.pool.size, config.pool.acquire_timeout_ms, config.pool.server_idle_timeout_ms);
+      // Connections to upstreams no longer listed, or opened with other TLS/PROXY settings,
+      // close now if idle, else when their client is done with them.
+      pool.closeIdle((conn) => !this.current(conn));
+    }
     this.health.configure(config.upstreams, healthOptions(config));
   }
 
@@ -119,6 +129,11 @@ export class PoolRegistry {
     }
     this.lastUp = false;
     throw new UpstreamError('unreachable', last?.message ?? 'no upstream configured', last?.fields);
+  }
+
+  /** Was this connection opened to a configured upstream with the configured transport? */
+  private current(conn: ServerConnection): boolean {
+    return this.configured.has(conn.where) && (conn.transport === this.transport || sameTransport(conn.transport, this.transport));
   }
 
   private noteConnected(endpoint: Endpoint): void {
@@ -181,7 +196,7 @@ export class PoolRegistry {
     }
     this.logger.warn({ upstream: where, health, previous, err: error }, 'upstream unhealthy: new server connections skip it');
     // Idle connections there would fail their next client (or, on a demoted server, refuse its writes).
-    for (const pool of this.pools.values()) pool.closeIdle((conn) => endpointKey(conn.endpoint) === where);
+    for (const pool of this.pools.values()) pool.closeIdle((conn) => conn.where === where);
   }
 }
 

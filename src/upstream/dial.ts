@@ -28,6 +28,12 @@ export function buildUpstreamTransport(config: Config): UpstreamTransport {
   return { tlsMode: tls.mode, ca, sendProxyProtocol: send_proxy_protocol };
 }
 
+/** Same TLS, CA and PROXY settings? A connection opened under others is not reused after a reload. */
+export function sameTransport(a: UpstreamTransport, b: UpstreamTransport): boolean {
+  const sameCa = a.ca === b.ca || (a.ca !== null && b.ca !== null && a.ca.equals(b.ca));
+  return a.tlsMode === b.tlsMode && a.sendProxyProtocol === b.sendProxyProtocol && sameCa;
+}
+
 /** Whose connection this is, for the PROXY header: null for the proxy's own (health checks). */
 export interface ClientOrigin {
   readonly source: ProxyAddress;

@@ -81,6 +81,8 @@ let nextServerId = 1;
 
 export class ServerConnection implements ScanSink {
   readonly id = nextServerId++;
+  /** `host:port` of the upstream endpoint. */
+  readonly where: string;
   state: ServerState = 'connecting';
   txStatus: TxStatus = 'I';
   /** ParameterStatus values the server has reported, kept current. */
@@ -122,6 +124,7 @@ export class ServerConnection implements ScanSink {
     /** Set on TLS connections: SCRAM-SHA-256-PLUS binds the login to this server certificate. */
     private readonly channelBinding: ChannelBinding | null,
   ) {
+    this.where = `${endpoint.host}:${endpoint.port}`;
     this.scanner = new MessageScanner(INSPECT_ALL, login.maxMessageBytes, this);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
@@ -157,6 +160,11 @@ export class ServerConnection implements ScanSink {
       throw new Error(`server connection ${this.id}: illegal move ${this.state} -> ${to}`);
     }
     this.state = to;
+  }
+
+  /** How this connection was opened (TLS, PROXY header). */
+  get transport(): UpstreamTransport {
+    return this.login.transport;
   }
 
   /** A pipelined hidden statement is still running ahead of the client's bytes. */
