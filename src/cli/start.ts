@@ -6,6 +6,10 @@ import { loadConfigOrReport } from './load-config.js';
 import { unservedFeatures } from '../config/unserved.js';
 import { createLogger } from '../logger.js';
 import { ProxyServer } from '../proxy/server.js';
+import type { Logger } from 'pino';
+
+/** How long a crashing process waits for the audit trail to reach its file. */
+const CRASH_FLUSH_MS = 3000;
 
 const HELP = `usage: pgbastion start [-c FILE]
 
@@ -55,6 +59,7 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
       process.exit(0);
     });
   };
+  exitOnCrash(server, logger);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   let reloading = Promise.resolve();
@@ -67,4 +72,26 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     });
   });
   return -1;
+}
+
+/**
+ * An uncaught exception or unhandled rejection ends the process (its state can no longer be
+ * trusted), but first the audit events already accepted are written out: the audit
+ * stream is ended and awaited, bounded by CRASH_FLUSH_MS. Exit code 70 (EX_SOFTWARE).
+ */
+export function exitOnCrash(server: ProxyServer, logger: Logger): void {
+  let crashing = false;
+  const crash = (err: unknown, origin: string): void => {
+    if (crashing) return;
+    crashing = true;
+    logger.fatal({ err: err instanceof Error ? err.stack : String(err), origin }, 'crashed; flushing the audit trail and exiting');
+    const flushed = server.runtime.audit.close().catch(() => {});
+    const deadline = new Promise((r) => setTimeout(r, CRASH_FLUSH_MS).unref());
+    void Promise.race([flushed, deadline]).then(() => {
+      logger.flush();
+      process.exit(70);
+    });
+  };
+  process.on('uncaughtException', (err) => crash(err, 'uncaughtException'));
+  process.on('unhandledRejection', (reason) => crash(reason, 'unhandledRejection'));
 }
