@@ -9,6 +9,7 @@ import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
 import { headerBalancer } from './helpers/balancer.js';
 import { startHaproxy } from './helpers/haproxy.js';
+import { cancelClient } from './helpers/cancel.js';
 
 const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
@@ -66,6 +67,21 @@ t.test('send_proxy_protocol: HAProxy accepts pgbastion and sees the real client'
   t.equal(proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: haproxy.port }), 'primary', 'health checks (LOCAL header) pass');
   // PostgreSQL itself sees HAProxy, which does not forward a header: nothing changes there.
   t.equal((await query(front, 'SELECT host(inet_client_addr())')).value, '127.0.0.1');
+});
+
+t.test('a cancel goes through HAProxy with a PROXY header too', async (t) => {
+  const proxy = await proxyWith(t, true);
+  const front = await headerBalancer(t, proxy.port, Buffer.from('PROXY TCP4 203.0.113.9 127.0.0.1 40124 6432\r\n'));
+  const c = new pg.Client({ host: '127.0.0.1', port: front, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  t.teardown(() => c.end());
+  const started = Date.now();
+  const sleeping = c.query('SELECT pg_sleep(20)').catch((e: { code?: string }) => e);
+  await new Promise((r) => setTimeout(r, 300));
+  // The cancel connection reaches pgbastion through the same trusted balancer (a header is required).
+  await cancelClient(front, c);
+  t.match(await sleeping, { code: '57014' }, 'canceling statement due to user request');
+  t.ok(Date.now() - started < 5000, 'promptly');
 });
 
 t.test('without it, HAProxy with accept-proxy refuses pgbastion: FATAL 08006', async (t) => {

@@ -3,7 +3,7 @@
 // through the extended protocol, the unnamed statement, failed Parses, fast-path function
 // calls, and settings made under another client's client_encoding.
 
-import net from 'node:net';
+import { sendCancel } from './helpers/cancel.js';
 import t from 'tap';
 import pg from 'pg';
 import { startPostgres } from './helpers/postgres.js';
@@ -266,20 +266,6 @@ t.test('the same through the extended protocol (as pgJDBC and psycopg 3 send the
   t.same(a.errors, [], 'DEALLOCATE of a driver-prepared name through Parse/Bind/Execute works');
 });
 
-function sendCancel(processId: number, secretKey: number): Promise<void> {
-  return new Promise((resolve) => {
-    const s = net.connect(proxy.port, '127.0.0.1', () => {
-      const b = Buffer.alloc(16);
-      b.writeInt32BE(16, 0);
-      b.writeInt32BE(80877102, 4);
-      b.writeInt32BE(processId, 8);
-      b.writeInt32BE(secretKey, 12);
-      s.end(b);
-    });
-    s.on('close', () => resolve());
-    s.on('error', () => resolve());
-  });
-}
 
 t.test('a cancel reaches a statement still waiting for a server connection', async (t) => {
   const a = await connect('tenant_a', 'pw-a');
@@ -296,7 +282,7 @@ t.test('a cancel reaches a statement still waiting for a server connection', asy
   );
   await new Promise((r) => setTimeout(r, 200));
   const key = b.c as unknown as { processID: number; secretKey: number };
-  await sendCancel(key.processID, key.secretKey);
+  await sendCancel(proxy.port, key.processID, key.secretKey);
   const err = await waiting;
   t.equal(err?.code, '57014', 'canceled before it ever ran');
   t.ok(Date.now() - started < 2000);
@@ -320,7 +306,7 @@ t.test("a cancel never hits the next client's statement on the same connection",
       (e: { code?: string }) => e,
     );
     await new Promise((r) => setTimeout(r, 30));
-    await sendCancel(key.processID, key.secretKey);
+    await sendCancel(proxy.port, key.processID, key.secretKey);
     await running;
     if ((await next)?.code === '57014') hits++;
   }

@@ -13,6 +13,7 @@ import pg from 'pg';
 import { createCa, issueServerCert } from '../src/tls/certs.js';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
+import { cancelClient } from './helpers/cancel.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-uptls-'));
 chmodSync(dir, 0o755); // the postgres OS user reads its certificate from here
@@ -79,6 +80,17 @@ t.test('verify-full with the right CA: encrypted and verified', async (t) => {
   const proxy = await proxyWith(t, { tls: { mode: 'verify-full', ca: caFile } });
   t.same(await sslOfServerSession(proxy.port), { ssl: true });
   t.same(await sslOfServerSession(proxy.port), { ssl: true }, 'and again on a reused connection');
+});
+
+t.test('a cancel reaches the server over TLS as well', async (t) => {
+  const proxy = await proxyWith(t, { tls: { mode: 'verify-full', ca: caFile } });
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  t.teardown(() => c.end());
+  const sleeping = c.query('SELECT pg_sleep(20)').catch((e: { code?: string }) => e);
+  await new Promise((r) => setTimeout(r, 300));
+  await cancelClient(proxy.port, c);
+  t.match(await sleeping, { code: '57014' });
 });
 
 t.test('verify-full, certificate from another CA: refused', async (t) => {

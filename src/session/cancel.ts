@@ -2,12 +2,17 @@
 // that owns them, so a CancelRequest reaches the server connection that client is using.
 
 import { randomBytes } from 'node:crypto';
-import net from 'node:net';
 import { serialize } from 'pg-protocol';
+import type { Endpoint } from '../config/types.js';
+import { dial, type UpstreamTransport } from '../upstream/dial.js';
+
+/** How long delivering a cancel may take: connecting (TLS included) and PostgreSQL closing. */
+const CANCEL_TIMEOUT_MS = 2000;
 
 export interface CancelTarget {
-  host: string;
-  port: number;
+  endpoint: Endpoint;
+  /** The cancel goes the way the connection went: same TLS, same PROXY header (HAProxy requires it). */
+  transport: UpstreamTransport;
   processId: number;
   secretKey: number;
   /** Told when the cancel has been delivered (PostgreSQL closed the cancel connection). */
@@ -45,12 +50,19 @@ export class CancelRegistry {
     if (!session) return false;
     const target = session.cancelTarget();
     if (!target) return session.cancelWaiting();
-    const socket = net.connect({ host: target.host, port: target.port });
-    socket.on('error', () => socket.destroy());
-    socket.setTimeout(2000, () => socket.destroy());
-    socket.once('connect', () => socket.end(serialize.cancel(target.processId, target.secretKey)));
+    const delivered = dial(target.endpoint, target.transport, null, CANCEL_TIMEOUT_MS).then(
+      ({ socket }) =>
+        new Promise<void>((resolve) => {
+          socket.on('error', () => socket.destroy());
+          socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy());
+          socket.once('close', () => resolve());
+          socket.end(serialize.cancel(target.processId, target.secretKey));
+          socket.resume(); // PostgreSQL answers nothing; drain until it closes
+        }),
+      () => {}, // unreachable: nothing to cancel there any more
+    );
     // Until PostgreSQL has signalled the backend, the connection must not serve another client.
-    target.delivering(new Promise((resolve) => socket.once('close', () => resolve())));
+    target.delivering(delivered);
     return true;
   }
 

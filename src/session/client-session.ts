@@ -1107,7 +1107,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
       s.cancelling = Promise.race([done, timeout]);
     };
-    return { host: s.endpoint.host, port: s.endpoint.port, processId: s.processId, secretKey: s.secretKey, delivering };
+    return { endpoint: s.endpoint, transport: s.transport, processId: s.processId, secretKey: s.secretKey, delivering };
   }
 
   /** Work still waiting for a server connection is cancelled here, as PostgreSQL would have. */
