@@ -7,6 +7,8 @@ import { unservedFeatures } from '../config/unserved.js';
 import { createLogger } from '../logger.js';
 import { ProxyServer } from '../proxy/server.js';
 import type { Logger } from 'pino';
+import cluster from 'node:cluster';
+import { joinCluster, runPrimary } from '../proxy/cluster.js';
 
 /** How long a crashing process waits for the audit trail to reach its file. */
 const CRASH_FLUSH_MS = 3000;
@@ -38,8 +40,13 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     for (const r of unserved.refuse) err(`  ${r}`);
     return 1;
   }
-  const logger = createLogger(config.log_level);
-  const server = new ProxyServer(config, logger);
+  const baseLogger = createLogger(config.log_level);
+  if (config.workers > 1 && cluster.isPrimary) {
+    await runPrimary(config, baseLogger);
+    return -1;
+  }
+  const logger = cluster.isWorker ? baseLogger.child({ worker: cluster.worker!.id }) : baseLogger;
+  const server = new ProxyServer(config, logger, { metricsListener: !cluster.isWorker });
   try {
     await server.start();
   } catch (e) {
@@ -60,6 +67,7 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     });
   };
   exitOnCrash(server, logger);
+  if (cluster.isWorker) joinCluster(server);
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   let reloading = Promise.resolve();

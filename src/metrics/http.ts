@@ -3,9 +3,14 @@
 
 import http from 'node:http';
 import type { Endpoint } from '../config/types.js';
-import type { Metrics } from './metrics.js';
 
-export async function startMetricsServer(ep: Endpoint, metrics: Metrics, ready: () => Promise<boolean>): Promise<http.Server> {
+/** Where the Prometheus text comes from: this process's registry, or all workers' aggregated. */
+export interface MetricsSource {
+  metrics(): Promise<string>;
+  readonly contentType: string;
+}
+
+export async function startMetricsServer(ep: Endpoint, source: MetricsSource, ready: () => Promise<boolean>): Promise<http.Server> {
   const server = http.createServer((req, res) => {
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.writeHead(405, { allow: 'GET, HEAD' }).end();
@@ -13,8 +18,8 @@ export async function startMetricsServer(ep: Endpoint, metrics: Metrics, ready: 
     }
     const url = (req.url ?? '/').split('?')[0];
     if (url === '/metrics') {
-      metrics.registry.metrics().then(
-        (text) => res.writeHead(200, { 'content-type': metrics.registry.contentType }).end(text),
+      source.metrics().then(
+        (text) => res.writeHead(200, { 'content-type': source.contentType }).end(text),
         () => res.writeHead(500).end('metrics collection failed\n'),
       );
     } else if (url === '/healthz') {

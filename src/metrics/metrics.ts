@@ -71,6 +71,7 @@ export class Metrics {
   });
   readonly upstreamUp = new client.Gauge({
     name: 'pgbastion_upstream_up',
+    aggregator: 'max', // workers: usable if any worker finds it usable
     help: '1 when the last health check or connection attempt found this upstream usable (a primary, with require_primary).',
     labelNames: ['upstream'] as const,
     registers: [this.registry],
@@ -99,6 +100,7 @@ export class Metrics {
   });
   readonly configGeneration = new client.Gauge({
     name: 'pgbastion_config_generation',
+    aggregator: 'min', // workers: the oldest configuration still serving
     help: 'Generation of the loaded configuration (1 at start, +1 per successful reload).',
     registers: [this.registry],
   });

@@ -23,8 +23,12 @@ export class ProxyServer {
 
   private metricsServer: http.Server | null = null;
 
-  constructor(config: Config, logger: Logger, opts: { auditStream?: NodeJS.WritableStream } = {}) {
-    this.runtime = new Runtime(config, logger, { ...opts, sample: () => this.sample() });
+  /** False in a worker process: the primary serves the metrics listener for all workers. */
+  private readonly metricsListener: boolean;
+
+  constructor(config: Config, logger: Logger, opts: { auditStream?: NodeJS.WritableStream; metricsListener?: boolean } = {}) {
+    this.runtime = new Runtime(config, logger, { auditStream: opts.auditStream, sample: () => this.sample() });
+    this.metricsListener = opts.metricsListener ?? true;
   }
 
   /** Client and server connections by state, for the gauges read at scrape time. */
@@ -56,8 +60,8 @@ export class ProxyServer {
       server.on('error', (err) => this.runtime.logger.error({ err }, 'listener error'));
       this.servers.push(server);
     }
-    if (this.runtime.config.metrics) {
-      this.metricsServer = await startMetricsServer(this.runtime.config.metrics, this.runtime.metrics, () => this.runtime.pools.anyUpstreamUp());
+    if (this.runtime.config.metrics && this.metricsListener) {
+      this.metricsServer = await startMetricsServer(this.runtime.config.metrics, this.runtime.metrics.registry, () => this.runtime.pools.anyUpstreamUp());
     }
     const addrs = this.addresses();
     this.runtime.logger.info({ listen: addrs.map((a) => `${a.address}:${a.port}`) }, 'pgbastion listening');

@@ -28,6 +28,11 @@ export interface Cancellable {
 
 export class CancelRegistry {
   private readonly sessions = new Map<bigint, Cancellable>();
+  /**
+   * Where a cancel for a key this process does not know is passed on (workers: N, where a
+   * CancelRequest may land on another worker than its session). Null: it is ignored.
+   */
+  elsewhere: ((processId: number, secretKey: number) => void) | null = null;
 
   /** Issues a fresh random key for a session. */
   issue(session: Cancellable): { processId: number; secretKey: number } {
@@ -44,10 +49,16 @@ export class CancelRegistry {
     this.sessions.delete(keyOf(processId, secretKey));
   }
 
-  /** Forwards a cancel for a known key; unknown keys are ignored, as PostgreSQL does. */
-  cancel(processId: number, secretKey: number): boolean {
+  /**
+   * Forwards a cancel for a known key; unknown keys go `elsewhere` (unless this cancel
+   * already came from there), or are ignored as PostgreSQL does.
+   */
+  cancel(processId: number, secretKey: number, passOn = true): boolean {
     const session = this.sessions.get(keyOf(processId, secretKey));
-    if (!session) return false;
+    if (!session) {
+      if (passOn) this.elsewhere?.(processId, secretKey);
+      return false;
+    }
     const target = session.cancelTarget();
     if (!target) return session.cancelWaiting();
     const delivered = dial(target.endpoint, target.transport, null, CANCEL_TIMEOUT_MS).then(

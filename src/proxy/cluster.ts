@@ -1,0 +1,134 @@
+// `workers: N` (N > 1): a primary process forks N workers (Node cluster) that share the
+// client listeners, each with its own pools, lockout counters and audit stream. The
+// primary accepts nothing itself; it serves /metrics (every worker's registry, aggregated),
+// /healthz and /readyz, forwards SIGHUP/SIGTERM, restarts a worker that dies, and relays
+// CancelRequests that landed on a worker other than their session's.
+
+import cluster, { type Worker } from 'node:cluster';
+import client from 'prom-client';
+import type { Logger } from 'pino';
+import type { Config } from '../config/types.js';
+import { startMetricsServer } from '../metrics/http.js';
+import type { ProxyServer } from './server.js';
+
+const RESTART_DELAY_MS = 1000;
+const READY_TIMEOUT_MS = 2000;
+/** How long SIGTERM waits for workers to finish before they are killed. */
+const STOP_TIMEOUT_MS = 30_000;
+
+type Message =
+  | { type: 'pgbastion:cancel'; processId: number; secretKey: number }
+  | { type: 'pgbastion:ready?'; id: number }
+  | { type: 'pgbastion:ready'; id: number; ok: boolean };
+
+const isMessage = (m: unknown): m is Message => typeof m === 'object' && m !== null && String((m as { type?: unknown }).type).startsWith('pgbastion:');
+
+/** Runs the primary: forks the workers and stays up until SIGTERM/SIGINT. */
+export async function runPrimary(config: Config, logger: Logger): Promise<void> {
+  const log = logger.child({ role: 'primary' });
+  let stopping = false;
+  const aggregator = new client.AggregatorRegistry();
+  let readyId = 0;
+  const readyWaits = new Map<number, (ok: boolean) => void>();
+
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    worker.on('message', (m: unknown) => {
+      if (!isMessage(m)) return;
+      if (m.type === 'pgbastion:cancel') {
+        // The session is on some other worker: each checks its own keys.
+        for (const other of Object.values(cluster.workers ?? {})) if (other && other !== worker && other.isConnected()) other.send(m);
+      } else if (m.type === 'pgbastion:ready') readyWaits.get(m.id)?.(m.ok);
+    });
+    return worker;
+  };
+
+  let started = false;
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) return;
+    if (!started) {
+      // It could not start (a port in use, say); the others would fail the same way.
+      log.fatal({ worker: worker.id, code, signal }, 'a worker failed to start; stopping');
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+      log.flush();
+      process.exit(2);
+    }
+    log.error({ worker: worker.id, code, signal }, 'worker died; starting another');
+    setTimeout(() => {
+      if (!stopping) fork();
+    }, RESTART_DELAY_MS);
+  });
+
+  // Ready when every worker answers and one of them has a usable upstream.
+  const ready = async (): Promise<boolean> => {
+    const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && w.isConnected());
+    if (workers.length < config.workers) return false;
+    const answers = workers.map(
+      (w) =>
+        new Promise<boolean>((resolve) => {
+          const id = ++readyId;
+          const timer = setTimeout(() => finish(false), READY_TIMEOUT_MS);
+          const finish = (ok: boolean): void => {
+            clearTimeout(timer);
+            readyWaits.delete(id);
+            resolve(ok);
+          };
+          readyWaits.set(id, finish);
+          w.send({ type: 'pgbastion:ready?', id } satisfies Message);
+        }),
+    );
+    return (await Promise.all(answers)).some(Boolean);
+  };
+
+  const listening = new Promise<void>((resolve) => {
+    let n = 0;
+    cluster.on('listening', () => {
+      if (++n === config.workers * config.listen.length) resolve();
+    });
+  });
+  for (let i = 0; i < config.workers; i++) fork();
+  const metricsServer = config.metrics ? await startMetricsServer(config.metrics, { metrics: () => aggregator.clusterMetrics(), contentType: aggregator.contentType }, ready) : null;
+  await listening;
+  started = true;
+  log.info({ workers: config.workers, listen: config.listen.map((l) => `${l.host}:${l.port}`) }, 'pgbastion listening');
+
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down the workers');
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
+    const killer = setTimeout(() => {
+      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
+    }, STOP_TIMEOUT_MS);
+    const check = setInterval(() => {
+      if (Object.keys(cluster.workers ?? {}).length > 0) return;
+      clearInterval(check);
+      clearTimeout(killer);
+      metricsServer?.close();
+      log.flush();
+      process.exit(0);
+    }, 50);
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGHUP', () => {
+    // Each worker reloads the file itself (and reopens its audit file).
+    log.info('SIGHUP: passing it to the workers');
+    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+  });
+}
+
+/** In a worker: report metrics to the primary, answer readiness, pass unknown cancels on. */
+export function joinCluster(server: ProxyServer): void {
+  const rt = server.runtime;
+  new client.AggregatorRegistry(); // installs prom-client's worker side of the metrics request
+  client.AggregatorRegistry.setRegistries([rt.metrics.registry]);
+  rt.cancels.elsewhere = (processId, secretKey) => process.send?.({ type: 'pgbastion:cancel', processId, secretKey } satisfies Message);
+  process.on('message', (m: unknown) => {
+    if (!isMessage(m)) return;
+    if (m.type === 'pgbastion:cancel') rt.cancels.cancel(m.processId, m.secretKey, false);
+    else if (m.type === 'pgbastion:ready?') {
+      void rt.pools.anyUpstreamUp().then((ok) => process.send?.({ type: 'pgbastion:ready', id: m.id, ok } satisfies Message));
+    }
+  });
+}
