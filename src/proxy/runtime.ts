@@ -133,6 +133,7 @@ export class Runtime {
     const needsRestart: string[] = [];
     if (JSON.stringify(prev.listen) !== JSON.stringify(config.listen)) needsRestart.push('listen');
     if (JSON.stringify(prev.metrics) !== JSON.stringify(config.metrics)) needsRestart.push('metrics');
+    if (prev.workers !== config.workers) needsRestart.push('workers');
     this.gen = next;
     this.generation++;
     this.lockout.setPolicy(config.limits.auth_failures);
