@@ -93,7 +93,10 @@ t.test('both workers serve; every pin holds on every transaction', async (t) => 
     }),
   );
   t.same(wrong, []);
-  const workers = new Set(logLines().filter((l) => l.msg === 'session started').map((l) => l.worker));
+  const workersSeen = () => new Set(logLines().filter((l) => l.msg === 'session started').map((l) => l.worker));
+  // The workers' logs come through a pipe: give the last lines a moment to arrive.
+  for (let i = 0; i < 60 && workersSeen().size < 2; i++) await sleep(50);
+  const workers = workersSeen();
   t.same([...workers].sort(), [1, 2], 'sessions on both workers');
 });
 
