@@ -1,0 +1,284 @@
+// The benchmark scenarios S1-S7. Each measures its targets in turn (direct, PgBouncer,
+// pgbastion), `rounds` times, after a warm-up of every target instance not used before.
+
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { openIdleClients } from './idle-clients.js';
+import type { Options, ScenarioId } from './options.js';
+import { describe, latencyPercentiles, measure, pgbenchJob, selectOnly, THREADS, type Measured, type Workload } from './pgbench.js';
+import { openFilesLimit, rssKiB } from './proc.js';
+import { DATABASE, PROXY_PASSWORD, PROXY_USER, SERVER_ROLE, type BastionUser, type Lab, type Target } from './targets.js';
+
+/** One measured pgbench run (or set of concurrent pgbench processes) against one target. */
+export interface Sample extends Measured {
+  scenario: ScenarioId;
+  /** The variant within the scenario (S3: extended or prepared). */
+  case: string;
+  target: string;
+  round: number;
+  /** S5: idle TLS clients held open during this run, and the proxy's RSS before and after opening them. */
+  idleClients?: number;
+  idleOpenSeconds?: number;
+  rssBeforeKiB?: number;
+  rssAfterKiB?: number;
+  rssPerIdleKiB?: number;
+  /** S5: TPS of the same load on the same target just before the idle clients were opened. */
+  noIdleTps?: number | null;
+  /** S6: the fixed rate (pgbench -R) and the latency percentiles from the per-transaction log. */
+  rate?: number;
+  p50Ms?: number | null;
+  p99Ms?: number | null;
+}
+
+type RunFigures = Omit<Sample, 'scenario' | 'case' | 'target' | 'round'>;
+
+export interface Context {
+  opts: Options;
+  lab: Lab;
+  samples: Sample[];
+  /** Target keys already warmed up. */
+  warmed: Set<string>;
+  /** Scratch directory (pgbench scripts and logs), removed by the cleanup. */
+  dir: string;
+}
+
+export interface Scenario {
+  id: ScenarioId;
+  title: string;
+  /** What exactly is run and compared, for RESULTS.md. */
+  method(opts: Options): string;
+  run(ctx: Context): Promise<void>;
+}
+
+/** S7's two pgbastion configurations. */
+export const PINS_OFF = 'pgbastion pins off';
+export const PINS_ON = 'pgbastion pins on';
+
+const S4_CLIENTS = 16;
+const PINNED_VARIABLE = 'app.tenant_id';
+
+/** The S5 and S6 figures of a run, as text ('' for other scenarios). */
+export function runNotes(s: RunFigures): string {
+  const parts: string[] = [];
+  if (s.idleClients !== undefined) {
+    parts.push(
+      `${s.idleClients} idle clients opened in ${s.idleOpenSeconds!.toFixed(1)} s, RSS ${s.rssBeforeKiB} → ${s.rssAfterKiB} KiB ` +
+        `= ${s.rssPerIdleKiB!.toFixed(1)} KiB each; without them ${s.noIdleTps?.toFixed(0) ?? '—'} tps`,
+    );
+  }
+  if (s.rate !== undefined) parts.push(`p50 ${s.p50Ms?.toFixed(3) ?? '—'} ms, p99 ${s.p99Ms?.toFixed(3) ?? '—'} ms`);
+  return parts.join('; ');
+}
+
+async function warmUp(ctx: Context, targets: Target[], workload: Workload): Promise<void> {
+  for (const t of targets) {
+    if (ctx.warmed.has(t.key)) continue;
+    process.stdout.write(`warm-up ${t.key} ... `);
+    console.log(describe(await measure(t, workload(t, ctx.opts.warmup))));
+    ctx.warmed.add(t.key);
+  }
+}
+
+/**
+ * Warms up the targets not used yet, then runs `once` on each target in turn, `rounds` times,
+ * recording a sample per run. `once` defaults to one run of `workload`.
+ */
+async function inRounds(
+  ctx: Context,
+  id: ScenarioId,
+  kase: string,
+  targets: Target[],
+  workload: Workload,
+  once: (t: Target, round: number) => Promise<RunFigures> = (t) => measure(t, workload(t, ctx.opts.duration)),
+): Promise<void> {
+  await warmUp(ctx, targets, workload);
+  const { rounds } = ctx.opts;
+  for (let round = 1; round <= rounds; round++) {
+    for (const t of targets) {
+      process.stdout.write(`${id} ${kase} round ${round}/${rounds} ${t.name} ... `);
+      const figures = await once(t, round);
+      ctx.samples.push({ scenario: id, case: kase, target: t.name, round, ...figures });
+      console.log([describe(figures), runNotes(figures)].filter((x) => x !== '').join('; '));
+    }
+  }
+}
+
+async function plainTargets(lab: Lab): Promise<Target[]> {
+  return [lab.direct(false), await lab.pgbouncer(false), await lab.pgbastion(false)];
+}
+
+async function tlsTargets(lab: Lab): Promise<Target[]> {
+  return [lab.direct(true), await lab.pgbouncer(true), await lab.pgbastion(true)];
+}
+
+const pgbenchS = (o: Options, extra = '') => `pgbench -S${extra} -n -c ${o.clients} -j ${THREADS} -T ${o.duration}`;
+
+const S1: Scenario = {
+  id: 'S1',
+  title: 'select-only, plaintext',
+  method: (o) => `\`${pgbenchS(o)}\`, PGSSLMODE=disable.`,
+  run: async (ctx) => inRounds(ctx, 'S1', 'select-only', await plainTargets(ctx.lab), selectOnly(ctx.opts.clients)),
+};
+
+const S2: Scenario = {
+  id: 'S2',
+  title: 'select-only, client TLS',
+  method: (o) =>
+    `\`${pgbenchS(o)}\` with PGSSLMODE=require against a second PgBouncer (client_tls_sslmode = require) and a second ` +
+    'pgbastion (tls + hostssl rule); direct PostgreSQL with ssl=on. Self-signed RSA-2048 certificate; no TLS towards the server.',
+  run: async (ctx) => inRounds(ctx, 'S2', 'TLS', await tlsTargets(ctx.lab), selectOnly(ctx.opts.clients)),
+};
+
+const S3: Scenario = {
+  id: 'S3',
+  title: 'extended and prepared protocol',
+  method: (o) =>
+    `\`${pgbenchS(o, ' -M extended')}\` (unnamed statements: Parse/Bind/Execute every time) and \`-M prepared\` ` +
+    '(each client prepares once, then Bind/Execute); plaintext. In transaction pooling a proxy must make a client\'s ' +
+    'prepared statements exist on whichever server connection it gets: pgbastion does; PgBouncer before 1.21 ' +
+    '(max_prepared_statements) does not.',
+  run: async (ctx) => {
+    const targets = await plainTargets(ctx.lab);
+    for (const mode of ['extended', 'prepared']) await inRounds(ctx, 'S3', mode, targets, selectOnly(ctx.opts.clients, ['-M', mode]));
+  },
+};
+
+const S4: Scenario = {
+  id: 'S4',
+  title: 'connection churn, TLS + SCRAM',
+  method: (o) =>
+    `\`pgbench -C -S -n -c ${S4_CLIENTS} -j ${THREADS} -T ${o.duration}\`, PGSSLMODE=require: a new connection (TCP, TLS ` +
+    'handshake, SCRAM-SHA-256 login) for every transaction, so TPS = connections/s. pgbastion writes an audit line per ' +
+    'session start and end (its default); PgBouncer logs no connections.',
+  run: async (ctx) => inRounds(ctx, 'S4', 'connect per tx', await tlsTargets(ctx.lab), selectOnly(S4_CLIENTS, ['-C'])),
+};
+
+const S5: Scenario = {
+  id: 'S5',
+  title: 'idle TLS clients + load',
+  method: (o) =>
+    `Per round and proxy: S2's load (\`${pgbenchS(o)}\` over TLS) without idle clients; RSS of the proxy process ` +
+    `(/proc/<pid>/status VmRSS); ${o.idleClients} TLS clients log in (SCRAM) and stay idle; RSS again 1 s later; the same load ` +
+    'again while they are held; then they disconnect. TPS is the run under idle clients, "KiB/idle" the RSS growth divided ' +
+    'by their number, and "vs no idle" the TPS ratio of the two runs of the round (median over rounds). Direct PostgreSQL ' +
+    `cannot hold ${o.idleClients} connections (max_connections = 200, a process each): it only runs the load, for reference.`,
+  run: async (ctx) => {
+    const load = selectOnly(ctx.opts.clients);
+    await inRounds(ctx, 'S5', `${ctx.opts.idleClients} idle`, await tlsTargets(ctx.lab), load, (t) => underIdleClients(ctx, t, load));
+  },
+};
+
+/** S5 on one target: the load without, then with, idle TLS clients held open. */
+async function underIdleClients(ctx: Context, t: Target, load: Workload): Promise<RunFigures> {
+  const run = () => measure(t, load(t, ctx.opts.duration));
+  if (t.pid === undefined) return run();
+  const count = ctx.opts.idleClients;
+  const fdLimit = openFilesLimit(t.pid);
+  if (fdLimit < count + 1000) throw new Error(`${t.key} may open only ${fdLimit} files, too few for ${count} idle clients (raise ulimit -Hn)`);
+  const noIdle = await run();
+  const rssBeforeKiB = rssKiB(t.pid);
+  const started = performance.now();
+  const idle = await openIdleClients({ port: t.port, user: PROXY_USER, password: PROXY_PASSWORD, database: DATABASE, count });
+  try {
+    const idleOpenSeconds = (performance.now() - started) / 1000;
+    await new Promise((r) => setTimeout(r, 1000)); // let the proxy finish the logins' leftovers (GC, buffers)
+    const rssAfterKiB = rssKiB(t.pid);
+    const loaded = await run();
+    return {
+      ...loaded,
+      idleClients: idle.count,
+      idleOpenSeconds,
+      rssBeforeKiB,
+      rssAfterKiB,
+      rssPerIdleKiB: (rssAfterKiB - rssBeforeKiB) / idle.count,
+      noIdleTps: noIdle.tps,
+    };
+  } finally {
+    await idle.close();
+  }
+}
+
+const S6: Scenario = {
+  id: 'S6',
+  title: 'latency at a fixed rate',
+  method: (o) =>
+    `\`${pgbenchS(o, ' -R <rate>')} -l\`, plaintext, the rate being half of S1's direct median TPS (measured first when S1 is ` +
+    'not run). p50/p99 come from the per-transaction log (latency from the scheduled start, so queueing counts); ' +
+    '"added" is the difference to direct PostgreSQL\'s median.',
+  run: async (ctx) => {
+    const targets = await plainTargets(ctx.lab);
+    const rate = Math.round((await directS1Tps(ctx, targets[0]!)) / 2);
+    const once = async (t: Target, round: number): Promise<RunFigures> => {
+      const prefix = path.join(ctx.dir, `s6-${round}-${t.key}`);
+      const m = await measure(t, selectOnly(ctx.opts.clients, ['-R', String(rate), '-l', `--log-prefix=${prefix}`])(t, ctx.opts.duration));
+      const { p50Ms, p99Ms } = latencyPercentiles(prefix);
+      return { ...m, rate, p50Ms, p99Ms };
+    };
+    await inRounds(ctx, 'S6', `rate ${rate}/s`, targets, selectOnly(ctx.opts.clients), once);
+  },
+};
+
+/** Median S1 TPS of direct PostgreSQL from this run, or one S1 run now when S1 was not run. */
+async function directS1Tps(ctx: Context, direct: Target): Promise<number> {
+  const s1 = ctx.samples.filter((s) => s.scenario === 'S1' && s.target === 'direct' && s.tps !== null).map((s) => s.tps!);
+  if (s1.length > 0) return s1.sort((a, b) => a - b)[s1.length >> 1]!;
+  await warmUp(ctx, [direct], selectOnly(ctx.opts.clients));
+  process.stdout.write('S6 rate: S1 on direct ... ');
+  const m = await measure(direct, selectOnly(ctx.opts.clients)(direct, ctx.opts.duration));
+  console.log(describe(m));
+  if (m.tps === null) throw new Error(`S6: no S1 figure for direct PostgreSQL to derive the rate from (${m.error ?? 'no result'})`);
+  return m.tps;
+}
+
+const S7: Scenario = {
+  id: 'S7',
+  title: 'cost of pinning',
+  method: (o) =>
+    `pgbastion only, two instances alike but for pins. ${o.clients} pgbench processes (\`-c 1 -j 1 -T ${o.duration}\`), each ` +
+    `logged in as its own user tenant_<k>, run a custom script: \`SELECT abalance FROM tenant_accounts WHERE aid = ... \\gset\` ` +
+    'on an aid of tenant k (simple protocol; \\gset fails the client unless it sees exactly that row). tenant_accounts is ' +
+    `pgbench_accounts with tenant = aid % ${o.clients} and row-level security ` +
+    `\`USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant))\`, so both ` +
+    `configurations read the same row. "pins on": every user has pins { ${PINNED_VARIABLE}: <k> } and pinning.variables lists it, so a lease of a ` +
+    'server connection last used by another tenant first runs a hidden BEGIN; set_config(...); COMMIT, and the classifier ' +
+    'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
+    'always does). TPS are the sums over the processes; the figure is pins on / pins off.',
+  run: async (ctx) => {
+    const tenants = ctx.opts.clients;
+    const script = await prepareTenants(ctx, tenants);
+    const users = (pinned: boolean): BastionUser[] =>
+      Array.from({ length: tenants }, (_, k) => ({ name: `tenant_${k}`, ...(pinned ? { pins: { [PINNED_VARIABLE]: String(k) } } : {}) }));
+    const off = await ctx.lab.pgbastionWith({ name: PINS_OFF, key: 'pgbastion-pins-off', tls: false, users: users(false), pinning: [] });
+    const on = await ctx.lab.pgbastionWith({ name: PINS_ON, key: 'pgbastion-pins-on', tls: false, users: users(true), pinning: [PINNED_VARIABLE] });
+    const workload: Workload = (t, seconds) =>
+      Array.from({ length: tenants }, (_, k) => pgbenchJob(t, seconds, ['-c', '1', '-j', '1', '-f', script, '-D', `tenant=${k}`], `tenant_${k}`));
+    await inRounds(ctx, 'S7', `${tenants} tenants`, [off, on], workload);
+  },
+};
+
+/** Creates tenant_accounts with RLS and returns the pgbench script reading one row of tenant :tenant. */
+async function prepareTenants(ctx: Context, tenants: number): Promise<string> {
+  const rows = 100_000 * ctx.opts.scale;
+  await ctx.lab.pgs.query(
+    `CREATE TABLE tenant_accounts (tenant int NOT NULL, aid int PRIMARY KEY, abalance int NOT NULL);
+     INSERT INTO tenant_accounts SELECT aid % ${tenants}, aid, abalance FROM pgbench_accounts;
+     ALTER TABLE tenant_accounts ENABLE ROW LEVEL SECURITY;
+     CREATE POLICY by_tenant ON tenant_accounts
+       USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant));
+     GRANT SELECT ON tenant_accounts TO ${SERVER_ROLE};
+     ANALYZE tenant_accounts;`,
+    [],
+    DATABASE,
+  );
+  // aid = j * tenants + k with j >= 1 has aid % tenants = k and stays within 1..rows.
+  const script = path.join(ctx.dir, 'tenant-select.sql');
+  writeFileSync(
+    script,
+    `\\set aid random(1, ${Math.floor(rows / tenants) - 1}) * ${tenants} + :tenant\n` +
+      // \gset fails the client unless exactly one row comes back: the pin (or its absence) must show the tenant's row.
+      'SELECT abalance FROM tenant_accounts WHERE aid = :aid \\gset\n',
+  );
+  return script;
+}
+
+export const SCENARIOS: readonly Scenario[] = [S1, S2, S3, S4, S5, S6, S7];
