@@ -1,5 +1,6 @@
-// One Pool per (database, server role), created on first use, with the upstream
-// connect function that tries each configured endpoint in order of preference.
+// One Pool per (database, server role), created on first use, with the upstream connect
+// function that tries the configured endpoints in order of preference, skipping those the
+// health checks (upstream/health.ts, run from here) found unusable.
 
 import net from 'node:net';
 import type { Logger } from 'pino';
