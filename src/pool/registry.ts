@@ -19,6 +19,8 @@ export class PoolRegistry {
   /** The endpoint the last server connection was opened on: a change is a failover. */
   private active: string | null = null;
   readonly health: HealthChecker;
+  /** Endpoints whose health check login was refused (already logged). */
+  private readonly probeLoginRefused = new Set<string>();
   /** host:port of the configured upstreams. */
   private configured: ReadonlySet<string>;
 
@@ -173,11 +175,16 @@ export class PoolRegistry {
     } catch (err) {
       // A server that answers with a login refusal is alive; the problem is the probe's credentials.
       if (err instanceof UpstreamError && err.failure === 'login' && err.fields?.C !== undefined) {
-        this.logger.warn({ upstream: endpointKey(endpoint), err: err.message }, 'health check cannot log in; checking reachability only');
+        const where = endpointKey(endpoint);
+        if (!this.probeLoginRefused.has(where)) {
+          this.probeLoginRefused.add(where); // said once, not every interval
+          this.logger.warn({ upstream: where, err: err.message }, 'health check cannot log in; checking reachability only');
+        }
         return 'primary';
       }
       throw err;
     }
+    this.probeLoginRefused.delete(endpointKey(endpoint));
     try {
       const timer = setTimeout(() => conn.close(), timeoutMs);
       const recovering = await conn.inRecovery().finally(() => clearTimeout(timer));
