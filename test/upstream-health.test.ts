@@ -205,6 +205,24 @@ t.test('reload to another upstream: the next transaction goes there, the old one
   t.equal(health.health({ host: '127.0.0.1', port: primary.port }), 'unknown', 'the old upstream is forgotten');
 });
 
+t.test('a probe whose login is refused: the server answered, so it counts as up; said once', async (t) => {
+  const proxy = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: {
+      upstreams: [{ host: '127.0.0.1', port: primary.port }],
+      server_roles: [
+        { name: 'app_rw', password: 'server-role-pw' },
+        { name: 'nobody', password: 'wrong' },
+      ],
+      upstream: { health_check: { interval_ms: 50, server_role: 'nobody' } },
+    },
+  });
+  await sleep(400);
+  t.equal(proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: primary.port }), 'primary');
+  t.equal(proxy.log.lines.filter((l) => l.msg === 'health check cannot log in; checking reachability only').length, 1, 'one warning, not one per probe');
+  t.equal((await timedQuery(proxy.port, 'SELECT 1')).value, 1);
+});
+
 declare namespace Tap {
   type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 }
