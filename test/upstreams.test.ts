@@ -1,11 +1,12 @@
 // Upstream selection: upstreams in order of preference, and upstream.require_primary never
 // hands out a connection to a server in recovery (a real hot standby made with
-// pg_basebackup -R), whatever order the endpoints come in.
+// pg_basebackup -R), whatever order the endpoints come in, directly or behind HAProxy.
 
 import t from 'tap';
 import pg from 'pg';
 import { freePort, startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
+import { startHaproxy } from './helpers/haproxy.js';
 
 const primary = await startPostgres({ settings: { full_page_writes: 'on' } });
 t.teardown(() => primary.stop());
@@ -78,4 +79,36 @@ t.test('an unreachable first upstream is skipped; none reachable is FATAL 08006 
   const r = await inRecovery(none.port);
   t.equal(r.code, '08006');
   t.ok(r.ms < 3000, `answered in ${r.ms} ms`);
+});
+
+t.test('behind HAProxy routing to the standby (a misrouted failover): require_primary refuses it', async (t) => {
+  const haproxy = await startHaproxy(
+    t,
+    `defaults
+  mode tcp
+  timeout connect 1s
+  timeout client 60s
+  timeout server 60s
+listen postgres
+  bind 127.0.0.1:{PORT}
+  server standby 127.0.0.1:${standby.port}
+`,
+  );
+  const viaHaproxy = { host: '127.0.0.1', port: haproxy.port };
+  const refusing = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [viaHaproxy], upstream: { require_primary: true, health_check: { interval_ms: 100 } } },
+  });
+  const r = await inRecovery(refusing.port);
+  t.equal(r.code, '08006', 'no client is handed a standby');
+  t.ok(r.ms < 3000, `answered in ${r.ms} ms`);
+  for (let i = 0; i < 40 && refusing.server.runtime.pools.health.health(viaHaproxy) !== 'standby'; i++) await new Promise((r) => setTimeout(r, 50));
+  t.equal(refusing.server.runtime.pools.health.health(viaHaproxy), 'standby', 'the health check sees a server in recovery behind HAProxy');
+  t.equal(await refusing.server.runtime.pools.anyUpstreamUp(), false, 'not ready');
+  // The same HAProxy, require_primary off: served by the standby.
+  const serving = await startProxy(t, primary, {
+    users: [{ name: 'alice', password: 'alice-pw' }],
+    extra: { upstreams: [viaHaproxy], upstream: { require_primary: false } },
+  });
+  t.equal((await inRecovery(serving.port)).recovery, true);
 });
