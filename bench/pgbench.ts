@@ -4,7 +4,7 @@
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { pgBin } from '../test/helpers/postgres.js';
-import { checkInterrupted, cpuSeconds, run, type RunResult } from './proc.js';
+import { checkInterrupted, cpuSecondsOf, run, type RunResult } from './proc.js';
 import { DATABASE, SERVER_PASSWORD, type Target } from './targets.js';
 
 /** pgbench worker threads per process (the machine this was written for has 2 cores). */
@@ -46,7 +46,7 @@ export interface Measured {
   latencyMs: number | null;
   /** A pgbench exited non-zero; any figures cover the clients that kept running. */
   aborted: boolean;
-  /** utime + stime of the proxy process over the run. */
+  /** utime + stime of the proxy process over the run (summed over Target.cpuPids, e.g. a primary and its workers). */
   proxyCpuSeconds: number | null;
   /** The stime part of proxyCpuSeconds (kernel: mostly loopback TCP). */
   proxyCpuSystemSeconds: number | null;
@@ -82,14 +82,16 @@ function firstError(r: RunResult): string {
   return `pgbench exit ${r.status}: ${line.trim()}`;
 }
 
-/** Runs `jobs` at once against `target`; the proxy's CPU time is read around them. */
+/** Runs `jobs` at once against `target`; the proxy's CPU time (all its processes') is read around them. */
 export async function measure(target: Target, jobs: Job[]): Promise<Measured> {
   checkInterrupted();
-  const cpuBefore = target.pid !== undefined ? cpuSeconds(target.pid) : null;
+  target.check();
+  const pids = target.cpuPids ?? (target.pid !== undefined ? [target.pid] : []);
+  const cpuBefore = pids.length > 0 ? cpuSecondsOf(pids) : null;
   const results = await Promise.all(jobs.map((j) => run(pgBin('pgbench'), j.args, j.env)));
   checkInterrupted();
-  const cpuAfter = target.pid !== undefined ? cpuSeconds(target.pid) : null;
-  target.check(); // a dead proxy ends the benchmark; a failed pgbench run is recorded and reported
+  target.check(); // a dead proxy (or worker) ends the benchmark; a failed pgbench run is recorded and reported
+  const cpuAfter = pids.length > 0 ? cpuSecondsOf(pids) : null;
 
   const parsed: Parsed[] = [];
   for (const r of results) {

@@ -1,7 +1,7 @@
 // Child processes, cleanup and /proc readers for the benchmark harness.
 
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -211,12 +211,56 @@ const CLK_TCK = await (async () => {
   return Number.isInteger(n) && n > 0 ? n : 100;
 })();
 
+/** /proc/<pid>/stat from field 3 (state) on, index 0; null when the process is gone. */
+function statFields(pid: number): string[] | null {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // Field 2 (comm) may contain spaces and parentheses: count from the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 /** User and system CPU seconds a process has used so far (/proc/<pid>/stat fields 14 and 15). */
 export function cpuSeconds(pid: number): { user: number; system: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // Field 2 (comm) may contain spaces and parentheses: count from the last ')'. Field 3 is index 0.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = statFields(pid);
+  if (!fields) throw new Error(`process ${pid} is gone: no /proc/${pid}/stat`);
   return { user: Number(fields[14 - 3]) / CLK_TCK, system: Number(fields[15 - 3]) / CLK_TCK };
+}
+
+/** cpuSeconds summed over `pids` (a pgbastion primary and its workers). */
+export function cpuSecondsOf(pids: readonly number[]): { user: number; system: number } {
+  const sum = { user: 0, system: 0 };
+  for (const pid of pids) {
+    const c = cpuSeconds(pid);
+    sum.user += c.user;
+    sum.system += c.system;
+  }
+  return sum;
+}
+
+/** The live (not zombie) processes whose parent is `ppid` (/proc/<pid>/stat field 4), ascending. */
+export function childPids(ppid: number): number[] {
+  const pids: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const fields = statFields(Number(name));
+    if (fields && fields[0] !== 'Z' && Number(fields[4 - 3]) === ppid) pids.push(Number(name));
+  }
+  return pids.sort((a, b) => a - b);
+}
+
+/** Whether `pid` is alive (not a zombie) and its command line contains `marker`. */
+export function runsWith(pid: number, marker: string): boolean {
+  const fields = statFields(pid);
+  if (!fields || fields[0] === 'Z') return false;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(marker);
+  } catch {
+    return false;
+  }
 }
 
 /** Resident set size in KiB (/proc/<pid>/status VmRSS). */

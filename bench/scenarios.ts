@@ -1,5 +1,6 @@
 // The benchmark scenarios S1-S7. Each measures its targets in turn (direct, PgBouncer,
-// pgbastion), `rounds` times, after a warm-up of every target instance not used before.
+// pgbastion; S1 also pgbastion with workers), `rounds` times, after a warm-up of every target
+// instance not used before.
 
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -7,7 +8,7 @@ import { openIdleClients } from './idle-clients.js';
 import type { Options, ScenarioId } from './options.js';
 import { describe, latencyPercentiles, measure, pgbenchJob, selectOnly, THREADS, type Measured, type Workload } from './pgbench.js';
 import { openFilesLimit, rssKiB } from './proc.js';
-import { DATABASE, PROXY_PASSWORD, PROXY_USER, SERVER_ROLE, type BastionUser, type Lab, type Target } from './targets.js';
+import { DATABASE, POOL_SIZE, PROXY_PASSWORD, PROXY_USER, SERVER_ROLE, type BastionUser, type Lab, type Target } from './targets.js';
 
 /** One measured pgbench run (or set of concurrent pgbench processes) against one target. */
 export interface Sample extends Measured {
@@ -49,6 +50,10 @@ export interface Scenario {
   method(opts: Options): string;
   run(ctx: Context): Promise<void>;
 }
+
+/** S1's extra row: pgbastion with `workers: 2`, pool.size halved (no target applies to it). */
+export const S1_WORKERS = 2;
+export const S1_WORKERS_TARGET = `pgbastion workers=${S1_WORKERS}`;
 
 /** S7's two pgbastion configurations. */
 export const PINS_OFF = 'pgbastion pins off';
@@ -116,8 +121,16 @@ const pgbenchS = (o: Options, extra = '') => `pgbench -S${extra} -n -c ${o.clien
 const S1: Scenario = {
   id: 'S1',
   title: 'select-only, plaintext',
-  method: (o) => `\`${pgbenchS(o)}\`, PGSSLMODE=disable.`,
-  run: async (ctx) => inRounds(ctx, 'S1', 'select-only', await plainTargets(ctx.lab), selectOnly(ctx.opts.clients)),
+  method: (o) =>
+    `\`${pgbenchS(o)}\`, PGSSLMODE=disable. Extra row "${S1_WORKERS_TARGET}" (no target applies to it): a second ` +
+    `pgbastion configured like the first but with \`workers: ${S1_WORKERS}\` and pool.size ${POOL_SIZE / S1_WORKERS} per ` +
+    `worker, so the upstream sees the same ${POOL_SIZE} server connections as from PgBouncer, and log_level info (its ` +
+    'readiness is the primary\'s "pgbastion listening" line; info adds only a line per session start and end). Its proxy ' +
+    'CPU is summed over the primary (which accepts the connections and hands them to the workers) and both workers.',
+  run: async (ctx) => {
+    const targets = [...(await plainTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS)];
+    await inRounds(ctx, 'S1', 'select-only', targets, selectOnly(ctx.opts.clients));
+  },
 };
 
 const S2: Scenario = {

@@ -1,7 +1,7 @@
 // What pgbench talks to: direct PostgreSQL, PgBouncer and pgbastion, each started on first use
 // (plaintext or client TLS) on 127.0.0.1 and stopped by the harness cleanup.
 
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,11 +9,13 @@ import YAML from 'yaml';
 import { freePort, pgBin, startPostgres, type PgServer } from '../test/helpers/postgres.js';
 import {
   asRoot,
+  childPids,
   exitReason,
   giveToPostgres,
   onCleanup,
   quitPostmaster,
   runOk,
+  runsWith,
   stopChild,
   tailOf,
   tempDir,
@@ -52,6 +54,12 @@ export interface Target {
   tls: boolean;
   /** The process whose CPU time and memory are the proxy's cost; undefined for direct PostgreSQL. */
   pid?: number;
+  /**
+   * The processes whose CPU time is summed as the proxy's cost when there is more than `pid`:
+   * a pgbastion with `workers: N` is its primary (which accepts the connections and hands them
+   * on) and its N workers. Default: [pid].
+   */
+  cpuPids?: readonly number[];
   /** Throws when the target died during the run. */
   check(): void;
 }
@@ -113,6 +121,8 @@ interface BastionOptions {
   tls: Certs | null;
   users: BastionUser[];
   pinning: string[];
+  /** `workers:` (default 1); pool.size is POOL_SIZE / workers, so the upstream sees POOL_SIZE in all. */
+  workers?: number;
 }
 
 /**
@@ -148,8 +158,17 @@ export class Lab {
     return this.pgbastionWith({ name: 'pgbastion', key: `pgbastion${tls ? '-tls' : ''}`, tls, users: [{ name: PROXY_USER }], pinning: [] });
   }
 
+  /**
+   * The plaintext pgbastion with `workers: N` and pool.size POOL_SIZE / N per worker (so the
+   * upstream sees the same POOL_SIZE server connections as from PgBouncer), otherwise configured
+   * like pgbastion(false) but for log_level info: see startPgbastion.
+   */
+  pgbastionWorkers(name: string, workers: number): Promise<Target> {
+    return this.pgbastionWith({ name, key: `pgbastion-workers${workers}`, tls: false, users: [{ name: PROXY_USER }], pinning: [], workers });
+  }
+
   /** A pgbastion with its own users and pinned variables (S7), plaintext unless `tls`. */
-  pgbastionWith(o: { name: string; key: string; tls: boolean; users: BastionUser[]; pinning: string[] }): Promise<Target> {
+  pgbastionWith(o: { name: string; key: string; tls: boolean; users: BastionUser[]; pinning: string[]; workers?: number }): Promise<Target> {
     return this.once(o.key, () => startPgbastion(this.pgs, this.secret, this.cpuProfDir, { ...o, tls: o.tls ? this.certs : null }));
   }
 
@@ -157,7 +176,8 @@ export class Lab {
     let t = this.started.get(key);
     if (!t) {
       t = start(key).then((target) => {
-        console.log(`${target.key} on port ${target.port} (pid ${target.pid})`);
+        const workers = target.cpuPids?.filter((p) => p !== target.pid) ?? [];
+        console.log(`${target.key} on port ${target.port} (pid ${target.pid}${workers.length > 0 ? `, workers ${workers.join(' ')}` : ''})`);
         return target;
       });
       this.started.set(key, t);
@@ -170,12 +190,17 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
   if (!existsSync(PGBASTION_MAIN)) {
     throw new Error(`${path.relative(ROOT, PGBASTION_MAIN)} is missing: build first (npm run build; npm run bench does it)`);
   }
+  const workers = o.workers ?? 1;
+  if (!Number.isInteger(workers) || workers < 1 || POOL_SIZE % workers !== 0) {
+    throw new Error(`${o.key}: workers must divide the pool size ${POOL_SIZE}, got ${workers}`);
+  }
   const dir = tempDir('pgbastion-bench-', false);
   const port = await freePort();
   const config = {
+    ...(workers > 1 ? { workers } : {}),
     listen: { host: '127.0.0.1', port },
     upstreams: [{ host: pgs.host, port: pgs.port }],
-    pool: { mode: POOL_MODE, size: POOL_SIZE },
+    pool: { mode: POOL_MODE, size: POOL_SIZE / workers },
     users: o.users.map((u) => ({ name: u.name, secret, server_role: SERVER_ROLE, ...(u.pins ? { pins: u.pins } : {}) })),
     server_roles: [{ name: SERVER_ROLE, password: SERVER_PASSWORD }],
     // hostssl, like PgBouncer's client_tls_sslmode = require: plaintext clients are refused.
@@ -183,7 +208,10 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
     ...(o.tls ? { tls: { cert: o.tls.cert, key: o.tls.key } } : {}),
     ...(o.pinning.length > 0 ? { pinning: { variables: o.pinning } } : {}),
     limits: { max_clients: MAX_CLIENTS },
-    log_level: 'warn',
+    // With workers, a login can succeed while some workers are still starting: readiness is the
+    // primary's "pgbastion listening" line, logged at info once every worker listens. At info
+    // pgbastion also logs each session's start and end (a few dozen lines per S1 run).
+    log_level: workers > 1 ? 'info' : 'warn',
   };
   const file = path.join(dir, 'pgbastion.yaml');
   writeFileSync(file, YAML.stringify(config), { mode: 0o600 });
@@ -192,25 +220,94 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
   const [cmd, args] = withFdLimit([process.execPath, ...nodeArgs, PGBASTION_MAIN, 'start', '-c', file]);
   const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const output = tailOf(child);
-  onCleanup(() => stopChild(child, 'SIGTERM'));
+  // With workers: every worker PID seen, so none outlives the harness (SIGTERM to the primary
+  // stops its workers; a primary killed after the 5 s grace leaves them to exit on their own).
+  const workerPids = new Set<number>();
+  onCleanup(async () => {
+    if (workers > 1 && child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      for (const p of childPids(child.pid)) workerPids.add(p);
+    }
+    await stopChild(child, 'SIGTERM');
+    for (const p of workerPids) {
+      if (!runsWith(p, file)) continue; // exited (or the PID is another process's by now)
+      console.error(`${o.key}: killing leftover worker ${p}`);
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
   const died = () => exitReason(child, output);
+  if (workers > 1) await primaryListening(o.key, child, died);
   await waitForLogin(
     o.key,
     { host: '127.0.0.1', port, user: o.users[0]!.name, password: PROXY_PASSWORD, database: DATABASE, ssl: o.tls ? { rejectUnauthorized: false } : false },
     died,
   );
+  const pid = child.pid!;
+  let cpuPids: number[] | undefined;
+  if (workers > 1) {
+    const children = childPids(pid);
+    for (const p of children) workerPids.add(p);
+    if (children.length !== workers) throw new Error(`${o.key}: expected ${workers} worker processes under pid ${pid}, found ${children.length} (${children.join(' ')})`);
+    cpuPids = [pid, ...children];
+  }
+  /** A worker that exited was replaced by the primary: its CPU time is lost, the figures wrong. */
+  const lostWorkers = (): string | null => {
+    if (!cpuPids) return null;
+    const now = childPids(pid);
+    const lost = cpuPids.slice(1).filter((p) => !now.includes(p));
+    return lost.length === 0 ? null : `worker(s) ${lost.join(' ')} exited (now: ${now.join(' ') || 'none'}):\n${output()}`;
+  };
   return {
     name: o.name,
     key: o.key,
     port,
     user: o.users[0]!.name,
     tls: o.tls !== null,
-    pid: child.pid!,
+    pid,
+    ...(cpuPids ? { cpuPids } : {}),
     check() {
-      const reason = died();
+      const reason = died() ?? lostWorkers();
       if (reason) throw new Error(`${o.key} ${reason}`);
     },
   };
+}
+
+/**
+ * Waits for the primary's "pgbastion listening" log line (workers: N), which it writes once all
+ * N workers listen. Each worker writes one too (with "worker": <id>): only the primary's
+ * ("role": "primary") counts.
+ */
+async function primaryListening(key: string, child: ChildProcess, died: () => string | null, timeoutMs = 30_000): Promise<void> {
+  let seen = false;
+  let partial = '';
+  const scan = (d: Buffer) => {
+    const lines = (partial + d.toString()).split('\n');
+    partial = lines.pop()!;
+    for (const line of lines) {
+      if (!line.startsWith('{')) continue;
+      try {
+        const entry = JSON.parse(line) as { msg?: unknown; role?: unknown };
+        if (entry.msg === 'pgbastion listening' && entry.role === 'primary') seen = true;
+      } catch {
+        // not a log line
+      }
+    }
+  };
+  child.stderr!.on('data', scan);
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (!seen) {
+      const reason = died();
+      if (reason !== null) throw new Error(`${key} did not start: ${reason}`);
+      if (Date.now() > deadline) throw new Error(`${key}: no "pgbastion listening" line from the primary within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    child.stderr!.off('data', scan);
+  }
 }
 
 async function startPgbouncer(pgs: PgServer, secret: string, key: string, tls: Certs | null): Promise<Target> {
