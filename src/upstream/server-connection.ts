@@ -116,8 +116,6 @@ export class ServerConnection implements ScanSink {
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
   private pipelinedHidden = 0;
   private pipelinedError: Record<string, string> | null = null;
-  /** Relayed bytes not yet written to the client (see relay()). */
-  private held: Buffer | null = null;
 
   private constructor(
     readonly socket: net.Socket,
@@ -298,7 +296,6 @@ export class ServerConnection implements ScanSink {
       } catch (err) {
         this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
       } finally {
-        this.flushRelay();
         out.uncork();
       }
       // Back-pressure from the client, but only while it is still our client: a release
@@ -318,38 +315,12 @@ export class ServerConnection implements ScanSink {
       this.scanner.feed(chunk);
     } catch (err) {
       this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
-    } finally {
-      this.flushRelay(); // a hidden statement finished mid-chunk and relaying resumed
     }
-  }
-
-  /**
-   * Holds relayed bytes so that a chunk from the server goes to the client in one write:
-   * the slices of one chunk are contiguous and merge into one view of it (no copy).
-   * Whatever is held is written before any callback into the peer, which may write too.
-   */
-  private relay(bytes: Buffer): void {
-    const held = this.held;
-    if (held === null) {
-      this.held = bytes;
-    } else if (held.buffer === bytes.buffer && held.byteOffset + held.length === bytes.byteOffset) {
-      this.held = Buffer.from(held.buffer, held.byteOffset, held.length + bytes.length);
-    } else {
-      this.flushRelay();
-      this.held = bytes;
-    }
-  }
-
-  private flushRelay(): void {
-    const held = this.held;
-    if (held === null) return;
-    this.held = null;
-    this.peer?.socket.write(held);
   }
 
   // ScanSink: bytes of messages the relay does not inspect go straight to the client.
   pass(bytes: Buffer): void {
-    if (this.state === 'active') this.relay(bytes);
+    if (this.state === 'active') this.peer?.socket.write(bytes);
     else if (this.state === 'idle') this.fail(new UpstreamError('protocol', 'unexpected data from an idle server'));
   }
 
@@ -382,26 +353,20 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x45 /* E */) {
       // The first Parse still listed failed, and the server now skips to the next Sync, so
       // none of the Parses listed for this stretch created anything.
-      this.flushRelay();
       for (const lost of this.parseGroups[0]!.splice(0)) {
         this.prepared.delete(lost.name);
         peer.statementLost(lost.name);
       }
       return void peer.socket.write(peer.serverError(frame));
     }
-    this.relay(frame);
+    peer.socket.write(frame);
     if (type === 0x43 /* C */) {
-      if (peer.wantsCommandTags) {
-        this.flushRelay();
-        peer.commandComplete(frame);
-      }
+      if (peer.wantsCommandTags) peer.commandComplete(frame);
     } else if (type === 0x47 /* G CopyInResponse */) {
-      this.flushRelay();
       peer.onCopyIn();
     } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
-      this.flushRelay(); // before the peer lets go of this connection
       peer.onServerReady(this.txStatus);
     } else if (type === 0x53 /* S */) {
       const [name, value] = parseParameterStatus(frame);
@@ -525,7 +490,6 @@ export class ServerConnection implements ScanSink {
   /** The one way a connection ends: settles whoever waits on it and tells its peer. */
   private fail(err: UpstreamError | null): void {
     if (this.state === 'closed') return;
-    this.flushRelay(); // what the server said before it failed still reaches the client first
     const wasIdle = this.state === 'idle';
     this.state = 'closed';
     this.socket.destroy();
