@@ -130,10 +130,18 @@ export class ProxyServer {
     return this.sessions.size;
   }
 
-  /** Stops listening, ends every session and closes every server connection. */
-  async close(): Promise<void> {
+  /**
+   * Graceful stop: no new connections; sessions between transactions end at once (FATAL
+   * 57P01), those in a transaction when it completes; after `timeoutMs` (shutdown_timeout_ms)
+   * the rest are ended too. Then every server connection is closed and the audit trail flushed.
+   */
+  async close(timeoutMs = this.runtime.config.shutdown_timeout_ms): Promise<void> {
     // net.Server.close() waits for open connections, so end the sessions before awaiting it.
     const closed = this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve())));
+    for (const session of this.sessions) session.drain();
+    const deadline = Date.now() + timeoutMs;
+    const open = (): boolean => [...this.sessions].some((s) => s.state !== 'closed');
+    while (open() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     for (const session of this.sessions) session.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command');
     this.runtime.pools.closeAll();
     const metrics = this.metricsServer;

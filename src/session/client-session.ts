@@ -124,7 +124,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private lostTransaction: { code?: string; message: string; detail: string } | null = null;
   /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
   private serverFatalRelayed = false;
-  /** Why a configuration reload withdrew this session's permission (ended at the next boundary). */
+  /**
+   * Why this session ends at its next transaction boundary (a reload withdrew its permission,
+   * or the proxy is shutting down): the FATAL's detail. Null while it may go on.
+   */
   private revoked: string | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
@@ -1016,11 +1019,23 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Called after a reload: a session the new rules do not allow ends at its next transaction boundary. */
   recheck(): void {
     if (this.state !== 'ready' || this.revoked !== null) return;
-    this.revoked = this.withdrawnBy();
-    if (this.revoked !== null) {
-      this.log.info({ reason: this.revoked }, 'session no longer allowed after reload');
+    const withdrawn = this.withdrawnBy();
+    if (withdrawn !== null) {
+      this.log.info({ reason: withdrawn }, 'session no longer allowed after reload');
+      this.revoked = `configuration reload: ${withdrawn}`;
       this.endIfRevokedAndIdle();
     }
+  }
+
+  /**
+   * Shutdown (SIGTERM): a session between transactions ends now; one with a transaction in
+   * flight ends when it completes (the server stops waiting at shutdown_timeout_ms).
+   */
+  drain(): void {
+    if (this.state === 'closed') return;
+    if (this.state !== 'ready') return this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command');
+    this.revoked ??= 'pgbastion is shutting down';
+    this.endIfRevokedAndIdle();
   }
 
   /** What in the current configuration no longer allows this session, or null. */
@@ -1043,7 +1058,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private endIfRevokedAndIdle(): void {
     if (this.revoked === null || this.owed !== 0 || this.unsynced) return;
     if (this.server && this.server.txStatus !== 'I') return;
-    this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', `configuration reload: ${this.revoked}`);
+    this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', this.revoked);
   }
 
   onServerReady(status: TxStatus): void {
