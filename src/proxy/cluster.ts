@@ -13,8 +13,8 @@ import type { ProxyServer } from './server.js';
 
 const RESTART_DELAY_MS = 1000;
 const READY_TIMEOUT_MS = 2000;
-/** How long SIGTERM waits for workers to finish before they are killed. */
-const STOP_TIMEOUT_MS = 30_000;
+/** How much longer than shutdown_timeout_ms SIGTERM waits for workers before killing them. */
+const STOP_GRACE_MS = 5000;
 
 type Message =
   | { type: 'pgbastion:cancel'; processId: number; secretKey: number }
@@ -99,7 +99,7 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
     const killer = setTimeout(() => {
       for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
-    }, STOP_TIMEOUT_MS);
+    }, config.shutdown_timeout_ms + STOP_GRACE_MS);
     const check = setInterval(() => {
       if (Object.keys(cluster.workers ?? {}).length > 0) return;
       clearInterval(check);
