@@ -89,6 +89,7 @@ export function dial(endpoint: Endpoint, transport: UpstreamTransport, origin: C
       const raw = current;
       raw.removeListener('error', onError);
       raw.removeListener('close', onClose);
+      raw.on('error', () => {}); // reported by the TLS socket on top; never an unhandled 'error'
       const verify = transport.tlsMode === 'verify-full';
       const secure = tls.connect({
         socket: raw,
