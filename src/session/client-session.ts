@@ -1153,7 +1153,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.rt.audit.connection('session.denied', this.identity(), { reason, sqlstate: code, message });
     }
     endAndLinger(this.socket, be.fatal(code, message, detail));
-    this.finish(message);
+    this.finish(detail ? `${message} (${detail})` : message);
   }
 
   close(): void {
