@@ -82,9 +82,13 @@ t.test('started: a primary and two workers', async (t) => {
 t.test('both workers serve; every pin holds on every transaction', async (t) => {
   const users = Array.from({ length: 24 }, (_, i) => (i % 2 === 0 ? 'tenant_a' : 'tenant_b') as 'tenant_a' | 'tenant_b');
   const wrong: string[] = [];
+  // Connected one after the other: the primary hands connections out in turn, whereas a
+  // burst may all go to whichever worker is free first.
+  const clients: pg.Client[] = [];
+  for (const user of users) clients.push(await connect(user));
   await Promise.all(
-    users.map(async (user, i) => {
-      const c = await connect(user);
+    clients.map(async (c, i) => {
+      const user = users[i]!;
       for (let k = 0; k < 5; k++) {
         const v = await pinOf(c);
         if (v !== (user === 'tenant_a' ? 'a' : 'b')) wrong.push(`client ${i} (${user}) saw ${v}`);
