@@ -290,3 +290,25 @@ t.test('default clock works', async (t) => {
   tr.recordFailure(A, 'u');
   t.match(tr.recordFailure(A, 'u'), { locked: true, by: 'address', retryAfterS: 60 });
 });
+
+t.test('workers: the observer hears counted failures and successes; imposed locks hold and expire', async (t) => {
+  const { tracker, clock } = setup({ max: 2, window_s: 60, lockout_s: 30 });
+  const heard: string[] = [];
+  tracker.observer = { failed: (a, u) => heard.push(`fail ${a} ${u}`), succeeded: (a, u) => heard.push(`ok ${a} ${u}`) };
+  tracker.recordFailure(A, 'alice');
+  tracker.recordSuccess(A, 'alice');
+  failN(tracker, 2, B, 'bob'); // locks B and bob
+  tracker.recordFailure(B, 'bob'); // refused while locked: not counted, not reported
+  t.same(heard, [`fail ${A} alice`, `ok ${A} alice`, `fail ${B} bob`, `fail ${B} bob`]);
+  t.same(tracker.remaining(B, 'bob'), { addressMs: 30_000, userMs: 30_000 });
+  t.same(tracker.remaining(C, 'carol'), { addressMs: 0, userMs: 0 });
+
+  // A lock decided by another process, in milliseconds from now.
+  tracker.impose(C, 'carol', { addressMs: 10_000, userMs: 0 });
+  t.match(tracker.check(C, 'someone'), { locked: true, by: 'address', retryAfterS: 10 });
+  t.match(tracker.check(A, 'carol'), { locked: false }, 'the user was not locked');
+  tracker.impose(C, 'carol', { addressMs: 2_000, userMs: 0 });
+  t.match(tracker.check(C, 'x'), { retryAfterS: 10 }, 'a shorter imposed lock does not cut a longer one');
+  clock.advance(11);
+  t.match(tracker.check(C, 'x'), { locked: false }, 'and it expires');
+});

@@ -1,7 +1,8 @@
 // `workers: 2` through the compiled binary: both workers serve clients from one listener,
 // each client's pin holds on every transaction, one /metrics shows the whole instance, a
 // CancelRequest reaches its session whichever worker it lands on, SIGHUP reaches every
-// worker, a killed worker is replaced, and SIGTERM stops them all with exit 0.
+// worker, a killed worker is replaced, failed logins on different workers add up to one
+// lockout, and SIGTERM stops them all with exit 0.
 
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -41,6 +42,7 @@ users:
 server_roles: [{ name: ${SERVER_ROLE}, password: "${SERVER_ROLE_PASSWORD}" }]
 hba: [{ type: host, database: all, user: all, address: 127.0.0.1/32, method: scram-sha-256 }]
 log_level: info
+limits: { auth_failures: { max: 3, window_s: 60, lockout_s: 30 } }
 `,
   );
 writeConfig('b');
@@ -159,6 +161,29 @@ t.test('a worker that dies is replaced', async (t) => {
     const c = await connect('tenant_a');
     t.equal(await pinOf(c), 'a');
     await c.end();
+  }
+});
+
+// Last before SIGTERM: it locks 127.0.0.1 out.
+t.test('failed logins spread over the workers are counted together', async (t) => {
+  const login = async (password: string): Promise<string> => {
+    const c = new pg.Client({ host: '127.0.0.1', port, user: 'tenant_b', password, database: 'postgres' });
+    try {
+      await c.connect();
+      await c.end();
+      return 'ok';
+    } catch (e) {
+      return `${(e as { code?: string }).code} ${(e as Error).message}`;
+    }
+  };
+  // Connections go to the workers in turn: 2 failures on one, 1 on the other, 3 in all.
+  for (let i = 0; i < 3; i++) t.match(await login('wrong'), /^28P01/, `failure ${i + 1}`);
+  // However the connections were spread, the primary counted 3 and told every worker.
+  const imposedOn = () => new Set(logLines().filter((l) => l.msg === 'lockout imposed by the primary (failures counted over all workers)').map((l) => l.worker));
+  for (let i = 0; i < 60 && imposedOn().size < 2; i++) await sleep(50);
+  t.equal(imposedOn().size, 2, 'both workers hold the lock');
+  for (let i = 0; i < 2; i++) {
+    t.match(await login('pw-b'), /^28000 too many failed authentication attempts/, `then locked on every worker, even with the right password (${i + 1})`);
   }
 });
 

@@ -54,6 +54,21 @@ export interface LockoutTrackerOptions {
   maxEntries?: number;
 }
 
+/**
+ * Told of every counted failure and every success, so that several processes (workers: N)
+ * can share one count: the primary counts them all and imposes the locks it decides.
+ */
+export interface LockoutObserver {
+  failed(address: string, user: string): void;
+  succeeded(address: string, user: string): void;
+}
+
+/** Locks decided elsewhere, as milliseconds from now (clocks of processes differ). */
+export interface ImposedLock {
+  addressMs: number;
+  userMs: number;
+}
+
 const DEFAULT_MAX_ENTRIES = 100_000;
 const NOT_LOCKED: LockoutVerdict = Object.freeze({ locked: false }) as LockoutVerdict;
 
@@ -215,6 +230,15 @@ class KeyTable {
     return result;
   }
 
+  /** Lock the key until `until` (or keep a longer lock it already has). */
+  lock(key: string, until: number): void {
+    if ((this.locked.get(key) ?? 0) >= until) return;
+    this.counting.delete(key);
+    this.locked.set(key, until);
+    this.heap.push(until, key);
+    this.enforceBound();
+  }
+
   /** Forget the key's failure count (not its lock). */
   clear(key: string): void {
     this.counting.delete(key);
@@ -262,6 +286,8 @@ export class LockoutTracker {
   private readonly now: () => number;
   private readonly addresses: KeyTable;
   private readonly users: KeyTable;
+  /** Set in a worker process: failures and successes are also reported to the primary. */
+  observer: LockoutObserver | null = null;
 
   constructor(policy: LockoutPolicy, opts: LockoutTrackerOptions = {}) {
     this.policy = validatePolicy(policy);
@@ -285,12 +311,28 @@ export class LockoutTracker {
     const addrUntil = this.addresses.lockedUntil(addrKey, now);
     const userUntil = this.users.lockedUntil(user, now);
     if (addrUntil > 0 || userUntil > 0) return this.verdict(now, addrUntil, userUntil); // not counted while locked
+    this.observer?.failed(address, user);
     return this.verdict(now, this.addresses.fail(addrKey, now, this.policy), this.users.fail(user, now, this.policy));
   }
 
   /** A successful login clears its address's counter; the user's counter is kept (see above). */
-  recordSuccess(address: string, _user: string): void {
+  recordSuccess(address: string, user: string): void {
+    this.observer?.succeeded(address, user);
     this.addresses.clear(normaliseAddress(address));
+  }
+
+  /** How long the address and the user stay locked from now (ms, 0: not locked). */
+  remaining(address: string, user: string): ImposedLock {
+    const now = this.now();
+    const left = (until: number): number => (until > 0 ? until - now : 0);
+    return { addressMs: left(this.addresses.lockedUntil(normaliseAddress(address), now)), userMs: left(this.users.lockedUntil(user, now)) };
+  }
+
+  /** Applies locks another process decided (the primary, counting every worker's failures). */
+  impose(address: string, user: string, lock: ImposedLock): void {
+    const now = this.now();
+    if (lock.addressMs > 0) this.addresses.lock(normaliseAddress(address), now + lock.addressMs);
+    if (lock.userMs > 0) this.users.lock(user, now + lock.userMs);
   }
 
   /** Replace the policy (reload); counters and active locks are kept. */

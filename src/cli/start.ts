@@ -42,7 +42,7 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
   }
   const baseLogger = createLogger(config.log_level);
   if (config.workers > 1 && cluster.isPrimary) {
-    await runPrimary(config, baseLogger);
+    await runPrimary(config, baseLogger, () => loadConfigFile(file));
     return -1;
   }
   const logger = cluster.isWorker ? baseLogger.child({ worker: cluster.worker!.id }) : baseLogger;

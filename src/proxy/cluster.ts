@@ -1,13 +1,15 @@
 // `workers: N` (N > 1): a primary process forks N workers (Node cluster) that share the
-// client listeners, each with its own pools, lockout counters and audit stream. The
-// primary accepts nothing itself; it serves /metrics (every worker's registry, aggregated),
-// /healthz and /readyz, forwards SIGHUP/SIGTERM, restarts a worker that dies, and relays
-// CancelRequests that landed on a worker other than their session's.
+// client listeners, each with its own pools and audit stream. The primary accepts nothing
+// itself; it serves /metrics (every worker's registry, aggregated), /healthz and /readyz,
+// forwards SIGHUP/SIGTERM, restarts a worker that dies, relays CancelRequests that landed
+// on a worker other than their session's, and keeps the one authentication-failure count
+// (workers report each failure; the locks it decides are imposed on every worker).
 
 import cluster, { type Worker } from 'node:cluster';
 import client from 'prom-client';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
+import { LockoutTracker } from '../auth/lockout.js';
 import { startMetricsServer } from '../metrics/http.js';
 import type { ProxyServer } from './server.js';
 
@@ -18,14 +20,27 @@ const STOP_GRACE_MS = 5000;
 
 type Message =
   | { type: 'pgbastion:cancel'; processId: number; secretKey: number }
+  | { type: 'pgbastion:auth-failed' | 'pgbastion:auth-ok'; address: string; user: string }
+  | { type: 'pgbastion:lock'; address: string; user: string; addressMs: number; userMs: number }
+  | { type: 'pgbastion:joined' }
   | { type: 'pgbastion:ready?'; id: number }
   | { type: 'pgbastion:ready'; id: number; ok: boolean };
 
 const isMessage = (m: unknown): m is Message => typeof m === 'object' && m !== null && String((m as { type?: unknown }).type).startsWith('pgbastion:');
 
-/** Runs the primary: forks the workers and stays up until SIGTERM/SIGINT. */
-export async function runPrimary(config: Config, logger: Logger): Promise<void> {
+/**
+ * Runs the primary: forks the workers and stays up until SIGTERM/SIGINT. `reload` reads the
+ * configuration again on SIGHUP (the primary keeps the lockout policy; workers reload themselves).
+ */
+export async function runPrimary(config: Config, logger: Logger, reload: () => Promise<Config>): Promise<void> {
   const log = logger.child({ role: 'primary' });
+  const lockout = new LockoutTracker(config.limits.auth_failures);
+  /** Locks decided so far, for workers that join later (expired ones are dropped as found). */
+  const locks = new Map<string, { address: string; user: string }>();
+  const lockMessage = (address: string, user: string): Extract<Message, { type: 'pgbastion:lock' }> => ({ type: 'pgbastion:lock', address, user, ...lockout.remaining(address, user) });
+  const broadcast = (m: Message, except?: Worker): void => {
+    for (const w of Object.values(cluster.workers ?? {})) if (w && w !== except && w.isConnected()) w.send(m);
+  };
   let stopping = false;
   const aggregator = new client.AggregatorRegistry();
   let readyId = 0;
@@ -36,8 +51,22 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     worker.on('message', (m: unknown) => {
       if (!isMessage(m)) return;
       if (m.type === 'pgbastion:cancel') {
-        // The session is on some other worker: each checks its own keys.
-        for (const other of Object.values(cluster.workers ?? {})) if (other && other !== worker && other.isConnected()) other.send(m);
+        broadcast(m, worker); // the session is on some other worker: each checks its own keys
+      } else if (m.type === 'pgbastion:auth-failed') {
+        // Counted here for the whole instance, so spreading attempts over workers gains nothing.
+        if (lockout.recordFailure(m.address, m.user).locked) {
+          locks.set(`${m.address}\0${m.user}`, { address: m.address, user: m.user });
+          broadcast(lockMessage(m.address, m.user));
+        }
+      } else if (m.type === 'pgbastion:joined') {
+        // A worker started after some locks were decided (a replacement): it gets them too.
+        for (const [key, { address, user }] of locks) {
+          const lock = lockMessage(address, user);
+          if (lock.addressMs <= 0 && lock.userMs <= 0) locks.delete(key);
+          else worker.send(lock);
+        }
+      } else if (m.type === 'pgbastion:auth-ok') {
+        lockout.recordSuccess(m.address, m.user);
       } else if (m.type === 'pgbastion:ready') readyWaits.get(m.id)?.(m.ok);
     });
     return worker;
@@ -115,6 +144,10 @@ export async function runPrimary(config: Config, logger: Logger): Promise<void> 
     // Each worker reloads the file itself (and reopens its audit file).
     log.info('SIGHUP: passing it to the workers');
     for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
+    reload().then(
+      (next) => lockout.setPolicy(next.limits.auth_failures),
+      () => {}, // the workers report a bad file (log, audit, metric)
+    );
   });
 }
 
@@ -124,9 +157,18 @@ export function joinCluster(server: ProxyServer): void {
   new client.AggregatorRegistry(); // installs prom-client's worker side of the metrics request
   client.AggregatorRegistry.setRegistries([rt.metrics.registry]);
   rt.cancels.elsewhere = (processId, secretKey) => process.send?.({ type: 'pgbastion:cancel', processId, secretKey } satisfies Message);
+  rt.lockout.observer = {
+    failed: (address, user) => process.send?.({ type: 'pgbastion:auth-failed', address, user } satisfies Message),
+    succeeded: (address, user) => process.send?.({ type: 'pgbastion:auth-ok', address, user } satisfies Message),
+  };
+  process.send?.({ type: 'pgbastion:joined' } satisfies Message);
   process.on('message', (m: unknown) => {
     if (!isMessage(m)) return;
     if (m.type === 'pgbastion:cancel') rt.cancels.cancel(m.processId, m.secretKey, false);
+    else if (m.type === 'pgbastion:lock') {
+      rt.lockout.impose(m.address, m.user, m);
+      rt.logger.warn({ address: m.address, user: m.user, address_ms: m.addressMs, user_ms: m.userMs }, 'lockout imposed by the primary (failures counted over all workers)');
+    }
     else if (m.type === 'pgbastion:ready?') {
       void rt.pools.anyUpstreamUp().then((ok) => process.send?.({ type: 'pgbastion:ready', id: m.id, ok } satisfies Message));
     }
