@@ -14,6 +14,8 @@ import { startMetricsServer } from '../metrics/http.js';
 import type { ProxyServer } from './server.js';
 
 const RESTART_DELAY_MS = 1000;
+/** Locks kept for workers that join later (the lockout tracker bounds its own tables). */
+const MAX_REMEMBERED_LOCKS = 10_000;
 const READY_TIMEOUT_MS = 2000;
 /** How much longer than shutdown_timeout_ms SIGTERM waits for workers before killing them. */
 const STOP_GRACE_MS = 5000;
@@ -38,6 +40,17 @@ export async function runPrimary(config: Config, logger: Logger, reload: () => P
   /** Locks decided so far, for workers that join later (expired ones are dropped as found). */
   const locks = new Map<string, { address: string; user: string }>();
   const lockMessage = (address: string, user: string): Extract<Message, { type: 'pgbastion:lock' }> => ({ type: 'pgbastion:lock', address, user, ...lockout.remaining(address, user) });
+  /** Bounded: drop expired locks, then the oldest, so that many attacking addresses cannot grow it. */
+  const forgetLocks = (): void => {
+    for (const [key, { address, user }] of locks) {
+      const { addressMs, userMs } = lockout.remaining(address, user);
+      if (addressMs <= 0 && userMs <= 0) locks.delete(key);
+    }
+    for (const key of locks.keys()) {
+      if (locks.size < MAX_REMEMBERED_LOCKS) break;
+      locks.delete(key);
+    }
+  };
   const broadcast = (m: Message, except?: Worker): void => {
     for (const w of Object.values(cluster.workers ?? {})) if (w && w !== except && w.isConnected()) w.send(m);
   };
@@ -55,6 +68,7 @@ export async function runPrimary(config: Config, logger: Logger, reload: () => P
       } else if (m.type === 'pgbastion:auth-failed') {
         // Counted here for the whole instance, so spreading attempts over workers gains nothing.
         if (lockout.recordFailure(m.address, m.user).locked) {
+          if (locks.size >= MAX_REMEMBERED_LOCKS) forgetLocks();
           locks.set(`${m.address}\0${m.user}`, { address: m.address, user: m.user });
           broadcast(lockMessage(m.address, m.user));
         }
