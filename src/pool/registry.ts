@@ -7,8 +7,8 @@ import type { Logger } from 'pino';
 import type { Config, Endpoint } from '../config/types.js';
 import { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
-import { PLAIN_TRANSPORT, sameTransport, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
-import { HealthChecker, endpointKey, usable, type Health } from '../upstream/health.js';
+import { PLAIN_TRANSPORT, endpointKey, sameTransport, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
+import { HealthChecker, usable, type Health } from '../upstream/health.js';
 import { Pool } from './pool.js';
 import type { Metrics } from '../metrics/metrics.js';
 

@@ -18,6 +18,9 @@ export interface UpstreamTransport {
   readonly sendProxyProtocol: boolean;
 }
 
+/** `host:port`: how an upstream endpoint is named in keys, labels and messages. */
+export const endpointKey = (e: Endpoint): string => `${e.host}:${e.port}`;
+
 export const PLAIN_TRANSPORT: UpstreamTransport = { tlsMode: 'disable', ca: null, sendProxyProtocol: false };
 
 /** upstream.tls and send_proxy_protocol, with the CA bundle read now: a bad file fails the load. */
@@ -50,7 +53,7 @@ export interface Dialed {
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
 export function dial(endpoint: Endpoint, transport: UpstreamTransport, origin: ClientOrigin | null, timeoutMs: number): Promise<Dialed> {
-  const where = `${endpoint.host}:${endpoint.port}`;
+  const where = endpointKey(endpoint);
   return new Promise((resolve, reject) => {
     let current: net.Socket = net.connect({ host: endpoint.host, port: endpoint.port });
     let settled = false;

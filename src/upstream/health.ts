@@ -3,6 +3,7 @@
 // endpoints known to be down or, with require_primary, in recovery.
 
 import type { Endpoint } from '../config/types.js';
+import { endpointKey } from './dial.js';
 
 /** What the last probe (or connection attempt) found. `unknown`: not probed yet. */
 export type Health = 'unknown' | 'primary' | 'standby' | 'down';
@@ -32,8 +33,6 @@ export function nextProbeDelay(intervalMs: number, failures: number): number {
 export function usable(health: Health, requirePrimary: boolean): boolean {
   return health === 'unknown' || health === 'primary' || (health === 'standby' && !requirePrimary);
 }
-
-export const endpointKey = (e: Endpoint): string => `${e.host}:${e.port}`;
 
 interface EndpointState {
   readonly endpoint: Endpoint;

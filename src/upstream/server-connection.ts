@@ -10,7 +10,7 @@ import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../pro
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
-import { dial, type ClientOrigin, type UpstreamTransport } from './dial.js';
+import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
 export type TxStatus = 'I' | 'T' | 'E';
@@ -124,7 +124,7 @@ export class ServerConnection implements ScanSink {
     /** Set on TLS connections: SCRAM-SHA-256-PLUS binds the login to this server certificate. */
     private readonly channelBinding: ChannelBinding | null,
   ) {
-    this.where = `${endpoint.host}:${endpoint.port}`;
+    this.where = endpointKey(endpoint);
     this.scanner = new MessageScanner(INSPECT_ALL, login.maxMessageBytes, this);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
@@ -140,7 +140,7 @@ export class ServerConnection implements ScanSink {
     return new Promise((resolve, reject) => {
       const conn = new ServerConnection(socket, login.endpoint, login, channelBinding);
       const timer = setTimeout(() => {
-        conn.fail(new UpstreamError('timeout', `timed out logging in to ${login.endpoint.host}:${login.endpoint.port}`));
+        conn.fail(new UpstreamError('timeout', `timed out logging in to ${endpointKey(login.endpoint)}`));
       }, Math.max(1, deadline - Date.now()));
       conn.loginDone = (err) => {
         clearTimeout(timer);
@@ -266,7 +266,7 @@ export class ServerConnection implements ScanSink {
       await this.runHidden(REQUIRE_PRIMARY_SQL);
     } catch (err) {
       const e = err as UpstreamError;
-      throw new UpstreamError('standby', `${this.endpoint.host}:${this.endpoint.port} is in recovery (not a primary)`, e.fields);
+      throw new UpstreamError('standby', `${this.where} is in recovery (not a primary)`, e.fields);
     }
   }
 
