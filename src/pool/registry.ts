@@ -14,8 +14,6 @@ import type { Metrics } from '../metrics/metrics.js';
 
 export class PoolRegistry {
   private readonly pools = new Map<string, Pool>();
-  /** Did the last attempt to open a server connection reach an upstream? null: none yet. */
-  private lastUp: boolean | null = null;
   /** The endpoint the last server connection was opened on: a change is a failover. */
   private active: string | null = null;
   readonly health: HealthChecker;
@@ -58,13 +56,12 @@ export class PoolRegistry {
   }
 
   /**
-   * Readiness: some upstream passed its health check; before the first check completes,
-   * the last server connection opened fine or some upstream accepts a TCP connection.
+   * Readiness: some upstream was found usable (by a health check or a server connection);
+   * before anything was found either way, some upstream accepts a TCP connection.
    */
   async anyUpstreamUp(timeoutMs = 1000): Promise<boolean> {
     const checked = this.health.anyUsable();
     if (checked !== null) return checked;
-    if (this.lastUp === true) return true;
     const attempts = this.config.upstreams.map((ep) => tcpReachable(ep, timeoutMs).then(() => true, () => false));
     return (await Promise.all(attempts)).some(Boolean);
   }
@@ -105,7 +102,6 @@ export class PoolRegistry {
     const candidates = healthy.length > 0 ? healthy : this.config.upstreams;
     let last: UpstreamError | null = null;
     for (const endpoint of candidates) {
-      const where = endpointKey(endpoint);
       try {
         const conn = await ServerConnection.open({
           endpoint,
@@ -125,12 +121,10 @@ export class PoolRegistry {
         const e = err instanceof UpstreamError ? err : new UpstreamError('unreachable', String(err));
         if (e.failure === 'login') throw e;
         this.health.report(endpoint, e.failure === 'standby' ? 'standby' : 'down', e.message);
-        this.metrics.upstreamUp.set({ upstream: where }, 0);
-        this.logger.warn({ upstream: where, err: e.message }, 'upstream unusable');
+        this.logger.warn({ upstream: endpointKey(endpoint), err: e.message }, 'upstream unusable');
         last = e;
       }
     }
-    this.lastUp = false;
     throw new UpstreamError('unreachable', last?.message ?? 'no upstream configured', last?.fields);
   }
 
@@ -139,10 +133,12 @@ export class PoolRegistry {
     return this.configured.has(conn.where) && (conn.transport === this.transport || sameTransport(conn.transport, this.transport));
   }
 
+  /** A server connection logged in there: the endpoint is up (health, metric, readiness), maybe a failover. */
   private noteConnected(endpoint: Endpoint): void {
     const where = endpointKey(endpoint);
-    this.metrics.upstreamUp.set({ upstream: where }, 1);
-    this.lastUp = true;
+    // Its role is known only when require_primary checked it; a standby found by a probe stays one.
+    const primary = this.config.upstream.require_primary || this.health.health(endpoint) !== 'standby';
+    this.health.report(endpoint, primary ? 'primary' : 'standby');
     if (this.active !== null && this.active !== where) {
       this.metrics.upstreamFailovers.inc();
       this.logger.warn({ from: this.active, to: where }, 'new server connections now go to another upstream');
@@ -194,6 +190,7 @@ export class PoolRegistry {
     }
   }
 
+  /** The one writer of pgbastion_upstream_up: it follows the endpoint's health. */
   private onHealthChange(endpoint: Endpoint, health: Health, previous: Health, error?: string): void {
     const where = endpointKey(endpoint);
     const ok = usable(health, this.config.upstream.require_primary);
