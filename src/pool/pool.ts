@@ -12,7 +12,7 @@ export interface PoolOptions {
   idleTimeoutMs: number;
   /** Opens and logs in a new server connection on behalf of `origin` (the PROXY header's client). */
   connect: (origin: ClientOrigin | null) => Promise<ServerConnection>;
-  /** May this connection serve another client? False once its upstream left the configuration. */
+  /** May this connection serve another client? False once its upstream or transport left the configuration. */
   keep: (conn: ServerConnection) => boolean;
   logger: Logger;
 }
@@ -127,13 +127,18 @@ export class Pool {
     if (this.sweeper) clearInterval(this.sweeper);
   }
 
-  /** Closes the idle connections `doomed` picks (their upstream went unhealthy). */
-  closeIdle(doomed: (conn: ServerConnection) => boolean): void {
-    for (const conn of this.idle.filter(doomed)) {
+  /**
+   * Closes the idle connections `doomed` picks (idle too long, upstream unhealthy or no
+   * longer configured); returns how many. Taken off the list first, so forgetIdle skips them.
+   */
+  closeIdle(doomed: (conn: ServerConnection) => boolean): number {
+    const gone = this.idle.filter(doomed);
+    for (const conn of gone) {
       this.idle.splice(this.idle.indexOf(conn), 1);
       conn.close();
       this.total--;
     }
+    return gone.length;
   }
 
   private takeIdle(): ServerConnection | null {
@@ -204,14 +209,8 @@ export class Pool {
 
   private sweep(): void {
     const cutoff = Date.now() - this.opts.idleTimeoutMs;
-    for (const conn of [...this.idle]) {
-      if (conn.idleSince < cutoff) {
-        this.opts.logger.debug({ server: conn.id, pool: this.name }, 'closing idle server connection');
-        this.idle.splice(this.idle.indexOf(conn), 1);
-        conn.close();
-        this.total--;
-      }
-    }
+    const closed = this.closeIdle((conn) => conn.idleSince < cutoff);
+    if (closed > 0) this.opts.logger.debug({ pool: this.name, closed }, 'closed idle server connections');
     if (this.idle.length === 0 && this.sweeper) {
       clearInterval(this.sweeper);
       this.sweeper = null;
