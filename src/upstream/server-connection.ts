@@ -369,16 +369,14 @@ export class ServerConnection implements ScanSink {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       peer.onServerReady(this.txStatus);
     } else if (type === 0x53 /* S */) {
-      const [name, value] = parseParameterStatus(frame);
-      this.params.set(name, value);
+      this.noteParameter(frame);
     }
   }
 
   private pipelinedHiddenMessage(type: number, frame: Buffer): void {
     if (type === 0x45 /* E */) this.pipelinedError ??= parseFields(frame);
     else if (type === 0x53 /* S */) {
-      const [name, value] = parseParameterStatus(frame);
-      this.params.set(name, value);
+      this.noteParameter(frame);
     } else if (type === 0x5a /* Z */) {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.endParseGroup();
@@ -391,6 +389,12 @@ export class ServerConnection implements ScanSink {
     }
   }
 
+  /** ParameterStatus, in whatever state it arrives: params stays the server's current values. */
+  private noteParameter(frame: Buffer): void {
+    const [name, value] = parseParameterStatus(frame);
+    this.params.set(name, value);
+  }
+
   private endParseGroup(): void {
     if (this.parseGroups.length > 1) this.parseGroups.shift();
     else this.parseGroups[0]!.length = 0;
@@ -400,8 +404,7 @@ export class ServerConnection implements ScanSink {
     const hidden = this.hidden!;
     if (type === 0x45 /* E */) hidden.error ??= parseFields(frame);
     else if (type === 0x53 /* S */) {
-      const [name, value] = parseParameterStatus(frame);
-      this.params.set(name, value);
+      this.noteParameter(frame);
     } else if (type === 0x5a /* Z */) {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.hidden = null;
@@ -419,11 +422,8 @@ export class ServerConnection implements ScanSink {
         return void this.authRequest(frame).catch((err: Error) =>
           this.fail(err instanceof UpstreamError ? err : new UpstreamError('login', err.message)),
         );
-      case 0x53 /* S */: {
-        const [name, value] = parseParameterStatus(frame);
-        this.params.set(name, value);
-        return;
-      }
+      case 0x53 /* S */:
+        return this.noteParameter(frame);
       case 0x4b /* K */:
         this.processId = frame.readInt32BE(5);
         this.secretKey = frame.readInt32BE(9);
