@@ -10,6 +10,7 @@ import { createServerRole, startProxy } from './helpers/proxy.js';
 import { headerBalancer } from './helpers/balancer.js';
 import { startHaproxy } from './helpers/haproxy.js';
 import { cancelClient } from './helpers/cancel.js';
+import { oneShot } from './helpers/one-shot.js';
 
 const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
@@ -44,29 +45,17 @@ const proxyWith = (t: Tap.Test, sendProxyProtocol: boolean) =>
     },
   });
 
-async function query(port: number, sql: string): Promise<{ value?: unknown; code?: string }> {
-  const c = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-pw', database: 'postgres' });
-  try {
-    await c.connect();
-    const r = await c.query(sql);
-    return { value: Object.values(r.rows[0] as object)[0] };
-  } catch (e) {
-    return { code: (e as { code?: string }).code };
-  } finally {
-    await c.end().catch(() => {});
-  }
-}
 
 t.test('send_proxy_protocol: HAProxy accepts pgbastion and sees the real client', async (t) => {
   const proxy = await proxyWith(t, true);
   // The client reaches pgbastion through a trusted balancer that names it 203.0.113.7:40123.
   const front = await headerBalancer(t, proxy.port, Buffer.from('PROXY TCP4 203.0.113.7 127.0.0.1 40123 6432\r\n'));
-  t.equal((await query(front, 'SELECT 1')).value, 1, 'served through HAProxy');
+  t.equal((await oneShot(front, 'SELECT 1')).value, 1, 'served through HAProxy');
   await new Promise((r) => setTimeout(r, 200));
   t.match(haproxy.log(), /conn client=203\.0\.113\.7:40123 frontend=127\.0\.0\.1:\d+/, 'HAProxy logged the address from our header');
   t.equal(proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: haproxy.port }), 'primary', 'health checks (LOCAL header) pass');
   // PostgreSQL itself sees HAProxy, which does not forward a header: nothing changes there.
-  t.equal((await query(front, 'SELECT host(inet_client_addr())')).value, '127.0.0.1');
+  t.equal((await oneShot(front, 'SELECT host(inet_client_addr())')).value, '127.0.0.1');
 });
 
 t.test('a cancel goes through HAProxy with a PROXY header too', async (t) => {
@@ -86,7 +75,7 @@ t.test('a cancel goes through HAProxy with a PROXY header too', async (t) => {
 
 t.test('without it, HAProxy with accept-proxy refuses pgbastion: FATAL 08006', async (t) => {
   const proxy = await proxyWith(t, false);
-  t.equal((await query(proxy.port, 'SELECT 1')).code, '08006');
+  t.equal((await oneShot(proxy.port, 'SELECT 1')).code, '08006');
 });
 
 declare namespace Tap {

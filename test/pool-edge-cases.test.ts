@@ -49,6 +49,16 @@ async function connect(user: string, password: string, extra: Partial<pg.ClientC
   };
   return { c, raw, errors, ready, roundTrip };
 }
+/** A client of each tenant, ended in teardown. */
+async function twoTenants(t: { teardown(f: () => unknown): void }) {
+  const a = await connect('tenant_a', 'pw-a');
+  const b = await connect('tenant_b', 'pw-b');
+  t.teardown(async () => {
+    await a.c.end();
+    await b.c.end();
+  });
+  return { a, b };
+}
 const pinOf = async (c: pg.Client) => (await c.query("SELECT current_setting('app.tenant_id') AS v")).rows[0].v as string;
 
 /**
@@ -70,12 +80,7 @@ async function rawQuery(conn: Awaited<ReturnType<typeof connect>>, sql: string):
 }
 
 t.test('extended-protocol work not closed by a Sync keeps the connection', async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   await a.roundTrip(() => {
     // A simple query, then BEGIN through the extended protocol with no Sync yet.
     a.raw.stream.write(Buffer.from([0x51, 0, 0, 0, 13, ...Buffer.from('SELECT 1\0')]));
@@ -96,12 +101,7 @@ t.test('extended-protocol work not closed by a Sync keeps the connection', async
 });
 
 t.test('COPY FROM STDIN through the extended protocol releases the connection afterwards', async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   const copyIn = new Promise((res) => a.raw.once('copyInResponse', res as (m: never) => void));
   a.raw.parse({ text: 'COPY copied FROM STDIN' });
   a.raw.bind({});
@@ -118,12 +118,7 @@ t.test('COPY FROM STDIN through the extended protocol releases the connection af
 });
 
 t.test("the unnamed statement never runs for another client; a client's own is replayed", async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   await a.roundTrip(() => {
     a.raw.parse({ text: "SELECT 'a-statement' AS s" });
     a.raw.sync();
@@ -196,12 +191,7 @@ t.test("settings are applied correctly whatever client_encoding the previous cli
 });
 
 t.test('SET of a startup parameter follows the client instead of pinning it to a connection', async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   await a.c.query("SET application_name = 'jdbc-like'");
   await a.c.query('SET extra_float_digits TO 2');
   const bad = await a.c.query("SET extra_float_digits = 'lots'").then(
@@ -239,12 +229,7 @@ t.test('SQL DEALLOCATE of a driver-prepared statement frees the client\'s name',
 });
 
 t.test('the same through the extended protocol (as pgJDBC and psycopg 3 send them)', async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   await a.roundTrip(() => {
     a.raw.parse({ text: 'SET extra_float_digits = 3' });
     a.raw.bind({});
@@ -268,12 +253,7 @@ t.test('the same through the extended protocol (as pgJDBC and psycopg 3 send the
 
 
 t.test('a cancel reaches a statement still waiting for a server connection', async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   await a.c.query('BEGIN'); // holds the only server connection
   const started = Date.now();
   const waiting = b.c.query('SELECT pg_sleep(5)').then(
@@ -291,12 +271,7 @@ t.test('a cancel reaches a statement still waiting for a server connection', asy
 });
 
 t.test("a cancel never hits the next client's statement on the same connection", async (t) => {
-  const a = await connect('tenant_a', 'pw-a');
-  const b = await connect('tenant_b', 'pw-b');
-  t.teardown(async () => {
-    await a.c.end();
-    await b.c.end();
-  });
+  const { a, b } = await twoTenants(t);
   const key = a.c as unknown as { processID: number; secretKey: number };
   let hits = 0;
   for (let i = 0; i < 20; i++) {

@@ -8,6 +8,7 @@ import t from 'tap';
 import pg from 'pg';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
+import { oneShot } from './helpers/one-shot.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -39,19 +40,6 @@ async function metricsText(proxy: Awaited<ReturnType<typeof startProxy>>): Promi
   return proxy.server.runtime.metrics.registry.metrics();
 }
 
-async function timedQuery(port: number, sql: string): Promise<{ value?: unknown; code?: string; ms: number }> {
-  const started = Date.now();
-  const c = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-pw', database: 'postgres' });
-  try {
-    await c.connect();
-    const r = await c.query(sql);
-    return { value: Object.values(r.rows[0] as object)[0], ms: Date.now() - started };
-  } catch (e) {
-    return { code: (e as { code?: string }).code, ms: Date.now() - started };
-  } finally {
-    await c.end().catch(() => {});
-  }
-}
 
 async function until(what: string, cond: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -82,7 +70,7 @@ t.test('a silent endpoint listed first: found down by the checks, skipped, probe
   });
   const probesSoFar = hole.accepted.length;
   // Without the checks, each new server connection would first wait out the silent one.
-  const r = await timedQuery(proxy.port, 'SELECT 1');
+  const r = await oneShot(proxy.port, 'SELECT 1');
   t.equal(r.value, 1);
   t.ok(r.ms < 1000, `served at once by the second upstream (${r.ms} ms), not after a 3 s connect timeout`);
   t.equal(hole.accepted.length - probesSoFar <= 1, true, 'the client did not cause a connection to the silent endpoint');
@@ -111,7 +99,7 @@ t.test('a hot standby listed first: the checks mark it, clients never try it', a
     },
   });
   await until('the standby to be found', () => proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: standby.port }) === 'standby');
-  for (let i = 0; i < 5; i++) t.equal((await timedQuery(proxy.port, 'SELECT pg_is_in_recovery()')).value, false, 'served by the primary');
+  for (let i = 0; i < 5; i++) t.equal((await oneShot(proxy.port, 'SELECT pg_is_in_recovery()')).value, false, 'served by the primary');
   t.notOk(proxy.log.lines.some((l) => l.msg === 'upstream unusable'), 'no server connection was attempted on the standby');
   t.match(await metricsText(proxy), `pgbastion_upstream_up{upstream="127.0.0.1:${standby.port}"} 0`);
   const change = proxy.log.lines.find((l) => l.msg === 'upstream unhealthy: new server connections skip it');
@@ -130,7 +118,7 @@ t.test('only silent endpoints: not ready, and clients still get a prompt FATAL 0
   });
   await until('the check to fail', () => proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: hole.port }) === 'down');
   t.equal(await proxy.server.runtime.pools.anyUpstreamUp(), false, '/readyz says not ready');
-  const r = await timedQuery(proxy.port, 'SELECT 1');
+  const r = await oneShot(proxy.port, 'SELECT 1');
   t.equal(r.code, '08006', 'all endpoints down: still tried (the checks may be stale), then refused');
   t.ok(r.ms < 2000, `in ${r.ms} ms`);
 });
@@ -165,7 +153,7 @@ t.test('an endpoint that comes back is used again', async (t) => {
   });
   const relayEp = { host: '127.0.0.1', port: relayPort };
   await until('the closed port to be found down', () => proxy.server.runtime.pools.health.health(relayEp) === 'down');
-  t.equal((await timedQuery(proxy.port, 'SELECT inet_server_port()')).value, primary.port);
+  t.equal((await oneShot(proxy.port, 'SELECT inet_server_port()')).value, primary.port);
   await new Promise<void>((r) => relay.listen(relayPort, '127.0.0.1', r));
   await until('the first upstream to be healthy again', () => proxy.server.runtime.pools.health.health(relayEp) === 'primary', 8000);
   t.equal(forwards.size > 0, true, 'probed through the relay');
@@ -176,7 +164,7 @@ t.test('an endpoint that comes back is used again', async (t) => {
   t.teardown(() => a.end());
   const before = forwards.size;
   await a.query('BEGIN');
-  const b = await timedQuery(proxy.port, 'SELECT 1');
+  const b = await oneShot(proxy.port, 'SELECT 1');
   await a.query('COMMIT');
   t.equal(b.value, 1);
   t.ok(forwards.size > before, 'a new server connection went through the preferred endpoint');
@@ -220,7 +208,7 @@ t.test('a probe whose login is refused: the server answered, so it counts as up;
   await sleep(400);
   t.equal(proxy.server.runtime.pools.health.health({ host: '127.0.0.1', port: primary.port }), 'primary');
   t.equal(proxy.log.lines.filter((l) => l.msg === 'health check cannot log in; checking reachability only').length, 1, 'one warning, not one per probe');
-  t.equal((await timedQuery(proxy.port, 'SELECT 1')).value, 1);
+  t.equal((await oneShot(proxy.port, 'SELECT 1')).value, 1);
 });
 
 declare namespace Tap {
