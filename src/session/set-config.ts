@@ -28,6 +28,7 @@ function quoteGucName(name: string): string {
  * round trip at all). Names compare case-insensitively, as PostgreSQL's GUC names do.
  */
 export function setConfigSql(wanted: ReadonlyMap<string, string>, held: ReadonlyMap<string, string>): string | null {
+  if (holdsExactly(held, wanted)) return null; // the usual lease: checked without allocating
   const wantedLower = new Map<string, string>();
   for (const [name, value] of wanted) wantedLower.set(name.toLowerCase(), value);
   const parts: string[] = [];
@@ -43,6 +44,13 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   if (parts.length === 0) return null;
   // A statement_timeout the previous client left must not cancel this one.
   return ['BEGIN', 'SET LOCAL statement_timeout = 0', ...parts, 'COMMIT'].join('; ');
+}
+
+/** Same names (as written) with the same values. */
+function holdsExactly(held: ReadonlyMap<string, string>, wanted: ReadonlyMap<string, string>): boolean {
+  if (held.size !== wanted.size) return false;
+  for (const [name, value] of wanted) if (held.get(name) !== value) return false;
+  return true;
 }
 
 /** `value` as an expression of pure ASCII that yields it whatever the session's encodings. */
