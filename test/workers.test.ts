@@ -128,6 +128,9 @@ t.test('a CancelRequest reaches its session whichever worker accepts it', async 
     t.match(await sleeping, { code: '57014' }, `try ${i + 1}: canceled in ${Date.now() - started} ms`);
     await c.end();
   }
+  const relayed = () => logLines().filter((l) => l.msg === 'cancel request relayed from another worker delivered').length;
+  for (let i = 0; i < 40 && relayed() === 0; i++) await sleep(50);
+  t.ok(relayed() >= 1, `${relayed()} of 6 went through the relay between workers`);
 });
 
 t.test('SIGHUP reaches every worker', async (t) => {

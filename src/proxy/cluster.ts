@@ -178,7 +178,9 @@ export function joinCluster(server: ProxyServer): void {
   process.send?.({ type: 'pgbastion:joined' } satisfies Message);
   process.on('message', (m: unknown) => {
     if (!isMessage(m)) return;
-    if (m.type === 'pgbastion:cancel') rt.cancels.cancel(m.processId, m.secretKey, false);
+    if (m.type === 'pgbastion:cancel') {
+      if (rt.cancels.cancel(m.processId, m.secretKey, false)) rt.logger.info('cancel request relayed from another worker delivered');
+    }
     else if (m.type === 'pgbastion:lock') {
       rt.lockout.impose(m.address, m.user, m);
       rt.logger.warn({ address: m.address, user: m.user, address_ms: m.addressMs, user_ms: m.userMs }, 'lockout imposed by the primary (failures counted over all workers)');
