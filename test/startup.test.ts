@@ -66,16 +66,32 @@ t.test('set_config statements', async (t) => {
   t.equal(setConfigSql(new Map([['a', '1']]), new Map([['a', '1']])), null, 'nothing to do');
   t.equal(setConfigSql(new Map([['TimeZone', 'UTC']]), new Map([['timezone', 'UTC']])), null, 'names compare case-insensitively');
   const hex = (v: string) => `pg_catalog.convert_from(pg_catalog.decode('${Buffer.from(v).toString('hex')}', 'hex'), 'UTF8')`;
-  const tx = (body: string) => `BEGIN; SET LOCAL statement_timeout = 0; ${body}; COMMIT`;
+  const tx = (body: string) => `BEGIN; ${body}; COMMIT`;
   t.equal(
     setConfigSql(new Map([['app.tenant_id', 'b']]), new Map([['app.tenant_id', 'a'], ['application_name', 'x']])),
-    tx(`RESET "application_name"; SELECT pg_catalog.set_config('app.tenant_id', ${hex('b')}, false)`),
+    tx(`RESET "application_name"; SET "app"."tenant_id" = 'b'`),
     'what the previous client set and this one did not is reset',
   );
   t.equal(setConfigSql(new Map(), new Map([['app.tenant_id', 'a']])), tx('RESET "app"."tenant_id"'), 'a client without pins gets none');
   t.equal(
     setConfigSql(new Map([['application_name', 'x'], ['TimeZone', 'UTC']]), new Map([['TimeZone', 'UTC']])),
-    tx(`SELECT pg_catalog.set_config('application_name', ${hex('x')}, false)`),
+    tx(`SET "application_name" = 'x'`),
+  );
+  t.equal(setConfigSql(new Map([['app.t', "it's"]]), new Map()), tx(`SET "app"."t" = 'it''s'`), 'printable ASCII: a plain SET');
+  t.equal(
+    setConfigSql(new Map([['search_path', 'a, b'], ['DateStyle', 'ISO, MDY']]), new Map()),
+    tx(`SET "DateStyle" = 'ISO, MDY'; SELECT pg_catalog.set_config('search_path', ${hex('a, b')}, false)`),
+    'search_path: SET would quote the literal as one element, so set_config',
+  );
+  t.equal(
+    setConfigSql(new Map([['app.t', 'é'], ['app.u', 'a\\b'], ['app.v', 'a\nb']]), new Map()),
+    tx(`SELECT pg_catalog.set_config('app.t', ${hex('é')}, false), pg_catalog.set_config('app.u', ${hex('a\\b')}, false), pg_catalog.set_config('app.v', ${hex('a\nb')}, false)`),
+    'non-ASCII, a backslash or a control character: set_config with the value in hex',
+  );
+  t.equal(
+    setConfigSql(new Map([['app.t', '2']]), new Map([['app.t', '1'], ['Statement_Timeout', '1ms']])),
+    `BEGIN; SET LOCAL statement_timeout = 0; RESET "Statement_Timeout"; SET "app"."t" = '2'; COMMIT`,
+    "a statement_timeout the previous client left cannot cancel the switch",
   );
   t.match(setConfigSql(new Map([['app.t', "テナント'\\"]]), new Map()), /^[\x20-\x7e]+$/, 'pure ASCII, whatever the value');
   t.notMatch(setConfigSql(new Map([['app.t', 'a\\b']]), new Map())!, /\\/, 'no backslash: standard_conforming_strings cannot matter');

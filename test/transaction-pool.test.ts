@@ -119,18 +119,43 @@ t.test('a client without pins finds none on a connection a tenant used', async (
   }
 });
 
+t.test('pool affinity: an idle connection already holding the tenant is leased to it', async (t) => {
+  const a = await tenantClient('a');
+  const b = await tenantClient('b');
+  t.teardown(async () => {
+    await a.end();
+    await b.end();
+  });
+  // Both inside a transaction at once: two connections, one pinned to each tenant.
+  await a.query('BEGIN');
+  await b.query('BEGIN');
+  await a.query('COMMIT');
+  await b.query('COMMIT');
+  const pids = { a: new Set<number>(), b: new Set<number>() };
+  for (let i = 0; i < 10; i++) {
+    // Plain LIFO reuse would hand both the connection released last, switching pins each time.
+    pids.a.add((await a.query('SELECT pg_backend_pid() AS p')).rows[0].p);
+    pids.b.add((await b.query('SELECT pg_backend_pid() AS p')).rows[0].p);
+  }
+  t.equal(pids.a.size, 1, 'tenant a always got the same connection');
+  t.equal(pids.b.size, 1, 'tenant b always got the same connection');
+  t.notSame([...pids.a], [...pids.b], 'and not the one holding tenant b');
+});
+
 t.test('startup parameters follow their client from connection to connection', async (t) => {
-  const named = await connect('tenant_a', 'pw-a', { application_name: 'app-one', statement_timeout: 12345 });
+  // search_path is a list that a plain SET would quote as one element: it must arrive as sent.
+  const named = await connect('tenant_a', 'pw-a', { application_name: 'app-one', statement_timeout: 12345, options: '-c search_path=pg_catalog,public' });
   const bare = await connect('tenant_b', 'pw-b');
   t.teardown(async () => {
     await named.end();
     await bare.end();
   });
   for (let i = 0; i < 10; i++) {
-    const a = await named.query("SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st");
-    const b = await bare.query("SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st");
-    t.same(a.rows[0], { app: 'app-one', st: '12345ms' });
-    t.same(b.rows[0], { app: '', st: '0' });
+    const check = "SELECT current_setting('application_name') AS app, current_setting('statement_timeout') AS st, current_setting('search_path') AS sp";
+    const a = await named.query(check);
+    const b = await bare.query(check);
+    t.same(a.rows[0], { app: 'app-one', st: '12345ms', sp: 'pg_catalog,public' });
+    t.same(b.rows[0], { app: '', st: '0', sp: '"$user", public' });
   }
 });
 

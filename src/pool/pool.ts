@@ -75,10 +75,14 @@ export class Pool {
     this.opts = { ...this.opts, size, acquireTimeoutMs, idleTimeoutMs };
   }
 
-  /** `origin`: the client asking, named in the PROXY header if a new connection is opened for it. */
-  acquire(origin: ClientOrigin | null = null): Promise<ServerConnection> {
+  /**
+   * `origin`: the client asking, named in the PROXY header if a new connection is opened for
+   * it. `prefer`: an idle connection it would rather have (one already holding its settings
+   * and pins, so the lease needs no statement to switch them); else the warmest.
+   */
+  acquire(origin: ClientOrigin | null = null, prefer: ((conn: ServerConnection) => boolean) | null = null): Promise<ServerConnection> {
     if (this.closed) return Promise.reject(new UpstreamError('unreachable', 'pool is closed'));
-    const conn = this.takeIdle();
+    const conn = this.takeIdle(prefer);
     if (conn) return Promise.resolve(conn);
     if (this.total < this.opts.size) return this.openNew(origin);
     return new Promise((resolve, reject) => {
@@ -141,7 +145,15 @@ export class Pool {
     return gone.length;
   }
 
-  private takeIdle(): ServerConnection | null {
+  private takeIdle(prefer: ((conn: ServerConnection) => boolean) | null): ServerConnection | null {
+    if (prefer !== null) {
+      for (let i = this.idle.length - 1; i >= 0; i--) {
+        const conn = this.idle[i]!;
+        if (conn.isClosed || !prefer(conn) || !this.opts.keep(conn)) continue;
+        this.idle.splice(i, 1);
+        return conn;
+      }
+    }
     while (this.idle.length > 0) {
       const conn = this.idle.pop()!;
       if (conn.isClosed) continue; // already counted out by forgetIdle

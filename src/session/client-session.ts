@@ -33,7 +33,7 @@ import { trackedSet, type TrackedSet } from './tracked-set.js';
 import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
-import { setConfigSql } from './set-config.js';
+import { holdsExactly, setConfigSql } from './set-config.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 
@@ -170,6 +170,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly statements = new PreparedStatements();
   private startupTimer: NodeJS.Timeout | null;
   private originCache: ClientOrigin | null = null;
+  /** Pool affinity: an idle connection already holding this client's settings and pins is leased first. */
+  private readonly holdsMine = (server: ServerConnection): boolean => holdsExactly(server.applied, this.params);
   /** The pgbastion address the client connected to (read off the TCP socket, before any TLS layer). */
   private readonly listenerEnd: ProxyAddress;
 
@@ -880,7 +882,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private async acquireLive(): Promise<ServerConnection> {
     for (;;) {
-      const server = await this.pool!.acquire(this.origin());
+      const server = await this.pool!.acquire(this.origin(), this.holdsMine);
       if (!server.isClosed) return server;
       this.pool!.release(server, false, null);
     }
