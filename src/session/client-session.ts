@@ -494,6 +494,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.params = new Map([...this.params, ...pins.values]);
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
+        // One write (one TLS record, one wake-up of the client) for the SASL final message,
+        // AuthenticationOk and, when the pool can welcome the client at once, the whole
+        // login answer that completeStartup sends.
+        this.socket.cork();
         for (const f of r.send) this.socket.write(f);
         this.socket.write(be.authenticationOk);
         // The login is proven: from here the wait for a server is bounded by
@@ -504,6 +508,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.scanner.maxLength = this.rt.config.limits.max_message_bytes;
         this.socket.pause(); // nothing more is read until the session is ready: bounded memory
         this.guard(this.connectServer(user));
+        this.socket.uncork();
         return;
       }
       default: {
