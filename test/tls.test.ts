@@ -2,8 +2,8 @@
 // client certificates (cert auth, CN mapping, wrong CA, expired, not yet valid), SCRAM
 // channel binding, direct TLS, plaintext after SSLRequest, hostssl/hostnossl rules, IPv6.
 
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,6 +39,19 @@ const foreign = await certOf(otherPki, 'cert_user');
 const filesOf = (r: { files: string[] }) => ({ cert: r.files[0]!, key: r.files[1]! });
 const expired = filesOf(await issueClientToDir(pki, { cn: 'cert_user.expired', notBefore: new Date('2001-01-01'), notAfter: new Date('2002-01-01') }));
 const future = filesOf(await issueClientToDir(pki, { cn: 'cert_user.future', notBefore: new Date('2099-01-01'), notAfter: new Date('2100-01-01') }));
+// Issued by the trusted CA, mapped, in date, but revoked: listed in the CRL (tls.crl) that
+// `openssl ca` signs with the same CA. Every other certificate here is checked with it on too.
+const revoked = await certOf(pki, 'cert_user.revoked');
+const crl = path.join(dir, 'crl.pem');
+{
+  const db = path.join(dir, 'ca-db');
+  writeFileSync(path.join(dir, 'index.txt'), '');
+  writeFileSync(path.join(dir, 'crlnumber'), '1000\n');
+  writeFileSync(db, `[ca]\ndefault_ca = local\n[local]\ndatabase = ${path.join(dir, 'index.txt')}\ncrlnumber = ${path.join(dir, 'crlnumber')}\ndefault_md = sha256\ndefault_crl_days = 30\n`);
+  const ca = ['-config', db, '-keyfile', path.join(pki, 'ca.key'), '-cert', path.join(pki, 'ca.crt')];
+  execFileSync('openssl', ['ca', ...ca, '-revoke', revoked.cert], { stdio: 'pipe' });
+  execFileSync('openssl', ['ca', ...ca, '-gencrl', '-out', crl], { stdio: 'pipe' });
+}
 
 const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
@@ -53,11 +66,12 @@ const proxy = await startProxy(t, pgs, {
       { host: '127.0.0.1', port: 0 },
       { host: '::1', port: 0 },
     ],
-    tls: { cert: path.join(pki, 'server.crt'), key: path.join(pki, 'server.key'), ca: path.join(pki, 'ca.crt') },
+    tls: { cert: path.join(pki, 'server.crt'), key: path.join(pki, 'server.key'), ca: path.join(pki, 'ca.crt'), crl },
     cert_map: [
       { cn: 'cert_user', user: 'cert_user' },
       { cn: 'cert_user.expired', user: 'cert_user' },
       { cn: 'cert_user.future', user: 'cert_user' },
+      { cn: 'cert_user.revoked', user: 'cert_user' },
       { cn: 'svc-tenant', user: 'tenant_user' },
     ],
     hba: [
@@ -147,6 +161,7 @@ t.test('cert auth refusals', async (t) => {
     ['from another CA', foreign],
     ['expired', expired],
     ['not yet valid', future],
+    ['revoked (in tls.crl)', revoked],
   ] as const) {
     const r = await psql({ user: 'cert_user', sslmode: 'require', sslcert: c.cert, sslkey: c.key });
     t.not(r.status, 0, `${what}: refused`);
