@@ -3,6 +3,7 @@
 // fixed lists, rule indexes, configured upstreams; never user names or client addresses.
 
 import client from 'prom-client';
+import { FastHistogram } from './fast-histogram.js';
 
 export type DenyReason = 'hba' | 'auth' | 'tls' | 'lockout' | 'limit' | 'protocol' | 'startup' | 'upstream';
 
@@ -35,23 +36,23 @@ export class Metrics {
   });
   readonly clients: client.Gauge<'state'>;
   readonly serverConnections: client.Gauge<'state'>;
-  readonly poolWait = new client.Histogram({
-    name: 'pgbastion_pool_wait_seconds',
-    help: 'Time a client waited for a server connection.',
-    buckets: [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
-    registers: [this.registry],
-  });
+  readonly poolWait = new FastHistogram(
+    'pgbastion_pool_wait_seconds',
+    'Time a client waited for a server connection.',
+    [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    this.registry,
+  );
   readonly transactions = new client.Counter({
     name: 'pgbastion_transactions_total',
     help: 'Transactions completed (ReadyForQuery back to idle).',
     registers: [this.registry],
   });
-  readonly queryDuration = new client.Histogram({
-    name: 'pgbastion_query_duration_seconds',
-    help: 'Time from a Query or Sync reaching the server to its ReadyForQuery.',
-    buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
-    registers: [this.registry],
-  });
+  readonly queryDuration = new FastHistogram(
+    'pgbastion_query_duration_seconds',
+    'Time from a Query or Sync reaching the server to its ReadyForQuery.',
+    [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    this.registry,
+  );
   readonly ddl = new client.Counter({
     name: 'pgbastion_ddl_statements_total',
     help: 'Audited DDL statements by class (ddl, role, dynamic) and outcome.',
