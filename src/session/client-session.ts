@@ -33,6 +33,7 @@ import { trackedSet, type TrackedSet } from './tracked-set.js';
 import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
+import { RelayLedger } from './relay-ledger.js';
 import { holdsExactly, setConfigSql } from './set-config.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
@@ -112,8 +113,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly startedAt = performance.now();
   private hbaRule = 0;
   private transactions = 0;
-  /** When each owed ReadyForQuery was asked for (query duration histogram). */
-  private readonly askedAt: number[] = [];
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
   private pinValues: ReadonlyMap<string, string> = new Map();
@@ -143,24 +142,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private server: ServerConnection | null = null;
   /** Client bytes that arrived before a server connection was attached. */
   private queued: Outgoing[] = [];
-  /** ReadyForQuery messages the server still owes for what this client sent it. */
-  private owed = 0;
-  /** Extended-protocol messages went out since the last Sync: the server is not done. */
-  private unsynced = false;
-  /** The server is in COPY IN: it ignores Sync until CopyDone/CopyFail. */
-  private copyIn = false;
+  /** What the server still owes for what this client sent it. */
+  private readonly ledger = new RelayLedger();
   /** Transaction mode: the client's last Parse of the unnamed statement, to replay elsewhere. */
   private unnamedParse: Buffer | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
-  /** Per owed ReadyForQuery, the tracked SET it answers (null: none), and whether it failed. */
-  private readonly setsInFlight: ({ sets: TrackedSet[]; failed: boolean } | null)[] = [];
-  /** Tracked SETs of Parses sent since the last Sync. */
-  private setsSinceSync: TrackedSet[] = [];
   /** The SQL text of the message vet() last looked at. */
   private vettedSql = '';
-  /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
-  private syncsAfterExecute = -1;
   /** A lease request is in flight (transaction mode, between transactions). */
   private leasing = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
@@ -525,8 +514,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.fatal(SqlState.INVALID_PASSWORD, `password authentication failed for user "${this.user}"`, undefined, 'auth');
   }
 
-  // ---- server lease -------------------------------------------------------------------
-
   // ---- relay: client → server ------------------------------------------------------------
 
   private clientMessage(type: number, frame: Buffer): void {
@@ -682,14 +669,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * are ignored by the server: they will get no ReadyForQuery, so stop waiting for them.
    */
   onCopyIn(): void {
-    this.copyIn = true;
-    for (; this.syncsAfterExecute > 0; this.syncsAfterExecute--) {
-      this.owed--;
-      this.askedAt.pop();
+    for (let dropped = this.ledger.copyInStarted(); dropped > 0; dropped--) {
       this.ddl.unowe();
-      this.setsInFlight.pop();
       this.server?.dropLastSyncGroup();
-      this.unsynced = true; // the COPY's own Sync is still to come
     }
   }
 
@@ -721,13 +703,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   serverError(frame: Buffer): Buffer {
-    const set = this.setsInFlight[0];
-    if (set) set.failed = true;
+    this.ledger.errored();
     // The server is going away (terminated backend, shutdown): in transaction mode the
     // client's connection outlives it, so the client hears an ERROR, not a FATAL.
     if (this.transactionMode && this.sticky === null && isFatal(frame)) {
       // Nobody is waiting for it (idle in a transaction): the loss is reported on the next statement.
-      if (this.owed === 0) return EMPTY;
+      if (this.ledger.owed === 0) return EMPTY;
       this.serverFatalRelayed = true;
       const f = parseFields(frame);
       return be.errorResponse({ severity: 'ERROR', code: f.C ?? SqlState.CONNECTION_FAILURE, message: f.M ?? 'server connection lost', ...(f.D ? { detail: f.D } : {}) });
@@ -779,15 +760,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
     }
     if (out.type === P || out.type === B || out.type === D || out.type === C || out.type === E || out.type === H) {
-      this.unsynced = true;
-      if (out.type === E) this.syncsAfterExecute = 0;
+      this.ledger.extended(out.type === E, out.type === P ? out.sets : undefined);
     } else if (out.type === COPY_DONE || out.type === COPY_FAIL) {
-      this.copyIn = false;
+      this.ledger.copyEnded();
     }
-    if (out.type === S && this.copyIn) {
-      // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
-    } else if (out.type === P) {
-      if (out.sets) this.setsSinceSync.push(out.sets);
+    if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
       server.noteParse(false, name);
@@ -795,18 +772,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       this.ddl.parsed(out.ddl);
     } else if (out.type === Q || out.type === S || out.type === F) {
-      if (out.type === S) {
-        this.unsynced = false;
-        if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
-      } else {
-        this.syncsAfterExecute = -1;
-      }
+      const now = performance.now();
+      if (out.type === Q) this.ledger.query(now, out.sets);
+      else if (out.type === F) this.ledger.functionCall(now);
+      // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
+      else if (!this.ledger.sync(now)) return this.writeOrWait(server, out.bytes);
       server.noteSync();
-      this.owed++;
-      this.askedAt.push(performance.now());
-      const sets = out.type === Q ? (out.sets ? [out.sets] : []) : this.setsSinceSync;
-      if (out.type !== Q) this.setsSinceSync = [];
-      this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
@@ -816,7 +787,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } else if (out.type === C && out.bytes[5] === 0x53 /* S */) {
       server.prepared.delete(out.bytes.toString('utf8', 6, out.bytes.length - 1));
     }
-    if (!server.write(out.bytes)) this.waitForServerDrain();
+    this.writeOrWait(server, out.bytes);
+  }
+
+  private writeOrWait(server: ServerConnection, bytes: Buffer): void {
+    if (!server.write(bytes)) this.waitForServerDrain();
   }
 
   private makeSticky(reason: string): void {
@@ -824,6 +799,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.rt.metrics.sticky.inc({ reason });
     this.log.debug({ reason }, 'client is now sticky to its server connection');
   }
+
+  // ---- server lease -------------------------------------------------------------------
 
   /**
    * Transaction mode: takes a server connection for the client's next transaction. The
@@ -917,7 +894,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private releaseIfDone(status: TxStatus): void {
     const server = this.server;
     if (!server || !this.transactionMode || this.sticky !== null || server.runningHidden) return;
-    if (this.owed !== 0 || this.unsynced || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
+    if (!this.ledger.settled || status !== 'I' || !this.scanner.atBoundary || this.queued.length > 0) return;
     this.server = null;
     this.pool!.release(server, true, null);
   }
@@ -1063,23 +1040,21 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Between transactions (nothing owed, no transaction open): end a revoked session now. */
   private endIfRevokedAndIdle(): void {
-    if (this.revoked === null || this.owed !== 0 || this.unsynced) return;
+    if (this.revoked === null || !this.ledger.settled) return;
     if (this.server && this.server.txStatus !== 'I') return;
     this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', this.revoked);
   }
 
   onServerReady(status: TxStatus): void {
-    if (this.owed > 0) this.owed--;
-    const asked = this.askedAt.shift();
-    if (asked !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - asked) / 1000);
+    const { askedAt, settledSets } = this.ledger.answered();
+    if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready();
-    const done = this.setsInFlight.shift();
-    if (done && !done.failed) for (const set of done.sets) this.holdSetting(set.name, set.value);
+    for (const set of settledSets) this.holdSetting(set.name, set.value);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();
     }
-    if (this.owed === 0 && this.refusals.size > 0) this.refusals.clear();
+    if (this.ledger.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
     if (this.revoked !== null) this.endIfRevokedAndIdle();
   }
@@ -1097,7 +1072,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.transactionMode || this.sticky !== null || this.state !== 'ready') {
       return this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
     }
-    if (this.owed === 0) {
+    if (this.ledger.owed === 0) {
       // Idle inside a transaction: its next statement must fail, not run outside it.
       if (inTransaction) this.lostTransaction = { message: 'server connection lost; the transaction was rolled back', detail: err.message };
       this.serverFatalRelayed = false;
@@ -1107,15 +1082,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.serverFatalRelayed) {
       this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: 'server connection lost', detail: err.message }));
     }
-    for (let i = 0; i < Math.max(1, this.owed); i++) this.socket.write(be.readyForQuery('I'));
+    for (let i = 0; i < Math.max(1, this.ledger.owed); i++) this.socket.write(be.readyForQuery('I'));
     this.socket.uncork();
     this.serverFatalRelayed = false;
-    this.owed = 0;
-    this.unsynced = false;
-    this.copyIn = false;
-    this.askedAt.length = 0;
+    this.ledger.reset();
     this.ddl.abandon();
-    this.setsInFlight.length = 0;
     this.refusals.clear();
     if (this.socket.isPaused()) this.socket.resume();
   }
@@ -1124,7 +1095,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const s = this.server;
     // Nothing in flight: in transaction mode the connection may be someone else's next.
     // While the hidden settings statement runs, a cancel would hit it, not the client's work.
-    if (!s || s.isClosed || this.owed === 0 || s.runningHidden) return null;
+    if (!s || s.isClosed || this.ledger.owed === 0 || s.runningHidden) return null;
     const delivering = (done: Promise<void>): void => {
       const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
       s.cancelling = Promise.race([done, timeout]);
@@ -1190,7 +1161,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && this.owed === 0 && !this.unsynced && server.txStatus === 'I' && this.scanner.atBoundary;
+      const clean = server.state === 'active' && this.ledger.settled && server.txStatus === 'I' && this.scanner.atBoundary;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;

@@ -1,0 +1,132 @@
+// What the server still owes one client for the bytes relayed to it, and when the server
+// connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
+// FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it). An
+// extended-protocol batch is open from its first message to its Sync. Per owed
+// ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
+// SETs it settles. Pure bookkeeping: the session acts on what it says.
+
+import type { TrackedSet } from './tracked-set.js';
+
+/** The SETs one ReadyForQuery settles, and whether the server refused any of them. */
+interface SetsInFlight {
+  readonly sets: TrackedSet[];
+  failed: boolean;
+}
+
+/** What a ReadyForQuery closed. */
+export interface Answered {
+  /** performance.now() when its Query/Sync went out; undefined if none was owed. */
+  readonly askedAt: number | undefined;
+  /** Tracked SETs that now hold on the server connection (none if any failed). */
+  readonly settledSets: readonly TrackedSet[];
+}
+
+const NOTHING_SETTLED: readonly TrackedSet[] = [];
+
+export class RelayLedger {
+  /** ReadyForQuery messages the server still owes. */
+  owed = 0;
+  /** Extended-protocol messages went out since the last Sync: the server is not done. */
+  unsynced = false;
+  /** The server is in COPY IN: it ignores Sync until CopyDone/CopyFail. */
+  copyIn = false;
+  /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
+  private syncsAfterExecute = -1;
+  private readonly askedAt: number[] = [];
+  private readonly setsInFlight: (SetsInFlight | null)[] = [];
+  /** Tracked SETs of Parses sent since the last Sync. */
+  private setsSinceSync: TrackedSet[] = [];
+
+  /** Nothing owed and no batch open: in transaction mode the connection may go back. */
+  get settled(): boolean {
+    return this.owed === 0 && !this.unsynced;
+  }
+
+  /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse may carry a tracked SET. */
+  extended(isExecute: boolean, parsedSet: TrackedSet | undefined): void {
+    this.unsynced = true;
+    if (isExecute) this.syncsAfterExecute = 0;
+    if (parsedSet) this.setsSinceSync.push(parsedSet);
+  }
+
+  /** CopyDone or CopyFail went out: Syncs count again. */
+  copyEnded(): void {
+    this.copyIn = false;
+  }
+
+  /**
+   * A Sync went out. Returns false during COPY IN, where it is ignored by the server and
+   * answered by nothing.
+   */
+  sync(now: number): boolean {
+    if (this.copyIn) return false;
+    this.unsynced = false;
+    if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
+    const sets = this.setsSinceSync;
+    this.setsSinceSync = [];
+    this.owe(now, sets);
+    return true;
+  }
+
+  /** A simple Query went out (with the tracked SET it is, if any). */
+  query(now: number, set: TrackedSet | undefined): void {
+    this.syncsAfterExecute = -1;
+    this.owe(now, set ? [set] : []);
+  }
+
+  /** A FunctionCall went out: answered by a ReadyForQuery, like a Sync it closes the batch's SETs. */
+  functionCall(now: number): void {
+    this.syncsAfterExecute = -1;
+    const sets = this.setsSinceSync;
+    this.setsSinceSync = [];
+    this.owe(now, sets);
+  }
+
+  /**
+   * COPY IN began. When an Execute started it, the Syncs already sent behind that Execute
+   * will get no ReadyForQuery: they are no longer owed. Returns how many were dropped.
+   */
+  copyInStarted(): number {
+    this.copyIn = true;
+    let dropped = 0;
+    for (; this.syncsAfterExecute > 0; this.syncsAfterExecute--) {
+      this.owed--;
+      this.askedAt.pop();
+      this.setsInFlight.pop();
+      this.unsynced = true; // the COPY's own Sync is still to come
+      dropped++;
+    }
+    return dropped;
+  }
+
+  /** The server sent an ErrorResponse: the tracked SETs of the current batch did not take. */
+  errored(): void {
+    const current = this.setsInFlight[0];
+    if (current) current.failed = true;
+  }
+
+  /** A ReadyForQuery arrived. */
+  answered(): Answered {
+    if (this.owed > 0) this.owed--;
+    const askedAt = this.askedAt.shift();
+    const done = this.setsInFlight.shift();
+    return { askedAt, settledSets: done && !done.failed ? done.sets : NOTHING_SETTLED };
+  }
+
+  /** The server connection is gone: nothing more will be answered. */
+  reset(): void {
+    this.owed = 0;
+    this.unsynced = false;
+    this.copyIn = false;
+    this.syncsAfterExecute = -1;
+    this.askedAt.length = 0;
+    this.setsInFlight.length = 0;
+    this.setsSinceSync = [];
+  }
+
+  private owe(now: number, sets: TrackedSet[]): void {
+    this.owed++;
+    this.askedAt.push(now);
+    this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
+  }
+}

@@ -1,0 +1,83 @@
+// The relay ledger as a table of message sequences: what is owed, whether a batch is open,
+// and which tracked SETs a ReadyForQuery settles.
+
+import t from 'tap';
+import { RelayLedger } from '../src/session/relay-ledger.js';
+import type { TrackedSet } from '../src/session/tracked-set.js';
+
+const set = (name: string, value: string) => ({ name, value }) as TrackedSet;
+const names = (sets: readonly TrackedSet[]) => sets.map((s) => `${s.name}=${s.value}`);
+
+t.test('a simple Query owes one ReadyForQuery and settles its SET', async (t) => {
+  const l = new RelayLedger();
+  l.query(10, set('timezone', 'UTC'));
+  t.same([l.owed, l.settled], [1, false]);
+  const a = l.answered();
+  t.equal(a.askedAt, 10);
+  t.same(names(a.settledSets), ['timezone=UTC']);
+  t.same([l.owed, l.settled], [0, true]);
+});
+
+t.test('an extended batch is open until its Sync; its SETs settle with that ReadyForQuery', async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, set('application_name', 'a')); // Parse
+  l.extended(false, undefined); // Bind
+  l.extended(true, undefined); // Execute
+  t.same([l.owed, l.unsynced, l.settled], [0, true, false], 'not settled without a Sync');
+  t.equal(l.sync(20), true);
+  t.same([l.owed, l.unsynced], [1, false]);
+  t.same(names(l.answered().settledSets), ['application_name=a']);
+  t.equal(l.settled, true);
+});
+
+t.test('an error means the SETs of that batch did not take', async (t) => {
+  const l = new RelayLedger();
+  l.query(1, set('timezone', 'Mars/Base'));
+  l.query(2, set('timezone', 'UTC'));
+  l.errored();
+  t.same(names(l.answered().settledSets), [], 'the failed one settles nothing');
+  t.same(names(l.answered().settledSets), ['timezone=UTC'], 'the next is unaffected');
+});
+
+t.test('COPY IN: Syncs behind its Execute are dropped, a Sync during it is not owed', async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, undefined); // Parse COPY ... FROM STDIN
+  l.extended(true, undefined); // Execute
+  t.equal(l.sync(1), true);
+  t.equal(l.sync(2), true);
+  t.equal(l.owed, 2);
+  t.equal(l.copyInStarted(), 2, 'both Syncs sent behind the Execute are ignored by the server');
+  t.same([l.owed, l.unsynced], [0, true], 'the COPY still needs its own Sync');
+  t.equal(l.sync(3), false, 'a Sync during COPY IN gets no ReadyForQuery');
+  t.equal(l.owed, 0);
+  l.copyEnded();
+  t.equal(l.sync(4), true);
+  t.same([l.owed, l.unsynced], [1, false]);
+  t.equal(l.answered().askedAt, 4);
+});
+
+t.test('COPY IN from a simple Query drops nothing', async (t) => {
+  const l = new RelayLedger();
+  l.query(1, undefined);
+  t.equal(l.copyInStarted(), 0);
+  t.equal(l.owed, 1);
+});
+
+t.test('a FunctionCall is answered like a Sync and closes the pending SETs', async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, set('search_path', 'a'));
+  l.functionCall(5);
+  t.equal(l.owed, 1);
+  t.same(names(l.answered().settledSets), ['search_path=a']);
+});
+
+t.test('answered with nothing owed, and a reset, leave a clean ledger', async (t) => {
+  const l = new RelayLedger();
+  t.same(l.answered(), { askedAt: undefined, settledSets: [] });
+  l.extended(true, set('x.y', '1'));
+  l.query(1, undefined);
+  l.reset();
+  t.same([l.owed, l.unsynced, l.copyIn, l.settled], [0, false, false, true]);
+  t.equal(l.sync(2), true);
+  t.same(names(l.answered().settledSets), [], 'SETs sent on the lost connection are gone');
+});
