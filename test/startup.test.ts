@@ -5,7 +5,7 @@ import t from 'tap';
 import { serialize } from 'pg-protocol';
 import { parseStartupPacket, startupLength } from '../src/protocol/startup.js';
 import { decideStartupParams, parseOptions } from '../src/session/startup-params.js';
-import { quoteLiteral, setConfigSql } from '../src/session/set-config.js';
+import { quoteLiteral, setConfigSql, settingsKey } from '../src/session/set-config.js';
 
 function packet(code: number, body = Buffer.alloc(0)): Buffer {
   const b = Buffer.alloc(8 + body.length);
@@ -94,5 +94,15 @@ t.test('set_config statements', async (t) => {
     "a statement_timeout the previous client left cannot cancel the switch",
   );
   t.match(setConfigSql(new Map([['app.t', "テナント'\\"]]), new Map()), /^[\x20-\x7e]+$/, 'pure ASCII, whatever the value');
+  // The pool's affinity fingerprint: equal exactly when the maps hold the same pairs.
+  const key = (...pairs: [string, string][]) => settingsKey(new Map(pairs));
+  t.equal(key(['a', '1'], ['b', '2']), key(['b', '2'], ['a', '1']), 'order does not matter');
+  t.equal(key(), '', 'no settings');
+  for (const [x, y] of [
+    [key(['a', '1']), key(['a', '2'])],
+    [key(['a', '1']), key(['A', '1'])],
+    [key(['a', '1']), key(['a', '1'], ['b', ''])],
+    [key(['a', '1\u0001b\u00002']), key(['a', '1'], ['b', '2'])],
+  ] as const) t.not(x, y, `${JSON.stringify(x)} ≠ ${JSON.stringify(y)}`);
   t.notMatch(setConfigSql(new Map([['app.t', 'a\\b']]), new Map())!, /\\/, 'no backslash: standard_conforming_strings cannot matter');
 });

@@ -34,7 +34,7 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
-import { holdsExactly, setConfigSql } from './set-config.js';
+import { setConfigSql, settingsKey } from './set-config.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 
@@ -136,7 +136,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private user = '';
   private database = '';
   private runtimeUser: RuntimeUser | null = null;
+  /** The settings (startup parameters, tracked SETs, pins) every server connection must hold for this client. */
   private params: ReadonlyMap<string, string> = new Map();
+  /** settingsKey(params), updated with it. */
+  private paramsKey = '';
   private key: { processId: number; secretKey: number } | null = null;
   private pool: Pool | null = null;
   private server: ServerConnection | null = null;
@@ -160,7 +163,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private startupTimer: NodeJS.Timeout | null;
   private originCache: ClientOrigin | null = null;
   /** Pool affinity: an idle connection already holding this client's settings and pins is leased first. */
-  private readonly holdsMine = (server: ServerConnection): boolean => holdsExactly(server.applied, this.params);
+  private readonly holdsMine = (server: ServerConnection): boolean => server.appliedKey === this.paramsKey;
   /** The pgbastion address the client connected to (read off the TCP socket, before any TLS layer). */
   private readonly listenerEnd: ProxyAddress;
 
@@ -378,7 +381,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`);
     }
     if (decision.dropped.length > 0) this.log.debug({ dropped: decision.dropped }, 'startup parameters not forwarded');
-    this.params = decision.forward;
+    this.setParams(decision.forward);
 
     this.runtimeUser = this.rt.users.get(this.user) ?? null;
     this.auth = this.makeAuth(rule.method);
@@ -480,7 +483,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         }
         // Pins go last: they are what the server connection must hold for this client.
         this.pinValues = pins.values;
-        this.params = new Map([...this.params, ...pins.values]);
+        this.setParams(new Map([...this.params, ...pins.values]));
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
         // One write (one TLS record, one wake-up of the client) for the SASL final message,
@@ -843,7 +846,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (sql) {
       server.sendHidden(sql);
-      holdExactly(server.applied, this.params);
+      server.holdExactly(this.params, this.paramsKey);
     }
     this.flushQueued(server);
     out.uncork();
@@ -922,7 +925,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.onConnectFailure(err);
     }
     if (this.state !== 'connecting') return;
-    holdExactly(server.applied, this.params);
+    server.holdExactly(this.params, this.paramsKey);
     pool.noteAccepted(this.params);
     this.completeStartup(server);
   }
@@ -987,15 +990,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- ServerPeer ---------------------------------------------------------------------
 
   /** A SET the server accepted: the client's settings (and this connection's) now include it. */
+  private setParams(params: ReadonlyMap<string, string>): void {
+    this.params = params;
+    this.paramsKey = settingsKey(params);
+  }
+
   private holdSetting(name: string, value: string): void {
     const lower = name.toLowerCase();
     const next = new Map([...this.params].filter(([k]) => k.toLowerCase() !== lower));
     next.set(name, value);
-    this.params = next;
-    if (this.server) {
-      for (const k of [...this.server.applied.keys()]) if (k.toLowerCase() === lower) this.server.applied.delete(k);
-      this.server.applied.set(name, value);
-    }
+    this.setParams(next);
+    this.server?.holdOne(name, value, this.paramsKey);
   }
 
   // ---- reload: sessions the new configuration no longer allows --------------------------------
@@ -1165,10 +1170,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
-      if (reset) {
-        server.applied.clear();
-        server.prepared.clear();
-      }
+      if (reset) server.noteDiscardAll();
       this.pool.release(server, clean, reset);
     }
     endAndLinger(this.socket);
@@ -1207,12 +1209,6 @@ function welcomeFor(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<
     if (key !== undefined) out.set(key, value);
   }
   return out;
-}
-
-/** Records that `applied` now holds exactly `wanted` (what setConfigSql made it hold). */
-function holdExactly(applied: Map<string, string>, wanted: ReadonlyMap<string, string>): void {
-  applied.clear();
-  for (const [name, value] of wanted) applied.set(name, value);
 }
 
 /** The audit reason of a refusal, from its SQLSTATE when the caller did not name one. */

@@ -70,6 +70,17 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   return ['BEGIN', ...parts, 'COMMIT'].join('; ');
 }
 
+/**
+ * A fingerprint of a set of settings: equal for maps holdsExactly() calls equal. The pool
+ * compares it to prefer an idle connection holding a client's settings (a string compare
+ * per candidate); the lease itself still checks the maps.
+ */
+export function settingsKey(settings: ReadonlyMap<string, string>): string {
+  if (settings.size === 0) return '';
+  const pairs = [...settings].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return JSON.stringify(pairs); // injective: no value can imitate a separator
+}
+
 /** Same names (as written) with the same values: a lease needs no statement. */
 export function holdsExactly(held: ReadonlyMap<string, string>, wanted: ReadonlyMap<string, string>): boolean {
   if (held.size !== wanted.size) return false;

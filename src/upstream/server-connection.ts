@@ -89,8 +89,13 @@ export class ServerConnection implements ScanSink {
   readonly params = new Map<string, string>();
   /** ParameterStatus values as they were right after login: the server's own defaults. */
   loginParams: ReadonlyMap<string, string> = new Map();
-  /** Settings applied with set_config on this session (name → value), cleared by DISCARD ALL. */
-  readonly applied = new Map<string, string>();
+  /** Settings applied on this session (name → value) for the client it serves; cleared by DISCARD ALL. */
+  get applied(): ReadonlyMap<string, string> {
+    return this.appliedMap;
+  }
+  /** settingsKey() of `applied`, kept with it: what pool affinity compares. */
+  appliedKey = '';
+  private readonly appliedMap = new Map<string, string>();
   processId = 0;
   secretKey = 0;
   idleSince = 0;
@@ -215,6 +220,28 @@ export class ServerConnection implements ScanSink {
       const last = this.parseGroups.pop()!;
       this.parseGroups[this.parseGroups.length - 1]!.push(...last);
     }
+  }
+
+  /** The session now holds exactly `wanted` (whose settingsKey is `key`): what the hidden statement made it hold. */
+  holdExactly(wanted: ReadonlyMap<string, string>, key: string): void {
+    this.appliedMap.clear();
+    for (const [name, value] of wanted) this.appliedMap.set(name, value);
+    this.appliedKey = key;
+  }
+
+  /** A client's tracked SET took effect here; `key` is the settingsKey of its settings now. */
+  holdOne(name: string, value: string, key: string): void {
+    const lower = name.toLowerCase();
+    for (const k of [...this.appliedMap.keys()]) if (k.toLowerCase() === lower) this.appliedMap.delete(k);
+    this.appliedMap.set(name, value);
+    this.appliedKey = key;
+  }
+
+  /** DISCARD ALL is on its way: no settings of any client, no prepared statements. */
+  noteDiscardAll(): void {
+    this.appliedMap.clear();
+    this.appliedKey = '';
+    this.prepared.clear();
   }
 
   /** Client → server bytes. Returns false when the socket wants the writer to wait. */
