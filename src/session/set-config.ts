@@ -1,19 +1,20 @@
 // Builds the hidden statement that makes a server connection hold exactly one client's
-// settings (startup parameters and pins). RESET drops what a previous client set and this
-// one did not, back to the server's own default.
+// settings (startup parameters, tracked SETs and pins). RESET drops what a previous client
+// set and this one did not, back to the server's own default.
 //
 // A value is applied with a plain `SET name = '…'` when that means exactly what the startup
 // packet meant: printable ASCII without a backslash, for a setting whose SET does not
-// re-quote a single literal (GUC_LIST_QUOTE, e.g. search_path). SET is a utility statement;
-// `SELECT set_config(…)` goes through the planner and cost PostgreSQL about a third of its
-// throughput when every lease switched tenants (bench S7). Anything else takes set_config(),
-// which applies the raw value as a startup packet does.
+// re-quote a single literal (GUC_LIST_QUOTE, e.g. search_path). Anything else takes
+// set_config() with the value in hex, which applies the raw value as a startup packet does.
+// SET is a utility statement, set_config() a SELECT through the planner: in a pgbench test
+// where every transaction switched tenants, PostgreSQL lost 35 % of its throughput to the
+// set_config() form and 15 % to the SET form.
 //
 // It fails closed: it runs as one explicit transaction, so if any part fails the session
 // is left in an aborted transaction and whatever the client pipelined behind it fails
-// with 25P02 instead of running with someone else's values. Values travel as hex (pure
-// ASCII, no backslashes), so neither the client_encoding nor standard_conforming_strings
-// a previous client left behind can change what they mean.
+// with 25P02 instead of running with someone else's values. The statement is pure ASCII
+// without backslashes, so neither the client_encoding nor standard_conforming_strings a
+// previous client left behind can change what it means.
 
 /**
  * Values a `SET … = '…'` literal carries unchanged whatever the session's client_encoding
@@ -63,9 +64,9 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   }
   if (calls.length > 0) parts.push(`SELECT ${calls.join(', ')}`);
   if (parts.length === 0) return null;
-  // A statement_timeout the previous client left must not cancel this one. Only a client's
-  // tracked setting can leave one (a sticky client's connection is DISCARDed on release),
-  // so the usual switch of pins spares PostgreSQL the extra statement.
+  // A statement_timeout the previous client left must not cancel this one. Only that
+  // client's own settings can have left one, and they are in `held` (a sticky client's
+  // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
   if (heldValue(held, 'statement_timeout') !== undefined) parts.unshift('SET LOCAL statement_timeout = 0');
   return ['BEGIN', ...parts, 'COMMIT'].join('; ');
 }
@@ -82,7 +83,7 @@ export function settingsKey(settings: ReadonlyMap<string, string>): string {
 }
 
 /** Same names (as written) with the same values: a lease needs no statement. */
-export function holdsExactly(held: ReadonlyMap<string, string>, wanted: ReadonlyMap<string, string>): boolean {
+function holdsExactly(held: ReadonlyMap<string, string>, wanted: ReadonlyMap<string, string>): boolean {
   if (held.size !== wanted.size) return false;
   for (const [name, value] of wanted) if (held.get(name) !== value) return false;
   return true;
