@@ -54,13 +54,28 @@ export class CancelRegistry {
    * already came from there), or are ignored as PostgreSQL does.
    */
   cancel(processId: number, secretKey: number, passOn = true): boolean {
+    return this.forward(processId, secretKey, passOn) !== null;
+  }
+
+  /**
+   * As cancel(), for the client's own cancel connection: resolves once the cancel is handled,
+   * for one relayed to PostgreSQL when PostgreSQL has closed the cancel connection (it has
+   * signalled the backend then). PostgreSQL closes a cancel connection only at that point
+   * and libpq's PQcancel waits for it: the proxy's must not close earlier.
+   */
+  cancelAndWait(processId: number, secretKey: number): Promise<void> {
+    return this.forward(processId, secretKey, true) ?? Promise.resolve();
+  }
+
+  /** Null: nothing here to cancel. Else resolves when the cancel is done with. */
+  private forward(processId: number, secretKey: number, passOn: boolean): Promise<void> | null {
     const session = this.sessions.get(keyOf(processId, secretKey));
     if (!session) {
       if (passOn) this.elsewhere?.(processId, secretKey);
-      return false;
+      return null;
     }
     const target = session.cancelTarget();
-    if (!target) return session.cancelWaiting();
+    if (!target) return session.cancelWaiting() ? Promise.resolve() : null;
     const delivered = dial(target.endpoint, target.transport, null, CANCEL_TIMEOUT_MS).then(
       ({ socket }) =>
         new Promise<void>((resolve) => {
@@ -74,7 +89,7 @@ export class CancelRegistry {
     );
     // Until PostgreSQL has signalled the backend, the connection must not serve another client.
     target.delivering(delivered);
-    return true;
+    return delivered;
   }
 
   get size(): number {

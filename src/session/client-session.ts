@@ -143,8 +143,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private key: { processId: number; secretKey: number } | null = null;
   private pool: Pool | null = null;
   private server: ServerConnection | null = null;
-  /** Client bytes that arrived before a server connection was attached. */
+  /**
+   * Client bytes that arrived before a server connection was attached, or that wait for a
+   * cancel relayed to the attached one to land (see holdForCancel).
+   */
   private queued: Outgoing[] = [];
+  /** The relayed cancel the queued bytes wait for (the server connection's `cancelling`). */
+  private heldFor: Promise<void> | null = null;
   /** What the server still owes for what this client sent it. */
   private readonly ledger = new RelayLedger();
   /** Transaction mode: the client's last Parse of the unnamed statement, to replay elsewhere. */
@@ -340,8 +345,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.socket.write(be.SSL_NO);
         return;
       case 'cancel':
-        this.rt.cancels.cancel(p.processId, p.secretKey);
-        this.close();
+        // Closed once the cancel is handled, as PostgreSQL does (libpq's PQcancel returns then).
+        // Nothing else belongs on a cancel connection: no more reading, no startup timeout.
+        this.clearStartupTimer();
+        this.startupBuf = Buffer.alloc(0);
+        this.socket.pause();
+        void this.rt.cancels.cancelAndWait(p.processId, p.secretKey).then(() => this.close());
         return;
       case 'invalid':
         return this.fatal(SqlState.PROTOCOL_VIOLATION, p.message);
@@ -435,7 +444,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   message(type: number, frame: Buffer): void {
-    if (type === 0x58 /* X Terminate */) return this.finish('client terminated');
+    if (type === 0x58 /* X Terminate */) {
+      // Statements held back for a cancel still go out: the client sent them before leaving.
+      if (this.heldFor !== null && this.server !== null) {
+        this.heldFor = null;
+        this.flushQueued(this.server);
+      }
+      return this.finish('client terminated');
+    }
     switch (this.state) {
       case 'auth':
         return this.onAuthOutcome(this.auth!.handle(type, frame));
@@ -727,9 +743,45 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private queueOrWrite(out: Outgoing): void {
     const server = this.server;
-    if (server) return this.write(server, out);
+    if (server) {
+      if (this.heldFor === null && server.cancelling === null) return this.write(server, out);
+      this.queued.push(out);
+      if (this.heldFor === null) this.holdForCancel(server.cancelling!);
+      return;
+    }
     this.queued.push(out);
     if (!this.leasing) this.guard(this.lease());
+  }
+
+  /**
+   * A cancel relayed to this connection's backend is still on its way: PostgreSQL signals
+   * the backend while it handles the CancelRequest (SIGINT twice: to the process, then to
+   * its process group), and the statement it was meant for may already have ended by then.
+   * A signal that lands while the client's next statement runs cancels that one instead
+   * (seen as 57014 on the `SELECT 1` after a cancelled pg_sleep). So the client's next bytes
+   * wait until PostgreSQL has closed the cancel connection, as the pool already makes the
+   * next client wait (Pool.release).
+   */
+  private holdForCancel(pending: Promise<void>): void {
+    this.heldFor = pending;
+    this.socket.pause(); // bounded memory: further client bytes stay in the kernel
+    void pending.then(() => {
+      if (this.heldFor !== pending) return;
+      this.heldFor = null;
+      if (this.state !== 'ready') return;
+      const now = this.server;
+      if (now === null) {
+        // The connection was lost meanwhile (transaction mode): the held work takes another.
+        if (this.queued.length > 0 && !this.leasing) this.guard(this.lease());
+        return;
+      }
+      // Another cancel was relayed meanwhile: wait for that one too.
+      if (now.cancelling !== null && this.queued.length > 0) return this.holdForCancel(now.cancelling);
+      this.socket.resume();
+      now.socket.cork();
+      this.flushQueued(now);
+      now.socket.uncork();
+    });
   }
 
   /** Async steps report their failures here instead of as unhandled rejections. */
@@ -1103,7 +1155,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!s || s.isClosed || this.ledger.owed === 0 || s.runningHidden) return null;
     const delivering = (done: Promise<void>): void => {
       const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
-      s.cancelling = Promise.race([done, timeout]);
+      const pending: Promise<void> = Promise.race([done, timeout]).then(() => {
+        if (s.cancelling === pending) s.cancelling = null;
+      });
+      s.cancelling = pending;
     };
     return { endpoint: s.endpoint, transport: s.transport, processId: s.processId, secretKey: s.secretKey, delivering };
   }

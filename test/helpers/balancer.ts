@@ -22,3 +22,40 @@ export async function headerBalancer(t: { teardown(f: () => unknown): void }, po
   });
   return (server.address() as net.AddressInfo).port;
 }
+
+/**
+ * A forwarder to 127.0.0.1:`port` that holds each CancelRequest connection for `delayMs`
+ * before passing it on: a cancel that reaches PostgreSQL late, as when the process
+ * handling it is descheduled between its two signals. Other connections pass at once.
+ */
+export async function slowCancelForwarder(t: { teardown(f: () => unknown): void }, port: number, delayMs: number): Promise<number> {
+  const sockets = new Set<net.Socket>();
+  // Half-open: a cancel's sender ends its side at once, and must see this side close only
+  // when PostgreSQL closes it.
+  const server = net.createServer({ allowHalfOpen: true }, (client) => {
+    sockets.add(client);
+    client.once('data', (first: Buffer) => {
+      client.pause();
+      const isCancel = first.length >= 8 && first.readInt32BE(0) === 16 && first.readInt32BE(4) === 80877102;
+      setTimeout(
+        () => {
+          const upstream = net.connect(port, '127.0.0.1', () => {
+            upstream.write(first);
+            client.pipe(upstream).pipe(client);
+            client.resume();
+          });
+          upstream.on('error', () => client.destroy());
+          sockets.add(upstream);
+        },
+        isCancel ? delayMs : 0,
+      );
+    });
+    client.on('error', () => client.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise((r) => server.close(r));
+  });
+  return (server.address() as net.AddressInfo).port;
+}

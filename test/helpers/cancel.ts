@@ -1,5 +1,6 @@
 // Sends a CancelRequest for (processId, secretKey) to 127.0.0.1:`port`, as libpq does:
-// a connection of its own that carries nothing else. Resolves when the server closes it.
+// a connection of its own that carries nothing else, kept open (no FIN) until the server
+// closes it, which PostgreSQL does once it has signalled the backend. Resolves then.
 
 import net from 'node:net';
 import pg from 'pg';
@@ -12,7 +13,7 @@ export function sendCancel(port: number, processId: number, secretKey: number): 
       b.writeInt32BE(80877102, 4);
       b.writeInt32BE(processId, 8);
       b.writeInt32BE(secretKey, 12);
-      s.end(b);
+      s.write(b);
     });
     s.on('close', () => resolve());
     s.on('error', () => resolve());
