@@ -7,6 +7,7 @@ The tap test (test/compat.test.ts) decides pass or fail from the observed values
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 
@@ -67,3 +68,28 @@ def run_steps(steps, sqlstate_of):
                   'error': {'sqlstate': sqlstate_of(e), 'message': str(e).strip(), 'type': type(e).__name__,
                             'trace': traceback.format_exc()[-1500:]},
                   'ms': round((time.monotonic() - started) * 1000)})
+
+
+def cancel_step(conn, execute, fetch_one, error, sqlstate_of):
+    """`SELECT pg_sleep(10)` cancelled after 0.5 s by conn.cancel() from another thread, then
+    `SELECT 1` on the same connection. The same for both drivers; they differ only in how
+    a statement runs (`execute`, `fetch_one`), their error class and its SQLSTATE field."""
+    at = {}
+
+    def do_cancel():
+        at['t'] = time.monotonic()
+        conn.cancel()
+
+    timer = threading.Timer(0.5, do_cancel)
+    start = time.monotonic()
+    timer.start()
+    sqlstate = None
+    try:
+        execute(conn, 'SELECT pg_sleep(10)')
+    except error as e:
+        sqlstate = sqlstate_of(e)
+    end = time.monotonic()
+    timer.cancel()
+    return {'sqlstate': sqlstate, 'total_ms': round((end - start) * 1000),
+            'after_cancel_ms': round((end - at['t']) * 1000) if 't' in at else None, 'after': fetch_one(conn, 'SELECT 1')[0],
+            'note': 'connection.cancel() from another thread'}

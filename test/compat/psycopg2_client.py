@@ -8,13 +8,12 @@ import io
 import os
 import select
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import psycopg2  # noqa: E402
 import psycopg2.extensions  # noqa: E402
-from compat_common import ENV, FREE_CHECK, FREE_MARKER, PREP_CHECK, PREP_MARKER, conninfo, run_steps  # noqa: E402
+from compat_common import ENV, FREE_CHECK, FREE_MARKER, PREP_CHECK, PREP_MARKER, cancel_step, conninfo, run_steps  # noqa: E402
 
 RUN = ENV['run']
 S = {}
@@ -185,26 +184,7 @@ def large_result():
 
 
 def cancel():
-    c = S['c']
-    at = {}
-
-    def do_cancel():
-        at['t'] = time.monotonic()
-        c.cancel()
-
-    timer = threading.Timer(0.5, do_cancel)
-    start = time.monotonic()
-    timer.start()
-    sqlstate = None
-    try:
-        run(c, 'SELECT pg_sleep(10)')
-    except psycopg2.Error as e:
-        sqlstate = e.pgcode
-    end = time.monotonic()
-    timer.cancel()
-    return {'sqlstate': sqlstate, 'total_ms': round((end - start) * 1000),
-            'after_cancel_ms': round((end - at['t']) * 1000) if 't' in at else None, 'after': one(c, 'SELECT 1')[0],
-            'note': 'connection.cancel() from another thread'}
+    return cancel_step(S['c'], run, one, psycopg2.Error, lambda e: e.pgcode)
 
 
 def listen_notify():

@@ -1,11 +1,10 @@
 """psycopg 3 through pgbastion: every step of the compatibility matrix (see compat_common)."""
 import sys
-import threading
 import time
 
 sys.path.insert(0, __import__('os').path.dirname(__file__))
 import psycopg  # noqa: E402
-from compat_common import ENV, FREE_CHECK, FREE_MARKER, PREP_CHECK, PREP_MARKER, conninfo, run_steps  # noqa: E402
+from compat_common import ENV, FREE_CHECK, FREE_MARKER, PREP_CHECK, PREP_MARKER, cancel_step, conninfo, run_steps  # noqa: E402
 
 RUN = ENV['run']
 S = {}
@@ -161,26 +160,7 @@ def large_result():
 
 
 def cancel():
-    c = S['c']
-    at = {}
-
-    def do_cancel():
-        at['t'] = time.monotonic()
-        c.cancel()
-
-    timer = threading.Timer(0.5, do_cancel)
-    start = time.monotonic()
-    timer.start()
-    sqlstate = None
-    try:
-        c.execute('SELECT pg_sleep(10)')
-    except psycopg.Error as e:
-        sqlstate = e.sqlstate
-    end = time.monotonic()
-    timer.cancel()
-    return {'sqlstate': sqlstate, 'total_ms': round((end - start) * 1000),
-            'after_cancel_ms': round((end - at['t']) * 1000) if 't' in at else None, 'after': one(c, 'SELECT 1')[0],
-            'note': 'connection.cancel() from another thread'}
+    return cancel_step(S['c'], lambda c, sql: c.execute(sql), one, psycopg.Error, lambda e: e.sqlstate)
 
 
 def listen_notify():
