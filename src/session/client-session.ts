@@ -1047,6 +1047,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.paramsKey = settingsKey(params);
   }
 
+  /** A tracked SET the server accepted: it is now one of the client's settings. */
+  private readonly settle = (set: TrackedSet): void => this.holdSetting(set.name, set.value);
+
   private holdSetting(name: string, value: string): void {
     const lower = name.toLowerCase();
     const next = new Map([...this.params].filter(([k]) => k.toLowerCase() !== lower));
@@ -1103,10 +1106,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   onServerReady(status: TxStatus): void {
-    const { askedAt, settledSets } = this.ledger.answered();
+    const askedAt = this.ledger.answered(this.settle);
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready();
-    for (const set of settledSets) this.holdSetting(set.name, set.value);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();

@@ -13,16 +13,6 @@ interface SetsInFlight {
   failed: boolean;
 }
 
-/** What a ReadyForQuery closed. */
-export interface Answered {
-  /** performance.now() when its Query/Sync went out; undefined if none was owed. */
-  readonly askedAt: number | undefined;
-  /** Tracked SETs that now hold on the server connection (none if any failed). */
-  readonly settledSets: readonly TrackedSet[];
-}
-
-const NOTHING_SETTLED: readonly TrackedSet[] = [];
-
 export class RelayLedger {
   /** ReadyForQuery messages the server still owes. */
   owed = 0;
@@ -105,12 +95,16 @@ export class RelayLedger {
     if (current) current.failed = true;
   }
 
-  /** A ReadyForQuery arrived. */
-  answered(): Answered {
+  /**
+   * A ReadyForQuery arrived. Returns when it was asked for (undefined if none was owed); the
+   * tracked SETs it settles, unless the server refused one of them, go to `settle`. (No
+   * object per answer: this runs once per transaction.)
+   */
+  answered(settle: (set: TrackedSet) => void): number | undefined {
     if (this.owed > 0) this.owed--;
-    const askedAt = this.askedAt.shift();
     const done = this.setsInFlight.shift();
-    return { askedAt, settledSets: done && !done.failed ? done.sets : NOTHING_SETTLED };
+    if (done && !done.failed) for (const set of done.sets) settle(set);
+    return this.askedAt.shift();
   }
 
   /** The server connection is gone: nothing more will be answered. */
