@@ -20,10 +20,13 @@ export interface PoolOptions {
 /** The pool could not hand out a connection in time. */
 export class PoolTimeoutError extends Error {}
 
+/** How a lease ends: with a connection, or with why there is none. */
+export type LeaseCallback = (err: Error | null, conn: ServerConnection | null) => void;
+
 interface Waiter {
-  resolve: (conn: ServerConnection) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout;
+  done: LeaseCallback;
+  /** Date.now() after which it gets PoolTimeoutError. */
+  deadline: number;
   origin: ClientOrigin | null;
 }
 
@@ -34,6 +37,9 @@ export class Pool {
   /** Most recently used last: reuse the warmest connection first. */
   private readonly idle: ServerConnection[] = [];
   private readonly waiters: Waiter[] = [];
+  /** One timer for all waiters, due at the earliest deadline (see armWaitTimer). */
+  private waitTimer: NodeJS.Timeout | null = null;
+  private waitTimerDue = Infinity;
   /** Connections open or opening, idle ones included. */
   private total = 0;
   private sweeper: NodeJS.Timeout | null = null;
@@ -79,24 +85,24 @@ export class Pool {
    * `origin`: the client asking, named in the PROXY header if a new connection is opened for
    * it. `prefer`: an idle connection it would rather have (one already holding its settings
    * and pins, so the lease needs no statement to switch them); else the warmest.
+   *
+   * `done` runs synchronously when an idle connection is at hand, and from inside release()
+   * when a waiter is handed one: no promise and no extra event-loop turn per transaction.
    */
-  acquire(origin: ClientOrigin | null = null, prefer: ((conn: ServerConnection) => boolean) | null = null): Promise<ServerConnection> {
-    if (this.closed) return Promise.reject(new UpstreamError('unreachable', 'pool is closed'));
+  request(origin: ClientOrigin | null, prefer: ((conn: ServerConnection) => boolean) | null, done: LeaseCallback): void {
+    if (this.closed) return done(new UpstreamError('unreachable', 'pool is closed'), null);
     const conn = this.takeIdle(prefer);
-    if (conn) return Promise.resolve(conn);
-    if (this.total < this.opts.size) return this.openNew(origin);
+    if (conn) return done(null, conn);
+    if (this.total < this.opts.size) return this.openFor(origin, done);
+    const deadline = Date.now() + this.opts.acquireTimeoutMs;
+    this.waiters.push({ done, deadline, origin });
+    if (deadline < this.waitTimerDue) this.armWaitTimer(deadline);
+  }
+
+  /** request() as a promise, for callers off the per-transaction path. */
+  acquire(origin: ClientOrigin | null = null, prefer: ((conn: ServerConnection) => boolean) | null = null): Promise<ServerConnection> {
     return new Promise((resolve, reject) => {
-      const waiter: Waiter = {
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          const i = this.waiters.indexOf(waiter);
-          if (i >= 0) this.waiters.splice(i, 1);
-          reject(new PoolTimeoutError(`no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`));
-        }, this.opts.acquireTimeoutMs),
-        origin,
-      };
-      this.waiters.push(waiter);
+      this.request(origin, prefer, (err, conn) => (err ? reject(err) : resolve(conn!)));
     });
   }
 
@@ -123,10 +129,8 @@ export class Pool {
 
   close(): void {
     this.closed = true;
-    for (const w of this.waiters.splice(0)) {
-      clearTimeout(w.timer);
-      w.reject(new UpstreamError('unreachable', 'pool is closing'));
-    }
+    this.armWaitTimer(Infinity);
+    for (const w of this.waiters.splice(0)) w.done(new UpstreamError('unreachable', 'pool is closing'), null);
     for (const conn of this.idle.splice(0)) conn.close();
     if (this.sweeper) clearInterval(this.sweeper);
   }
@@ -164,17 +168,17 @@ export class Pool {
     return null;
   }
 
-  private openNew(origin: ClientOrigin | null): Promise<ServerConnection> {
+  private openFor(origin: ClientOrigin | null, done: LeaseCallback): void {
     this.total++;
-    return this.opts.connect(origin).then(
+    this.opts.connect(origin).then(
       (conn) => {
         conn.whenClosedIdle(() => this.forgetIdle(conn));
         this.welcome ??= conn.loginParams;
-        return conn;
+        done(null, conn);
       },
       (err: unknown) => {
         this.total--;
-        throw err;
+        done(err instanceof Error ? err : new Error(String(err)), null);
       },
     );
   }
@@ -183,11 +187,7 @@ export class Pool {
   private handOver(conn: ServerConnection): void {
     if (conn.isClosed || this.total > this.opts.size || !this.opts.keep(conn)) return this.drop(conn);
     const waiter = this.waiters.shift();
-    if (waiter) {
-      clearTimeout(waiter.timer);
-      waiter.resolve(conn);
-      return;
-    }
+    if (waiter) return waiter.done(null, conn);
     this.idle.push(conn);
     this.ensureSweeper();
   }
@@ -199,10 +199,41 @@ export class Pool {
     if (i >= 0) this.idle.splice(i, 1);
     // A slot opened: a waiter may now get a fresh connection.
     const waiter = this.waiters.shift();
-    if (waiter) {
-      clearTimeout(waiter.timer);
-      this.openNew(waiter.origin).then(waiter.resolve, waiter.reject);
+    if (waiter) this.openFor(waiter.origin, waiter.done);
+  }
+
+  /**
+   * (Re)arms the one wait timer for `due` (Infinity: none). Waiters mostly leave by being
+   * served, so the timer may fire with nobody late; it then re-arms for the earliest
+   * deadline left. One timer instead of a setTimeout/clearTimeout pair per wait.
+   */
+  private armWaitTimer(due: number): void {
+    if (this.waitTimer !== null) clearTimeout(this.waitTimer);
+    this.waitTimer = null;
+    this.waitTimerDue = due;
+    if (due === Infinity) return;
+    this.waitTimer = setTimeout(() => this.expireWaiters(), Math.max(0, due - Date.now()));
+  }
+
+  private expireWaiters(): void {
+    this.waitTimer = null;
+    const now = Date.now();
+    let next = Infinity;
+    const late: Waiter[] = [];
+    // In place: waiters keep their order (FIFO); reload may have changed the timeout, so
+    // deadlines are not necessarily in order.
+    let kept = 0;
+    for (const w of this.waiters) {
+      if (w.deadline <= now) late.push(w);
+      else {
+        this.waiters[kept++] = w;
+        next = Math.min(next, w.deadline);
+      }
     }
+    this.waiters.length = kept;
+    this.armWaitTimer(next);
+    const message = `no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`;
+    for (const w of late) w.done(new PoolTimeoutError(message), null);
   }
 
   private forgetIdle(conn: ServerConnection): void {

@@ -160,6 +160,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private vettedSql = '';
   /** A lease request is in flight (transaction mode, between transactions). */
   private leasing = false;
+  /** When the current lease was asked for (performance.now()), for the pool-wait histogram. */
+  private leaseStart = 0;
+  /** onData is feeding the scanner: a server socket corked meanwhile is uncorked when it ends. */
+  private feeding = false;
+  private corkedServer: net.Socket | null = null;
+  /** The client socket was paused because its lease had to wait. */
+  private pausedForLease = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
   private sticky: string | null = null;
   private readonly transactionMode: boolean;
@@ -252,13 +259,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private onData(chunk: Buffer): void {
     try {
       if (this.state === 'startup') return this.onStartupData(chunk);
-      if (this.state === 'ready' && this.server) {
-        const out = this.server.socket;
-        out.cork();
+      if (this.state === 'ready') {
+        // Everything this read makes us send to the server goes out in one write.
+        if (this.server !== null) {
+          this.corkedServer = this.server.socket;
+          this.corkedServer.cork();
+        }
+        this.feeding = true;
         try {
           this.scanner.feed(chunk);
         } finally {
-          out.uncork();
+          this.feeding = false;
+          const corked = this.corkedServer;
+          this.corkedServer = null;
+          corked?.uncork();
         }
         return;
       }
@@ -750,7 +764,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return;
     }
     this.queued.push(out);
-    if (!this.leasing) this.guard(this.lease());
+    if (!this.leasing) this.lease();
   }
 
   /**
@@ -772,7 +786,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       const now = this.server;
       if (now === null) {
         // The connection was lost meanwhile (transaction mode): the held work takes another.
-        if (this.queued.length > 0 && !this.leasing) this.guard(this.lease());
+        if (this.queued.length > 0 && !this.leasing) this.lease();
         return;
       }
       // Another cancel was relayed meanwhile: wait for that one too.
@@ -860,35 +874,66 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /**
    * Transaction mode: takes a server connection for the client's next transaction. The
    * client's settings go ahead of its first bytes in the same write (no round trip), and
-   * only when the connection does not already hold exactly them.
+   * only when the connection does not already hold exactly them. With an idle connection at
+   * hand this all happens now, inside the caller; else when the pool hands one over.
    */
-  private async lease(): Promise<void> {
+  private lease(): void {
     this.leasing = true;
-    this.socket.pause(); // bounded memory while we wait: the client's bytes stay in the kernel
-    let server: ServerConnection;
-    const waitStart = performance.now();
+    this.leaseStart = performance.now();
+    this.pool!.request(this.origin(), this.holdsMine, this.onLeased);
+    if (this.leasing && !this.pausedForLease) {
+      this.pausedForLease = true;
+      this.socket.pause(); // bounded memory while we wait: the client's bytes stay in the kernel
+    }
+  }
+
+  private readonly onLeased = (err: Error | null, server: ServerConnection | null): void => {
+    // May run inside another session's release: a failure here is this session's alone.
     try {
-      server = await this.acquireLive();
-    } catch (err) {
-      this.leasing = false;
-      if (err instanceof UpstreamError && this.transactionMode && this.sticky === null && this.state === 'ready') {
-        return this.failQueuedWork(err);
+      if (server !== null && server.isClosed) {
+        // It died between being handed over and our turn (a server shutting down closes
+        // its idle connections at any moment): ask again.
+        this.pool!.release(server, false, null);
+        return this.pool!.request(this.origin(), this.holdsMine, this.onLeased);
       }
-      return this.onConnectFailure(err);
+      this.leasing = false;
+      if (server === null) {
+        if (err instanceof UpstreamError && this.transactionMode && this.sticky === null && this.state === 'ready') {
+          return this.failQueuedWork(err);
+        }
+        return this.onConnectFailure(err);
+      }
+      this.rt.metrics.poolWait.observe((performance.now() - this.leaseStart) / 1000);
+      // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
+      if (this.state !== 'ready' || this.queued.length === 0) {
+        this.pool!.release(server, true, null);
+        if (this.state === 'ready') this.resumeAfterLease();
+        return;
+      }
+      this.useServer(server);
+      this.resumeAfterLease();
+    } catch (failure) {
+      this.onFailure(failure);
     }
-    this.rt.metrics.poolWait.observe((performance.now() - waitStart) / 1000);
-    this.leasing = false;
-    // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
-    if (this.state !== 'ready' || this.queued.length === 0) {
-      this.pool!.release(server, true, null);
-      if (this.state === 'ready') this.socket.resume();
-      return;
-    }
+  };
+
+  private resumeAfterLease(): void {
+    if (!this.pausedForLease) return;
+    this.pausedForLease = false;
+    this.socket.resume();
+  }
+
+  /** Attaches a leased connection and sends it the client's settings (if it lacks them) and queued work. */
+  private useServer(server: ServerConnection): void {
     this.server = server;
     server.attach(this);
     this.unnamedOnServer = false;
     const out = server.socket;
     out.cork();
+    // Leased while reading the client (an idle connection was at hand): what else this read
+    // holds joins the same write, uncorked at the end of onData.
+    const uncorkLater = this.feeding && this.corkedServer === null;
+    if (uncorkLater) this.corkedServer = out;
     let sql = setConfigSql(this.params, server.applied);
     if (server.prepared.size > MAX_SERVER_STATEMENTS) {
       // Statements of clients long gone pile up on a busy connection: start it afresh (the
@@ -901,8 +946,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.holdExactly(this.params, this.paramsKey);
     }
     this.flushQueued(server);
-    out.uncork();
-    this.socket.resume();
+    if (!uncorkLater) out.uncork();
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */
@@ -936,7 +980,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.queued = [];
     this.lostTransaction = { message: 'pgbastion could not connect to the upstream server', detail: err.message };
     for (const out of queued) if (out.type !== 0) this.answerLostTransaction(out.type);
-    this.socket.resume();
+    this.resumeAfterLease();
   }
 
   private flushQueued(server: ServerConnection): void {

@@ -52,10 +52,15 @@ export interface Dialed {
 
 const SSL_REQUEST = Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
 
-export function dial(endpoint: Endpoint, transport: UpstreamTransport, origin: ClientOrigin | null, timeoutMs: number): Promise<Dialed> {
+/**
+ * `onread`: net.connect's option, used when the connection stays plaintext (a TLS
+ * connection reads through the TLS socket on top, and the SSLRequest answer as 'data').
+ */
+export function dial(endpoint: Endpoint, transport: UpstreamTransport, origin: ClientOrigin | null, timeoutMs: number, onread?: net.OnReadOpts): Promise<Dialed> {
   const where = endpointKey(endpoint);
   return new Promise((resolve, reject) => {
-    let current: net.Socket = net.connect({ host: endpoint.host, port: endpoint.port });
+    const plain = transport.tlsMode === 'disable';
+    let current: net.Socket = net.connect({ host: endpoint.host, port: endpoint.port, ...(plain && onread ? { onread } : {}) });
     let settled = false;
     const finish = (err: UpstreamError | null, dialed?: Dialed): void => {
       if (settled) return;

@@ -10,6 +10,8 @@ import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../pro
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
+import { SliceRun } from '../net/slice-run.js';
+import { ReusedReadBuffer } from '../net/reused-read.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
@@ -102,6 +104,10 @@ export class ServerConnection implements ScanSink {
 
   private readonly scanner: MessageScanner;
   private peer: ServerPeer | null = null;
+  /** Server bytes gathered for the client during one read (see toClient). */
+  private readonly run = new SliceRun();
+  /** The client socket corked by toClient, uncorked by flushToClient. */
+  private corked: net.Socket | null = null;
   private hidden: Hidden | null = null;
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
@@ -128,12 +134,15 @@ export class ServerConnection implements ScanSink {
     private readonly login: ServerLogin,
     /** Set on TLS connections: SCRAM-SHA-256-PLUS binds the login to this server certificate. */
     private readonly channelBinding: ChannelBinding | null,
+    /** Plaintext connections read into a reused buffer (see flushToClient for its one rule). */
+    private readonly reader: ReusedReadBuffer | null,
   ) {
     this.where = endpointKey(endpoint);
     this.scanner = new MessageScanner(INSPECT_ALL, login.maxMessageBytes, this);
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 30_000);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (reader) reader.onChunk = (chunk) => this.onData(chunk);
+    else socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (err) => this.fail(new UpstreamError('lost', `server connection error: ${err.message}`)));
     socket.on('close', () => this.fail(new UpstreamError('lost', 'server closed the connection unexpectedly')));
   }
@@ -141,9 +150,10 @@ export class ServerConnection implements ScanSink {
   /** Connects (PROXY header, TLS as configured) and logs in; resolves once the server is ready for queries. */
   static async open(login: ServerLogin): Promise<ServerConnection> {
     const deadline = Date.now() + login.timeoutMs;
-    const { socket, channelBinding } = await dial(login.endpoint, login.transport, login.origin, login.timeoutMs);
+    const reader = login.transport.tlsMode === 'disable' ? new ReusedReadBuffer() : null;
+    const { socket, channelBinding } = await dial(login.endpoint, login.transport, login.origin, login.timeoutMs, reader?.onread);
     return new Promise((resolve, reject) => {
-      const conn = new ServerConnection(socket, login.endpoint, login, channelBinding);
+      const conn = new ServerConnection(socket, login.endpoint, login, channelBinding, reader);
       const timer = setTimeout(() => {
         conn.fail(new UpstreamError('timeout', `timed out logging in to ${endpointKey(login.endpoint)}`));
       }, Math.max(1, deadline - Date.now()));
@@ -190,6 +200,7 @@ export class ServerConnection implements ScanSink {
 
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
   detach(): void {
+    this.flushToClient();
     this.peer = null;
     if (this.drainWait) {
       this.drainWait.out.off('drain', this.drainWait.resume);
@@ -314,40 +325,66 @@ export class ServerConnection implements ScanSink {
   }
 
   private onData(chunk: Buffer): void {
-    const peer = this.peer;
-    if (this.state === 'active' && peer !== null) {
-      const out = peer.socket;
-      out.cork();
-      try {
-        this.scanner.feed(chunk);
-      } catch (err) {
-        this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
-      } finally {
-        out.uncork();
-      }
-      // Back-pressure from the client, but only while it is still our client: a release
-      // inside feed() handed us on, and the next client must not wait on the old one.
-      if (out.writableNeedDrain && this.peer === peer && this.drainWait === null) {
-        this.socket.pause();
-        const resume = (): void => {
-          this.drainWait = null;
-          this.socket.resume();
-        };
-        this.drainWait = { out, resume };
-        out.once('drain', resume);
-      }
-      return;
-    }
+    const peer = this.state === 'active' ? this.peer : null;
     try {
       this.scanner.feed(chunk);
     } catch (err) {
+      this.flushToClient();
       this.fail(new UpstreamError('protocol', `server sent an invalid message: ${(err as Error).message}`));
+      return;
     }
+    // Also when the read began in another state: a hidden statement may have ended in it.
+    this.flushToClient();
+    // Back-pressure from the client, but only while it is still our client: a release
+    // inside feed() handed us on, and the next client must not wait on the old one.
+    if (peer !== null && peer.socket.writableNeedDrain && this.peer === peer && this.drainWait === null) {
+      const out = peer.socket;
+      this.socket.pause();
+      const resume = (): void => {
+        this.drainWait = null;
+        this.socket.resume();
+      };
+      this.drainWait = { out, resume };
+      out.once('drain', resume);
+    }
+  }
+
+  /**
+   * Server → client bytes. Slices of one read that follow each other go out as one write;
+   * a second write in the same read corks the client socket until flushToClient.
+   */
+  private toClient(bytes: Buffer): void {
+    const ended = this.run.push(bytes);
+    if (ended === null) return;
+    const out = this.peer!.socket;
+    if (this.corked === null) {
+      out.cork();
+      this.corked = out;
+    }
+    out.write(ended);
+  }
+
+  /**
+   * Writes what toClient gathered. Called before anything that may act on the bytes so far.
+   * The bytes are slices of the read: a write that did not go out at once still points into
+   * them, so the reused read buffer must not take the next read.
+   */
+  private flushToClient(): void {
+    const last = this.run.take();
+    const out = this.peer?.socket;
+    if (last !== null) out!.write(last);
+    const corked = this.corked;
+    if (corked !== null) {
+      this.corked = null;
+      corked.uncork();
+      if (corked.writableLength > 0) this.reader?.retain();
+    }
+    if (last !== null && out!.writableLength > 0) this.reader?.retain();
   }
 
   // ScanSink: bytes of messages the relay does not inspect go straight to the client.
   pass(bytes: Buffer): void {
-    if (this.state === 'active') this.peer?.socket.write(bytes);
+    if (this.state === 'active') this.toClient(bytes);
     else if (this.state === 'idle') this.fail(new UpstreamError('protocol', 'unexpected data from an idle server'));
   }
 
@@ -384,9 +421,9 @@ export class ServerConnection implements ScanSink {
         this.prepared.delete(lost.name);
         peer.statementLost(lost.name);
       }
-      return void peer.socket.write(peer.serverError(frame));
+      return this.toClient(peer.serverError(frame));
     }
-    peer.socket.write(frame);
+    this.toClient(frame);
     if (type === 0x43 /* C */) {
       if (peer.wantsCommandTags) peer.commandComplete(frame);
     } else if (type === 0x47 /* G CopyInResponse */) {
@@ -394,6 +431,8 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      // The client has its reply before the lease is settled (which may hand us on).
+      this.flushToClient();
       peer.onServerReady(this.txStatus);
     } else if (type === 0x53 /* S */) {
       this.noteParameter(frame);
@@ -527,6 +566,7 @@ export class ServerConnection implements ScanSink {
       this.hidden.reject(reason);
       this.hidden = null;
     }
+    this.flushToClient();
     const peer = this.peer;
     this.peer = null;
     if (peer && err) peer.onServerLost(err);

@@ -1,0 +1,42 @@
+// Gathers buffers that sit next to each other in memory into one, so that the relay
+// writes a server reply as one piece: the pass-through bytes and the messages it looked at
+// (CommandComplete, ReadyForQuery ...) are slices of the same read, back to back. One write
+// instead of three is one buffered entry, one write request and no writev array per reply,
+// which on a 2-core machine is throughput (bench S1).
+
+export class SliceRun {
+  /** The first buffer of the run; the run spans from its start to `end`. */
+  private first: Buffer | null = null;
+  /** Byte offset, in `first.buffer`, just past the run. */
+  private end = 0;
+
+  get empty(): boolean {
+    return this.first === null;
+  }
+
+  /**
+   * Adds `bytes` after what the run holds. Returns the run it ended, to be written before
+   * `bytes`, when `bytes` does not continue it in memory; else null.
+   */
+  push(bytes: Buffer): Buffer | null {
+    if (bytes.length === 0) return null;
+    const first = this.first;
+    if (first !== null && bytes.buffer === first.buffer && bytes.byteOffset === this.end) {
+      this.end += bytes.length;
+      return null;
+    }
+    const ended = this.take();
+    this.first = bytes;
+    this.end = bytes.byteOffset + bytes.length;
+    return ended;
+  }
+
+  /** Empties the run and returns its bytes (null if it held none). No copy is made. */
+  take(): Buffer | null {
+    const first = this.first;
+    if (first === null) return null;
+    this.first = null;
+    const length = this.end - first.byteOffset;
+    return length === first.length ? first : Buffer.from(first.buffer, first.byteOffset, length);
+  }
+}
