@@ -2,6 +2,7 @@
 // login as a server role, hidden housekeeping queries, and the server→client relay.
 
 import net from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { ScramClientSession } from '../auth/scram.js';
@@ -81,6 +82,9 @@ const REQUIRE_PRIMARY_SQL =
 
 let nextServerId = 1;
 
+/** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
+const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0;
+
 export class ServerConnection implements ScanSink {
   readonly id = nextServerId++;
   /** `host:port` of the upstream endpoint. */
@@ -108,6 +112,8 @@ export class ServerConnection implements ScanSink {
   private readonly run = new SliceRun();
   /** The client socket corked by toClient, uncorked by flushToClient. */
   private corked: net.Socket | null = null;
+  /** Whether `corked` was idle when corked: its writes are handed to the socket at uncork. */
+  private corkedIdle = false;
   private hidden: Hidden | null = null;
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
@@ -358,6 +364,7 @@ export class ServerConnection implements ScanSink {
     if (ended === null) return;
     const out = this.peer!.socket;
     if (this.corked === null) {
+      this.corkedIdle = isIdle(out);
       out.cork();
       this.corked = out;
     }
@@ -366,20 +373,24 @@ export class ServerConnection implements ScanSink {
 
   /**
    * Writes what toClient gathered. Called before anything that may act on the bytes so far.
-   * The bytes are slices of the read: a write that did not go out at once still points into
-   * them, so the reused read buffer must not take the next read.
+   * The bytes are slices of the read, which the reused read buffer overwrites next time
+   * unless told they are still referenced: by a write Node has not handed to the socket yet
+   * (it was busy or corked), or, on a TCP socket, by what the kernel did not take at once.
+   * A TLS socket encrypts what it is handed, or copies it when it cannot yet.
    */
   private flushToClient(): void {
     const last = this.run.take();
-    const out = this.peer?.socket;
-    if (last !== null) out!.write(last);
     const corked = this.corked;
+    const out = corked ?? this.peer?.socket;
+    if (out === undefined || (last === null && corked === null)) return;
+    const handedOver = corked !== null ? this.corkedIdle : isIdle(out);
+    if (last !== null) out.write(last);
     if (corked !== null) {
       this.corked = null;
       corked.uncork();
-      if (corked.writableLength > 0) this.reader?.retain();
     }
-    if (last !== null && out!.writableLength > 0) this.reader?.retain();
+    const kept = (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0;
+    if (kept) this.reader?.retain();
   }
 
   // ScanSink: bytes of messages the relay does not inspect go straight to the client.
