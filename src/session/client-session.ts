@@ -162,9 +162,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private leasing = false;
   /** When the current lease was asked for (performance.now()), for the pool-wait histogram. */
   private leaseStart = 0;
-  /** onData is feeding the scanner: a server socket corked meanwhile is uncorked when it ends. */
+  /** onData is feeding the scanner: a server batch opened meanwhile is closed when it ends. */
   private feeding = false;
-  private corkedServer: net.Socket | null = null;
+  /** The server connection whose write batch onData closes when its read is done. */
+  private batched: ServerConnection | null = null;
   /** The client socket was paused because its lease had to wait. */
   private pausedForLease = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
@@ -261,18 +262,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (this.state === 'startup') return this.onStartupData(chunk);
       if (this.state === 'ready') {
         // Everything this read makes us send to the server goes out in one write.
-        if (this.server !== null) {
-          this.corkedServer = this.server.socket;
-          this.corkedServer.cork();
-        }
+        this.batched = this.server;
+        this.batched?.beginBatch();
         this.feeding = true;
         try {
           this.scanner.feed(chunk);
         } finally {
           this.feeding = false;
-          const corked = this.corkedServer;
-          this.corkedServer = null;
-          corked?.uncork();
+          const batched = this.batched;
+          this.batched = null;
+          if (batched !== null && !batched.endBatch() && batched === this.server) this.waitForServerDrain();
         }
         return;
       }
@@ -792,9 +791,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Another cancel was relayed meanwhile: wait for that one too.
       if (now.cancelling !== null && this.queued.length > 0) return this.holdForCancel(now.cancelling);
       this.socket.resume();
-      now.socket.cork();
+      now.beginBatch();
       this.flushQueued(now);
-      now.socket.uncork();
+      if (!now.endBatch()) this.waitForServerDrain();
     });
   }
 
@@ -928,12 +927,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.server = server;
     server.attach(this);
     this.unnamedOnServer = false;
-    const out = server.socket;
-    out.cork();
+    server.beginBatch();
     // Leased while reading the client (an idle connection was at hand): what else this read
-    // holds joins the same write, uncorked at the end of onData.
-    const uncorkLater = this.feeding && this.corkedServer === null;
-    if (uncorkLater) this.corkedServer = out;
+    // holds joins the same write, at the end of onData.
+    const endLater = this.feeding && this.batched === null;
+    if (endLater) this.batched = server;
     let sql = setConfigSql(this.params, server.applied);
     if (server.prepared.size > MAX_SERVER_STATEMENTS) {
       // Statements of clients long gone pile up on a busy connection: start it afresh (the
@@ -946,7 +944,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.holdExactly(this.params, this.paramsKey);
     }
     this.flushQueued(server);
-    if (!uncorkLater) out.uncork();
+    if (!endLater && !server.endBatch()) this.waitForServerDrain();
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */

@@ -114,6 +114,11 @@ export class ServerConnection implements ScanSink {
   private corked: net.Socket | null = null;
   /** Whether `corked` was idle when corked: its writes are handed to the socket at uncork. */
   private corkedIdle = false;
+  /** Client → server bytes gathered in a batch (beginBatch/endBatch). */
+  private readonly toServer = new SliceRun();
+  private batchDepth = 0;
+  /** The socket was corked for a write in the current batch. */
+  private batchCorked = false;
   private hidden: Hidden | null = null;
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
@@ -261,9 +266,43 @@ export class ServerConnection implements ScanSink {
     this.prepared.clear();
   }
 
-  /** Client → server bytes. Returns false when the socket wants the writer to wait. */
+  /**
+   * Opens a batch: client → server bytes written until the matching endBatch go out in as
+   * few writes as possible. Batches nest; the outermost endBatch writes.
+   */
+  beginBatch(): void {
+    this.batchDepth++;
+  }
+
+  /** Closes a batch. Returns false when the socket wants the writer to wait. */
+  endBatch(): boolean {
+    if (--this.batchDepth > 0) return true;
+    const last = this.toServer.take();
+    if (last !== null) this.socket.write(last);
+    if (this.batchCorked) {
+      this.batchCorked = false;
+      this.socket.uncork();
+    }
+    return !this.socket.writableNeedDrain;
+  }
+
+  /**
+   * Client → server bytes (and the proxy's own statements). Inside a batch, slices of one
+   * client read that follow each other (a Query, or Parse/Bind/Execute/Sync) become one
+   * write at endBatch; anything else corks the socket until then. Returns false when the
+   * socket wants the writer to wait.
+   */
   write(bytes: Buffer): boolean {
-    return this.socket.write(bytes);
+    if (this.batchDepth === 0) return this.socket.write(bytes);
+    const ended = this.toServer.push(bytes);
+    if (ended !== null) {
+      if (!this.batchCorked) {
+        this.batchCorked = true;
+        this.socket.cork();
+      }
+      this.socket.write(ended);
+    }
+    return !this.socket.writableNeedDrain;
   }
 
   /**
@@ -283,7 +322,7 @@ export class ServerConnection implements ScanSink {
         },
         reject,
       };
-      this.socket.write(serialize.query(sql));
+      this.write(serialize.query(sql));
     });
   }
 
@@ -297,7 +336,7 @@ export class ServerConnection implements ScanSink {
     this.pipelinedHidden++;
     this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
-    this.socket.write(serialize.query(sql));
+    this.write(serialize.query(sql));
   }
 
   /**
