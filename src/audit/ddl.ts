@@ -23,6 +23,8 @@ const DDL =
 const MAY_BE_DDL = /\b(create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do)\b/i;
 /** SELECT ... INTO creates a table. */
 const SELECT_INTO = /^\s*(with\b[\s\S]*|\()?\s*select\b[\s\S]*\binto\b/i;
+/** The words of both: text without any (most statements) is dismissed by one scan. */
+const MAY_BE_AUDITED = /\b(create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do|into)\b/i;
 
 const CACHE_LIMIT = 2000;
 const cache = new Map<string, DdlStatement[]>();
@@ -30,7 +32,7 @@ const NONE: DdlStatement[] = [];
 
 /** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
 export function ddlStatements(sql: string): DdlStatement[] {
-  if (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql)) return NONE;
+  if (!MAY_BE_AUDITED.test(sql) || (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql))) return NONE;
   const hit = cache.get(sql);
   if (hit) return hit;
   const found = classify(sql);

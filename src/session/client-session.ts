@@ -101,7 +101,16 @@ interface Outgoing {
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   readonly id = randomBytes(6).toString('hex');
   state: ClientState = 'startup';
-  log: Logger;
+  /**
+   * Fields every log line of this session carries, gathered as the login learns them; the
+   * child logger is made on first use after a change (one per session instead of one per
+   * step: connection churn, bench S4).
+   */
+  private readonly logFields: Record<string, unknown>;
+  private logger: Logger | null = null;
+  get log(): Logger {
+    return (this.logger ??= this.rt.logger.child(this.logFields));
+  }
 
   /** The client's address: the peer's, or the one a trusted PROXY header gave. */
   private address: string;
@@ -188,7 +197,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.port = socket.remotePort ?? 0;
     this.listenerEnd = { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
     this.awaitingProxyHeader = rt.proxyHeaderTrusted(socket.remoteAddress ?? '') === true;
-    this.log = rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}` });
+    this.logFields = { session_id: this.id, client: `${this.address}:${this.port}` };
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
     socket.setNoDelay(true);
@@ -242,10 +251,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const peer = describePeer(secure);
     this.tlsPeer = peer;
     this.rt.metrics.tlsHandshakes.inc({ result: 'ok' });
-    this.log = this.log.child({ tls: peer.protocol });
+    this.addLogFields({ tls: peer.protocol });
     if (peer.certError !== null) {
       this.fatal(SqlState.INVALID_AUTHORIZATION, `client certificate verification failed: ${peer.certError}`, undefined, 'tls');
     }
+  }
+
+  private addLogFields(fields: Record<string, unknown>): void {
+    Object.assign(this.logFields, fields);
+    this.logger = null;
   }
 
   private move(to: ClientState): void {
@@ -333,7 +347,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (header.source) {
       this.address = displayClientAddress(header.source.address);
       this.port = header.source.port;
-      this.log = this.rt.logger.child({ session_id: this.id, client: `${this.address}:${this.port}`, via: this.socket.remoteAddress });
+      this.addLogFields({ client: `${this.address}:${this.port}`, via: this.socket.remoteAddress });
     }
     return this.startupBuf.length > 0;
   }
@@ -385,7 +399,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.user = params.get('user') ?? '';
     if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
     this.database = params.get('database') || this.user;
-    this.log = this.log.child({ user: this.user, database: this.database });
+    this.addLogFields({ user: this.user, database: this.database });
     if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
 
     const replication = isReplication(params.get('replication'));
@@ -1027,12 +1041,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Ends the login: with the server connection it was proven on, or (null) from the pool's welcome. */
   private completeStartup(server: ServerConnection | null): void {
     this.key = this.rt.cancels.issue(this);
-    const params = server ? server.params : welcomeFor(this.pool!.welcome!, this.params);
-    this.socket.cork();
-    for (const [name, value] of params) this.socket.write(be.parameterStatus(name, value));
-    this.socket.write(be.backendKeyData(this.key.processId, this.key.secretKey));
-    this.socket.write(be.readyForQuery(server ? server.txStatus : 'I'));
-    this.socket.uncork();
+    const status = server ? parameterStatuses(server.params) : welcomeStatuses(this.pool!.welcome!, this.params, this.paramsKey);
+    this.socket.write(Buffer.concat([status, be.backendKeyData(this.key.processId, this.key.secretKey), be.readyForQuery(server ? server.txStatus : 'I')]));
     this.clearStartupTimer();
     this.move('ready');
     this.log.info(server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
@@ -1300,6 +1310,26 @@ function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>)
 }
 
 /** The pool's welcome values with this client's own settings where the server reports them. */
+function parameterStatuses(params: ReadonlyMap<string, string>): Buffer {
+  return Buffer.concat([...params].map(([name, value]) => be.parameterStatus(name, value)));
+}
+
+/** The welcome's ParameterStatus messages, by pool welcome and the client's settingsKey: the same for most logins. */
+const welcomeCache = new WeakMap<ReadonlyMap<string, string>, Map<string, Buffer>>();
+const WELCOME_CACHE_LIMIT = 256;
+
+function welcomeStatuses(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>, key: string): Buffer {
+  let byKey = welcomeCache.get(welcome);
+  if (byKey === undefined) welcomeCache.set(welcome, (byKey = new Map()));
+  let bytes = byKey.get(key);
+  if (bytes === undefined) {
+    bytes = parameterStatuses(welcomeFor(welcome, settings));
+    if (byKey.size >= WELCOME_CACHE_LIMIT) byKey.clear();
+    byKey.set(key, bytes);
+  }
+  return bytes;
+}
+
 function welcomeFor(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>): Map<string, string> {
   const out = new Map(welcome);
   const byLower = new Map([...welcome.keys()].map((k) => [k.toLowerCase(), k]));
