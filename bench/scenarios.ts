@@ -253,7 +253,7 @@ const S7: Scenario = {
     `pgbench_accounts with tenant = aid % ${o.clients} and row-level security ` +
     `\`USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant))\`, so both ` +
     `configurations read the same row. "pins on": every user has pins { ${PINNED_VARIABLE}: <k> } and pinning.variables lists it, so a lease of a ` +
-    'server connection last used by another tenant first runs a hidden BEGIN; set_config(...); COMMIT, and the classifier ' +
+    "server connection last used by another tenant first runs a hidden `BEGIN; SET \"app\".\"tenant_id\" = '<k>'; COMMIT` (one Query, in the same write as the client's own), and the classifier " +
     'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
     'always does). TPS are the sums over the processes; the figure is pins on / pins off.',
   run: async (ctx) => {
