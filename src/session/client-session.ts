@@ -923,8 +923,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (this.state === 'ready') this.resumeAfterLease();
         return;
       }
-      this.useServer(server);
+      // Resumed first, so that back-pressure from the server socket can pause it again.
       this.resumeAfterLease();
+      this.useServer(server);
     } catch (failure) {
       this.onFailure(failure);
     }
@@ -1309,7 +1310,6 @@ function sameMap(a: ReadonlyMap<string, string>, b: ReadonlyMap<string, string>)
   return true;
 }
 
-/** The pool's welcome values with this client's own settings where the server reports them. */
 function parameterStatuses(params: ReadonlyMap<string, string>): Buffer {
   return Buffer.concat([...params].map(([name, value]) => be.parameterStatus(name, value)));
 }
@@ -1330,6 +1330,7 @@ function welcomeStatuses(welcome: ReadonlyMap<string, string>, settings: Readonl
   return bytes;
 }
 
+/** The pool's welcome values with this client's own settings where the server reports them. */
 function welcomeFor(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>): Map<string, string> {
   const out = new Map(welcome);
   const byLower = new Map([...welcome.keys()].map((k) => [k.toLowerCase(), k]));
