@@ -71,6 +71,18 @@ t.test('ReusedReadBuffer reads into the same memory until a slice is retained', 
   t.equal(chunks[1]!.toString(), 'second', 'the retained slice still holds its bytes');
 });
 
+t.test('ReusedReadBuffer keeps what arrives before it has a consumer', async (t) => {
+  const server = net.createServer((s) => s.end('early bytes'));
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => server.close());
+  const reader = new ReusedReadBuffer();
+  const socket = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1', onread: reader.onread });
+  await new Promise((resolve) => socket.on('close', resolve));
+  const got: string[] = [];
+  reader.onChunk = (chunk) => got.push(chunk.toString());
+  t.same(got, ['early bytes'], 'delivered when the consumer is set');
+});
+
 t.test('through the proxy, slow readers get every byte of every row', async (t) => {
   const pgs = await startPostgres();
   t.teardown(() => pgs.stop());

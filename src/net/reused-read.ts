@@ -14,17 +14,31 @@ const READ_SIZE = 64 * 1024;
 export class ReusedReadBuffer {
   private buffer = Buffer.allocUnsafe(READ_SIZE);
   private retained = false;
-  /** Where the bytes of each read go (the slice is valid until it returns, see retain()). */
-  onChunk: (chunk: Buffer) => void = () => {};
+  private consumer: ((chunk: Buffer) => void) | null = null;
+  /** Copies of bytes read before there was a consumer. */
+  private early: Buffer[] = [];
 
   /** The `onread` option of net.connect. */
   readonly onread: net.OnReadOpts = {
     buffer: () => this.next(),
     callback: (bytes: number, buffer: Uint8Array): boolean => {
-      this.onChunk((buffer as Buffer).subarray(0, bytes));
+      const chunk = (buffer as Buffer).subarray(0, bytes);
+      if (this.consumer !== null) this.consumer(chunk);
+      else this.early.push(Buffer.from(chunk));
       return true; // keep reading (back-pressure pauses the socket itself)
     },
   };
+
+  /**
+   * Where the bytes of each read go from now on (the slice is valid until it returns, see
+   * retain()); bytes that arrived before are handed over first.
+   */
+  set onChunk(consumer: (chunk: Buffer) => void) {
+    this.consumer = consumer;
+    const early = this.early;
+    this.early = [];
+    for (const chunk of early) consumer(chunk);
+  }
 
   /** Slices of the last read are still referenced: the next read must not overwrite them. */
   retain(): void {

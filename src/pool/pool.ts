@@ -180,7 +180,9 @@ export class Pool {
         this.total--;
         done(err instanceof Error ? err : new Error(String(err)), null);
       },
-    );
+    )
+      // `done` handles its own failures; one that escapes is a bug, logged, not a crash.
+      .catch((err: unknown) => this.opts.logger.error({ err, pool: this.name }, 'lease callback failed'));
   }
 
   /** A clean connection goes to the longest waiter, else back to the idle list. */
