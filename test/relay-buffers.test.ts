@@ -11,7 +11,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import t, { type Test } from 'tap';
 import pg from 'pg';
-import { SliceRun } from '../src/net/slice-run.js';
+import { CoalescedWrites, SliceRun } from '../src/net/slice-run.js';
 import { ReusedReadBuffer } from '../src/net/reused-read.js';
 import { initCaDir } from '../src/tls/certs.js';
 import { startPostgres } from './helpers/postgres.js';
@@ -45,6 +45,52 @@ t.test('SliceRun joins only slices that follow each other in memory', async (t) 
   run.push(read.subarray(0, 4));
   t.equal(run.push(other.subarray(4, 8))?.toString(), 'TTTT');
   t.equal(run.take()?.toString(), 'DDDD');
+});
+
+/** What CoalescedWrites does to a socket, as a list of calls. */
+function recordingSocket(pending = 0) {
+  const calls: string[] = [];
+  let corked = 0;
+  const socket = {
+    writableLength: pending,
+    get writableCorked() {
+      return corked;
+    },
+    cork: () => (corked++, calls.push('cork')),
+    uncork: () => (corked--, calls.push('uncork')),
+    write: (b: Buffer) => (calls.push(`write ${b.toString()}`), true),
+  };
+  return { socket: socket as unknown as net.Socket, calls };
+}
+
+t.test('CoalescedWrites: one write for adjacent slices, a cork only when a second is needed', async (t) => {
+  const read = Buffer.from('TTTTDDDDCCCCZZZZ');
+  const writes = new CoalescedWrites();
+  const a = recordingSocket();
+  writes.write(a.socket, read.subarray(0, 4));
+  writes.write(a.socket, read.subarray(4, 8));
+  writes.write(a.socket, read.subarray(8, 16));
+  t.same(a.calls, [], 'nothing is written before flush');
+  t.equal(writes.flush(), a.socket, 'flush names the socket written to');
+  t.same(a.calls, ['write TTTTDDDDCCCCZZZZ'], 'one write, no cork');
+  t.equal(writes.flush(), null, 'no burst: nothing to flush');
+
+  const b = recordingSocket();
+  writes.write(b.socket, read.subarray(0, 4));
+  writes.write(b.socket, Buffer.from('EEEE')); // a replaced message breaks the run
+  writes.write(b.socket, read.subarray(8, 12));
+  writes.flush();
+  t.same(b.calls, ['cork', 'write TTTT', 'write EEEE', 'write CCCC', 'uncork'], 'corked for the second write, uncorked at the end');
+  t.ok(writes.startedIdle, 'the socket was idle when the burst began');
+
+  const busy = recordingSocket(100);
+  writes.write(busy.socket, read.subarray(0, 4));
+  t.notOk(writes.startedIdle, 'a socket with bytes pending was not idle');
+  const other = recordingSocket();
+  writes.write(other.socket, read.subarray(4, 8));
+  t.same(busy.calls, ['write TTTT'], 'a burst to another socket ends the previous one first');
+  writes.flush();
+  t.same(other.calls, ['write DDDD']);
 });
 
 t.test('ReusedReadBuffer reads into the same memory until a slice is retained', async (t) => {

@@ -4,6 +4,8 @@
 // instead of three is one buffered entry, one write request and no writev array per reply,
 // which on a 2-core machine is throughput (bench S1).
 
+import type net from 'node:net';
+
 export class SliceRun {
   /** The first buffer of the run; the run spans from its start to `end`. */
   private first: Buffer | null = null;
@@ -38,5 +40,51 @@ export class SliceRun {
     this.first = null;
     const length = this.end - first.byteOffset;
     return length === first.length ? first : Buffer.from(first.buffer, first.byteOffset, length);
+  }
+}
+
+/** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
+export const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0;
+
+/**
+ * The writes of one burst of work to one socket (what one read makes the relay send):
+ * slices that follow each other become one write, and the socket is corked only once a
+ * second write is needed. flush() ends the burst.
+ */
+export class CoalescedWrites {
+  private readonly run = new SliceRun();
+  /** The socket of the burst under way; null between bursts. */
+  private target: net.Socket | null = null;
+  private corked = false;
+  /** Whether the target was idle when the burst began: then flush() hands everything to it. */
+  startedIdle = false;
+
+  write(socket: net.Socket, bytes: Buffer): void {
+    if (this.target !== socket) {
+      this.flush();
+      this.target = socket;
+      this.startedIdle = isIdle(socket);
+    }
+    const ended = this.run.push(bytes);
+    if (ended === null) return;
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+    }
+    socket.write(ended);
+  }
+
+  /** Writes what the burst gathered; returns the socket written to (null: no burst). */
+  flush(): net.Socket | null {
+    const socket = this.target;
+    if (socket === null) return null;
+    this.target = null;
+    const last = this.run.take();
+    if (last !== null) socket.write(last);
+    if (this.corked) {
+      this.corked = false;
+      socket.uncork();
+    }
+    return socket;
   }
 }

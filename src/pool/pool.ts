@@ -88,6 +88,7 @@ export class Pool {
    *
    * `done` runs synchronously when an idle connection is at hand, and from inside release()
    * when a waiter is handed one: no promise and no extra event-loop turn per transaction.
+   * The connection it gets is open (closed ones are dropped at every hand-over).
    */
   request(origin: ClientOrigin | null, prefer: ((conn: ServerConnection) => boolean) | null, done: LeaseCallback): void {
     if (this.closed) return done(new UpstreamError('unreachable', 'pool is closed'), null);
@@ -172,8 +173,13 @@ export class Pool {
     this.total++;
     this.opts.connect(origin).then(
       (conn) => {
-        conn.whenClosedIdle(() => this.forgetIdle(conn));
         this.welcome ??= conn.loginParams;
+        if (conn.isClosed) {
+          // Gone right after its login (a server shutting down): this request tries again.
+          this.total--;
+          return this.request(origin, null, done);
+        }
+        conn.whenClosedIdle(() => this.forgetIdle(conn));
         done(null, conn);
       },
       (err: unknown) => {

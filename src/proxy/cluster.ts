@@ -73,12 +73,9 @@ export async function runPrimary(config: Config, logger: Logger, reload: () => P
           broadcast(lockMessage(m.address, m.user));
         }
       } else if (m.type === 'pgbastion:joined') {
-        // A worker started after some locks were decided (a replacement): it gets them too.
-        for (const [key, { address, user }] of locks) {
-          const lock = lockMessage(address, user);
-          if (lock.addressMs <= 0 && lock.userMs <= 0) locks.delete(key);
-          else worker.send(lock);
-        }
+        // A worker started after some locks were decided (a replacement): it gets those in force.
+        forgetLocks();
+        for (const { address, user } of locks.values()) worker.send(lockMessage(address, user));
       } else if (m.type === 'pgbastion:auth-ok') {
         lockout.recordSuccess(m.address, m.user);
       } else if (m.type === 'pgbastion:ready') readyWaits.get(m.id)?.(m.ok);
@@ -180,12 +177,10 @@ export function joinCluster(server: ProxyServer): void {
     if (!isMessage(m)) return;
     if (m.type === 'pgbastion:cancel') {
       if (rt.cancels.cancel(m.processId, m.secretKey, false)) rt.logger.info('cancel request relayed from another worker delivered');
-    }
-    else if (m.type === 'pgbastion:lock') {
+    } else if (m.type === 'pgbastion:lock') {
       rt.lockout.impose(m.address, m.user, m);
       rt.logger.warn({ address: m.address, user: m.user, address_ms: m.addressMs, user_ms: m.userMs }, 'lockout imposed by the primary (failures counted over all workers)');
-    }
-    else if (m.type === 'pgbastion:ready?') {
+    } else if (m.type === 'pgbastion:ready?') {
       void rt.pools.anyUpstreamUp().then((ok) => process.send?.({ type: 'pgbastion:ready', id: m.id, ok } satisfies Message));
     }
   });

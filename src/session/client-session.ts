@@ -903,12 +903,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly onLeased = (err: Error | null, server: ServerConnection | null): void => {
     // May run inside another session's release: a failure here is this session's alone.
     try {
-      if (server !== null && server.isClosed) {
-        // It died between being handed over and our turn (a server shutting down closes
-        // its idle connections at any moment): ask again.
-        this.pool!.release(server, false, null);
-        return this.pool!.request(this.origin(), this.holdsMine, this.onLeased);
-      }
       this.leasing = false;
       if (server === null) {
         if (err instanceof UpstreamError && this.transactionMode && this.sticky === null && this.state === 'ready') {
@@ -971,18 +965,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * A connection from the pool, skipping any that died between being handed over and our
-   * turn to run (a server shutting down closes its idle connections at any moment).
-   */
-  private async acquireLive(): Promise<ServerConnection> {
-    for (;;) {
-      const server = await this.pool!.acquire(this.origin(), this.holdsMine);
-      if (!server.isClosed) return server;
-      this.pool!.release(server, false, null);
-    }
-  }
-
-  /**
    * Transaction mode, no upstream reachable for the client's next transaction: that work
    * fails with ERROR 08006 (like a statement that failed) and the client may retry; its
    * connection to pgbastion stays open for when an upstream is back (failover).
@@ -1020,7 +1002,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     let server: ServerConnection;
     try {
-      server = await this.acquireLive();
+      server = await this.pool!.acquire(this.origin(), this.holdsMine);
     } catch (err) {
       return this.onConnectFailure(err);
     }
@@ -1094,7 +1076,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ServerPeer ---------------------------------------------------------------------
 
-  /** A SET the server accepted: the client's settings (and this connection's) now include it. */
+  /** The client's settings change: `paramsKey` follows `params`. */
   private setParams(params: ReadonlyMap<string, string>): void {
     this.params = params;
     this.paramsKey = settingsKey(params);
@@ -1103,6 +1085,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** A tracked SET the server accepted: it is now one of the client's settings. */
   private readonly settle = (set: TrackedSet): void => this.holdSetting(set.name, set.value);
 
+  /** A SET the server accepted: the client's settings (and this connection's) now include it. */
   private holdSetting(name: string, value: string): void {
     const lower = name.toLowerCase();
     const next = new Map([...this.params].filter(([k]) => k.toLowerCase() !== lower));

@@ -59,7 +59,7 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   const calls: string[] = [];
   for (const [name, value] of wanted) {
     if (heldValue(held, name) === value) continue;
-    if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) parts.push(`SET ${quoteGucName(name)} = '${value.replace(/'/g, "''")}'`);
+    if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) parts.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
     else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
   }
   if (calls.length > 0) parts.push(`SELECT ${calls.join(', ')}`);

@@ -11,7 +11,7 @@ import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../pro
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
-import { SliceRun } from '../net/slice-run.js';
+import { CoalescedWrites } from '../net/slice-run.js';
 import { ReusedReadBuffer } from '../net/reused-read.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
@@ -82,9 +82,6 @@ const REQUIRE_PRIMARY_SQL =
 
 let nextServerId = 1;
 
-/** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
-const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0;
-
 export class ServerConnection implements ScanSink {
   readonly id = nextServerId++;
   /** `host:port` of the upstream endpoint. */
@@ -108,17 +105,11 @@ export class ServerConnection implements ScanSink {
 
   private readonly scanner: MessageScanner;
   private peer: ServerPeer | null = null;
-  /** Server bytes gathered for the client during one read (see toClient). */
-  private readonly run = new SliceRun();
-  /** The client socket corked by toClient, uncorked by flushToClient. */
-  private corked: net.Socket | null = null;
-  /** Whether `corked` was idle when corked: its writes are handed to the socket at uncork. */
-  private corkedIdle = false;
-  /** Client → server bytes gathered in a batch (beginBatch/endBatch). */
-  private readonly toServer = new SliceRun();
+  /** Server → client bytes of one read (toClient, flushToClient). */
+  private readonly clientWrites = new CoalescedWrites();
+  /** Client → server bytes of one batch (beginBatch, endBatch). */
+  private readonly serverWrites = new CoalescedWrites();
   private batchDepth = 0;
-  /** The socket was corked for a write in the current batch. */
-  private batchCorked = false;
   private hidden: Hidden | null = null;
   private loginDone: ((err?: UpstreamError) => void) | null = null;
   private scram: ScramClientSession | null = null;
@@ -277,12 +268,7 @@ export class ServerConnection implements ScanSink {
   /** Closes a batch. Returns false when the socket wants the writer to wait. */
   endBatch(): boolean {
     if (--this.batchDepth > 0) return true;
-    const last = this.toServer.take();
-    if (last !== null) this.socket.write(last);
-    if (this.batchCorked) {
-      this.batchCorked = false;
-      this.socket.uncork();
-    }
+    this.serverWrites.flush();
     return !this.socket.writableNeedDrain;
   }
 
@@ -294,14 +280,7 @@ export class ServerConnection implements ScanSink {
    */
   write(bytes: Buffer): boolean {
     if (this.batchDepth === 0) return this.socket.write(bytes);
-    const ended = this.toServer.push(bytes);
-    if (ended !== null) {
-      if (!this.batchCorked) {
-        this.batchCorked = true;
-        this.socket.cork();
-      }
-      this.socket.write(ended);
-    }
+    this.serverWrites.write(this.socket, bytes);
     return !this.socket.writableNeedDrain;
   }
 
@@ -394,20 +373,9 @@ export class ServerConnection implements ScanSink {
     }
   }
 
-  /**
-   * Server → client bytes. Slices of one read that follow each other go out as one write;
-   * a second write in the same read corks the client socket until flushToClient.
-   */
+  /** Server → client bytes: slices of one read that follow each other go out as one write. */
   private toClient(bytes: Buffer): void {
-    const ended = this.run.push(bytes);
-    if (ended === null) return;
-    const out = this.peer!.socket;
-    if (this.corked === null) {
-      this.corkedIdle = isIdle(out);
-      out.cork();
-      this.corked = out;
-    }
-    out.write(ended);
+    this.clientWrites.write(this.peer!.socket, bytes);
   }
 
   /**
@@ -418,16 +386,9 @@ export class ServerConnection implements ScanSink {
    * A TLS socket encrypts what it is handed, or copies it when it cannot yet.
    */
   private flushToClient(): void {
-    const last = this.run.take();
-    const corked = this.corked;
-    const out = corked ?? this.peer?.socket;
-    if (out === undefined || (last === null && corked === null)) return;
-    const handedOver = corked !== null ? this.corkedIdle : isIdle(out);
-    if (last !== null) out.write(last);
-    if (corked !== null) {
-      this.corked = null;
-      corked.uncork();
-    }
+    const handedOver = this.clientWrites.startedIdle;
+    const out = this.clientWrites.flush();
+    if (out === null) return;
     const kept = (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0;
     if (kept) this.reader?.retain();
   }
