@@ -7,12 +7,13 @@ import { parseArgs } from 'node:util';
 export const SCENARIO_IDS = ['S1', 'S2', 'S3', 'S4', 'S5', 'S6', 'S7'] as const;
 export type ScenarioId = (typeof SCENARIO_IDS)[number];
 
-export const USAGE = `usage: node --import tsx bench/run.ts [--quick] [--only S1,S3] [--duration S] [--clients N] [--cpu-prof]
+export const USAGE = `usage: node --import tsx bench/run.ts [--quick] [--only S1,S3] [--duration S] [--rounds N] [--clients N] [--cpu-prof]
 
   --quick         scale 2, 4 s runs, 1 s warm-ups, 1 round, 1000 idle clients in S5
                   (default: scale 10, 10 s runs, 2 s warm-ups, 3 rounds, 5000 idle clients)
   --only IDS      run only these scenarios (comma-separated, ${SCENARIO_IDS.join(' ')})
   --duration S    seconds per pgbench run
+  --rounds N      runs per target and scenario, alternating the targets (medians are reported)
   --clients N     pgbench clients (default 32; S4 always uses 16)
   --idle N        idle TLS clients held open in S5
   --cpu-prof      run pgbastion under node --cpu-prof; reports are not written
@@ -61,6 +62,7 @@ export function parseOptions(argv: string[]): Options {
       quick: { type: 'boolean', default: false },
       only: { type: 'string' },
       duration: { type: 'string' },
+      rounds: { type: 'string' },
       clients: { type: 'string' },
       idle: { type: 'string' },
       'cpu-prof': { type: 'boolean', default: false },
@@ -81,7 +83,7 @@ export function parseOptions(argv: string[]): Options {
     duration: positive('duration', values.duration, quick ? 4 : 10),
     warmup: quick ? 1 : 2,
     clients: positive('clients', values.clients, 32),
-    rounds: quick ? 1 : 3,
+    rounds: positive('rounds', values.rounds, quick ? 1 : 3),
     scale: quick ? 2 : 10,
     idleClients: positive('idle', values.idle, quick ? 1000 : 5000),
     scenarios,

@@ -29,6 +29,8 @@ export interface Sample extends Measured {
   rate?: number;
   p50Ms?: number | null;
   p99Ms?: number | null;
+  /** S7: hidden statements that switched a server connection's pins, per transaction (from /metrics). */
+  switchesPerTx?: number | null;
 }
 
 type RunFigures = Omit<Sample, 'scenario' | 'case' | 'target' | 'round'>;
@@ -58,9 +60,18 @@ export const S1_WORKERS_TARGET = `pgbastion workers=${S1_WORKERS}`;
 /** S7's two pgbastion configurations. */
 export const PINS_OFF = 'pgbastion pins off';
 export const PINS_ON = 'pgbastion pins on';
+/** pool.affinity_ms of S7's third configuration. */
+export const S7_AFFINITY_MS = 5;
+export const PINS_ON_AFFINITY = `pgbastion pins on, affinity_ms ${S7_AFFINITY_MS}`;
+/** S7's second case: this many clients share each tenant. */
+const S7_CLIENTS_PER_TENANT = 4;
+/** S7's case label; the target applies to the first, one tenant per client. */
+export const s7Case = (clients: number, tenants: number) => (tenants === clients ? `${tenants} tenants` : `${tenants} tenants × ${clients / tenants} clients`);
 
 const S4_CLIENTS = 16;
 const PINNED_VARIABLE = 'app.tenant_id';
+const SWITCHES = 'pgbastion_settings_switches_total';
+const TRANSACTIONS = 'pgbastion_transactions_total';
 
 /** The S5 and S6 figures of a run, as text ('' for other scenarios). */
 export function runNotes(s: RunFigures): string {
@@ -71,7 +82,8 @@ export function runNotes(s: RunFigures): string {
         `= ${s.rssPerIdleKiB!.toFixed(1)} KiB each; without them ${s.noIdleTps?.toFixed(0) ?? '—'} tps`,
     );
   }
-  if (s.rate !== undefined) parts.push(`p50 ${s.p50Ms?.toFixed(3) ?? '—'} ms, p99 ${s.p99Ms?.toFixed(3) ?? '—'} ms`);
+  if (s.p99Ms !== undefined) parts.push(`p50 ${s.p50Ms?.toFixed(3) ?? '—'} ms, p99 ${s.p99Ms?.toFixed(3) ?? '—'} ms`);
+  if (s.switchesPerTx !== undefined) parts.push(`${s.switchesPerTx?.toFixed(2) ?? '—'} pin switches per transaction`);
   return parts.join('; ');
 }
 
@@ -247,25 +259,51 @@ const S7: Scenario = {
   id: 'S7',
   title: 'cost of pinning',
   method: (o) =>
-    `pgbastion only, two instances alike but for pins. ${o.clients} pgbench processes (\`-c 1 -j 1 -T ${o.duration}\`), each ` +
-    `logged in as its own user tenant_<k>, run a custom script: \`SELECT abalance FROM tenant_accounts WHERE aid = ... \\gset\` ` +
+    `pgbastion only: three instances alike but for pins and pool.affinity_ms. ${o.clients} pgbench processes (\`-c 1 -j 1 -T ${o.duration} -l\`), ` +
+    `process j logged in as user tenant_<k>, k = j mod the case's tenant count, run a custom script: \`SELECT abalance FROM tenant_accounts WHERE aid = ... \\gset\` ` +
     'on an aid of tenant k (simple protocol; \\gset fails the client unless it sees exactly that row). tenant_accounts is ' +
     `pgbench_accounts with tenant = aid % ${o.clients} and row-level security ` +
-    `\`USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant))\`, so both ` +
+    `\`USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant))\`, so all ` +
     `configurations read the same row. "pins on": every user has pins { ${PINNED_VARIABLE}: <k> } and pinning.variables lists it, so a lease of a ` +
     "server connection last used by another tenant first runs a hidden `BEGIN; SET \"app\".\"tenant_id\" = '<k>'; COMMIT` (one Query, in the same write as the client's own), and the classifier " +
     'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
-    'always does). TPS are the sums over the processes; the figure is pins on / pins off.',
+    `always does). "affinity_ms ${S7_AFFINITY_MS}": pins on with pool.affinity_ms ${S7_AFFINITY_MS}. Cases: ${o.clients} tenants (one per client; the target ` +
+    `applies to it, with the default pool.affinity_ms 0), and ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients. ` +
+    'TPS are the sums over the processes; the figure is pins on / pins off. p50/p99 from the per-transaction logs; switches per ' +
+    'transaction from pgbastion_settings_switches_total / pgbastion_transactions_total on /metrics.',
   run: async (ctx) => {
-    const tenants = ctx.opts.clients;
-    const script = await prepareTenants(ctx, tenants);
+    const clients = ctx.opts.clients;
+    const script = await prepareTenants(ctx, clients);
     const users = (pinned: boolean): BastionUser[] =>
-      Array.from({ length: tenants }, (_, k) => ({ name: `tenant_${k}`, ...(pinned ? { pins: { [PINNED_VARIABLE]: String(k) } } : {}) }));
+      Array.from({ length: clients }, (_, k) => ({ name: `tenant_${k}`, ...(pinned ? { pins: { [PINNED_VARIABLE]: String(k) } } : {}) }));
     const off = await ctx.lab.pgbastionWith({ name: PINS_OFF, key: 'pgbastion-pins-off', tls: false, users: users(false), pinning: [] });
     const on = await ctx.lab.pgbastionWith({ name: PINS_ON, key: 'pgbastion-pins-on', tls: false, users: users(true), pinning: [PINNED_VARIABLE] });
-    const workload: Workload = (t, seconds) =>
-      Array.from({ length: tenants }, (_, k) => pgbenchJob(t, seconds, ['-c', '1', '-j', '1', '-f', script, '-D', `tenant=${k}`], `tenant_${k}`));
-    await inRounds(ctx, 'S7', `${tenants} tenants`, [off, on], workload);
+    const affine = await ctx.lab.pgbastionWith({
+      name: PINS_ON_AFFINITY,
+      key: 'pgbastion-pins-on-affinity',
+      tls: false,
+      users: users(true),
+      pinning: [PINNED_VARIABLE],
+      affinityMs: S7_AFFINITY_MS,
+    });
+    // Process j logs in as tenant_(j % tenants): one tenant per client, then several clients per tenant.
+    const cases = [clients, Math.max(1, Math.floor(clients / S7_CLIENTS_PER_TENANT))];
+    for (const tenants of cases) {
+      const jobs = (t: Target, seconds: number, extra: string[] = []) =>
+        Array.from({ length: clients }, (_, j) =>
+          pgbenchJob(t, seconds, ['-c', '1', '-j', '1', '-f', script, '-D', `tenant=${j % tenants}`, ...extra], `tenant_${j % tenants}`),
+        );
+      const once = async (t: Target, round: number): Promise<RunFigures> => {
+        const prefix = path.join(ctx.dir, `s7-${tenants}-${round}-${t.key}`);
+        const counts = () => Promise.all([t.counter!(SWITCHES), t.counter!(TRANSACTIONS)]);
+        const [switches0, tx0] = await counts();
+        const m = await measure(t, jobs(t, ctx.opts.duration, ['-l', `--log-prefix=${prefix}`]));
+        const [switches1, tx1] = await counts();
+        const { p50Ms, p99Ms } = latencyPercentiles(prefix);
+        return { ...m, p50Ms, p99Ms, switchesPerTx: tx1 > tx0 ? (switches1 - switches0) / (tx1 - tx0) : null };
+      };
+      await inRounds(ctx, 'S7', s7Case(clients, tenants), [off, on, affine], jobs, once);
+    }
   },
 };
 

@@ -62,6 +62,8 @@ export interface Target {
   cpuPids?: readonly number[];
   /** Throws when the target died during the run. */
   check(): void;
+  /** pgbastion: reads one counter (summed over its label sets) off its /metrics. */
+  counter?(name: string): Promise<number>;
 }
 
 export interface Certs {
@@ -123,6 +125,8 @@ interface BastionOptions {
   pinning: string[];
   /** `workers:` (default 1); pool.size is POOL_SIZE / workers, so the upstream sees POOL_SIZE in all. */
   workers?: number;
+  /** pool.affinity_ms (default: pgbastion's, 0). */
+  affinityMs?: number;
 }
 
 /**
@@ -168,7 +172,7 @@ export class Lab {
   }
 
   /** A pgbastion with its own users and pinned variables (S7), plaintext unless `tls`. */
-  pgbastionWith(o: { name: string; key: string; tls: boolean; users: BastionUser[]; pinning: string[]; workers?: number }): Promise<Target> {
+  pgbastionWith(o: { name: string; key: string; tls: boolean; users: BastionUser[]; pinning: string[]; workers?: number; affinityMs?: number }): Promise<Target> {
     return this.once(o.key, () => startPgbastion(this.pgs, this.secret, this.cpuProfDir, { ...o, tls: o.tls ? this.certs : null }));
   }
 
@@ -196,11 +200,12 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
   }
   const dir = tempDir('pgbastion-bench-', false);
   const port = await freePort();
+  const metricsPort = await freePort();
   const config = {
     ...(workers > 1 ? { workers } : {}),
     listen: { host: '127.0.0.1', port },
     upstreams: [{ host: pgs.host, port: pgs.port }],
-    pool: { mode: POOL_MODE, size: POOL_SIZE / workers },
+    pool: { mode: POOL_MODE, size: POOL_SIZE / workers, ...(o.affinityMs !== undefined ? { affinity_ms: o.affinityMs } : {}) },
     users: o.users.map((u) => ({ name: u.name, secret, server_role: SERVER_ROLE, ...(u.pins ? { pins: u.pins } : {}) })),
     server_roles: [{ name: SERVER_ROLE, password: SERVER_PASSWORD }],
     // hostssl, like PgBouncer's client_tls_sslmode = require: plaintext clients are refused.
@@ -208,6 +213,7 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
     ...(o.tls ? { tls: { cert: o.tls.cert, key: o.tls.key } } : {}),
     ...(o.pinning.length > 0 ? { pinning: { variables: o.pinning } } : {}),
     limits: { max_clients: MAX_CLIENTS },
+    metrics: { host: '127.0.0.1', port: metricsPort },
     // With workers, a login can succeed while some workers are still starting: readiness is the
     // primary's "pgbastion listening" line, logged at info once every worker listens. At info
     // pgbastion also logs each session's start and end (a few dozen lines per S1 run).
@@ -272,7 +278,19 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
       const reason = died() ?? lostWorkers();
       if (reason) throw new Error(`${o.key} ${reason}`);
     },
+    counter: (name) => scrapeCounter(metricsPort, name),
   };
+}
+
+/** The sum of a counter's samples in a Prometheus text scrape of 127.0.0.1:port/metrics. */
+async function scrapeCounter(port: number, name: string): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${port}/metrics`);
+  if (!res.ok) throw new Error(`metrics on port ${port}: HTTP ${res.status}`);
+  let sum = 0;
+  for (const line of (await res.text()).split('\n')) {
+    if (line.startsWith(name + ' ') || line.startsWith(name + '{')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
 }
 
 /**

@@ -67,7 +67,7 @@ t.test('defaults fill every optional section', async (t) => {
     require_primary: true,
     health_check: { interval_ms: 2000, timeout_ms: 1000, database: 'postgres' },
   });
-  t.same(c.pool, { mode: 'transaction', size: 20, acquire_timeout_ms: 5000, server_idle_timeout_ms: 600000 });
+  t.same(c.pool, { mode: 'transaction', size: 20, acquire_timeout_ms: 5000, server_idle_timeout_ms: 600000, affinity_ms: 0 });
   t.same(c.users, []);
   t.same(c.server_roles, []);
   t.same(c.cert_map, []);
@@ -124,6 +124,11 @@ t.test('schema problems carry paths, human messages and line:column', async (t) 
       name: 'wrong type',
       yaml: VALID_YAML + 'pool:\n  size: twenty\n',
       want: [{ path: 'pool.size', message: 'must be integer', line: 22, column: 9 }],
+    },
+    {
+      name: 'out of range',
+      yaml: VALID_YAML + 'pool: { affinity_ms: 5000 }\n',
+      want: [{ path: 'pool.affinity_ms', message: 'must be <= 1000', line: 21, column: 22 }],
     },
     {
       name: 'bad enum',

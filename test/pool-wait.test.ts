@@ -1,6 +1,8 @@
 // Pool leases without a server: request() hands an idle connection over at once, a
 // released one to the longest waiter from inside release(), and one timer expires the
 // waiters that waited too long, in order, also after a reload shortened the timeout.
+// Affinity: a released connection goes to (or is held for) a client holding its settings
+// while the longest waiter has waited less than affinityMs, and never longer.
 
 import t from 'tap';
 import pino from 'pino';
@@ -24,12 +26,13 @@ function fakeConnection(id: number): ServerConnection {
   return conn as unknown as ServerConnection;
 }
 
-function makePool(size: number, acquireTimeoutMs: number) {
+function makePool(size: number, acquireTimeoutMs: number, affinityMs = 0) {
   let opened = 0;
   const pool = new Pool('db/role', {
     size,
     acquireTimeoutMs,
     idleTimeoutMs: 60_000,
+    affinityMs,
     connect: async () => fakeConnection(++opened),
     keep: () => true,
     logger: pino({ level: 'silent' }),
@@ -103,7 +106,7 @@ t.test('a timeout shortened by a reload applies to later waiters, even ahead of 
   const holder = ask();
   await tick();
   const early = ask();
-  pool.setLimits(1, 100, 60_000);
+  pool.setLimits({ size: 1, acquireTimeoutMs: 100, idleTimeoutMs: 60_000, affinityMs: 0 });
   const late = ask();
   await tick(250);
   t.ok(late.err instanceof PoolTimeoutError, `the later waiter timed out after ${late.at} ms`);
@@ -124,4 +127,105 @@ t.test('closing the pool tells every waiter', async (t) => {
   );
   const after = ask();
   t.equal(after.err?.message, 'pool is closed', 'and refuses new requests at once');
+});
+
+/** Affinity tests: a connection's settings are a tenant name; a client prefers its own. */
+const tenantOf = new WeakMap<ServerConnection, string>();
+const holds = (tenant: string) => (c: ServerConnection) => tenantOf.get(c) === tenant;
+
+async function tenantPool(size: number, affinityMs: number, acquireTimeoutMs = 5_000) {
+  const made = makePool(size, acquireTimeoutMs, affinityMs);
+  const first = Array.from({ length: size }, () => made.ask());
+  await tick();
+  return { ...made, conns: first.map((l) => l.conn!) };
+}
+
+t.test('affinity 0: strict FIFO, even when a later waiter holds the settings', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 0);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  const a = ask(holds('a'));
+  pool.release(conns[0]!, true, null);
+  t.equal(b.conn, conns[0], 'the longest waiter gets it');
+  t.notOk(a.settled);
+});
+
+t.test('affinity: a waiter further back holding the settings goes first', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 200);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  const a = ask(holds('a'));
+  pool.release(conns[0]!, true, null);
+  t.equal(a.conn, conns[0], 'the tenant-a waiter, though second in line');
+  t.notOk(b.settled, 'the longest waiter keeps waiting');
+  pool.release(conns[0]!, true, null);
+  t.notOk(b.settled, 'released again with nobody holding a in line: held for a returning tenant-a client');
+  t.equal(ask(holds('a')).conn, conns[0], 'which gets it at once');
+});
+
+t.test('affinity: with no waiter holding them, the connection is held for its settings, at most affinityMs', async (t) => {
+  const { pool, ask, conns } = await tenantPool(2, 150);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  tenantOf.set(conns[1]!, 'c');
+  const askedB = Date.now();
+  const b = ask(holds('b'));
+  await tick(200); // a long wait in the queue does not use up b's affinityMs: being passed over does
+  const passed = Date.now();
+  pool.release(conns[0]!, true, null);
+  t.notOk(b.settled, 'held, not switched to b');
+  t.same(pool.stats, { total: 2, idle: 1, waiting: 1, active: 1 }, 'a held connection counts as idle');
+  const other = ask(holds('d'));
+  t.notOk(other.settled, 'another tenant does not get it either: it queues behind b');
+  const back = ask(holds('a'));
+  t.equal(back.conn, conns[0], 'the returning tenant-a client gets it at once, ahead of the queue');
+  pool.release(conns[0]!, true, null);
+  t.notOk(b.settled, 'held again');
+  await tick(250);
+  t.equal(b.conn, conns[0], 'b got it when its affinityMs ran out');
+  const passedFor = askedB + b.at - passed;
+  t.ok(passedFor >= 145 && passedFor < 400, `b was passed over for ${passedFor} ms`);
+  t.notOk(other.settled, 'the next waiter has not been passed over yet');
+  pool.release(conns[1]!, true, null);
+  t.notOk(other.settled, 'now it is: conn c is held for a tenant-c client');
+  await tick(250);
+  t.equal(other.conn, conns[1], 'then it goes to the waiter, after its own affinityMs');
+});
+
+t.test('affinity: a waiter passed over for affinityMs gets the next release, whatever it holds', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 50);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  const a1 = ask(holds('a'));
+  const a2 = ask(holds('a'));
+  pool.release(conns[0]!, true, null);
+  t.equal(a1.conn, conns[0], 'first passed over: a tenant-a waiter goes first');
+  await tick(80);
+  pool.release(conns[0]!, true, null);
+  t.equal(b.conn, conns[0], 'after affinityMs the longest waiter is no longer passed over');
+  t.notOk(a2.settled);
+});
+
+t.test('affinity: held connections go idle when the waiters leave, and close with closeIdle', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 300, 100);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  pool.release(conns[0]!, true, null);
+  t.notOk(b.settled, 'held');
+  await tick(150);
+  t.ok(b.err instanceof PoolTimeoutError, 'b timed out (acquire_timeout_ms below affinity_ms)');
+  t.same(pool.stats, { total: 1, idle: 1, waiting: 0, active: 0 });
+  t.equal(ask(holds('z')).conn, conns[0], 'no waiter left: the connection is plainly idle, anyone gets it');
+  const again = ask(holds('b'));
+  t.notOk(again.settled);
+  pool.release(conns[0]!, true, null);
+  t.same(pool.stats, { total: 1, idle: 1, waiting: 1, active: 0 }, 'held for tenant z');
+  t.equal(pool.closeIdle(() => true), 1, 'closeIdle closes held connections too');
+  t.ok(conns[0]!.isClosed);
+  await tick();
+  t.ok(again.conn && again.conn !== conns[0], 'and the waiter gets a new connection in the freed slot');
 });

@@ -134,6 +134,15 @@ const poolSchema = {
     size: positiveInt('Server connections per (database, server role).', 20),
     acquire_timeout_ms: positiveInt('Milliseconds a client waits for a server connection.', 5000),
     server_idle_timeout_ms: positiveInt('Milliseconds before an idle server connection is closed.', 600000),
+    affinity_ms: {
+      type: 'integer',
+      minimum: 0,
+      maximum: 1000,
+      default: 0,
+      description:
+        'Transaction pooling: how long the longest-waiting client may be passed over so that a released server connection ' +
+        'goes to a client holding its settings and pins (no switching statement) instead; 0 = strict FIFO.',
+    },
   },
 };
 

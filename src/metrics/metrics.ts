@@ -64,6 +64,11 @@ export class Metrics {
     help: 'Statements refused by the pinning policy.',
     registers: [this.registry],
   });
+  readonly settingsSwitches = new client.Counter({
+    name: 'pgbastion_settings_switches_total',
+    help: 'Leases whose server connection first ran a hidden statement to take on the client\'s settings and pins.',
+    registers: [this.registry],
+  });
   readonly sticky = new client.Counter({
     name: 'pgbastion_sticky_sessions_total',
     help: 'Transaction-mode clients pinned to their server connection, by reason.',

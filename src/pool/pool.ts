@@ -1,15 +1,29 @@
 // Server connections for one (database, server role): bounded size, FIFO waiters with a
 // timeout, idle reuse after a reset, and idle expiry. A connection in doubt is closed.
+//
+// Affinity (pool.affinity_ms > 0): a connection released with settings (pins) that the
+// longest waiter does not hold would cost that waiter a hidden statement to switch them.
+// It goes instead to a waiter further back that holds the same settings, or is held for a
+// client with those settings coming back (in transaction pooling the releasing client
+// usually returns within a round trip). The longest waiter is passed over for at most
+// affinity_ms from the first time it was: FIFO order bends by about that much, however
+// long the queue itself makes clients wait.
 
 import type { Logger } from 'pino';
 import type { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 
-export interface PoolOptions {
+/** The limits a reload may change. */
+export interface PoolLimits {
   size: number;
   acquireTimeoutMs: number;
   idleTimeoutMs: number;
+  /** How long the longest waiter may be passed over for a client holding a connection's settings (0: strict FIFO). */
+  affinityMs: number;
+}
+
+export interface PoolOptions extends PoolLimits {
   /** Opens and logs in a new server connection on behalf of `origin` (the PROXY header's client). */
   connect: (origin: ClientOrigin | null) => Promise<ServerConnection>;
   /** May this connection serve another client? False once its upstream or transport left the configuration. */
@@ -23,12 +37,21 @@ export class PoolTimeoutError extends Error {}
 /** How a lease ends: with a connection, or with why there is none. */
 export type LeaseCallback = (err: Error | null, conn: ServerConnection | null) => void;
 
+/** Does this connection already hold the asking client's settings? */
+export type Prefer = (conn: ServerConnection) => boolean;
+
 interface Waiter {
   done: LeaseCallback;
   /** Date.now() after which it gets PoolTimeoutError. */
   deadline: number;
+  /** Date.now() when, at the head of the queue, it was first passed over (0: never); see handOver. */
+  passedOver: number;
   origin: ClientOrigin | null;
+  prefer: Prefer | null;
 }
+
+/** How far back in the queue a released connection looks for a waiter holding its settings. */
+const AFFINITY_SCAN = 64;
 
 const MAX_ACCEPTED = 10_000;
 const settingKey = (name: string, value: string): string => `${name.toLowerCase()}\0${value}`;
@@ -36,6 +59,13 @@ const settingKey = (name: string, value: string): string => `${name.toLowerCase(
 export class Pool {
   /** Most recently used last: reuse the warmest connection first. */
   private readonly idle: ServerConnection[] = [];
+  /**
+   * Affinity: released connections kept for a client holding their settings, while waiters
+   * who would need a switch wait (until the longest waiter's passedOver + affinityMs).
+   */
+  private readonly held: ServerConnection[] = [];
+  private holdTimer: NodeJS.Timeout | null = null;
+  private holdTimerDue = Infinity;
   private readonly waiters: Waiter[] = [];
   /** One timer for all waiters, due at the earliest deadline (see armWaitTimer). */
   private waitTimer: NodeJS.Timeout | null = null;
@@ -58,7 +88,8 @@ export class Pool {
   ) {}
 
   get stats(): { total: number; idle: number; waiting: number; active: number } {
-    return { total: this.total, idle: this.idle.length, waiting: this.waiters.length, active: this.total - this.idle.length };
+    const idle = this.idle.length + this.held.length;
+    return { total: this.total, idle, waiting: this.waiters.length, active: this.total - idle };
   }
 
   /** Remembers settings a server accepted (bounded: past the cap, logins just take the slow path). */
@@ -77,8 +108,9 @@ export class Pool {
   }
 
   /** Reload: a smaller size takes effect as connections come back (extra ones are closed). */
-  setLimits(size: number, acquireTimeoutMs: number, idleTimeoutMs: number): void {
-    this.opts = { ...this.opts, size, acquireTimeoutMs, idleTimeoutMs };
+  setLimits(limits: PoolLimits): void {
+    this.opts = { ...this.opts, ...limits };
+    this.settleHeld(Date.now());
   }
 
   /**
@@ -90,18 +122,18 @@ export class Pool {
    * when a waiter is handed one: no promise and no extra event-loop turn per transaction.
    * The connection it gets is open (closed ones are dropped at every hand-over).
    */
-  request(origin: ClientOrigin | null, prefer: ((conn: ServerConnection) => boolean) | null, done: LeaseCallback): void {
+  request(origin: ClientOrigin | null, prefer: Prefer | null, done: LeaseCallback): void {
     if (this.closed) return done(new UpstreamError('unreachable', 'pool is closed'), null);
-    const conn = this.takeIdle(prefer);
+    const conn = this.takeHeld(prefer) ?? this.takeIdle(prefer);
     if (conn) return done(null, conn);
     if (this.total < this.opts.size) return this.openFor(origin, done);
     const deadline = Date.now() + this.opts.acquireTimeoutMs;
-    this.waiters.push({ done, deadline, origin });
+    this.waiters.push({ done, deadline, passedOver: 0, origin, prefer });
     if (deadline < this.waitTimerDue) this.armWaitTimer(deadline);
   }
 
   /** request() as a promise, for callers off the per-transaction path. */
-  acquire(origin: ClientOrigin | null = null, prefer: ((conn: ServerConnection) => boolean) | null = null): Promise<ServerConnection> {
+  acquire(origin: ClientOrigin | null = null, prefer: Prefer | null = null): Promise<ServerConnection> {
     return new Promise((resolve, reject) => {
       this.request(origin, prefer, (err, conn) => (err ? reject(err) : resolve(conn!)));
     });
@@ -131,8 +163,10 @@ export class Pool {
   close(): void {
     this.closed = true;
     this.armWaitTimer(Infinity);
+    this.armHoldTimer(Infinity);
     for (const w of this.waiters.splice(0)) w.done(new UpstreamError('unreachable', 'pool is closing'), null);
     for (const conn of this.idle.splice(0)) conn.close();
+    for (const conn of this.held.splice(0)) conn.close();
     if (this.sweeper) clearInterval(this.sweeper);
   }
 
@@ -141,16 +175,34 @@ export class Pool {
    * longer configured); returns how many. Taken off the list first, so forgetIdle skips them.
    */
   closeIdle(doomed: (conn: ServerConnection) => boolean): number {
-    const gone = this.idle.filter(doomed);
-    for (const conn of gone) {
-      this.idle.splice(this.idle.indexOf(conn), 1);
-      conn.close();
-      this.total--;
+    let closed = 0;
+    for (const list of [this.idle, this.held]) {
+      for (const conn of list.filter(doomed)) {
+        list.splice(list.indexOf(conn), 1);
+        conn.close();
+        this.total--;
+        closed++;
+      }
     }
-    return gone.length;
+    this.refill();
+    return closed;
   }
 
-  private takeIdle(prefer: ((conn: ServerConnection) => boolean) | null): ServerConnection | null {
+  /** A held connection with the asker's settings: it skips the queue (no switch needed). */
+  private takeHeld(prefer: Prefer | null): ServerConnection | null {
+    if (prefer === null || this.held.length === 0) return null;
+    for (let i = this.held.length - 1; i >= 0; i--) {
+      const conn = this.held[i]!;
+      if (conn.isClosed || !prefer(conn)) continue;
+      this.held.splice(i, 1);
+      if (this.opts.keep(conn)) return conn;
+      this.drop(conn);
+      return null;
+    }
+    return null;
+  }
+
+  private takeIdle(prefer: Prefer | null): ServerConnection | null {
     if (prefer !== null) {
       for (let i = this.idle.length - 1; i >= 0; i--) {
         const conn = this.idle[i]!;
@@ -191,20 +243,89 @@ export class Pool {
       .catch((err: unknown) => this.opts.logger.error({ err, pool: this.name }, 'lease callback failed'));
   }
 
-  /** A clean connection goes to the longest waiter, else back to the idle list. */
+  /**
+   * A clean connection goes to the longest waiter, else back to the idle list. With
+   * affinity, when the longest waiter does not hold the connection's settings and has been
+   * passed over for less than affinityMs, a waiter that does goes first, and failing one
+   * the connection is held (see `held`).
+   */
   private handOver(conn: ServerConnection): void {
     if (conn.isClosed || this.total > this.opts.size || !this.opts.keep(conn)) return this.drop(conn);
-    const waiter = this.waiters.shift();
-    if (waiter) return waiter.done(null, conn);
-    this.idle.push(conn);
-    this.ensureSweeper();
+    const head = this.waiters[0];
+    if (head === undefined) {
+      this.idle.push(conn);
+      return this.ensureSweeper();
+    }
+    if (this.opts.affinityMs > 0 && !wants(head, conn) && this.mayPassOver(head, Date.now())) {
+      const scan = Math.min(this.waiters.length, AFFINITY_SCAN);
+      for (let i = 1; i < scan; i++) {
+        const w = this.waiters[i]!;
+        if (!wants(w, conn)) continue;
+        this.waiters.splice(i, 1);
+        return w.done(null, conn);
+      }
+      this.held.push(conn);
+      return this.armHoldTimer(head.passedOver + this.opts.affinityMs);
+    }
+    this.waiters.shift();
+    head.done(null, conn);
+    if (this.held.length > 0) this.settleHeld(Date.now());
+  }
+
+  /**
+   * Ends holds that no longer have a reason: with nobody waiting a held connection is just
+   * idle; once the longest waiter has been passed over for affinityMs it gets one (the
+   * oldest held).
+   */
+  private settleHeld(now: number): void {
+    while (this.held.length > 0) {
+      const head = this.waiters[0];
+      if (head !== undefined && this.mayPassOver(head, now)) {
+        return this.armHoldTimer(head.passedOver + this.opts.affinityMs);
+      }
+      const conn = this.held.shift()!;
+      if (conn.isClosed) continue; // counted out by forgetIdle
+      if (head === undefined) {
+        this.idle.push(conn);
+        this.ensureSweeper();
+        continue;
+      }
+      if (!this.opts.keep(conn)) {
+        this.drop(conn);
+        continue;
+      }
+      this.waiters.shift();
+      head.done(null, conn);
+    }
+    this.armHoldTimer(Infinity);
+  }
+
+  /** Starts the head waiter's affinity clock on first use; true while it has time left. */
+  private mayPassOver(head: Waiter, now: number): boolean {
+    if (head.passedOver === 0) head.passedOver = now;
+    return now - head.passedOver < this.opts.affinityMs;
+  }
+
+  private armHoldTimer(due: number): void {
+    if (due === this.holdTimerDue) return;
+    if (this.holdTimer !== null) clearTimeout(this.holdTimer);
+    this.holdTimer = null;
+    this.holdTimerDue = due;
+    if (due === Infinity) return;
+    this.holdTimer = setTimeout(() => {
+      this.holdTimer = null;
+      this.holdTimerDue = Infinity;
+      this.settleHeld(Date.now());
+    }, Math.max(0, due - Date.now()));
   }
 
   private drop(conn: ServerConnection): void {
     conn.close();
     this.total--;
-    const i = this.idle.indexOf(conn);
-    if (i >= 0) this.idle.splice(i, 1);
+    for (const list of [this.idle, this.held]) {
+      const i = list.indexOf(conn);
+      if (i >= 0) list.splice(i, 1);
+    }
     // A slot opened: a waiter may now get a fresh connection.
     const waiter = this.waiters.shift();
     if (waiter) this.openFor(waiter.origin, waiter.done);
@@ -240,15 +361,27 @@ export class Pool {
     }
     this.waiters.length = kept;
     this.armWaitTimer(next);
+    if (late.length > 0) this.settleHeld(now);
     const message = `no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`;
     for (const w of late) w.done(new PoolTimeoutError(message), null);
   }
 
   private forgetIdle(conn: ServerConnection): void {
-    const i = this.idle.indexOf(conn);
-    if (i < 0) return;
-    this.idle.splice(i, 1);
-    this.total--;
+    for (const list of [this.idle, this.held]) {
+      const i = list.indexOf(conn);
+      if (i < 0) continue;
+      list.splice(i, 1);
+      this.total--;
+      return this.refill();
+    }
+  }
+
+  /** Slots freed while clients wait (possible only when connections were held): open new ones. */
+  private refill(): void {
+    while (this.waiters.length > 0 && this.total < this.opts.size && !this.closed) {
+      const waiter = this.waiters.shift()!;
+      this.openFor(waiter.origin, waiter.done);
+    }
   }
 
   private ensureSweeper(): void {
@@ -267,4 +400,8 @@ export class Pool {
       this.sweeper = null;
     }
   }
+}
+
+function wants(waiter: Waiter, conn: ServerConnection): boolean {
+  return waiter.prefer !== null && waiter.prefer(conn);
 }

@@ -4,12 +4,12 @@
 
 import net from 'node:net';
 import type { Logger } from 'pino';
-import type { Config, Endpoint } from '../config/types.js';
+import type { Config, Endpoint, PoolConfig } from '../config/types.js';
 import { ServerConnection } from '../upstream/server-connection.js';
 import { UpstreamError } from '../upstream/errors.js';
 import { PLAIN_TRANSPORT, endpointKey, sameTransport, type ClientOrigin, type UpstreamTransport } from '../upstream/dial.js';
 import { HealthChecker, usable, type Health } from '../upstream/health.js';
-import { Pool } from './pool.js';
+import { Pool, type PoolLimits } from './pool.js';
 import type { Metrics } from '../metrics/metrics.js';
 
 export class PoolRegistry {
@@ -43,9 +43,7 @@ export class PoolRegistry {
     if (!pool) {
       const name = `${database}/${role}`;
       pool = new Pool(name, {
-        size: this.config.pool.size,
-        acquireTimeoutMs: this.config.pool.acquire_timeout_ms,
-        idleTimeoutMs: this.config.pool.server_idle_timeout_ms,
+        ...poolLimits(this.config.pool),
         connect: (origin) => this.connect(database, role, origin),
         keep: (conn) => this.current(conn),
         logger: this.logger,
@@ -72,7 +70,7 @@ export class PoolRegistry {
     this.transport = transport;
     this.configured = new Set(config.upstreams.map(endpointKey));
     for (const pool of this.pools.values()) {
-      pool.setLimits(config.pool.size, config.pool.acquire_timeout_ms, config.pool.server_idle_timeout_ms);
+      pool.setLimits(poolLimits(config.pool));
       // Connections to upstreams no longer listed, or opened with other TLS/PROXY settings,
       // close now if idle, else when their client is done with them.
       pool.closeIdle((conn) => !this.current(conn));
@@ -222,4 +220,8 @@ function tcpReachable(endpoint: Endpoint, timeoutMs: number): Promise<void> {
     sock.once('connect', () => done());
     sock.once('error', (e) => done(e));
   });
+}
+
+function poolLimits(pool: PoolConfig): PoolLimits {
+  return { size: pool.size, acquireTimeoutMs: pool.acquire_timeout_ms, idleTimeoutMs: pool.server_idle_timeout_ms, affinityMs: pool.affinity_ms };
 }

@@ -951,6 +951,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (sql) {
       server.sendHidden(sql);
       server.holdExactly(this.params, this.paramsKey);
+      this.rt.metrics.settingsSwitches.inc();
     }
     this.flushQueued(server);
     if (!endLater && !server.endBatch()) this.waitForServerDrain();
