@@ -187,11 +187,24 @@ t.test('affinity: with no waiter holding them, the connection is held for its se
   t.equal(b.conn, conns[0], 'b got it when its affinityMs ran out');
   const passedFor = askedB + b.at - passed;
   t.ok(passedFor >= 145 && passedFor < 400, `b was passed over for ${passedFor} ms`);
-  t.notOk(other.settled, 'the next waiter has not been passed over yet');
+  t.notOk(other.settled, 'the next waiter is still waiting');
   pool.release(conns[1]!, true, null);
-  t.notOk(other.settled, 'now it is: conn c is held for a tenant-c client');
-  await tick(250);
-  t.equal(other.conn, conns[1], 'then it goes to the waiter, after its own affinityMs');
+  t.equal(other.conn, conns[1], 'its clock started when it queued behind a held connection and has run out: FIFO for it');
+});
+
+t.test('affinity: one pass-over starts the clock of everyone waiting, so nobody is passed over much longer than affinityMs', async (t) => {
+  const { pool, ask, conns } = await tenantPool(3, 100);
+  t.teardown(() => pool.close());
+  conns.forEach((c, i) => tenantOf.set(c, `t${i}`));
+  const queue = ['x', 'y', 'z'].map((x) => ask(holds(x)));
+  pool.release(conns[0]!, true, null); // passes over x, y and z at once
+  t.ok(queue.every((w) => !w.settled), 'held for a returning t0 client');
+  await tick(150);
+  t.equal(queue[0]!.conn, conns[0], 'x: the held connection, when the clocks ran out');
+  pool.release(conns[1]!, true, null);
+  pool.release(conns[2]!, true, null);
+  t.equal(queue[1]!.conn, conns[1], 'y: the next release at once, in FIFO order');
+  t.equal(queue[2]!.conn, conns[2], 'z: likewise, not another affinityMs later');
 });
 
 t.test('affinity: a waiter passed over for affinityMs gets the next release, whatever it holds', async (t) => {

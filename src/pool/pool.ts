@@ -5,9 +5,10 @@
 // longest waiter does not hold would cost that waiter a hidden statement to switch them.
 // It goes instead to a waiter further back that holds the same settings, or is held for a
 // client with those settings coming back (in transaction pooling the releasing client
-// usually returns within a round trip). The longest waiter is passed over for at most
-// affinity_ms from the first time it was: FIFO order bends by about that much, however
-// long the queue itself makes clients wait.
+// usually returns within a round trip). Each waiter's affinity clock starts the first time
+// a connection goes elsewhere while it waits (or is held when it arrives); once it has run
+// for affinity_ms that waiter is served in FIFO order again. So affinity delays no client by
+// much more than affinity_ms, however long the queue itself makes clients wait.
 
 import type { Logger } from 'pino';
 import type { ServerConnection } from '../upstream/server-connection.js';
@@ -44,7 +45,10 @@ interface Waiter {
   done: LeaseCallback;
   /** Date.now() after which it gets PoolTimeoutError. */
   deadline: number;
-  /** Date.now() when, at the head of the queue, it was first passed over (0: never); see handOver. */
+  /**
+   * Date.now() when it was first passed over (0: never). The waiters with a clock started
+   * are always a prefix of the queue: a pass-over starts every clock not yet started.
+   */
   passedOver: number;
   origin: ClientOrigin | null;
   prefer: Prefer | null;
@@ -127,8 +131,10 @@ export class Pool {
     const conn = this.takeHeld(prefer) ?? this.takeIdle(prefer);
     if (conn) return done(null, conn);
     if (this.total < this.opts.size) return this.openFor(origin, done);
-    const deadline = Date.now() + this.opts.acquireTimeoutMs;
-    this.waiters.push({ done, deadline, passedOver: 0, origin, prefer });
+    const now = Date.now();
+    const deadline = now + this.opts.acquireTimeoutMs;
+    // Connections held for other settings: this client is passed over from the start.
+    this.waiters.push({ done, deadline, passedOver: this.held.length > 0 ? now : 0, origin, prefer });
     if (deadline < this.waitTimerDue) this.armWaitTimer(deadline);
   }
 
@@ -256,7 +262,9 @@ export class Pool {
       this.idle.push(conn);
       return this.ensureSweeper();
     }
-    if (this.opts.affinityMs > 0 && !wants(head, conn) && this.mayPassOver(head, Date.now())) {
+    const now = this.opts.affinityMs > 0 && !wants(head, conn) ? Date.now() : 0;
+    if (now !== 0 && this.mayPassOver(head, now)) {
+      this.startClocks(now);
       const scan = Math.min(this.waiters.length, AFFINITY_SCAN);
       for (let i = 1; i < scan; i++) {
         const w = this.waiters[i]!;
@@ -281,6 +289,7 @@ export class Pool {
     while (this.held.length > 0) {
       const head = this.waiters[0];
       if (head !== undefined && this.mayPassOver(head, now)) {
+        this.startClocks(now);
         return this.armHoldTimer(head.passedOver + this.opts.affinityMs);
       }
       const conn = this.held.shift()!;
@@ -300,10 +309,14 @@ export class Pool {
     this.armHoldTimer(Infinity);
   }
 
-  /** Starts the head waiter's affinity clock on first use; true while it has time left. */
+  /** May the longest waiter be passed over (again)? Its clock has not started or has time left. */
   private mayPassOver(head: Waiter, now: number): boolean {
-    if (head.passedOver === 0) head.passedOver = now;
-    return now - head.passedOver < this.opts.affinityMs;
+    return head.passedOver === 0 || now - head.passedOver < this.opts.affinityMs;
+  }
+
+  /** A pass-over delays everyone waiting: starts the clocks not yet started (from the tail). */
+  private startClocks(now: number): void {
+    for (let i = this.waiters.length - 1; i >= 0 && this.waiters[i]!.passedOver === 0; i--) this.waiters[i]!.passedOver = now;
   }
 
   private armHoldTimer(due: number): void {
