@@ -150,8 +150,12 @@ const S2: Scenario = {
   title: 'select-only, client TLS',
   method: (o) =>
     `\`${pgbenchS(o)}\` with PGSSLMODE=require against a second PgBouncer (client_tls_sslmode = require) and a second ` +
-    'pgbastion (tls + hostssl rule); direct PostgreSQL with ssl=on. Self-signed RSA-2048 certificate; no TLS towards the server.',
-  run: async (ctx) => inRounds(ctx, 'S2', 'TLS', await tlsTargets(ctx.lab), selectOnly(ctx.opts.clients)),
+    'pgbastion (tls + hostssl rule); direct PostgreSQL with ssl=on. Self-signed RSA-2048 certificate; no TLS towards the server. ' +
+    `Extra row "${S1_WORKERS_TARGET}" (no target applies to it): as in S1, with TLS.`,
+  run: async (ctx) => {
+    const targets = [...(await tlsTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS, true)];
+    await inRounds(ctx, 'S2', 'TLS', targets, selectOnly(ctx.opts.clients));
+  },
 };
 
 const S3: Scenario = {

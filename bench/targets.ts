@@ -163,12 +163,13 @@ export class Lab {
   }
 
   /**
-   * The plaintext pgbastion with `workers: N` and pool.size POOL_SIZE / N per worker (so the
-   * upstream sees the same POOL_SIZE server connections as from PgBouncer), otherwise configured
-   * like pgbastion(false) but for log_level info: see startPgbastion.
+   * A pgbastion with `workers: N` and pool.size POOL_SIZE / N per worker (so the upstream sees
+   * the same POOL_SIZE server connections as from PgBouncer), otherwise configured like
+   * pgbastion(tls) but for log_level info: see startPgbastion.
    */
-  pgbastionWorkers(name: string, workers: number): Promise<Target> {
-    return this.pgbastionWith({ name, key: `pgbastion-workers${workers}`, tls: false, users: [{ name: PROXY_USER }], pinning: [], workers });
+  pgbastionWorkers(name: string, workers: number, tls = false): Promise<Target> {
+    const key = `pgbastion-workers${workers}${tls ? '-tls' : ''}`;
+    return this.pgbastionWith({ name, key, tls, users: [{ name: PROXY_USER }], pinning: [], workers });
   }
 
   /** A pgbastion with its own users and pinned variables (S7), plaintext unless `tls`. */
