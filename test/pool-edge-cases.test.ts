@@ -1,7 +1,8 @@
 // Transaction pooling under the protocol's corner cases, on a pool of ONE server connection
 // so that every client shares it: extended-protocol work not yet closed by a Sync, COPY IN
 // through the extended protocol, the unnamed statement, failed Parses, fast-path function
-// calls, and settings made under another client's client_encoding.
+// calls, settings made under another client's client_encoding, and the clear of a connection
+// holding too many statements.
 
 import { sendCancel } from './helpers/cancel.js';
 import t from 'tap';
@@ -286,4 +287,21 @@ t.test("a cancel never hits the next client's statement on the same connection",
     if ((await next)?.code === '57014') hits++;
   }
   t.equal(hits, 0, "no cancel meant for A's statement canceled B's");
+});
+
+t.test('past 1000 statements on a connection it is cleared (DEALLOCATE ALL), and a client re-prepares on demand', async (t) => {
+  const { a, b } = await twoTenants(t);
+  // Tenants alternate, so every lease switches pins too: both hidden statements go out together.
+  for (let i = 0; i <= 1000; i++) {
+    const who = i % 2 === 0 ? a : b;
+    const r = await who.c.query({ name: `s${i}`, text: `SELECT ${i}::int AS n, current_setting('app.tenant_id') AS t` });
+    if (r.rows[0].n !== i) t.fail(`statement ${i} answered ${r.rows[0].n}`);
+  }
+  const again = await a.c.query({ name: 's0', text: 'SELECT 0::int AS n, current_setting(\'app.tenant_id\') AS t' });
+  t.same(again.rows, [{ n: 0, t: 'a' }], 'a statement prepared before the clear still works, with the right tenant');
+  const other = await b.c.query({ name: 's999', text: 'SELECT 999::int AS n, current_setting(\'app.tenant_id\') AS t' });
+  t.same(other.rows, [{ n: 999, t: 'テナント-b' }]);
+  const held = await a.c.query('SELECT count(*)::int AS n FROM pg_prepared_statements');
+  t.ok(held.rows[0].n < 10, `the server connection holds ${held.rows[0].n} statements after the clear, not 1000+`);
+  t.same([...a.errors, ...b.errors], []);
 });

@@ -5,7 +5,7 @@ import t from 'tap';
 import { serialize } from 'pg-protocol';
 import { parseStartupPacket, startupLength } from '../src/protocol/startup.js';
 import { decideStartupParams, parseOptions } from '../src/session/startup-params.js';
-import { quoteLiteral, setConfigSql, settingsKey } from '../src/session/set-config.js';
+import { quoteLiteral, setConfigSql, settingsKey, switchQuery } from '../src/session/set-config.js';
 
 function packet(code: number, body = Buffer.alloc(0)): Buffer {
   const b = Buffer.alloc(8 + body.length);
@@ -58,6 +58,20 @@ t.test('startup parameters', async (t) => {
     t.equal(Boolean(d.invalid), Boolean(c.invalid), `${c.name}: invalid`);
   }
   t.same(parseOptions('-c a=b\\ c').settings, [['a', 'b c']], 'backslash escapes a space');
+});
+
+t.test('switchQuery: the statement as a Query message, memoised by the two settings keys', async (t) => {
+  const a = new Map([['app.tenant_id', 'a']]);
+  const b = new Map([['app.tenant_id', 'b']]);
+  const [ka, kb] = [settingsKey(a), settingsKey(b)];
+  const toB = switchQuery(b, kb, a, ka);
+  t.same(toB, serialize.query(setConfigSql(b, a)!), 'what setConfigSql says, framed');
+  t.equal(switchQuery(b, kb, a, ka), toB, 'the same Buffer the next time');
+  t.same(switchQuery(a, ka, b, kb), serialize.query(setConfigSql(a, b)!), 'the other direction is its own entry');
+  t.equal(switchQuery(a, ka, new Map(a), ka), null, 'equal keys: nothing to switch');
+  const upper = new Map([['TimeZone', 'UTC']]);
+  const lower = new Map([['timezone', 'UTC']]);
+  t.equal(switchQuery(upper, settingsKey(upper), lower, settingsKey(lower)), null, 'keys differ only by case: setConfigSql has nothing to do');
 });
 
 t.test('set_config statements', async (t) => {

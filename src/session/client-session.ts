@@ -34,7 +34,7 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
-import { setConfigSql, settingsKey } from './set-config.js';
+import { setConfigSql, settingsKey, switchQuery } from './set-config.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 
@@ -941,15 +941,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // holds joins the same write, at the end of onData.
     const endLater = this.feeding && this.batched === null;
     if (endLater) this.batched = server;
-    let sql = setConfigSql(this.params, server.applied);
     if (server.prepared.size > MAX_SERVER_STATEMENTS) {
       // Statements of clients long gone pile up on a busy connection: start it afresh (the
       // ones still needed are prepared again on demand).
-      sql = sql === null ? 'DEALLOCATE ALL' : `DEALLOCATE ALL; ${sql}`;
+      server.sendHidden(serialize.query('DEALLOCATE ALL'));
       server.prepared.clear();
     }
-    if (sql) {
-      server.sendHidden(sql);
+    const query = switchQuery(this.params, this.paramsKey, server.applied, server.appliedKey);
+    if (query !== null) {
+      server.sendHidden(query);
       server.holdExactly(this.params, this.paramsKey);
       this.rt.metrics.settingsSwitches.inc();
     }

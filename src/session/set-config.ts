@@ -16,6 +16,8 @@
 // without backslashes, so neither the client_encoding nor standard_conforming_strings a
 // previous client left behind can change what it means.
 
+import { serialize } from 'pg-protocol';
+
 /**
  * Values a `SET … = '…'` literal carries unchanged whatever the session's client_encoding
  * (ASCII is a single byte in every one) and standard_conforming_strings (no backslash).
@@ -69,6 +71,28 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
   if (heldValue(held, 'statement_timeout') !== undefined) parts.unshift('SET LOCAL statement_timeout = 0');
   return ['BEGIN', ...parts, 'COMMIT'].join('; ');
+}
+
+/**
+ * The switching statement as a ready Query message, per (held, wanted) pair of settingsKey()
+ * fingerprints, which determine the maps. Tenants switching back and forth on a saturated
+ * pool ask for the same few pairs over and over. Bounded: emptied when full.
+ */
+const switchQueries = new Map<string, Buffer | null>();
+const MAX_SWITCH_QUERIES = 4096;
+
+/** setConfigSql(wanted, held) as a Query message (null: nothing to switch), memoised by their keys. */
+export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): Buffer | null {
+  if (wantedKey === heldKey) return null;
+  const key = `${heldKey}\0${wantedKey}`; // no NUL inside a key: JSON escapes control characters
+  let query = switchQueries.get(key);
+  if (query === undefined) {
+    const sql = setConfigSql(wanted, held);
+    query = sql === null ? null : serialize.query(sql);
+    if (switchQueries.size >= MAX_SWITCH_QUERIES) switchQueries.clear();
+    switchQueries.set(key, query);
+  }
+  return query;
 }
 
 /**

@@ -311,11 +311,11 @@ export class ServerConnection implements ScanSink {
    * connection is closed and the client told, since what follows it would run without the
    * settings it was meant to hold.
    */
-  sendHidden(sql: string): void {
+  sendHidden(query: Buffer): void {
     this.pipelinedHidden++;
     this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
-    this.write(serialize.query(sql));
+    this.write(query);
   }
 
   /**
