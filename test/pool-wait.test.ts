@@ -242,3 +242,14 @@ t.test('affinity: held connections go idle when the waiters leave, and close wit
   await tick();
   t.ok(again.conn && again.conn !== conns[0], 'and the waiter gets a new connection in the freed slot');
 });
+
+t.test('affinity: a reload that turns it off hands held connections to the waiters at once', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 10_000);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  pool.release(conns[0]!, true, null);
+  t.notOk(b.settled, 'held (for up to 10 s)');
+  pool.setLimits({ size: 1, acquireTimeoutMs: 5_000, idleTimeoutMs: 60_000, affinityMs: 0 });
+  t.equal(b.conn, conns[0], 'served inside setLimits');
+});

@@ -311,6 +311,7 @@ export class Pool {
 
   /** May the longest waiter be passed over (again)? Its clock has not started or has time left. */
   private mayPassOver(head: Waiter, now: number): boolean {
+    if (this.opts.affinityMs <= 0) return false; // a reload may have turned affinity off
     return head.passedOver === 0 || now - head.passedOver < this.opts.affinityMs;
   }
 
