@@ -305,3 +305,47 @@ t.test('past 1000 statements on a connection it is cleared (DEALLOCATE ALL), and
   t.ok(held.rows[0].n < 10, `the server connection holds ${held.rows[0].n} statements after the clear, not 1000+`);
   t.same([...a.errors, ...b.errors], []);
 });
+
+t.test('a switch that fails fails the client\'s work, which never runs', async (t) => {
+  // A placeholder under a prefix an extension reserves once loaded: SET plpgsql.tenant works
+  // until a DO block loads plpgsql in that backend, then fails. So the pin is accepted at
+  // login and refused by the next switch on the same server connection.
+  await pgs.query(`CREATE TABLE ran (who text); GRANT ALL ON ran TO ${SERVER_ROLE}`);
+  const own = await startProxy(t, pgs, {
+    users: [
+      { name: 'placeholder', password: 'pw-p', pins: { 'plpgsql.tenant': 'x' } },
+      { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+    ],
+    extra: {
+      pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 },
+      pinning: { variables: ['app.tenant_id', 'plpgsql.tenant'] },
+      upstream: { require_primary: false }, // its check is a DO block, which would load plpgsql at once
+    },
+  });
+  const open = async (user: string, password: string) => {
+    const c = new pg.Client({ host: '127.0.0.1', port: own.port, user, password, database: 'postgres' });
+    c.on('error', () => undefined);
+    await c.connect();
+    return c;
+  };
+  const p = await open('placeholder', 'pw-p');
+  t.teardown(async () => {
+    await p.end().catch(() => undefined);
+    await pgs.query('DROP TABLE ran');
+  });
+  t.same((await p.query("SELECT current_setting('plpgsql.tenant') AS v")).rows, [{ v: 'x' }], 'the pin applies');
+  const a = await open('tenant_a', 'pw-a');
+  await a.query('DO $$BEGIN PERFORM 1; END$$'); // loads plpgsql on the one server connection
+  await a.query("INSERT INTO ran VALUES ('a')");
+  await a.end();
+  const err = await p.query("INSERT INTO ran VALUES ('placeholder')").then(
+    () => null,
+    (e: Error & { code?: string; detail?: string }) => e,
+  );
+  t.equal(err?.code, '08006', 'the client gets an error for its statement');
+  t.match(err?.detail ?? '', /could not apply session settings: invalid configuration parameter name "plpgsql.tenant"/, 'saying why');
+  t.same((await pgs.query<{ who: string }>('SELECT who FROM ran ORDER BY who')).rows, [{ who: 'a' }], 'its INSERT never ran');
+  const b = await open('tenant_a', 'pw-a');
+  t.same((await b.query("SELECT current_setting('app.tenant_id') AS t")).rows, [{ t: 'a' }], 'other clients carry on');
+  await b.end();
+});
