@@ -343,8 +343,10 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
     (e: Error & { code?: string; detail?: string }) => e,
   );
   t.equal(err?.code, '08006', 'the client gets an error for its statement');
-  t.match(err?.detail ?? '', /could not apply session settings: invalid configuration parameter name "plpgsql.tenant"/, 'saying why');
+  t.equal(err?.message, 'could not apply session settings', 'saying why');
+  t.match(err?.detail ?? '', /invalid configuration parameter name "plpgsql.tenant"/, "with PostgreSQL's reason");
   t.same((await pgs.query<{ who: string }>('SELECT who FROM ran ORDER BY who')).rows, [{ who: 'a' }], 'its INSERT never ran');
+  t.same((await p.query("SELECT current_setting('plpgsql.tenant') AS v")).rows, [{ v: 'x' }], 'its next statement runs, on a fresh server connection');
   const b = await open('tenant_a', 'pw-a');
   t.same((await b.query("SELECT current_setting('app.tenant_id') AS t")).rows, [{ t: 'a' }], 'other clients carry on');
   await b.end();
