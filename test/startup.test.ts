@@ -80,7 +80,7 @@ t.test('set_config statements', async (t) => {
   t.equal(setConfigSql(new Map([['a', '1']]), new Map([['a', '1']])), null, 'nothing to do');
   t.equal(setConfigSql(new Map([['TimeZone', 'UTC']]), new Map([['timezone', 'UTC']])), null, 'names compare case-insensitively');
   const hex = (v: string) => `pg_catalog.convert_from(pg_catalog.decode('${Buffer.from(v).toString('hex')}', 'hex'), 'UTF8')`;
-  const tx = (body: string) => body; // no BEGIN/COMMIT: one Query is one implicit transaction
+  const tx = (body: string) => `BEGIN; ${body}; COMMIT`;
   t.equal(
     setConfigSql(new Map([['app.tenant_id', 'b']]), new Map([['app.tenant_id', 'a'], ['application_name', 'x']])),
     tx(`RESET "application_name"; SET "app"."tenant_id" = 'b'`),
@@ -104,7 +104,7 @@ t.test('set_config statements', async (t) => {
   );
   t.equal(
     setConfigSql(new Map([['app.t', '2']]), new Map([['app.t', '1'], ['Statement_Timeout', '1ms']])),
-    `SET LOCAL statement_timeout = 0; RESET "Statement_Timeout"; SET "app"."t" = '2'`,
+    `BEGIN; SET LOCAL statement_timeout = 0; RESET "Statement_Timeout"; SET "app"."t" = '2'; COMMIT`,
     "a statement_timeout the previous client left cannot cancel the switch",
   );
   t.match(setConfigSql(new Map([['app.t', "テナント'\\"]]), new Map()), /^[\x20-\x7e]+$/, 'pure ASCII, whatever the value');

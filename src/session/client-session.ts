@@ -76,7 +76,6 @@ const COPY_DONE = 0x63;
 const COPY_FAIL = 0x66;
 /** Prepared statements a server connection may hold before the next lease deallocates them all. */
 const MAX_SERVER_STATEMENTS = 1000;
-const DEALLOCATE_ALL_QUERY = serialize.query('DEALLOCATE ALL');
 const DEALLOCATE_ALL = /^\s*deallocate\s+(prepare\s+)?all\s*;?\s*$/i;
 const DEALLOCATE_ONE = /^\s*deallocate\s+(prepare\s+)?(?:"([^"]+)"|([a-z_][a-z0-9_$]*))\s*;?\s*$/i;
 
@@ -886,10 +885,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- server lease -------------------------------------------------------------------
 
   /**
-   * Transaction mode: takes a server connection for the client's next transaction. When it
-   * does not already hold exactly the client's settings, they are applied first (see
-   * switchSettings). With an idle connection at hand holding them, this all happens now,
-   * inside the caller; else when the pool hands one over or the switch is done.
+   * Transaction mode: takes a server connection for the client's next transaction. The
+   * client's settings go ahead of its first bytes in the same write (no round trip), and
+   * only when the connection does not already hold exactly them. With an idle connection at
+   * hand this all happens now, inside the caller; else when the pool hands one over.
    */
   private lease(): void {
     this.leasing = true;
@@ -912,55 +911,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.onConnectFailure(err);
       }
       this.rt.metrics.poolWait.observe((performance.now() - this.leaseStart) / 1000);
-      this.takeLease(server);
+      // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
+      if (this.state !== 'ready' || this.queued.length === 0) {
+        this.pool!.release(server, true, null);
+        if (this.state === 'ready') this.resumeAfterLease();
+        return;
+      }
+      // Resumed first, so that back-pressure from the server socket can pause it again.
+      this.resumeAfterLease();
+      this.useServer(server);
     } catch (failure) {
       this.onFailure(failure);
     }
   };
-
-  /** A leased connection: given this client's settings first if it lacks them, then used. */
-  private takeLease(server: ServerConnection): void {
-    // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
-    if (this.state !== 'ready' || this.queued.length === 0) {
-      this.pool!.release(server, true, null);
-      if (this.state === 'ready') this.resumeAfterLease();
-      return;
-    }
-    const query = switchQuery(this.params, this.paramsKey, server.applied, server.appliedKey);
-    if (query !== null) return this.switchSettings(server, query);
-    // Resumed first, so that back-pressure from the server socket can pause it again.
-    this.resumeAfterLease();
-    this.useServer(server);
-  }
-
-  /**
-   * Runs the statement that gives `server` this client's settings and pins, and sends none
-   * of the client's bytes before it succeeded: if it fails, nothing of this client runs with
-   * another client's values (the connection is closed and the work answered with an error).
-   * A round trip of its own, but a single SET where PostgreSQL would otherwise have run
-   * BEGIN, SET and COMMIT to fail closed inside the client's write: per switch, that is
-   * about a third of the statements, the cost that dominates when tenants switch often.
-   * Meanwhile the client still counts as leasing: its bytes queue, its socket stays paused,
-   * and a cancel drops the queued work.
-   */
-  private switchSettings(server: ServerConnection, query: Buffer): void {
-    this.leasing = true;
-    server.runHidden(query).then(
-      () => {
-        this.leasing = false;
-        server.holdExactly(this.params, this.paramsKey);
-        this.rt.metrics.settingsSwitches.inc();
-        this.takeLease(server);
-      },
-      (err: unknown) => {
-        this.leasing = false;
-        this.pool!.release(server, false, null); // runHidden closed it
-        if (this.state !== 'ready') return;
-        const e = err instanceof UpstreamError ? err : new UpstreamError('protocol', String(err));
-        this.failQueuedWork(e, 'could not apply session settings', e.fields?.M ?? e.message);
-      },
-    ).catch((failure: unknown) => this.onFailure(failure));
-  }
 
   private resumeAfterLease(): void {
     if (!this.pausedForLease) return;
@@ -968,7 +931,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.socket.resume();
   }
 
-  /** Attaches a leased connection (holding the client's settings) and sends it the queued work. */
+  /** Attaches a leased connection and sends it the client's settings (if it lacks them) and queued work. */
   private useServer(server: ServerConnection): void {
     this.server = server;
     server.attach(this);
@@ -981,8 +944,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (server.prepared.size > MAX_SERVER_STATEMENTS) {
       // Statements of clients long gone pile up on a busy connection: start it afresh (the
       // ones still needed are prepared again on demand).
-      server.sendHidden(DEALLOCATE_ALL_QUERY);
+      server.sendHidden(serialize.query('DEALLOCATE ALL'));
       server.prepared.clear();
+    }
+    const query = switchQuery(this.params, this.paramsKey, server.applied, server.appliedKey);
+    if (query !== null) {
+      server.sendHidden(query);
+      server.holdExactly(this.params, this.paramsKey);
+      this.rt.metrics.settingsSwitches.inc();
     }
     this.flushQueued(server);
     if (!endLater && !server.endBatch()) this.waitForServerDrain();
@@ -1001,9 +970,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * fails with ERROR 08006 (like a statement that failed) and the client may retry; its
    * connection to pgbastion stays open for when an upstream is back (failover).
    */
-  private failQueuedWork(err: UpstreamError, message = 'pgbastion could not connect to the upstream server', detail = err.message): void {
+  private failQueuedWork(err: UpstreamError): void {
     this.log.warn({ err: err.message }, 'no server connection for the next transaction');
-    this.answerQueued({ message, detail });
+    this.answerQueued({ message: 'pgbastion could not connect to the upstream server', detail: err.message });
     this.resumeAfterLease();
   }
 

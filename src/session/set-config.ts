@@ -10,14 +10,11 @@
 // where every transaction switched tenants, PostgreSQL lost 35 % of its throughput to the
 // set_config() form and 15 % to the SET form.
 //
-// It fails closed because the session sends none of the client's bytes before it has
-// succeeded (its own round trip; if it fails the connection is closed). Several statements
-// go as one Query, an implicit transaction: none applies unless all do. No BEGIN/COMMIT:
-// PostgreSQL's cost grows with the statement count (pgbench, one switch and one SELECT per
-// transaction, on a 2-core machine: `SET` 26 100 TPS, `SET; SET` 18 400, `BEGIN; SET;
-// COMMIT` 15 200), and the usual switch is one SET. The statement is pure ASCII without
-// backslashes, so neither the client_encoding nor standard_conforming_strings a previous
-// client left behind can change what it means.
+// It fails closed: it runs as one explicit transaction, so if any part fails the session
+// is left in an aborted transaction and whatever the client pipelined behind it fails
+// with 25P02 instead of running with someone else's values. The statement is pure ASCII
+// without backslashes, so neither the client_encoding nor standard_conforming_strings a
+// previous client left behind can change what it means.
 
 import { serialize } from 'pg-protocol';
 
@@ -72,9 +69,8 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
   // A statement_timeout the previous client left must not cancel this one. Only that
   // client's own settings can have left one, and they are in `held` (a sticky client's
   // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
-  // SET LOCAL lasts for the rest of the Query: two or more statements are one implicit block.
   if (heldValue(held, 'statement_timeout') !== undefined) parts.unshift('SET LOCAL statement_timeout = 0');
-  return parts.join('; ');
+  return ['BEGIN', ...parts, 'COMMIT'].join('; ');
 }
 
 /**

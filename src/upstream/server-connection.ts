@@ -288,7 +288,7 @@ export class ServerConnection implements ScanSink {
    * Runs a statement the client never sees (DISCARD ALL, set_config ...). Its replies are
    * swallowed up to ReadyForQuery; a server error rejects.
    */
-  runHidden(sql: string | Buffer): Promise<void> {
+  runHidden(sql: string): Promise<void> {
     const resume: ServerState = this.state === 'active' ? 'active' : 'idle';
     this.move('hidden');
     this.scanner.inspect = INSPECT_ALL;
@@ -301,7 +301,7 @@ export class ServerConnection implements ScanSink {
         },
         reject,
       };
-      this.write(typeof sql === 'string' ? serialize.query(sql) : sql);
+      this.write(serialize.query(sql));
     });
   }
 
