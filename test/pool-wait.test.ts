@@ -253,3 +253,12 @@ t.test('affinity: a reload that turns it off hands held connections to the waite
   pool.setLimits({ size: 1, acquireTimeoutMs: 5_000, idleTimeoutMs: 60_000, affinityMs: 0 });
   t.equal(b.conn, conns[0], 'served inside setLimits');
 });
+
+t.test('affinity: a connection holding no settings goes to the longest waiter at once', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 10_000);
+  t.teardown(() => pool.close());
+  (conns[0] as unknown as { appliedKey: string }).appliedKey = ''; // fresh, or DISCARDed after a sticky client
+  const b = ask(holds('b'));
+  pool.release(conns[0]!, true, null);
+  t.equal(b.conn, conns[0], 'no hold: anyone would pay the same switch');
+});

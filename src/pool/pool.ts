@@ -262,7 +262,9 @@ export class Pool {
       this.idle.push(conn);
       return this.ensureSweeper();
     }
-    const now = this.opts.affinityMs > 0 && !wants(head, conn) ? Date.now() : 0;
+    // A connection holding no settings (fresh, or DISCARDed after a sticky client) is worth
+    // no wait: whoever gets it pays the same switch.
+    const now = this.opts.affinityMs > 0 && conn.appliedKey !== '' && !wants(head, conn) ? Date.now() : 0;
     if (now !== 0 && this.mayPassOver(head, now)) {
       this.startClocks(now);
       const scan = Math.min(this.waiters.length, AFFINITY_SCAN);

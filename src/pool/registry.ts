@@ -223,5 +223,7 @@ function tcpReachable(endpoint: Endpoint, timeoutMs: number): Promise<void> {
 }
 
 function poolLimits(pool: PoolConfig): PoolLimits {
-  return { size: pool.size, acquireTimeoutMs: pool.acquire_timeout_ms, idleTimeoutMs: pool.server_idle_timeout_ms, affinityMs: pool.affinity_ms };
+  // Session mode: a connection comes back DISCARDed, holding nobody's settings.
+  const affinityMs = pool.mode === 'transaction' ? pool.affinity_ms : 0;
+  return { size: pool.size, acquireTimeoutMs: pool.acquire_timeout_ms, idleTimeoutMs: pool.server_idle_timeout_ms, affinityMs };
 }
