@@ -57,7 +57,7 @@ export interface Scenario {
 export const S1_WORKERS = 2;
 export const S1_WORKERS_TARGET = `pgbastion workers=${S1_WORKERS}`;
 
-/** S7's two pgbastion configurations. */
+/** S7's pgbastion configurations (a third, PINS_ON_AFFINITY, below). */
 export const PINS_OFF = 'pgbastion pins off';
 export const PINS_ON = 'pgbastion pins on';
 /** pool.affinity_ms of S7's third configuration. */
@@ -73,7 +73,7 @@ const PINNED_VARIABLE = 'app.tenant_id';
 const SWITCHES = 'pgbastion_settings_switches_total';
 const TRANSACTIONS = 'pgbastion_transactions_total';
 
-/** The S5 and S6 figures of a run, as text ('' for other scenarios). */
+/** The S5, S6 and S7 figures of a run, as text ('' for other scenarios). */
 export function runNotes(s: RunFigures): string {
   const parts: string[] = [];
   if (s.idleClients !== undefined) {
