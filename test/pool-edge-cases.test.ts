@@ -293,6 +293,27 @@ t.test('a cancel while waiting answers every Query the client pipelined, each wi
   t.ok(await rows, 'and the session carries on');
 });
 
+t.test('a cancel while waiting, of Parse/Bind/Execute not yet synced, answers the Sync that follows', async (t) => {
+  const { a, b } = await twoTenants(t);
+  await a.c.query('BEGIN'); // holds the only server connection
+  const answers: string[] = [];
+  b.raw.on('errorMessage', (m: never) => answers.push(`E ${(m as { code: string }).code}`));
+  b.raw.on('parseComplete', () => answers.push('1'));
+  b.raw.on('readyForQuery', () => answers.push('Z'));
+  b.raw.parse({ text: 'SELECT 1' });
+  b.raw.bind({});
+  b.raw.execute({});
+  b.raw.stream.write(serialize.flush());
+  await new Promise((r) => setTimeout(r, 200));
+  const key = b.c as unknown as { processID: number; secretKey: number };
+  await sendCancel(proxy.port, key.processID, key.secretKey);
+  const ready = b.ready();
+  b.raw.sync();
+  await Promise.race([ready, new Promise((r) => setTimeout(r, 5000))]);
+  t.same(answers, ['E 57014', 'Z'], 'the cancelled work ends in an error at its Sync, as in PostgreSQL');
+  await a.c.query('COMMIT');
+});
+
 t.test("a cancel never hits the next client's statement on the same connection", async (t) => {
   const { a, b } = await twoTenants(t);
   const key = a.c as unknown as { processID: number; secretKey: number };

@@ -222,34 +222,50 @@ t.test('affinity: a waiter passed over for affinityMs gets the next release, wha
   t.notOk(a2.settled);
 });
 
-t.test('affinity: held connections go idle when the waiters leave, and close with closeIdle', async (t) => {
-  const { pool, ask, conns } = await tenantPool(1, 300, 100);
+t.test('affinity: held connections close with closeIdle, and the waiter gets a new one', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 300, 5_000);
   t.teardown(() => pool.close());
   tenantOf.set(conns[0]!, 'a');
   const b = ask(holds('b'));
   pool.release(conns[0]!, true, null);
-  t.notOk(b.settled, 'held');
-  await tick(150);
-  t.ok(b.err instanceof PoolTimeoutError, 'b timed out (acquire_timeout_ms below affinity_ms)');
-  t.same(pool.stats, { total: 1, idle: 1, waiting: 0, active: 0 });
-  t.equal(ask(holds('z')).conn, conns[0], 'no waiter left: the connection is plainly idle, anyone gets it');
-  const again = ask(holds('b'));
-  t.notOk(again.settled);
-  pool.release(conns[0]!, true, null);
-  t.same(pool.stats, { total: 1, idle: 1, waiting: 1, active: 0 }, 'held for tenant z');
+  t.same(pool.stats, { total: 1, idle: 1, waiting: 1, active: 0 }, 'held');
   t.equal(pool.closeIdle(() => true), 1, 'closeIdle closes held connections too');
   t.ok(conns[0]!.isClosed);
   await tick();
-  t.ok(again.conn && again.conn !== conns[0], 'and the waiter gets a new connection in the freed slot');
+  t.ok(b.conn && b.conn !== conns[0], 'and the waiter gets a new connection in the freed slot');
+});
+
+t.test('affinity: a waiter close to its acquire timeout is not passed over', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 500, 1_000);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  await tick(600); // 400 ms left: a hold of up to 500 ms could make it time out
+  pool.release(conns[0]!, true, null);
+  t.equal(b.conn, conns[0], 'served at once');
+});
+
+t.test('affinity: a waiter that reaches its timeout takes a held connection instead of failing', async (t) => {
+  const { pool, ask, conns } = await tenantPool(1, 300, 5_000);
+  t.teardown(() => pool.close());
+  tenantOf.set(conns[0]!, 'a');
+  const b = ask(holds('b'));
+  pool.release(conns[0]!, true, null); // held while b's clock runs (b has 5 s)
+  pool.setLimits({ size: 1, acquireTimeoutMs: 50, idleTimeoutMs: 60_000, affinityMs: 300 });
+  const d = ask(holds('d')); // 50 ms to live, behind b
+  await tick(120);
+  t.equal(d.conn, conns[0], 'd got the held connection when it was due to time out');
+  t.notOk(d.err);
+  t.notOk(b.settled, 'b keeps waiting');
 });
 
 t.test('affinity: a reload that turns it off hands held connections to the waiters at once', async (t) => {
-  const { pool, ask, conns } = await tenantPool(1, 10_000);
+  const { pool, ask, conns } = await tenantPool(1, 2_000);
   t.teardown(() => pool.close());
   tenantOf.set(conns[0]!, 'a');
   const b = ask(holds('b'));
   pool.release(conns[0]!, true, null);
-  t.notOk(b.settled, 'held (for up to 10 s)');
+  t.notOk(b.settled, 'held (for up to 2 s)');
   pool.setLimits({ size: 1, acquireTimeoutMs: 5_000, idleTimeoutMs: 60_000, affinityMs: 0 });
   t.equal(b.conn, conns[0], 'served inside setLimits');
 });

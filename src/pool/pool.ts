@@ -203,7 +203,7 @@ export class Pool {
       this.held.splice(i, 1);
       if (this.opts.keep(conn)) return conn;
       this.drop(conn);
-      return null;
+      if (i > this.held.length) i = this.held.length; // drop may have served from the list
     }
     return null;
   }
@@ -311,9 +311,13 @@ export class Pool {
     this.armHoldTimer(Infinity);
   }
 
-  /** May the longest waiter be passed over (again)? Its clock has not started or has time left. */
+  /**
+   * May the longest waiter be passed over (again)? Its clock has not started or has time
+   * left, and it is not so close to its acquire timeout that a hold would make it time out.
+   */
   private mayPassOver(head: Waiter, now: number): boolean {
     if (this.opts.affinityMs <= 0) return false; // a reload may have turned affinity off
+    if (head.deadline - now <= this.opts.affinityMs) return false;
     return head.passedOver === 0 || now - head.passedOver < this.opts.affinityMs;
   }
 
@@ -336,12 +340,13 @@ export class Pool {
   }
 
   private drop(conn: ServerConnection): void {
-    conn.close();
-    this.total--;
+    // Off the lists first: closing an idle connection calls forgetIdle, which must not count it again.
     for (const list of [this.idle, this.held]) {
       const i = list.indexOf(conn);
       if (i >= 0) list.splice(i, 1);
     }
+    conn.close();
+    this.total--;
     // A slot opened: a waiter may now get a fresh connection.
     const waiter = this.waiters.shift();
     if (waiter) this.openFor(waiter.origin, waiter.done);
@@ -377,9 +382,28 @@ export class Pool {
     }
     this.waiters.length = kept;
     this.armWaitTimer(next);
-    if (late.length > 0) this.settleHeld(now);
+    if (late.length === 0) return;
+    // A late waiter takes a held connection rather than time out next to it.
+    const timedOut: Waiter[] = [];
+    for (const w of late) {
+      const conn = this.takeAnyHeld();
+      if (conn) w.done(null, conn);
+      else timedOut.push(w);
+    }
+    this.settleHeld(Date.now());
     const message = `no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`;
-    for (const w of late) w.done(new PoolTimeoutError(message), null);
+    for (const w of timedOut) w.done(new PoolTimeoutError(message), null);
+  }
+
+  /** The oldest usable held connection, or null. */
+  private takeAnyHeld(): ServerConnection | null {
+    while (this.held.length > 0) {
+      const conn = this.held.shift()!;
+      if (conn.isClosed) continue; // counted out by forgetIdle
+      if (this.opts.keep(conn)) return conn;
+      this.drop(conn);
+    }
+    return null;
   }
 
   private forgetIdle(conn: ServerConnection): void {

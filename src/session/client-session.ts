@@ -778,6 +778,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     this.queued.push(out);
     if (!this.leasing) this.lease();
+    else this.pauseForLease();
   }
 
   /**
@@ -894,10 +895,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.leasing = true;
     this.leaseStart = performance.now();
     this.pool!.request(this.origin(), this.holdsMine, this.onLeased);
-    if (this.leasing && !this.pausedForLease) {
-      this.pausedForLease = true;
-      this.socket.pause(); // bounded memory while we wait: the client's bytes stay in the kernel
-    }
+    if (this.leasing) this.pauseForLease();
+  }
+
+  /** Bounded memory while we wait: the client's bytes stay in the kernel. */
+  private pauseForLease(): void {
+    if (this.pausedForLease) return;
+    this.pausedForLease = true;
+    this.socket.pause();
   }
 
   private readonly onLeased = (err: Error | null, server: ServerConnection | null): void => {
@@ -984,7 +989,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private answerQueued(failure: { code?: string; message: string; detail: string }): void {
     const queued = this.queued;
     this.queued = [];
-    this.lostTransaction = failure;
     for (const out of queued) {
       if (out.type === 0) continue;
       this.lostTransaction = failure;
@@ -1219,7 +1223,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   cancelWaiting(): boolean {
     if (this.server !== null || !this.leasing || this.queued.length === 0) return false;
     this.answerQueued({ code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail: 'cancelled while waiting for a server connection' });
-    this.lostTransaction = null;
+    // Read on: a Sync still to come is answered here; new work queues (and pauses) again.
+    this.resumeAfterLease();
     return true;
   }
 

@@ -80,6 +80,7 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
  */
 const switchQueries = new Map<string, Buffer | null>();
 const MAX_SWITCH_QUERIES = 4096;
+const MAX_MEMO_KEY = 1024;
 
 /** setConfigSql(wanted, held) as a Query message (null: nothing to switch), memoised by their keys. */
 export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): Buffer | null {
@@ -89,6 +90,8 @@ export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: stri
   if (query === undefined) {
     const sql = setConfigSql(wanted, held);
     query = sql === null ? null : serialize.query(sql);
+    // Settings as long as a client's SET may make them are not worth keeping (memory).
+    if (key.length > MAX_MEMO_KEY) return query;
     if (switchQueries.size >= MAX_SWITCH_QUERIES) switchQueries.clear();
     switchQueries.set(key, query);
   }
@@ -98,7 +101,9 @@ export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: stri
 /**
  * A fingerprint of a set of settings: equal for maps holdsExactly() calls equal. The pool
  * compares it to prefer an idle connection holding a client's settings (a string compare
- * per candidate); the lease itself still checks the maps.
+ * per candidate), and switchQuery trusts it: equal keys mean no switch. So a connection's
+ * `applied` map must only ever change together with its `appliedKey` (holdExactly, holdOne,
+ * noteDiscardAll), and a client's params with its paramsKey (setParams).
  */
 export function settingsKey(settings: ReadonlyMap<string, string>): string {
   if (settings.size === 0) return '';
