@@ -51,6 +51,21 @@ async function connect(user: string, password: string, extra: Partial<pg.ClientC
   };
   return { c, raw, errors, ready, roundTrip };
 }
+
+/** Sends a CancelRequest with the key the proxy gave this client. */
+function cancel(c: pg.Client): Promise<void> {
+  const key = c as unknown as { processID: number; secretKey: number };
+  return sendCancel(proxy.port, key.processID, key.secretKey);
+}
+
+/** What a raw client receives from now on, in order: `E <sqlstate>` for errors, `Z` for ReadyForQuery. */
+function recordAnswers(raw: Raw): string[] {
+  const answers: string[] = [];
+  raw.on('errorMessage', (m: never) => answers.push(`E ${(m as { code: string }).code}`));
+  raw.on('readyForQuery', () => answers.push('Z'));
+  return answers;
+}
+
 /** A client of each tenant, ended in teardown. */
 async function twoTenants(t: { teardown(f: () => unknown): void }) {
   const a = await connect('tenant_a', 'pw-a');
@@ -263,8 +278,7 @@ t.test('a cancel reaches a statement still waiting for a server connection', asy
     (e: { code?: string }) => e,
   );
   await new Promise((r) => setTimeout(r, 200));
-  const key = b.c as unknown as { processID: number; secretKey: number };
-  await sendCancel(proxy.port, key.processID, key.secretKey);
+  await cancel(b.c);
   const err = await waiting;
   t.equal(err?.code, '57014', 'canceled before it ever ran');
   t.ok(Date.now() - started < 2000);
@@ -275,15 +289,12 @@ t.test('a cancel reaches a statement still waiting for a server connection', asy
 t.test('a cancel while waiting answers every Query the client pipelined, each with its own ReadyForQuery', async (t) => {
   const { a, b } = await twoTenants(t);
   await a.c.query('BEGIN'); // holds the only server connection
-  const answers: string[] = [];
-  b.raw.on('errorMessage', (m: never) => answers.push(`E ${(m as { code: string }).code}`));
-  b.raw.on('readyForQuery', () => answers.push('Z'));
+  const answers = recordAnswers(b.raw);
   const both = new Promise<void>((resolve) => b.raw.on('readyForQuery', () => answers.filter((x) => x === 'Z').length === 2 && resolve()));
   // Two Query messages in one write, as a pipelining driver sends them.
   b.raw.stream.write(Buffer.concat([serialize.query('SELECT 1'), serialize.query('SELECT 2')]));
   await new Promise((r) => setTimeout(r, 200));
-  const key = b.c as unknown as { processID: number; secretKey: number };
-  await sendCancel(proxy.port, key.processID, key.secretKey);
+  await cancel(b.c);
   await Promise.race([both, new Promise((r) => setTimeout(r, 5000))]);
   t.same(answers, ['E 57014', 'Z', 'E 57014', 'Z'], 'two errors, two ReadyForQuery');
   await a.c.query('COMMIT');
@@ -296,17 +307,14 @@ t.test('a cancel while waiting answers every Query the client pipelined, each wi
 t.test('a cancel while waiting, of Parse/Bind/Execute not yet synced, answers the Sync that follows', async (t) => {
   const { a, b } = await twoTenants(t);
   await a.c.query('BEGIN'); // holds the only server connection
-  const answers: string[] = [];
-  b.raw.on('errorMessage', (m: never) => answers.push(`E ${(m as { code: string }).code}`));
-  b.raw.on('parseComplete', () => answers.push('1'));
-  b.raw.on('readyForQuery', () => answers.push('Z'));
+  const answers = recordAnswers(b.raw);
+  b.raw.on('parseComplete', () => answers.push('1')); // none may arrive: the Parse never ran
   b.raw.parse({ text: 'SELECT 1' });
   b.raw.bind({});
   b.raw.execute({});
   b.raw.stream.write(serialize.flush());
   await new Promise((r) => setTimeout(r, 200));
-  const key = b.c as unknown as { processID: number; secretKey: number };
-  await sendCancel(proxy.port, key.processID, key.secretKey);
+  await cancel(b.c);
   const ready = b.ready();
   b.raw.sync();
   await Promise.race([ready, new Promise((r) => setTimeout(r, 5000))]);
@@ -316,7 +324,6 @@ t.test('a cancel while waiting, of Parse/Bind/Execute not yet synced, answers th
 
 t.test("a cancel never hits the next client's statement on the same connection", async (t) => {
   const { a, b } = await twoTenants(t);
-  const key = a.c as unknown as { processID: number; secretKey: number };
   let hits = 0;
   for (let i = 0; i < 20; i++) {
     const running = a.c.query('SELECT pg_sleep(0.05)').catch(() => null);
@@ -325,7 +332,7 @@ t.test("a cancel never hits the next client's statement on the same connection",
       (e: { code?: string }) => e,
     );
     await new Promise((r) => setTimeout(r, 30));
-    await sendCancel(proxy.port, key.processID, key.secretKey);
+    await cancel(a.c);
     await running;
     if ((await next)?.code === '57014') hits++;
   }

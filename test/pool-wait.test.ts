@@ -7,6 +7,7 @@
 import t from 'tap';
 import pino from 'pino';
 import { Pool, PoolTimeoutError } from '../src/pool/pool.js';
+import { poolLimits } from '../src/pool/registry.js';
 import type { ServerConnection } from '../src/upstream/server-connection.js';
 
 /** What the pool touches of a server connection. */
@@ -277,4 +278,10 @@ t.test('affinity: a connection holding no settings goes to the longest waiter at
   const b = ask(holds('b'));
   pool.release(conns[0]!, true, null);
   t.equal(b.conn, conns[0], 'no hold: anyone would pay the same switch');
+});
+
+t.test('config to pool limits: affinity_ms applies in transaction mode only', async (t) => {
+  const pool = { size: 5, acquire_timeout_ms: 1000, server_idle_timeout_ms: 60_000, affinity_ms: 5 };
+  t.same(poolLimits({ ...pool, mode: 'transaction' }), { size: 5, acquireTimeoutMs: 1000, idleTimeoutMs: 60_000, affinityMs: 5 });
+  t.equal(poolLimits({ ...pool, mode: 'session' }).affinityMs, 0, 'session mode: a connection comes back DISCARDed');
 });

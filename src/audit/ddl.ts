@@ -20,11 +20,12 @@ const ROLE = /^(CreateRole|AlterRole|AlterRoleSet|DropRole|Grant|GrantRole|Alter
 const DDL =
   /^(Create\w*|Alter\w*|Drop\w*|Rename|Comment|SecLabel|Truncate|Reindex|Cluster|Define|CompositeType|Index|View|Rule|ImportForeignSchema|RefreshMatView)Stmt$/;
 /** Words one of which every audited statement contains; text without any is not parsed at all. */
-const MAY_BE_DDL = /\b(create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do)\b/i;
+const DDL_WORDS = 'create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do';
+const MAY_BE_DDL = new RegExp(`\\b(${DDL_WORDS})\\b`, 'i');
 /** SELECT ... INTO creates a table. */
 const SELECT_INTO = /^\s*(with\b[\s\S]*|\()?\s*select\b[\s\S]*\binto\b/i;
 /** The words of both: text without any (most statements) is dismissed by one scan. */
-const MAY_BE_AUDITED = /\b(create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do|into)\b/i;
+const MAY_BE_AUDITED = new RegExp(`\\b(${DDL_WORDS}|into)\\b`, 'i');
 
 const CACHE_LIMIT = 2000;
 const cache = new Map<string, DdlStatement[]>();

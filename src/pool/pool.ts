@@ -203,7 +203,6 @@ export class Pool {
       this.held.splice(i, 1);
       if (this.opts.keep(conn)) return conn;
       this.drop(conn);
-      if (i > this.held.length) i = this.held.length; // drop may have served from the list
     }
     return null;
   }
@@ -290,21 +289,17 @@ export class Pool {
   private settleHeld(now: number): void {
     while (this.held.length > 0) {
       const head = this.waiters[0];
-      if (head !== undefined && this.mayPassOver(head, now)) {
+      if (head === undefined) {
+        for (const conn of this.held.splice(0)) if (!conn.isClosed) this.idle.push(conn);
+        this.ensureSweeper();
+        break;
+      }
+      if (this.mayPassOver(head, now)) {
         this.startClocks(now);
         return this.armHoldTimer(head.passedOver + this.opts.affinityMs);
       }
-      const conn = this.held.shift()!;
-      if (conn.isClosed) continue; // counted out by forgetIdle
-      if (head === undefined) {
-        this.idle.push(conn);
-        this.ensureSweeper();
-        continue;
-      }
-      if (!this.opts.keep(conn)) {
-        this.drop(conn);
-        continue;
-      }
+      const conn = this.takeAnyHeld();
+      if (conn === null) break;
       this.waiters.shift();
       head.done(null, conn);
     }
@@ -341,10 +336,7 @@ export class Pool {
 
   private drop(conn: ServerConnection): void {
     // Off the lists first: closing an idle connection calls forgetIdle, which must not count it again.
-    for (const list of [this.idle, this.held]) {
-      const i = list.indexOf(conn);
-      if (i >= 0) list.splice(i, 1);
-    }
+    this.unlist(conn);
     conn.close();
     this.total--;
     // A slot opened: a waiter may now get a fresh connection.
@@ -407,13 +399,20 @@ export class Pool {
   }
 
   private forgetIdle(conn: ServerConnection): void {
+    if (!this.unlist(conn)) return;
+    this.total--;
+    this.refill();
+  }
+
+  /** Takes `conn` off the idle or held list; false when it was on neither. */
+  private unlist(conn: ServerConnection): boolean {
     for (const list of [this.idle, this.held]) {
       const i = list.indexOf(conn);
       if (i < 0) continue;
       list.splice(i, 1);
-      this.total--;
-      return this.refill();
+      return true;
     }
+    return false;
   }
 
   /** Slots freed while clients wait (possible only when connections were held): open new ones. */

@@ -222,7 +222,8 @@ function tcpReachable(endpoint: Endpoint, timeoutMs: number): Promise<void> {
   });
 }
 
-function poolLimits(pool: PoolConfig): PoolLimits {
+/** The pool limits a config gives (affinity only in transaction mode). */
+export function poolLimits(pool: PoolConfig): PoolLimits {
   // Session mode: a connection comes back DISCARDed, holding nobody's settings.
   const affinityMs = pool.mode === 'transaction' ? pool.affinity_ms : 0;
   return { size: pool.size, acquireTimeoutMs: pool.acquire_timeout_ms, idleTimeoutMs: pool.server_idle_timeout_ms, affinityMs };

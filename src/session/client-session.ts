@@ -35,6 +35,7 @@ import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
 import { setConfigSql, settingsKey, switchQuery } from './set-config.js';
+import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
 
@@ -1314,16 +1315,14 @@ function parameterStatuses(params: ReadonlyMap<string, string>): Buffer {
 }
 
 /** The welcome's ParameterStatus messages, by pool welcome and the client's settingsKey: the same for most logins. */
-const welcomeCache = new WeakMap<ReadonlyMap<string, string>, Map<string, Buffer>>();
-const WELCOME_CACHE_LIMIT = 256;
+const welcomeCache = new WeakMap<ReadonlyMap<string, string>, TextLru<Buffer>>();
 
 function welcomeStatuses(welcome: ReadonlyMap<string, string>, settings: ReadonlyMap<string, string>, key: string): Buffer {
   let byKey = welcomeCache.get(welcome);
-  if (byKey === undefined) welcomeCache.set(welcome, (byKey = new Map()));
+  if (byKey === undefined) welcomeCache.set(welcome, (byKey = new TextLru(256, 1024 * 1024)));
   let bytes = byKey.get(key);
   if (bytes === undefined) {
     bytes = parameterStatuses(welcomeFor(welcome, settings));
-    if (byKey.size >= WELCOME_CACHE_LIMIT) byKey.clear();
     byKey.set(key, bytes);
   }
   return bytes;

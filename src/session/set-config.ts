@@ -17,6 +17,7 @@
 // previous client left behind can change what it means.
 
 import { serialize } from 'pg-protocol';
+import { TextLru } from '../cache/text-lru.js';
 
 /**
  * Values a `SET … = '…'` literal carries unchanged whatever the session's client_encoding
@@ -76,11 +77,10 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
 /**
  * The switching statement as a ready Query message, per (held, wanted) pair of settingsKey()
  * fingerprints, which determine the maps. Tenants switching back and forth on a saturated
- * pool ask for the same few pairs over and over. Bounded: emptied when full.
+ * pool ask for the same few pairs over and over. Bounded in entries and in key text, since a
+ * client's own SET values can be long.
  */
-const switchQueries = new Map<string, Buffer | null>();
-const MAX_SWITCH_QUERIES = 4096;
-const MAX_MEMO_KEY = 1024;
+const switchQueries = new TextLru<Buffer | null>(4096, 1024 * 1024);
 
 /** setConfigSql(wanted, held) as a Query message (null: nothing to switch), memoised by their keys. */
 export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): Buffer | null {
@@ -90,9 +90,6 @@ export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: stri
   if (query === undefined) {
     const sql = setConfigSql(wanted, held);
     query = sql === null ? null : serialize.query(sql);
-    // Settings as long as a client's SET may make them are not worth keeping (memory).
-    if (key.length > MAX_MEMO_KEY) return query;
-    if (switchQueries.size >= MAX_SWITCH_QUERIES) switchQueries.clear();
     switchQueries.set(key, query);
   }
   return query;
