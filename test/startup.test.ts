@@ -5,7 +5,7 @@ import t from 'tap';
 import { serialize } from 'pg-protocol';
 import { parseStartupPacket, startupLength } from '../src/protocol/startup.js';
 import { decideStartupParams, parseOptions } from '../src/session/startup-params.js';
-import { quoteLiteral, setConfigSql, settingsKey, switchQuery } from '../src/session/set-config.js';
+import { quoteLiteral, setConfigSql, settingsKey, switchPlan } from '../src/session/set-config.js';
 
 function packet(code: number, body = Buffer.alloc(0)): Buffer {
   const b = Buffer.alloc(8 + body.length);
@@ -60,18 +60,36 @@ t.test('startup parameters', async (t) => {
   t.same(parseOptions('-c a=b\\ c').settings, [['a', 'b c']], 'backslash escapes a space');
 });
 
-t.test('switchQuery: the statement as a Query message, memoised by the two settings keys', async (t) => {
+t.test('switchPlan: the statement as a Query message, memoised by the two settings keys', async (t) => {
   const a = new Map([['app.tenant_id', 'a']]);
   const b = new Map([['app.tenant_id', 'b']]);
   const [ka, kb] = [settingsKey(a), settingsKey(b)];
-  const toB = switchQuery(b, kb, a, ka);
-  t.same(toB, serialize.query(setConfigSql(b, a)!), 'what setConfigSql says, framed');
-  t.equal(switchQuery(b, kb, a, ka), toB, 'the same Buffer the next time');
-  t.same(switchQuery(a, ka, b, kb), serialize.query(setConfigSql(a, b)!), 'the other direction is its own entry');
-  t.equal(switchQuery(a, ka, new Map(a), ka), null, 'equal keys: nothing to switch');
+  const toB = switchPlan(b, kb, a, ka);
+  t.same(toB?.query, serialize.query(setConfigSql(b, a)!), 'what setConfigSql says, framed');
+  t.equal(switchPlan(b, kb, a, ka), toB, 'the same plan the next time');
+  t.same(switchPlan(a, ka, b, kb)?.query, serialize.query(setConfigSql(a, b)!), 'the other direction is its own entry');
+  t.equal(switchPlan(a, ka, new Map(a), ka), null, 'equal keys: nothing to switch');
   const upper = new Map([['TimeZone', 'UTC']]);
   const lower = new Map([['timezone', 'UTC']]);
-  t.equal(switchQuery(upper, settingsKey(upper), lower, settingsKey(lower)), null, 'keys differ only by case: setConfigSql has nothing to do');
+  t.equal(switchPlan(upper, settingsKey(upper), lower, settingsKey(lower)), null, 'keys differ only by case: setConfigSql has nothing to do');
+});
+
+t.test('switchPlan: the inline form only for plain SET/RESET of custom variables', async (t) => {
+  const plan = (wanted: [string, string][], held: [string, string][]) => {
+    const [w, h] = [new Map(wanted), new Map(held)];
+    const inline = switchPlan(w, settingsKey(w), h, settingsKey(h))?.inline;
+    return inline ? { text: inline.prefix.toString('latin1'), statements: inline.statements } : inline;
+  };
+  t.same(plan([['app.tenant_id', 'b']], [['app.tenant_id', 'a']]), { text: `SET "app"."tenant_id" = 'b'; `, statements: 1 }, 'a pin');
+  t.same(
+    plan([['app.t', '2'], ['application_name', 'x']], [['app.u', '1'], ['application_name', 'x']]),
+    { text: `RESET "app"."u"; SET "app"."t" = '2'; `, statements: 2 },
+    'an unchanged core setting does not count',
+  );
+  t.equal(plan([['app.t', '1'], ['application_name', 'y']], [['application_name', 'x']]), null, 'a core setting changes (it may act at transaction start)');
+  t.equal(plan([['app.t', '1']], [['DateStyle', 'ISO']]), null, 'a core setting is reset');
+  t.equal(plan([['app.t', 'é']], []), null, 'a value that needs set_config()');
+  t.equal(plan([['app.t', '2'], ['statement_timeout', '1s']], [['app.t', '1'], ['statement_timeout', '1s']]), null, "a previous client's statement_timeout needs SET LOCAL");
 });
 
 t.test('set_config statements', async (t) => {

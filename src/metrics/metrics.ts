@@ -66,7 +66,7 @@ export class Metrics {
   });
   readonly settingsSwitches = new client.Counter({
     name: 'pgbastion_settings_switches_total',
-    help: 'Leases whose server connection first ran a hidden statement to take on the client\'s settings and pins.',
+    help: 'Leases whose server connection first switched to the client\'s settings and pins (a hidden statement, or SETs in front of the client\'s own).',
     registers: [this.registry],
   });
   readonly sticky = new client.Counter({

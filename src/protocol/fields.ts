@@ -33,3 +33,29 @@ export function readCStrings(frame: Buffer, start: number): string[] {
   }
   return out;
 }
+
+/**
+ * An ErrorResponse/NoticeResponse with its position field (P, 1-based, in characters of the
+ * query text) moved `by` characters back: the client's text began that far into what the
+ * server ran. A position that would fall before the client's text is dropped.
+ */
+export function shiftPosition(frame: Buffer, by: number): Buffer {
+  const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
+  let pos = 5;
+  let found = false;
+  while (pos < frame.length && frame[pos] !== 0) {
+    const end = frame.indexOf(0, pos + 1);
+    if (end < 0) return frame;
+    if (frame[pos] === 0x50 /* P */ && !found) {
+      found = true;
+      const moved = Number(frame.toString('latin1', pos + 1, end)) - by;
+      if (Number.isInteger(moved) && moved >= 1) parts.push(Buffer.from(`P${moved}\0`, 'latin1'));
+    } else parts.push(frame.subarray(pos, end + 1));
+    pos = end + 1;
+  }
+  if (!found) return frame;
+  parts.push(Buffer.from([0]));
+  const out = Buffer.concat(parts);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}

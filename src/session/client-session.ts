@@ -34,7 +34,8 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
-import { setConfigSql, settingsKey, switchQuery } from './set-config.js';
+import { setConfigSql, settingsKey, switchPlan } from './set-config.js';
+import { INLINE_MAX_BYTES, inlineQuery, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
@@ -96,6 +97,8 @@ interface Outgoing {
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
+  /** A client's own Query, as it wrote it, that a settings switch may ride in (inline-switch.ts). */
+  readonly own?: true;
 }
 
 
@@ -155,7 +158,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private server: ServerConnection | null = null;
   /**
    * Client bytes that arrived before a server connection was attached, or that wait for a
-   * cancel relayed to the attached one to land (see holdForCancel).
+   * cancel relayed to the attached one to land (see holdForCancel) or for the outcome of an
+   * inline settings switch (see onServerReady).
    */
   private queued: Outgoing[] = [];
   /** The relayed cancel the queued bytes wait for (the server connection's `cancelling`). */
@@ -474,7 +478,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   message(type: number, frame: Buffer): void {
     if (type === 0x58 /* X Terminate */) {
       // Statements held back for a cancel still go out: the client sent them before leaving.
-      if (this.heldFor !== null && this.server !== null) {
+      // Not behind an inline switch whose outcome is unknown: they might run with another client's settings.
+      if (this.heldFor !== null && this.server !== null && !this.server.switchInFlight) {
         this.heldFor = null;
         this.flushQueued(this.server);
       }
@@ -576,7 +581,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const sets = trackedSet(sql);
           if (sets) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, sets });
         }
-        return this.send(frame, Q, null, null, this.ddlOf(sql));
+        const ddl = this.ddlOf(sql);
+        if (ddl !== undefined && ddl.length > 0) return this.send(frame, Q, null, null, ddl);
+        return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, own: true });
       }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
@@ -772,9 +779,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private queueOrWrite(out: Outgoing): void {
     const server = this.server;
     if (server) {
-      if (this.heldFor === null && server.cancelling === null) return this.write(server, out);
+      if (this.heldFor === null && server.cancelling === null && !server.switchInFlight) return this.write(server, out);
       this.queued.push(out);
-      if (this.heldFor === null) this.holdForCancel(server.cancelling!);
+      if (this.heldFor !== null) return;
+      if (server.cancelling !== null) this.holdForCancel(server.cancelling);
+      else this.pauseForLease(); // until the inline switch's ReadyForQuery (onServerReady)
       return;
     }
     this.queued.push(out);
@@ -807,6 +816,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Another cancel was relayed meanwhile: wait for that one too.
       if (now.cancelling !== null && this.queued.length > 0) return this.holdForCancel(now.cancelling);
       this.socket.resume();
+      // An inline switch still in flight: its ReadyForQuery lets the work go (onServerReady).
+      if (now.switchInFlight) return this.pauseForLease();
       now.beginBatch();
       this.flushQueued(now);
       if (!now.endBatch()) this.waitForServerDrain();
@@ -953,14 +964,35 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.sendHidden(serialize.query('DEALLOCATE ALL'));
       server.prepared.clear();
     }
-    const query = switchQuery(this.params, this.paramsKey, server.applied, server.appliedKey);
-    if (query !== null) {
-      server.sendHidden(query);
-      server.holdExactly(this.params, this.paramsKey);
-      this.rt.metrics.settingsSwitches.inc();
-    }
+    this.switchSettings(server);
     this.flushQueued(server);
     if (!endLater && !server.endBatch()) this.waitForServerDrain();
+  }
+
+  /**
+   * Makes the connection hold exactly the client's settings, ahead of the queued work. A
+   * lone Query of the client's own takes the switch inline when it can (inline-switch.ts),
+   * else the switch is a hidden Query of its own in the same write.
+   */
+  private switchSettings(server: ServerConnection): void {
+    const plan = switchPlan(this.params, this.paramsKey, server.applied, server.appliedKey);
+    if (plan === null) return;
+    this.rt.metrics.settingsSwitches.inc();
+    const only = this.queued.length === 1 ? this.queued[0]! : null;
+    if (
+      plan.inline !== null &&
+      only?.own === true &&
+      this.sticky === null &&
+      server.txStatus === 'I' &&
+      only.bytes.length <= INLINE_MAX_BYTES &&
+      takesInlineSwitch(only.bytes.toString('utf8', 5, only.bytes.length - 1))
+    ) {
+      this.queued[0] = { ...only, bytes: inlineQuery(plan.inline.prefix, only.bytes) };
+      server.expectInline(plan.inline.prefix.length, plan.inline.statements, this.params, this.paramsKey);
+      return;
+    }
+    server.sendHidden(plan.query);
+    server.holdExactly(this.params, this.paramsKey);
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */
@@ -1170,6 +1202,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (this.ledger.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
+    const server = this.server;
+    if (server !== null && this.queued.length > 0 && !server.switchInFlight && this.heldFor === null && server.cancelling === null) {
+      // Work held behind an inline switch: it goes now, after a switch of its own if that
+      // one rolled back with the client's statement.
+      this.resumeAfterLease();
+      server.beginBatch();
+      this.switchSettings(server);
+      this.flushQueued(server);
+      if (!server.endBatch()) this.waitForServerDrain();
+    }
     if (this.revoked !== null) this.endIfRevokedAndIdle();
   }
 
@@ -1202,6 +1244,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.ledger.reset();
     this.ddl.abandon();
     this.refusals.clear();
+    // Work held behind an inline switch that failed goes to another connection.
+    if (this.queued.length > 0 && this.heldFor === null) {
+      if (!this.leasing) this.lease();
+      return;
+    }
+    this.resumeAfterLease();
     if (this.socket.isPaused()) this.socket.resume();
   }
 

@@ -15,6 +15,9 @@
 // with 25P02 instead of running with someone else's values. The statement is pure ASCII
 // without backslashes, so neither the client_encoding nor standard_conforming_strings a
 // previous client left behind can change what it means.
+//
+// A switch of custom variables only (pins) can instead ride in the client's own Query, ahead
+// of its one statement and without BEGIN/COMMIT: see inline-switch.ts.
 
 import { serialize } from 'pg-protocol';
 import { TextLru } from '../cache/text-lru.js';
@@ -47,58 +50,106 @@ function quoteGucName(name: string): string {
     .join('.');
 }
 
+/** The statements that turn `held` into `wanted` (setConfigSql wraps them). */
+interface SwitchStatements {
+  /** SET and RESET statements, then at most one SELECT of set_config() calls. */
+  readonly statements: string[];
+  /** Whether these may also ride ahead of a client's statement in its own Query (inlineSwitch). */
+  readonly inlineable: boolean;
+  /** A statement_timeout the previous client left must not cancel the switch. */
+  readonly guardTimeout: boolean;
+}
+
+function switchStatements(wanted: ReadonlyMap<string, string>, held: ReadonlyMap<string, string>): SwitchStatements | null {
+  if (holdsExactly(held, wanted)) return null; // the usual lease: checked without allocating
+  const wantedLower = new Map<string, string>();
+  for (const [name, value] of wanted) wantedLower.set(name.toLowerCase(), value);
+  const statements: string[] = [];
+  // Only variables with a dot (pins and other custom variables) are switched inline: a core
+  // setting such as default_transaction_read_only takes effect at the start of a transaction,
+  // too late for a statement in the same one.
+  let inlineable = true;
+  for (const [name] of held) {
+    if (wantedLower.has(name.toLowerCase())) continue;
+    statements.push(`RESET ${quoteGucName(name)}`);
+    if (!name.includes('.')) inlineable = false;
+  }
+  const calls: string[] = [];
+  for (const [name, value] of wanted) {
+    if (heldValue(held, name) === value) continue;
+    if (!name.includes('.')) inlineable = false;
+    if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) statements.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
+    else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
+  }
+  if (calls.length > 0) statements.push(`SELECT ${calls.join(', ')}`);
+  if (statements.length === 0) return null;
+  // A statement_timeout the previous client left must not cancel this one. Only that
+  // client's own settings can have left one, and they are in `held` (a sticky client's
+  // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
+  const guardTimeout = heldValue(held, 'statement_timeout') !== undefined;
+  return { statements, inlineable: inlineable && calls.length === 0 && !guardTimeout, guardTimeout };
+}
+
 /**
  * The statement that turns `held` into `wanted`, or null when they already agree (then no
  * round trip at all). Names compare case-insensitively, as PostgreSQL's GUC names do.
  */
 export function setConfigSql(wanted: ReadonlyMap<string, string>, held: ReadonlyMap<string, string>): string | null {
-  if (holdsExactly(held, wanted)) return null; // the usual lease: checked without allocating
-  const wantedLower = new Map<string, string>();
-  for (const [name, value] of wanted) wantedLower.set(name.toLowerCase(), value);
-  const parts: string[] = [];
-  for (const [name] of held) {
-    if (!wantedLower.has(name.toLowerCase())) parts.push(`RESET ${quoteGucName(name)}`);
-  }
-  const calls: string[] = [];
-  for (const [name, value] of wanted) {
-    if (heldValue(held, name) === value) continue;
-    if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) parts.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
-    else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
-  }
-  if (calls.length > 0) parts.push(`SELECT ${calls.join(', ')}`);
-  if (parts.length === 0) return null;
-  // A statement_timeout the previous client left must not cancel this one. Only that
-  // client's own settings can have left one, and they are in `held` (a sticky client's
-  // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
-  if (heldValue(held, 'statement_timeout') !== undefined) parts.unshift('SET LOCAL statement_timeout = 0');
-  return ['BEGIN', ...parts, 'COMMIT'].join('; ');
+  const sw = switchStatements(wanted, held);
+  return sw === null ? null : inTransaction(sw);
+}
+
+function inTransaction(sw: SwitchStatements): string {
+  return ['BEGIN', ...(sw.guardTimeout ? ['SET LOCAL statement_timeout = 0'] : []), ...sw.statements, 'COMMIT'].join('; ');
 }
 
 /**
- * The switching statement as a ready Query message, per (held, wanted) pair of settingsKey()
- * fingerprints, which determine the maps. Tenants switching back and forth on a saturated
- * pool ask for the same few pairs over and over. Bounded in entries and in key text, since a
- * client's own SET values can be long.
+ * A switch that can ride in the client's own Query, ahead of its one statement: the text to
+ * put in front (ASCII, ending in "; ") and how many statements it holds (each answers with
+ * one CommandComplete and nothing else). See inline-switch.ts for when and why.
  */
-const switchQueries = new TextLru<Buffer | null>(4096, 1024 * 1024);
+export interface InlineSwitch {
+  readonly prefix: Buffer;
+  readonly statements: number;
+}
 
-/** setConfigSql(wanted, held) as a Query message (null: nothing to switch), memoised by their keys. */
-export function switchQuery(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): Buffer | null {
+/** A switch between two settings: its Query message, and its inline form where it has one. */
+export interface SwitchPlan {
+  readonly query: Buffer;
+  readonly inline: InlineSwitch | null;
+}
+
+/**
+ * The switching statements, per (held, wanted) pair of settingsKey() fingerprints, which
+ * determine the maps. Tenants switching back and forth on a saturated pool ask for the same
+ * few pairs over and over. Bounded in entries and in key text, since a client's own SET
+ * values can be long.
+ */
+const switchPlans = new TextLru<SwitchPlan | null>(4096, 1024 * 1024);
+
+/** How to turn `held` into `wanted` (null: nothing to switch), memoised by their keys. */
+export function switchPlan(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): SwitchPlan | null {
   if (wantedKey === heldKey) return null;
   const key = `${heldKey}\0${wantedKey}`; // no NUL inside a key: JSON escapes control characters
-  let query = switchQueries.get(key);
-  if (query === undefined) {
-    const sql = setConfigSql(wanted, held);
-    query = sql === null ? null : serialize.query(sql);
-    switchQueries.set(key, query);
+  let plan = switchPlans.get(key);
+  if (plan === undefined) {
+    const sw = switchStatements(wanted, held);
+    plan =
+      sw === null
+        ? null
+        : {
+            query: serialize.query(inTransaction(sw)),
+            inline: sw.inlineable ? { prefix: Buffer.from(`${sw.statements.join('; ')}; `, 'latin1'), statements: sw.statements.length } : null,
+          };
+    switchPlans.set(key, plan);
   }
-  return query;
+  return plan;
 }
 
 /**
  * A fingerprint of a set of settings: equal for maps holdsExactly() calls equal. The pool
  * compares it to prefer an idle connection holding a client's settings (a string compare
- * per candidate), and switchQuery trusts it: equal keys mean no switch. So a connection's
+ * per candidate), and switchPlan trusts it: equal keys mean no switch. So a connection's
  * `applied` map must only ever change together with its `appliedKey` (holdExactly, holdOne,
  * noteDiscardAll), and a client's params with its paramsKey (setParams).
  */

@@ -6,13 +6,14 @@ import type { TLSSocket } from 'node:tls';
 import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { ScramClientSession } from '../auth/scram.js';
-import { parseFields, parseParameterStatus, readCStrings } from '../protocol/fields.js';
+import { parseFields, parseParameterStatus, readCStrings, shiftPosition } from '../protocol/fields.js';
 import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
 import { CoalescedWrites } from '../net/slice-run.js';
 import { ReusedReadBuffer } from '../net/reused-read.js';
+import { clientsEarlyError } from '../session/inline-switch.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
@@ -72,6 +73,19 @@ interface Hidden {
   error?: Record<string, string>;
 }
 
+/** A settings switch riding in the client's Query ahead of its statement (session/inline-switch.ts). */
+interface InlineSwitch {
+  /** Length of the switch text in front of the client's (ASCII: characters = bytes). */
+  readonly prefixChars: number;
+  /** CommandCompletes of the switch statements still to come (swallowed). */
+  pending: number;
+  /** The Query saw an error: its implicit transaction, switch included, rolled back. */
+  failed: boolean;
+  /** What the connection held before the switch, and holds again if it rolled back. */
+  readonly prior: ReadonlyMap<string, string>;
+  readonly priorKey: string;
+}
+
 interface ParseEntry {
   readonly injected: boolean;
   readonly name: string;
@@ -129,6 +143,8 @@ export class ServerConnection implements ScanSink {
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
   private pipelinedHidden = 0;
   private pipelinedError: Record<string, string> | null = null;
+  /** Set from the write of a Query carrying an inline switch until its ReadyForQuery. */
+  private inline: InlineSwitch | null = null;
 
   private constructor(
     readonly socket: net.Socket,
@@ -189,6 +205,14 @@ export class ServerConnection implements ScanSink {
     return this.pipelinedHidden > 0;
   }
 
+  /**
+   * A Query carrying an inline switch is in flight: until its ReadyForQuery nobody knows
+   * whether the connection holds the new settings, so nothing else may be written behind it.
+   */
+  get switchInFlight(): boolean {
+    return this.inline !== null;
+  }
+
   get isClosed(): boolean {
     return this.state === 'closed';
   }
@@ -197,7 +221,7 @@ export class ServerConnection implements ScanSink {
   attach(peer: ServerPeer): void {
     this.move('active');
     this.peer = peer;
-    this.scanner.inspect = this.pipelinedHidden > 0 ? INSPECT_ALL : RELAY_INSPECT;
+    this.scanner.inspect = this.pipelinedHidden > 0 || this.inline !== null ? INSPECT_ALL : RELAY_INSPECT;
   }
 
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
@@ -319,6 +343,18 @@ export class ServerConnection implements ScanSink {
   }
 
   /**
+   * The next Query written carries `statements` switch statements (`prefixChars` long) in
+   * front of the client's text, switching to `wanted` (settingsKey `key`). The connection
+   * counts as holding `wanted` from now on; if the Query fails, the old settings come back
+   * at its ReadyForQuery, as they do in the server.
+   */
+  expectInline(prefixChars: number, statements: number, wanted: ReadonlyMap<string, string>, key: string): void {
+    this.inline = { prefixChars, pending: statements, failed: false, prior: new Map(this.appliedMap), priorKey: this.appliedKey };
+    this.holdExactly(wanted, key);
+    this.scanner.inspect = INSPECT_ALL;
+  }
+
+  /**
    * Fails (and closes the connection) when the server is in recovery: with
    * upstream.require_primary a standby is never handed to a client, even if HAProxy
    * routed there after a failover.
@@ -403,6 +439,7 @@ export class ServerConnection implements ScanSink {
     switch (this.state) {
       case 'active':
         if (this.pipelinedHidden > 0) return this.pipelinedHiddenMessage(type, frame);
+        if (this.inline !== null) return this.inlineMessage(type, frame);
         return this.relayMessage(type, frame);
       case 'hidden':
         return this.hiddenMessage(type, frame);
@@ -462,8 +499,44 @@ export class ServerConnection implements ScanSink {
         const fields = this.pipelinedError;
         return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
       }
-      if (this.pipelinedHidden === 0) this.scanner.inspect = RELAY_INSPECT;
+      if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = RELAY_INSPECT;
     }
+  }
+
+  /**
+   * Replies to a Query carrying an inline switch: the switch statements' replies are
+   * swallowed, then the client's are relayed with error positions moved back to its text.
+   */
+  private inlineMessage(type: number, frame: Buffer): void {
+    const inline = this.inline!;
+    if (inline.pending > 0) {
+      if (type === 0x43 /* C */) {
+        if (--inline.pending === 0) this.scanner.inspect = RELAY_INSPECT;
+      } else if (type === 0x53 /* S */) {
+        this.noteParameter(frame);
+      } else if (type === 0x45 /* E */) {
+        const fields = parseFields(frame);
+        // Nothing of the Query ran. A failing switch statement gives the connection up, as
+        // a failing separate switch does; an error in the client's own text is the client's.
+        if (!clientsEarlyError(fields, inline.prefixChars)) {
+          return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
+        }
+        inline.pending = 0;
+        inline.failed = true;
+        this.scanner.inspect = RELAY_INSPECT;
+        return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
+      }
+      return; // NoticeResponse and the like, of the switch statements
+    }
+    if (type === 0x45 /* E */) {
+      inline.failed = true;
+      return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
+    }
+    if (type === 0x5a /* Z */) {
+      this.inline = null;
+      if (inline.failed) this.holdExactly(inline.prior, inline.priorKey);
+    }
+    this.relayMessage(type, frame);
   }
 
   /** ParameterStatus, in whatever state it arrives: params stays the server's current values. */
@@ -570,6 +643,7 @@ export class ServerConnection implements ScanSink {
     const wasIdle = this.state === 'idle';
     this.state = 'closed';
     this.socket.destroy();
+    this.inline = null;
     const reason = err ?? new UpstreamError('lost', 'server connection closed');
     if (err) this.login.logger.debug({ server: this.id, err: err.message }, 'server connection ended');
     this.loginDone?.(reason);

@@ -1,0 +1,63 @@
+// The inline settings switch: when a leased server connection holds another client's pins,
+// the SET statements that switch them can ride in the client's own Query, ahead of its one
+// statement ("SET "app"."tenant_id" = '7'; SELECT …"), instead of a separate
+// `BEGIN; SET …; COMMIT` Query in the same write.
+//
+// Why: PostgreSQL's cost is per statement. In pgbench against PostgreSQL alone (16 clients,
+// a one-row SELECT per transaction) the separate switch cut throughput to about 40 % of the
+// SELECT alone, the inline one to about 60 %. The proxy also reads one reply instead of two.
+//
+// Why it stays fail-closed and never leaks a tenant's value:
+// - PostgreSQL runs a Query of several statements as one implicit transaction, so the
+//   switch and the client's statement commit together or not at all. The connection holds
+//   the new settings when the Query saw no ErrorResponse, and the old ones otherwise
+//   (ServerConnection reverts its record at ReadyForQuery).
+// - When a switch statement fails, PostgreSQL skips the rest of the string: the client's
+//   statement never runs with the previous client's values.
+// - Whatever the client sends after that Query would run after a possible rollback, with
+//   the previous values: it waits for the Query's ReadyForQuery (ClientSession holds it)
+//   and then gets a switch of its own if one is still needed.
+// - Only one statement that can neither end nor begin a transaction and may run inside a
+//   transaction block: SELECT, INSERT, UPDATE, DELETE, MERGE, WITH, VALUES, TABLE (not
+//   BEGIN, whose block a later ROLLBACK would undo the switch with; not VACUUM, which
+//   refuses a block). A `;` anywhere but at the end, even inside a string, rules it out.
+// - Only custom variables (with a dot, such as pins) are switched this way: a core setting
+//   like default_transaction_read_only takes effect when a transaction starts, which would be
+//   too late for a statement in the same one (set-config.ts decides this).
+// - PostgreSQL parses the whole string before it runs any of it, so a syntax error in the
+//   client's statement comes first, with a position counted from the start of the string:
+//   it is shifted back by the switch's length before the client sees it.
+
+/** Client statements longer than this are not copied into an inline switch. */
+export const INLINE_MAX_BYTES = 16 * 1024;
+
+const INLINE_FIRST_WORD = /^\s*(?:select|insert|update|delete|merge|with|values|table)(?![a-z0-9_$])/i;
+
+/** Whether a switch may ride ahead of `sql` in one Query (see the module comment). */
+export function takesInlineSwitch(sql: string): boolean {
+  if (!INLINE_FIRST_WORD.test(sql)) return false;
+  const semicolon = sql.indexOf(';');
+  return semicolon < 0 || sql.slice(semicolon + 1).trim() === '';
+}
+
+/** The client's Query message with `prefix` put in front of its text. */
+export function inlineQuery(prefix: Buffer, query: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(query.length + prefix.length);
+  out[0] = query[0]!;
+  out.writeInt32BE(query.length - 1 + prefix.length, 1);
+  prefix.copy(out, 5);
+  query.copy(out, 5 + prefix.length, 5);
+  return out;
+}
+
+/**
+ * An error that came before the switch statements had all completed: whether it is the
+ * client's (nothing ran, the client hears it) rather than the switch's (the connection is
+ * given up, as when a separate switch fails). A syntax error placed in the client's text, a
+ * cancel (meant for the client's statement, which was about to run) and an invalid byte
+ * sequence (the switch text is ASCII) are the client's.
+ */
+export function clientsEarlyError(fields: Readonly<Record<string, string>>, prefixChars: number): boolean {
+  if (fields.C === '57014' || fields.C === '22021') return true;
+  return fields.P !== undefined && Number(fields.P) > prefixChars;
+}

@@ -1,0 +1,205 @@
+// The inline settings switch (src/session/inline-switch.ts): a tenant switch riding in the
+// client's own Query. Its pure parts are table-tested; then it is attacked on a pool of ONE
+// server connection shared by two tenants: failing statements (whose rollback undoes the
+// switch), syntax errors, cancels, and work pipelined behind a failing switch, with every
+// row checked against the tenant that asked.
+
+import t from 'tap';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { parseFields, shiftPosition } from '../src/protocol/fields.js';
+import { clientsEarlyError, inlineQuery, takesInlineSwitch } from '../src/session/inline-switch.js';
+import { sendCancel } from './helpers/cancel.js';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+
+t.test('takesInlineSwitch: one statement that can neither end nor begin a transaction', async (t) => {
+  const cases: [string, boolean][] = [
+    ['SELECT 1', true],
+    ['  select abalance from pgbench_accounts where aid = 7;', true],
+    ['SELECT 1;  \n', true],
+    ['INSERT INTO t VALUES (1)', true],
+    ['update t set x = 1', true],
+    ['DELETE FROM t', true],
+    ['MERGE INTO t USING s ON true WHEN MATCHED THEN DO NOTHING', true],
+    ['WITH x AS (SELECT 1) SELECT * FROM x', true],
+    ['VALUES (1)', true],
+    ['TABLE t', true],
+    ['SELECT 1; SELECT 2', false],
+    ["SELECT ';'", false], // a semicolon anywhere but the end, even quoted: not inline
+    ['SELECT 1; -- done', false],
+    ['BEGIN', false],
+    ['START TRANSACTION', false],
+    ['COMMIT', false],
+    ['VACUUM t', false],
+    ['CREATE TABLE t (x int)', false],
+    ['SET app.x = 1', false],
+    ['CALL p()', false],
+    ['EXPLAIN SELECT 1', false],
+    ['DO $$BEGIN END$$', false],
+    ['-- comment\nSELECT 1', false],
+    ['/* c */ SELECT 1', false],
+    ['(SELECT 1)', false],
+    ['selector', false],
+    ['select_x()', false],
+    ['', false],
+  ];
+  for (const [sql, want] of cases) t.equal(takesInlineSwitch(sql), want, JSON.stringify(sql));
+});
+
+t.test('inlineQuery: the prefix in front of the text, framed again', async (t) => {
+  const out = inlineQuery(Buffer.from(`SET "app"."t" = 'b'; `), serialize.query('SELECT 1'));
+  t.same(out, serialize.query(`SET "app"."t" = 'b'; SELECT 1`));
+});
+
+t.test('shiftPosition: the position moves back to the client text; other fields stay', async (t) => {
+  const frame = (fields: [string, string][]) => {
+    const body = Buffer.concat([...fields.map(([k, v]) => Buffer.from(`${k}${v}\0`)), Buffer.from([0])]);
+    const head = Buffer.from([0x45, 0, 0, 0, 0]);
+    head.writeInt32BE(4 + body.length, 1);
+    return Buffer.concat([head, body]);
+  };
+  const base: [string, string][] = [['S', 'ERROR'], ['C', '42601'], ['M', 'syntax error at or near "WHERE"']];
+  t.same(parseFields(shiftPosition(frame([...base, ['P', '40'], ['F', 'scan.l']]), 25)), { S: 'ERROR', C: '42601', M: 'syntax error at or near "WHERE"', P: '15', F: 'scan.l' });
+  t.same(parseFields(shiftPosition(frame([...base, ['P', '10']]), 25)), { S: 'ERROR', C: '42601', M: 'syntax error at or near "WHERE"' }, 'inside the prefix: dropped');
+  const none = frame(base);
+  t.equal(shiftPosition(none, 25), none, 'no position: the same frame');
+  const shifted = shiftPosition(frame([...base, ['P', '140']]), 25);
+  t.equal(shifted.readInt32BE(1), shifted.length - 1, 'length field matches');
+});
+
+t.test('clientsEarlyError: whose error came before the switch completed', async (t) => {
+  t.ok(clientsEarlyError({ C: '42601', P: '30' }, 25), 'a syntax error in the client text');
+  t.notOk(clientsEarlyError({ C: '42601', P: '3' }, 25), 'a syntax error in the switch text');
+  t.notOk(clientsEarlyError({ C: '42704', M: 'invalid configuration parameter name' }, 25), 'the switch failed');
+  t.ok(clientsEarlyError({ C: '57014' }, 25), "a cancel (meant for the client's statement)");
+  t.ok(clientsEarlyError({ C: '22021' }, 25), 'an invalid byte sequence (the switch text is ASCII)');
+});
+
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+await pgs.query(`
+  CREATE TABLE notes (tenant text NOT NULL DEFAULT current_setting('app.tenant_id', true), body text);
+  ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+  CREATE POLICY by_tenant ON notes USING (tenant = current_setting('app.tenant_id', true)) WITH CHECK (tenant = current_setting('app.tenant_id', true));
+  GRANT SELECT, INSERT ON notes TO ${SERVER_ROLE};
+`);
+const proxy = await startProxy(t, pgs, {
+  users: [
+    { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+    { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
+  ],
+  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
+});
+
+async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+  c.on('error', () => undefined);
+  await c.connect();
+  t.teardown(() => c.end().catch(() => undefined));
+  return c;
+}
+type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+
+const pin = async (c: pg.Client) => (await c.query<{ t: string }>("SELECT current_setting('app.tenant_id', true) AS t")).rows[0]!.t;
+const failure = (p: Promise<unknown>) => p.then(() => null, (e: Error & { code?: string; position?: string }) => e);
+
+t.test("the switch rides in the client's Query, and only when it must", async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  t.equal(await pin(a), 'a');
+  const q = async (c: pg.Client) => (await c.query<{ q: string }>('SELECT current_query() AS q')).rows[0]!.q;
+  t.equal(await q(b), `SET "app"."tenant_id" = 'b'; SELECT current_query() AS q`, 'the first statement after a switch carries it');
+  t.equal(await q(b), 'SELECT current_query() AS q', 'the next one, on a connection already holding b, does not');
+  t.equal(await pin(a), 'a');
+  await b.query('BEGIN'); // not inline: a ROLLBACK would undo the switch
+  t.equal(await q(b), 'SELECT current_query() AS q', 'BEGIN took the switch as a Query of its own');
+  await b.query('ROLLBACK');
+  t.equal(await pin(b), 'b', 'which the ROLLBACK did not undo');
+});
+
+t.test('a failing statement rolls the switch back with it; the next statement switches again', async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  for (let i = 0; i < 10; i++) {
+    t.equal(await pin(a), 'a');
+    const e = await failure(b.query('SELECT 1/0'));
+    t.equal(e?.code, '22012', 'the client sees its own error');
+    t.equal(await pin(b), 'b', 'its next statement holds b again');
+    t.equal((await failure(b.query("INSERT INTO notes (tenant, body) VALUES ('a', 'forged')")))?.code, '42501', 'RLS: b cannot write as a');
+    t.equal(await pin(a), 'a', 'and a gets a back');
+  }
+});
+
+t.test('a syntax error keeps the position PostgreSQL gives without a switch', async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  const bad = 'SELECT 1 FROM WHERE x';
+  const direct = await failure(pgs.query(bad));
+  await pin(a);
+  const viaSwitch = await failure(b.query(bad));
+  t.equal(viaSwitch?.code, '42601');
+  t.equal(viaSwitch?.position, direct?.position, `position ${direct?.position}, counted in the client's text`);
+  t.equal(viaSwitch?.message, direct?.message);
+  t.equal(await pin(b), 'b', 'nothing ran; the next statement switches');
+  await pin(a);
+  const runtime = await failure(b.query('SELECT nosuchcolumn FROM notes'));
+  t.equal(runtime?.position, (await failure(pgs.query('SELECT nosuchcolumn FROM notes')))?.position, 'also for an error found while running');
+});
+
+t.test('work pipelined behind a failing switched statement never runs as the previous tenant', async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  // b's raw connection: after this node-postgres cannot be used for queries any more.
+  const raw = (b as unknown as { connection: { stream: { write(x: Buffer): void }; on(e: string, f: (m: never) => void): void } }).connection;
+  const seen: string[] = [];
+  let ready = 0;
+  raw.on('dataRow', ((m: { fields: (string | null)[] }) => seen.push(m.fields.join('|'))) as (m: never) => void);
+  raw.on('errorMessage', ((m: { code: string }) => seen.push(`E${m.code}`)) as (m: never) => void);
+  raw.on('readyForQuery', (() => ready++) as (m: never) => void);
+  for (let i = 0; i < 20; i++) {
+    t.equal(await pin(a), 'a');
+    const before = ready;
+    seen.length = 0;
+    raw.stream.write(
+      Buffer.concat([
+        serialize.query(i % 2 === 0 ? 'SELECT 1/0' : 'SELECT 1 FROM WHERE'),
+        serialize.query(`INSERT INTO notes (body) VALUES ('pipelined ${i}') RETURNING tenant`),
+        serialize.query("SELECT current_setting('app.tenant_id', true)"),
+      ]),
+    );
+    while (ready < before + 3) await new Promise((r) => setTimeout(r, 2));
+    t.same(seen, [i % 2 === 0 ? 'E22012' : 'E42601', 'b', 'b'], `round ${i}: the INSERT and SELECT ran as b`);
+  }
+  const rows = await pgs.query<{ tenant: string; n: number }>("SELECT tenant, count(*)::int AS n FROM notes WHERE body LIKE 'pipelined %' GROUP BY tenant");
+  t.same(rows.rows, [{ tenant: 'b', n: 20 }], 'every pipelined row was written as b');
+});
+
+t.test('a cancel of a switched statement cancels it; the connection keeps the old tenant', async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  await pin(a);
+  const sleeping = failure(b.query('SELECT pg_sleep(10)'));
+  await new Promise((r) => setTimeout(r, 300));
+  const key = b as unknown as { processID: number; secretKey: number };
+  await sendCancel(proxy.port, key.processID, key.secretKey);
+  t.equal((await sleeping)?.code, '57014', 'canceled');
+  t.equal(await pin(a), 'a', 'the sleep rolled back with its switch: a finds a');
+  t.equal(await pin(b), 'b');
+});
+
+t.test('hammer: 12 clients, 2 tenants, one connection, failing and passing statements mixed', async (t) => {
+  await pgs.query("INSERT INTO notes VALUES ('a', 'seed'), ('b', 'seed')");
+  const mismatches: string[] = [];
+  const clients = await Promise.all(Array.from({ length: 12 }, (_, i) => open(t, i % 2 === 0 ? 'a' : 'b')));
+  await Promise.all(
+    clients.map(async (c, i) => {
+      const tenant = i % 2 === 0 ? 'a' : 'b';
+      for (let k = 0; k < 80; k++) {
+        if ((k + i) % 3 === 0) await failure(c.query('SELECT 1/0'));
+        const r = await c.query<{ t: string; n: number; seen: string[] | null }>(
+          "SELECT current_setting('app.tenant_id', true) AS t, (SELECT count(*) FROM notes)::int AS n, (SELECT array_agg(DISTINCT tenant) FROM notes) AS seen",
+        );
+        const row = r.rows[0]!;
+        if (row.t !== tenant || row.seen?.length !== 1 || row.seen[0] !== tenant) mismatches.push(`${tenant} saw ${JSON.stringify(row)}`);
+      }
+    }),
+  );
+  t.same(mismatches.slice(0, 5), [], 'no statement saw the other tenant');
+});
