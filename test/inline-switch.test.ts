@@ -10,7 +10,7 @@ import { serialize } from 'pg-protocol';
 import { parseFields, shiftPosition } from '../src/protocol/fields.js';
 import { clientsEarlyError, inlineQuery, takesInlineSwitch } from '../src/session/inline-switch.js';
 import { sendCancel } from './helpers/cancel.js';
-import { startPostgres } from './helpers/postgres.js';
+import { freePort, startPostgres } from './helpers/postgres.js';
 import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
 
 t.test('takesInlineSwitch: one statement that can neither end nor begin a transaction', async (t) => {
@@ -85,13 +85,19 @@ await pgs.query(`
   CREATE POLICY by_tenant ON notes USING (tenant = current_setting('app.tenant_id', true)) WITH CHECK (tenant = current_setting('app.tenant_id', true));
   GRANT SELECT, INSERT ON notes TO ${SERVER_ROLE};
 `);
+const metricsPort = await freePort();
 const proxy = await startProxy(t, pgs, {
   users: [
     { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
     { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
   ],
-  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
+  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, metrics: { host: '127.0.0.1', port: metricsPort } },
 });
+
+async function switches(): Promise<number> {
+  const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  return Number(/^pgbastion_settings_switches_total (\d+)/m.exec(body)?.[1]);
+}
 
 async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
   const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
@@ -109,8 +115,10 @@ t.test("the switch rides in the client's Query, and only when it must", async (t
   const [a, b] = [await open(t, 'a'), await open(t, 'b')];
   t.equal(await pin(a), 'a');
   const q = async (c: pg.Client) => (await c.query<{ q: string }>('SELECT current_query() AS q')).rows[0]!.q;
+  const before = await switches();
   t.equal(await q(b), `SET "app"."tenant_id" = 'b'; SELECT current_query() AS q`, 'the first statement after a switch carries it');
   t.equal(await q(b), 'SELECT current_query() AS q', 'the next one, on a connection already holding b, does not');
+  t.equal(await switches(), before + 1, 'one switch counted');
   t.equal(await pin(a), 'a');
   await b.query('BEGIN'); // not inline: a ROLLBACK would undo the switch
   t.equal(await q(b), 'SELECT current_query() AS q', 'BEGIN took the switch as a Query of its own');

@@ -1062,7 +1062,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     server.attach(this);
     try {
       const sql = setConfigSql(this.params, server.applied);
-      if (sql) await server.runHidden(sql);
+      if (sql) {
+        this.rt.metrics.settingsSwitches.inc();
+        await server.runHidden(sql);
+      }
     } catch (err) {
       return this.onConnectFailure(err);
     }
