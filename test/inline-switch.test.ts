@@ -8,7 +8,8 @@ import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { parseFields, shiftPosition } from '../src/protocol/fields.js';
-import { clientsEarlyError, inlineQuery, takesInlineSwitch } from '../src/session/inline-switch.js';
+import { inlineQuery, switchsOwnError, takesInlineSwitch } from '../src/session/inline-switch.js';
+import { slowCancelForwarder } from './helpers/balancer.js';
 import { sendCancel } from './helpers/cancel.js';
 import { freePort, startPostgres } from './helpers/postgres.js';
 import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
@@ -68,12 +69,15 @@ t.test('shiftPosition: the position moves back to the client text; other fields 
   t.equal(shifted.readInt32BE(1), shifted.length - 1, 'length field matches');
 });
 
-t.test('clientsEarlyError: whose error came before the switch completed', async (t) => {
-  t.ok(clientsEarlyError({ C: '42601', P: '30' }, 25), 'a syntax error in the client text');
-  t.notOk(clientsEarlyError({ C: '42601', P: '3' }, 25), 'a syntax error in the switch text');
-  t.notOk(clientsEarlyError({ C: '42704', M: 'invalid configuration parameter name' }, 25), 'the switch failed');
-  t.ok(clientsEarlyError({ C: '57014' }, 25), "a cancel (meant for the client's statement)");
-  t.ok(clientsEarlyError({ C: '22021' }, 25), 'an invalid byte sequence (the switch text is ASCII)');
+t.test("switchsOwnError: an early error gives the connection up only when it is the SET's own", async (t) => {
+  t.ok(switchsOwnError({ S: 'ERROR', C: '42602', M: 'invalid configuration parameter name' }, 25), 'a reserved prefix');
+  t.ok(switchsOwnError({ S: 'ERROR', C: '42501' }, 25), 'permission denied to set parameter');
+  t.ok(switchsOwnError({ S: 'ERROR', C: '22023' }, 25), 'invalid value');
+  t.ok(switchsOwnError({ S: 'ERROR', C: '42601', P: '3' }, 25) === false, 'a syntax error is never a SET failure');
+  t.notOk(switchsOwnError({ S: 'ERROR', C: '42704', P: '30' }, 25), "placed in the client's text");
+  t.notOk(switchsOwnError({ S: 'ERROR', C: '22P05' }, 25), 'an untranslatable character (the whole text is converted first)');
+  t.notOk(switchsOwnError({ S: 'ERROR', C: '57014' }, 25), "a cancel (meant for the client's statement)");
+  t.notOk(switchsOwnError({ S: 'FATAL', V: 'FATAL', C: '42501' }, 25), 'a FATAL goes to the client as FATALs do');
 });
 
 const pgs = await startPostgres();
@@ -210,4 +214,108 @@ t.test('hammer: 12 clients, 2 tenants, one connection, failing and passing state
     }),
   );
   t.same(mismatches.slice(0, 5), [], 'no statement saw the other tenant');
+});
+
+type RawConnection = { stream: { write(x: Buffer): void }; on(e: string, f: (m: never) => void): void };
+/** node-postgres cannot be used for queries after this: replies are read raw. */
+function rawOf(c: pg.Client) {
+  const raw = (c as unknown as { connection: RawConnection }).connection;
+  const seen: string[] = [];
+  const st = { ready: 0 };
+  raw.on('dataRow', ((m: { fields: (string | null)[] }) => seen.push(m.fields.join('|'))) as (m: never) => void);
+  raw.on('errorMessage', ((m: { code: string }) => seen.push(`E${m.code}`)) as (m: never) => void);
+  raw.on('readyForQuery', (() => st.ready++) as (m: never) => void);
+  const until = async (n: number, ms: number) => {
+    const end = Date.now() + ms;
+    while (st.ready < n && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+  };
+  return { raw, seen, st, until };
+}
+const keyOf = (c: pg.Client) => c as unknown as { processID: number; secretKey: number };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('work pipelined behind an inline switch, then a cancel: answered, and the connection goes on', async (t) => {
+  // The switch's ReadyForQuery arrives while the cancel is still on its way: the held work
+  // then waits for the cancel, and goes.
+  for (let i = 0; i < 10; i++) {
+    const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+    t.equal(await pin(a), 'a');
+    const { raw, seen, st, until } = rawOf(b);
+    raw.stream.write(Buffer.concat([serialize.query('SELECT pg_sleep(0.2)'), serialize.query("SELECT current_setting('app.tenant_id', true)")]));
+    await sleep(50);
+    await sendCancel(proxy.port, keyOf(b).processID, keyOf(b).secretKey);
+    await until(2, 4000);
+    t.equal(st.ready, 2, `round ${i}: both queries answered`);
+    t.equal(seen[seen.length - 1], 'b', 'the second one as b');
+    t.equal(await pin(a), 'a', 'and a gets the connection');
+    await b.end().catch(() => undefined);
+    await a.end().catch(() => undefined);
+  }
+});
+
+t.test('a notice raised while the whole text is parsed reaches the client', async (t) => {
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  const notices: string[] = [];
+  b.on('notice', (n: Error & { code?: string }) => notices.push(`${n.code} ${n.message}`));
+  const long = 'x'.repeat(70);
+  t.equal(await pin(a), 'a');
+  await b.query(`SELECT 1 AS ${long}`);
+  t.match(notices, [/^42622 identifier "x+" will be truncated/], 'with a switch in front');
+  await b.query(`SELECT 1 AS ${long}`);
+  t.equal(notices.length, 2, 'as without one');
+});
+
+t.test('an error the server raises converting the whole text is the client\'s; the connection stays', async (t) => {
+  await pgs.query(`CREATE DATABASE lat1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`);
+  const inLatin1 = async (who: 'a' | 'b') => {
+    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'lat1' });
+    c.on('error', () => undefined);
+    await c.connect();
+    t.teardown(() => c.end().catch(() => undefined));
+    return c;
+  };
+  const [a, b] = [await inLatin1('a'), await inLatin1('b')];
+  const pidOf = async (c: pg.Client) => (await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]!.p;
+  const before = await pidOf(a);
+  t.equal((await failure(b.query("SELECT '€' AS x")))?.code, '22P05', 'untranslatable character, as PostgreSQL says it');
+  t.equal(await pidOf(a), before, 'the server connection was kept');
+  t.equal(await pin(b), 'b');
+});
+
+t.test('work sent after a cancel, behind a failing inline switch, runs as its own tenant', async (t) => {
+  // The cancel lands late (forwarded after 800 ms), so the held work waits for it after the
+  // switched statement failed and rolled the switch back: it must get a switch of its own.
+  await pgs.query("INSERT INTO notes VALUES ('a', 'secret of a')");
+  const fwd = await slowCancelForwarder(t, pgs.port, 800);
+  const slow = await startProxy(t, pgs, {
+    users: [
+      { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+      { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
+    ],
+    extra: { upstreams: [{ host: '127.0.0.1', port: fwd }], pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
+  });
+  const login = async (who: 'a' | 'b') => {
+    const c = new pg.Client({ host: '127.0.0.1', port: slow.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+    c.on('error', () => undefined);
+    await c.connect();
+    t.teardown(() => c.end().catch(() => undefined));
+    return c;
+  };
+  const [a, b] = [await login('a'), await login('b')];
+  t.equal(await pin(a), 'a');
+  const { raw, seen, until } = rawOf(b);
+  raw.stream.write(serialize.query('SELECT 1/(random()*0)::int FROM pg_sleep(0.4)'));
+  await sleep(100);
+  const cancelled = sendCancel(slow.port, keyOf(b).processID, keyOf(b).secretKey);
+  await sleep(100);
+  raw.stream.write(
+    Buffer.concat([
+      serialize.query(`INSERT INTO notes (body) VALUES ('late, by b') RETURNING tenant`),
+      serialize.query("SELECT current_setting('app.tenant_id', true) || ':' || (SELECT count(*) FROM notes WHERE tenant <> 'b')"),
+    ]),
+  );
+  await until(3, 5000);
+  await cancelled;
+  t.same(seen, ['E22012', 'b', 'b:0'], "b's work ran as b and saw none of a's rows");
+  t.same((await pgs.query("SELECT tenant FROM notes WHERE body = 'late, by b'")).rows, [{ tenant: 'b' }]);
 });

@@ -180,8 +180,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private feeding = false;
   /** The server connection whose write batch onData closes when its read is done. */
   private batched: ServerConnection | null = null;
-  /** The client socket was paused because its lease had to wait. */
-  private pausedForLease = false;
+  /** The client socket was paused because its work has to wait (pauseToWait). */
+  private pausedToWait = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
   private sticky: string | null = null;
   private readonly transactionMode: boolean;
@@ -478,11 +478,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   message(type: number, frame: Buffer): void {
     if (type === 0x58 /* X Terminate */) {
       // Statements held back for a cancel still go out: the client sent them before leaving.
-      // Not behind an inline switch whose outcome is unknown: they might run with another client's settings.
-      if (this.heldFor !== null && this.server !== null && !this.server.switchInFlight) {
-        this.heldFor = null;
-        this.flushQueued(this.server);
-      }
+      if (this.server !== null && this.queued.length > 0) this.writeBeforeLeaving(this.server);
       return this.finish('client terminated');
     }
     switch (this.state) {
@@ -781,14 +777,29 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (server) {
       if (this.heldFor === null && server.cancelling === null && !server.switchInFlight) return this.write(server, out);
       this.queued.push(out);
-      if (this.heldFor !== null) return;
-      if (server.cancelling !== null) this.holdForCancel(server.cancelling);
-      else this.pauseForLease(); // until the inline switch's ReadyForQuery (onServerReady)
-      return;
+      return this.writeHeld(server);
     }
     this.queued.push(out);
     if (!this.leasing) this.lease();
-    else this.pauseForLease();
+    else this.pauseToWait();
+  }
+
+  /**
+   * Work queued on the attached connection goes out once nothing holds it back: a cancel on
+   * its way (holdForCancel) or an inline switch whose outcome is still unknown (onServerReady
+   * calls again). It gets a switch of its own first when the connection no longer holds the
+   * client's settings: an inline switch rolls back when the statement it rode with fails.
+   */
+  private writeHeld(server: ServerConnection): void {
+    if (this.state !== 'ready' || this.heldFor !== null) return; // holdForCancel calls again
+    if (this.queued.length === 0) return this.resumeAfterWait();
+    if (server.cancelling !== null) return this.holdForCancel(server.cancelling);
+    if (server.switchInFlight) return this.pauseToWait();
+    this.resumeAfterWait();
+    server.beginBatch();
+    this.switchSettings(server);
+    this.flushQueued(server);
+    if (!server.endBatch()) this.waitForServerDrain();
   }
 
   /**
@@ -802,26 +813,36 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private holdForCancel(pending: Promise<void>): void {
     this.heldFor = pending;
-    this.socket.pause(); // bounded memory: further client bytes stay in the kernel
+    this.pauseToWait(); // bounded memory: further client bytes stay in the kernel
     void pending.then(() => {
       if (this.heldFor !== pending) return;
       this.heldFor = null;
       if (this.state !== 'ready') return;
       const now = this.server;
-      if (now === null) {
-        // The connection was lost meanwhile (transaction mode): the held work takes another.
-        if (this.queued.length > 0 && !this.leasing) this.lease();
-        return;
-      }
-      // Another cancel was relayed meanwhile: wait for that one too.
-      if (now.cancelling !== null && this.queued.length > 0) return this.holdForCancel(now.cancelling);
-      this.socket.resume();
-      // An inline switch still in flight: its ReadyForQuery lets the work go (onServerReady).
-      if (now.switchInFlight) return this.pauseForLease();
-      now.beginBatch();
-      this.flushQueued(now);
-      if (!now.endBatch()) this.waitForServerDrain();
+      if (now !== null) return this.writeHeld(now); // or waits on: another cancel, an inline switch
+      // The connection was lost meanwhile (transaction mode): the held work takes another.
+      if (this.queued.length > 0) {
+        if (!this.leasing) this.lease();
+      } else this.resumeAfterWait();
     });
+  }
+
+  /**
+   * The client leaves with work held back (for a cancel, or an inline switch): it still goes
+   * out, as PostgreSQL runs what a client sent before its Terminate. Behind an inline switch
+   * whose outcome is unknown, a full switch from the settings held before it goes first
+   * (right whether it committed or rolled back); the connection is closed after this anyway.
+   */
+  private writeBeforeLeaving(server: ServerConnection): void {
+    this.heldFor = null;
+    server.beginBatch();
+    const before = server.settingsBeforeSwitch;
+    if (before !== null) {
+      const plan = switchPlan(this.params, this.paramsKey, before.settings, before.key);
+      if (plan !== null) server.sendHidden(plan.query);
+    } else this.switchSettings(server);
+    this.flushQueued(server);
+    server.endBatch();
   }
 
   /** Async steps report their failures here instead of as unhandled rejections. */
@@ -907,13 +928,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.leasing = true;
     this.leaseStart = performance.now();
     this.pool!.request(this.origin(), this.holdsMine, this.onLeased);
-    if (this.leasing) this.pauseForLease();
+    if (this.leasing) this.pauseToWait();
   }
 
-  /** Bounded memory while we wait: the client's bytes stay in the kernel. */
-  private pauseForLease(): void {
-    if (this.pausedForLease) return;
-    this.pausedForLease = true;
+  /**
+   * Bounded memory while work waits (for a lease, a cancel, an inline switch): the client's
+   * bytes stay in the kernel. Paused again each time, since a server drain resumes the socket.
+   */
+  private pauseToWait(): void {
+    this.pausedToWait = true;
     this.socket.pause();
   }
 
@@ -931,20 +954,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Closed meanwhile, or its work was cancelled while it waited: the connection goes back untouched.
       if (this.state !== 'ready' || this.queued.length === 0) {
         this.pool!.release(server, true, null);
-        if (this.state === 'ready') this.resumeAfterLease();
+        if (this.state === 'ready') this.resumeAfterWait();
         return;
       }
       // Resumed first, so that back-pressure from the server socket can pause it again.
-      this.resumeAfterLease();
+      this.resumeAfterWait();
       this.useServer(server);
     } catch (failure) {
       this.onFailure(failure);
     }
   };
 
-  private resumeAfterLease(): void {
-    if (!this.pausedForLease) return;
-    this.pausedForLease = false;
+  private resumeAfterWait(): void {
+    if (!this.pausedToWait) return;
+    this.pausedToWait = false;
     this.socket.resume();
   }
 
@@ -1011,7 +1034,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private failQueuedWork(err: UpstreamError): void {
     this.log.warn({ err: err.message }, 'no server connection for the next transaction');
     this.answerQueued({ message: 'pgbastion could not connect to the upstream server', detail: err.message });
-    this.resumeAfterLease();
+    this.resumeAfterWait();
   }
 
   /**
@@ -1125,7 +1148,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     if (!server || this.socket.isPaused()) return;
     this.socket.pause();
-    server.socket.once('drain', () => this.socket.resume());
+    server.socket.once('drain', () => {
+      if (!this.pausedToWait) this.socket.resume();
+    });
   }
 
   // ---- ServerPeer ---------------------------------------------------------------------
@@ -1205,16 +1230,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (this.ledger.owed === 0 && this.refusals.size > 0) this.refusals.clear();
     this.releaseIfDone(status);
-    const server = this.server;
-    if (server !== null && this.queued.length > 0 && !server.switchInFlight && this.heldFor === null && server.cancelling === null) {
-      // Work held behind an inline switch: it goes now, after a switch of its own if that
-      // one rolled back with the client's statement.
-      this.resumeAfterLease();
-      server.beginBatch();
-      this.switchSettings(server);
-      this.flushQueued(server);
-      if (!server.endBatch()) this.waitForServerDrain();
-    }
+    // Work held behind an inline switch: its outcome is known now.
+    if (this.server !== null && this.queued.length > 0) this.writeHeld(this.server);
     if (this.revoked !== null) this.endIfRevokedAndIdle();
   }
 
@@ -1252,7 +1269,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (!this.leasing) this.lease();
       return;
     }
-    this.resumeAfterLease();
+    this.resumeAfterWait();
     if (this.socket.isPaused()) this.socket.resume();
   }
 
@@ -1276,7 +1293,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.server !== null || !this.leasing || this.queued.length === 0) return false;
     this.answerQueued({ code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail: 'cancelled while waiting for a server connection' });
     // Read on: a Sync still to come is answered here; new work queues (and pauses) again.
-    this.resumeAfterLease();
+    this.resumeAfterWait();
     return true;
   }
 

@@ -24,9 +24,14 @@
 // - Only custom variables (with a dot, such as pins) are switched this way: a core setting
 //   like default_transaction_read_only takes effect when a transaction starts, which would be
 //   too late for a statement in the same one (set-config.ts decides this).
-// - PostgreSQL parses the whole string before it runs any of it, so a syntax error in the
-//   client's statement comes first, with a position counted from the start of the string:
-//   it is shifted back by the switch's length before the client sees it.
+// - PostgreSQL converts and parses the whole string before it runs any of it, so an error
+//   or warning about the client's text (syntax, encoding, a long identifier) comes before
+//   the switch's replies, positioned from the start of the string: the client gets it with
+//   the position shifted back to its own text. Only a SET's own failure gives the connection
+//   up (switchsOwnError); whatever fails, the Query as a whole rolled back.
+// - What is written behind the Query must know its outcome, however it is held back (for
+//   the Query, or for a cancel in flight): ClientSession.writeHeld switches again first when
+//   the switch rolled back.
 
 /** Client statements longer than this are not copied into an inline switch. */
 export const INLINE_MAX_BYTES = 16 * 1024;
@@ -51,13 +56,21 @@ export function inlineQuery(prefix: Buffer, query: Buffer): Buffer {
 }
 
 /**
- * An error that came before the switch statements had all completed: whether it is the
- * client's (nothing ran, the client hears it) rather than the switch's (the connection is
- * given up, as when a separate switch fails). A syntax error placed in the client's text, a
- * cancel (meant for the client's statement, which was about to run) and an invalid byte
- * sequence (the switch text is ASCII) are the client's.
+ * What a SET or RESET of a custom variable raises when it fails: invalid or unknown name (a
+ * prefix an extension reserved), permission denied, invalid value, or a variable that cannot
+ * be changed now.
  */
-export function clientsEarlyError(fields: Readonly<Record<string, string>>, prefixChars: number): boolean {
-  if (fields.C === '57014' || fields.C === '22021') return true;
-  return fields.P !== undefined && Number(fields.P) > prefixChars;
+const SWITCH_FAILURES = new Set(['42602', '42704', '42501', '22023', '55P02']);
+
+/**
+ * An error that came before the switch statements had all completed: whether it is the
+ * switch's own failure (the connection is given up, as when a separate switch fails). Nothing
+ * of the Query ran either way, so anything else is safely the client's to hear: a syntax
+ * error placed in its text, an encoding error (the server converts the whole text first), a
+ * cancel meant for its statement, a FATAL.
+ */
+export function switchsOwnError(fields: Readonly<Record<string, string>>, prefixChars: number): boolean {
+  if (fields.S === 'FATAL' || fields.S === 'PANIC' || fields.V === 'FATAL' || fields.V === 'PANIC') return false;
+  if (fields.C === undefined || !SWITCH_FAILURES.has(fields.C)) return false;
+  return fields.P === undefined || Number(fields.P) <= prefixChars;
 }

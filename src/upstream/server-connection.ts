@@ -13,7 +13,7 @@ import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
 import { CoalescedWrites } from '../net/slice-run.js';
 import { ReusedReadBuffer } from '../net/reused-read.js';
-import { clientsEarlyError } from '../session/inline-switch.js';
+import { switchsOwnError } from '../session/inline-switch.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
@@ -66,6 +66,9 @@ export interface ServerLogin {
  * CommandComplete (tags of audited statements), CopyInResponse (Syncs are ignored in COPY IN).
  */
 const RELAY_INSPECT = inspectTable('ZSE1CG');
+
+/** The same and NoticeResponse, while a Query carrying an inline switch runs (positions shift). */
+const INLINE_INSPECT = inspectTable('ZSE1CGN');
 
 interface Hidden {
   resolve: () => void;
@@ -211,6 +214,11 @@ export class ServerConnection implements ScanSink {
    */
   get switchInFlight(): boolean {
     return this.inline !== null;
+  }
+
+  /** While switchInFlight: the settings the connection held before that switch. */
+  get settingsBeforeSwitch(): { readonly settings: ReadonlyMap<string, string>; readonly key: string } | null {
+    return this.inline === null ? null : { settings: this.inline.prior, key: this.inline.priorKey };
   }
 
   get isClosed(): boolean {
@@ -511,29 +519,36 @@ export class ServerConnection implements ScanSink {
     const inline = this.inline!;
     if (inline.pending > 0) {
       if (type === 0x43 /* C */) {
-        if (--inline.pending === 0) this.scanner.inspect = RELAY_INSPECT;
-      } else if (type === 0x53 /* S */) {
-        this.noteParameter(frame);
-      } else if (type === 0x45 /* E */) {
+        if (--inline.pending === 0) this.scanner.inspect = INLINE_INSPECT;
+        return;
+      }
+      if (type === 0x53 /* S */) return this.noteParameter(frame);
+      if (type === 0x45 /* E */) {
+        // Nothing of the Query ran, and nothing will. A switch statement's own failure gives
+        // the connection up, as a failing separate switch does (it would fail again there);
+        // anything else (an error in the client's text, an encoding error, a cancel, a FATAL)
+        // is the client's to hear, and the connection keeps its settings.
         const fields = parseFields(frame);
-        // Nothing of the Query ran. A failing switch statement gives the connection up, as
-        // a failing separate switch does; an error in the client's own text is the client's.
-        if (!clientsEarlyError(fields, inline.prefixChars)) {
+        if (switchsOwnError(fields, inline.prefixChars)) {
           return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
         }
         inline.pending = 0;
         inline.failed = true;
-        this.scanner.inspect = RELAY_INSPECT;
+        this.scanner.inspect = INLINE_INSPECT;
         return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
       }
-      return; // NoticeResponse and the like, of the switch statements
+      // A warning the client's text raised while the whole string was parsed is the client's.
+      if (type === 0x4e /* N */) this.toClient(shiftPosition(frame, inline.prefixChars));
+      return;
     }
     if (type === 0x45 /* E */) {
       inline.failed = true;
       return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
     }
+    if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, inline.prefixChars));
     if (type === 0x5a /* Z */) {
       this.inline = null;
+      this.scanner.inspect = RELAY_INSPECT;
       if (inline.failed) this.holdExactly(inline.prior, inline.priorKey);
     }
     this.relayMessage(type, frame);
