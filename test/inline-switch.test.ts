@@ -319,3 +319,49 @@ t.test('work sent after a cancel, behind a failing inline switch, runs as its ow
   t.same(seen, ['E22012', 'b', 'b:0'], "b's work ran as b and saw none of a's rows");
   t.same((await pgs.query("SELECT tenant FROM notes WHERE body = 'late, by b'")).rows, [{ tenant: 'b' }]);
 });
+
+t.test('a statement split across reads, behind a failed inline switch, still runs as its tenant', async (t) => {
+  // At the failed Query's ReadyForQuery the client's next message is half read, so the
+  // client keeps the connection, which holds the previous tenant's value again.
+  const [a, b] = [await open(t, 'a'), await open(t, 'b')];
+  t.equal(await pin(a), 'a');
+  const { raw, seen, until } = rawOf(b);
+  const next = serialize.query("SELECT current_setting('app.tenant_id', true) || ':' || (SELECT count(*) FROM notes WHERE tenant <> 'b')");
+  raw.stream.write(Buffer.concat([serialize.query('SELECT 1/0'), next.subarray(0, 10)]));
+  await until(1, 3000);
+  await sleep(50);
+  raw.stream.write(next.subarray(10));
+  await until(2, 3000);
+  t.same(seen, ['E22012', 'b:0'], 'the second statement ran as b');
+});
+
+t.test('work held for a cancel when the connection dies inside a transaction never runs outside it', async (t) => {
+  await pgs.query(`CREATE TABLE lost (body text); GRANT SELECT, INSERT ON lost TO ${SERVER_ROLE}`);
+  const fwd = await slowCancelForwarder(t, pgs.port, 1500);
+  const slow = await startProxy(t, pgs, {
+    users: [{ name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } }],
+    extra: { upstreams: [{ host: '127.0.0.1', port: fwd }], pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
+  });
+  const b = new pg.Client({ host: '127.0.0.1', port: slow.port, user: 'tenant_b', password: 'pw-b', database: 'postgres' });
+  b.on('error', () => undefined);
+  await b.connect();
+  t.teardown(() => b.end().catch(() => undefined));
+  const { raw, seen, until } = rawOf(b);
+  raw.stream.write(serialize.query('BEGIN'));
+  await until(1, 3000);
+  raw.stream.write(serialize.query("INSERT INTO lost VALUES ('in tx')"));
+  await until(2, 3000);
+  raw.stream.write(serialize.query('SELECT pg_sleep(0.3)'));
+  await sleep(100);
+  const cancelled = sendCancel(slow.port, keyOf(b).processID, keyOf(b).secretKey);
+  await until(3, 3000); // the sleep ended; the cancel is still on its way
+  raw.stream.write(serialize.query("INSERT INTO lost VALUES ('behind the cancel')")); // held for it
+  await sleep(100);
+  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}' AND query = 'SELECT pg_sleep(0.3)'`);
+  await cancelled;
+  await until(4, 5000);
+  t.same(seen.slice(-1), ['E08006'], 'the held INSERT is answered with the loss');
+  raw.stream.write(serialize.query('COMMIT'));
+  await until(5, 3000);
+  t.same((await pgs.query('SELECT body FROM lost')).rows, [], 'nothing of the lost transaction ran, nor what was held behind it');
+});

@@ -775,7 +775,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private queueOrWrite(out: Outgoing): void {
     const server = this.server;
     if (server) {
-      if (this.heldFor === null && server.cancelling === null && !server.switchInFlight) return this.write(server, out);
+      // The connection may have stopped holding the client's settings meanwhile: an inline
+      // switch rolls back with its statement. writeHeld switches again first.
+      if (this.heldFor === null && server.cancelling === null && !server.switchInFlight && server.appliedKey === this.paramsKey) {
+        return this.write(server, out);
+      }
       this.queued.push(out);
       return this.writeHeld(server);
     }
@@ -828,10 +832,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * The client leaves with work held back (for a cancel, or an inline switch): it still goes
-   * out, as PostgreSQL runs what a client sent before its Terminate. Behind an inline switch
-   * whose outcome is unknown, a full switch from the settings held before it goes first
-   * (right whether it committed or rolled back); the connection is closed after this anyway.
+   * The client leaves with work held back (for a cancel, or an inline switch): it is written
+   * before the connection is dropped, as a client's bytes before its Terminate reach
+   * PostgreSQL (whether it runs them before it sees the connection close is a race, as it
+   * was for the client). Behind an inline switch whose outcome is unknown, a full switch from
+   * the settings held before goes first: right whether the inline one committed or rolled
+   * back. (Its replies would be read as the hidden statement's, but nobody reads them: the
+   * connection is dropped, having work in flight.)
    */
   private writeBeforeLeaving(server: ServerConnection): void {
     this.heldFor = null;
@@ -843,6 +850,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } else this.switchSettings(server);
     this.flushQueued(server);
     server.endBatch();
+    server.flushBatch(); // now, even inside onData's batch: finish() drops the connection next
   }
 
   /** Async steps report their failures here instead of as unhandled rejections. */
@@ -1248,10 +1256,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.transactionMode || this.sticky !== null || this.state !== 'ready') {
       return this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
     }
+    // Work held back (for a cancel, or an inline switch's outcome) was sent behind what the
+    // connection took down with it: it may run elsewhere only when that was nothing, outside
+    // a transaction. Otherwise it fails as work behind a failed statement does.
+    const held = this.queued.length > 0;
+    this.heldFor = null;
     if (this.ledger.owed === 0) {
-      // Idle inside a transaction: its next statement must fail, not run outside it.
-      if (inTransaction) this.lostTransaction = { message: 'server connection lost; the transaction was rolled back', detail: err.message };
       this.serverFatalRelayed = false;
+      this.resumeReading();
+      if (inTransaction) {
+        // Idle inside a transaction: its next statement must fail, not run outside it.
+        const failure = { message: 'server connection lost; the transaction was rolled back', detail: err.message };
+        if (held) this.answerQueued(failure);
+        else this.lostTransaction = failure;
+      } else if (held && !this.leasing) this.lease();
       return;
     }
     this.socket.cork();
@@ -1264,12 +1282,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.ledger.reset();
     this.ddl.abandon();
     this.refusals.clear();
-    // Work held behind an inline switch that failed goes to another connection.
-    if (this.queued.length > 0 && this.heldFor === null) {
-      if (!this.leasing) this.lease();
-      return;
-    }
-    this.resumeAfterWait();
+    if (held) this.answerQueued({ message: 'server connection lost', detail: err.message });
+    this.resumeReading();
+  }
+
+  /** Reads on, whatever paused the client: waits for work, or back-pressure from a server that is gone. */
+  private resumeReading(): void {
+    this.pausedToWait = false;
     if (this.socket.isPaused()) this.socket.resume();
   }
 

@@ -304,6 +304,11 @@ export class ServerConnection implements ScanSink {
     return !this.socket.writableNeedDrain;
   }
 
+  /** Writes what the open batch gathered so far, before it closes (the connection is about to go). */
+  flushBatch(): void {
+    this.serverWrites.flush();
+  }
+
   /**
    * Client → server bytes (and the proxy's own statements). Inside a batch, slices of one
    * client read that follow each other (a Query, or Parse/Bind/Execute/Sync) become one
