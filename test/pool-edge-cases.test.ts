@@ -223,6 +223,44 @@ t.test('SET of a startup parameter follows the client instead of pinning it to a
   }
 });
 
+t.test('a SET inside a transaction is not taken for a setting the client keeps; a ROLLBACK undoes it', async (t) => {
+  const { a, b } = await twoTenants(t);
+  const app = async () => (await a.c.query("SELECT current_setting('application_name') AS v")).rows[0].v as string;
+  await a.c.query('BEGIN');
+  await a.c.query("SET application_name = 'rolled back'");
+  await a.c.query('ROLLBACK');
+  t.equal(await app(), '', 'undone');
+  // b's statement would take the connection and switch it back and forth: a keeps its
+  // connection instead (sticky), so b waits until a is done.
+  let bDone = false;
+  const bRan = pinOf(b.c).then((v) => ((bDone = true), v));
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(await app(), '', 'still undone on the next statement');
+  t.notOk(bDone, 'a kept its server connection');
+  await a.c.end();
+  t.equal(await bRan, 'テナント-b', 'b then gets it, with its own settings');
+  t.equal((await b.c.query("SELECT current_setting('application_name') AS v")).rows[0].v, '', "and none of a's");
+});
+
+t.test('a batch cut short by a lost server connection is answered at once, and its Sync with ReadyForQuery alone', async (t) => {
+  const a = await connect('tenant_a', 'pw-a');
+  t.teardown(() => a.c.end().catch(() => undefined));
+  const answers = recordAnswers(a.raw);
+  a.raw.parse({ text: 'INSERT INTO copied SELECT 4242 FROM pg_sleep(2)' });
+  a.raw.bind({});
+  a.raw.execute({});
+  (a.raw as unknown as { flush(): void }).flush(); // a driver waiting for the results, without a Sync
+  await new Promise((r) => setTimeout(r, 300));
+  await pgs.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO copied SELECT 4242%'");
+  const until = Date.now() + 3000;
+  while (!answers.includes('E 08006') && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  t.same(answers, ['E 08006'], 'the error, without waiting for a Sync');
+  await a.roundTrip(() => a.raw.sync());
+  t.same(answers, ['E 08006', 'Z'], 'the Sync: ReadyForQuery, no second error');
+  t.equal((await pgs.query('SELECT count(*)::int AS n FROM copied WHERE x = 4242')).rows[0].n, 0, 'the INSERT did not run');
+  t.equal((await rawQuery(a, 'SELECT 1'))[0], '1', 'the client goes on');
+});
+
 t.test('SQL DEALLOCATE of a driver-prepared statement frees the client\'s name', async (t) => {
   const a = await connect('tenant_a', 'pw-a');
   t.teardown(() => a.c.end());

@@ -82,6 +82,15 @@ const DEALLOCATE_ALL = /^\s*deallocate\s+(prepare\s+)?all\s*;?\s*$/i;
 const DEALLOCATE_ONE = /^\s*deallocate\s+(prepare\s+)?(?:"([^"]+)"|([a-z_][a-z0-9_$]*))\s*;?\s*$/i;
 
 /** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
+/** Why work the server will never answer failed (see answerLostTransaction). */
+interface LostWork {
+  readonly code?: string;
+  readonly message: string;
+  readonly detail: string;
+  /** The ErrorResponse already went out (the server connection died mid-batch): the Sync gets only ReadyForQuery. */
+  readonly reported?: true;
+}
+
 interface Outgoing {
   readonly bytes: Buffer;
   readonly type: number;
@@ -133,7 +142,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * The work this client sent cannot run: its transaction died with its server connection,
    * or no server connection could be opened for it. Answered at the next Query/Sync.
    */
-  private lostTransaction: { code?: string; message: string; detail: string } | null = null;
+  private lostTransaction: LostWork | null = null;
   /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
   private serverFatalRelayed = false;
   /**
@@ -632,7 +641,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const failure = this.lostTransaction!;
     this.lostTransaction = null;
     this.socket.cork();
-    this.socket.write(be.errorResponse({ severity: 'ERROR', code: failure.code ?? SqlState.CONNECTION_FAILURE, message: failure.message, detail: failure.detail }));
+    if (!failure.reported) {
+      this.socket.write(be.errorResponse({ severity: 'ERROR', code: failure.code ?? SqlState.CONNECTION_FAILURE, message: failure.message, detail: failure.detail }));
+    }
     this.socket.write(be.readyForQuery('I'));
     this.socket.uncork();
   }
@@ -1007,7 +1018,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private switchSettings(server: ServerConnection): void {
     const plan = switchPlan(this.params, this.paramsKey, server.applied, server.appliedKey);
-    if (plan === null) return;
+    if (plan === null) {
+      // Nothing to do, though the keys may differ in the case of a name: record the client's.
+      if (server.appliedKey !== this.paramsKey) server.holdExactly(this.params, this.paramsKey);
+      return;
+    }
     this.rt.metrics.settingsSwitches.inc();
     const only = this.queued.length === 1 ? this.queued[0]! : null;
     if (
@@ -1050,12 +1065,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * and FunctionCall, as PostgreSQL answers work it did not run. Work after the last of
    * those (Parse/Bind/Execute still without a Sync) leaves `failure` for its Sync to come.
    */
-  private answerQueued(failure: { code?: string; message: string; detail: string }): void {
+  private answerQueued(failure: LostWork): void {
     const queued = this.queued;
     this.queued = [];
     for (const out of queued) {
       if (out.type === 0) continue;
-      this.lostTransaction = failure;
+      this.lostTransaction ??= failure; // one already pending (a batch cut short) goes first
       this.answerLostTransaction(out.type);
     }
   }
@@ -1169,8 +1184,18 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.paramsKey = settingsKey(params);
   }
 
-  /** A tracked SET the server accepted: it is now one of the client's settings. */
-  private readonly settle = (set: TrackedSet): void => this.holdSetting(set.name, set.value);
+  /**
+   * A tracked SET the server accepted: it is now one of the client's settings. Not when it
+   * ran inside a transaction block, which a ROLLBACK (to a savepoint) could still undo: the
+   * client keeps this connection instead, whose record of settings is then not trusted
+   * again (it is DISCARDed when the client leaves).
+   */
+  private readonly settle = (set: TrackedSet): void => {
+    if (this.readyStatus === 'I') return this.holdSetting(set.name, set.value);
+    if (this.sticky === null) this.makeSticky('SET in a transaction');
+  };
+  /** The status of the ReadyForQuery being handled (onServerReady), for settle. */
+  private readyStatus: TxStatus = 'I';
 
   /** A SET the server accepted: the client's settings (and this connection's) now include it. */
   private holdSetting(name: string, value: string): void {
@@ -1229,6 +1254,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   onServerReady(status: TxStatus): void {
+    this.readyStatus = status;
     const askedAt = this.ledger.answered(this.settle);
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready();
@@ -1261,7 +1287,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // a transaction. Otherwise it fails as work behind a failed statement does.
     const held = this.queued.length > 0;
     this.heldFor = null;
-    if (this.ledger.owed === 0) {
+    // Parse/Bind/Execute without their Sync yet: the client may be waiting on a Flush for
+    // their results. As PostgreSQL after an error, it hears the error now; its Sync is then
+    // answered with ReadyForQuery alone.
+    const cutShort = this.ledger.unsynced;
+    if (this.ledger.owed === 0 && !cutShort) {
       this.serverFatalRelayed = false;
       this.resumeReading();
       if (inTransaction) {
@@ -1272,17 +1302,23 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       } else if (held && !this.leasing) this.lease();
       return;
     }
+    const lost: LostWork = { message: 'server connection lost', detail: err.message };
+    const error = be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: lost.message, detail: lost.detail });
     this.socket.cork();
-    if (!this.serverFatalRelayed) {
-      this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.CONNECTION_FAILURE, message: 'server connection lost', detail: err.message }));
+    if (this.ledger.owed > 0) {
+      if (!this.serverFatalRelayed) this.socket.write(error);
+      for (let i = 0; i < this.ledger.owed; i++) this.socket.write(be.readyForQuery('I'));
     }
-    for (let i = 0; i < Math.max(1, this.ledger.owed); i++) this.socket.write(be.readyForQuery('I'));
+    if (cutShort) {
+      this.socket.write(error);
+      this.lostTransaction = { ...lost, reported: true };
+    }
     this.socket.uncork();
     this.serverFatalRelayed = false;
     this.ledger.reset();
     this.ddl.abandon();
     this.refusals.clear();
-    if (held) this.answerQueued({ message: 'server connection lost', detail: err.message });
+    if (held) this.answerQueued(lost);
     this.resumeReading();
   }
 
