@@ -29,7 +29,7 @@ export interface Sample extends Measured {
   rate?: number;
   p50Ms?: number | null;
   p99Ms?: number | null;
-  /** S7: hidden statements that switched a server connection's pins, per transaction (from /metrics). */
+  /** S7: switches of a server connection's pins (inline or hidden), per transaction (from /metrics). */
   switchesPerTx?: number | null;
 }
 
@@ -269,7 +269,7 @@ const S7: Scenario = {
     `pgbench_accounts with tenant = aid % ${o.clients} and row-level security ` +
     `\`USING (tenant = coalesce(nullif(current_setting('${PINNED_VARIABLE}', true), '')::int, tenant))\`, so all ` +
     `configurations read the same row. "pins on": every user has pins { ${PINNED_VARIABLE}: <k> } and pinning.variables lists it, so a lease of a ` +
-    "server connection last used by another tenant first runs a hidden `BEGIN; SET \"app\".\"tenant_id\" = '<k>'; COMMIT` (one Query, in the same write as the client's own), and the classifier " +
+    "server connection last used by another tenant first switches it: `SET \"app\".\"tenant_id\" = '<k>'; ` goes in front of the client's statement in its own Query (the inline switch; the separate `BEGIN; SET …; COMMIT` Query is for other statements), and the classifier " +
     'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
     `always does). "affinity_ms ${S7_AFFINITY_MS}": pins on with pool.affinity_ms ${S7_AFFINITY_MS}. Cases: ${o.clients} tenants (one per client; the target ` +
     `applies to it, with the default pool.affinity_ms 0), and ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients. ` +

@@ -81,7 +81,6 @@ const MAX_SERVER_STATEMENTS = 1000;
 const DEALLOCATE_ALL = /^\s*deallocate\s+(prepare\s+)?all\s*;?\s*$/i;
 const DEALLOCATE_ONE = /^\s*deallocate\s+(prepare\s+)?(?:"([^"]+)"|([a-z_][a-z0-9_$]*))\s*;?\s*$/i;
 
-/** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
 /** Why work the server will never answer failed (see answerLostTransaction). */
 interface LostWork {
   readonly code?: string;
@@ -91,6 +90,7 @@ interface LostWork {
   readonly reported?: true;
 }
 
+/** Bytes on their way to the server; `type` 0 for pass-through bytes that are no whole message. */
 interface Outgoing {
   readonly bytes: Buffer;
   readonly type: number;
@@ -486,7 +486,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   message(type: number, frame: Buffer): void {
     if (type === 0x58 /* X Terminate */) {
-      // Statements held back for a cancel still go out: the client sent them before leaving.
+      // Statements held back (for a cancel, an inline switch) still go out: the client sent them before leaving.
       if (this.server !== null && this.queued.length > 0) this.writeBeforeLeaving(this.server);
       return this.finish('client terminated');
     }
