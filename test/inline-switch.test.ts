@@ -103,8 +103,8 @@ async function switches(): Promise<number> {
   return Number(/^pgbastion_settings_switches_total (\d+)/m.exec(body)?.[1]);
 }
 
-async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+async function open(t: Test, who: 'a' | 'b', at: { port?: number; database?: string } = {}): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: at.port ?? proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: at.database ?? 'postgres' });
   c.on('error', () => undefined);
   await c.connect();
   t.teardown(() => c.end().catch(() => undefined));
@@ -267,14 +267,7 @@ t.test('a notice raised while the whole text is parsed reaches the client', asyn
 
 t.test('an error the server raises converting the whole text is the client\'s; the connection stays', async (t) => {
   await pgs.query(`CREATE DATABASE lat1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`);
-  const inLatin1 = async (who: 'a' | 'b') => {
-    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'lat1' });
-    c.on('error', () => undefined);
-    await c.connect();
-    t.teardown(() => c.end().catch(() => undefined));
-    return c;
-  };
-  const [a, b] = [await inLatin1('a'), await inLatin1('b')];
+  const [a, b] = [await open(t, 'a', { database: 'lat1' }), await open(t, 'b', { database: 'lat1' })];
   const pidOf = async (c: pg.Client) => (await c.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]!.p;
   const before = await pidOf(a);
   t.equal((await failure(b.query("SELECT '€' AS x")))?.code, '22P05', 'untranslatable character, as PostgreSQL says it');
@@ -294,14 +287,7 @@ t.test('work sent after a cancel, behind a failing inline switch, runs as its ow
     ],
     extra: { upstreams: [{ host: '127.0.0.1', port: fwd }], pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
   });
-  const login = async (who: 'a' | 'b') => {
-    const c = new pg.Client({ host: '127.0.0.1', port: slow.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
-    c.on('error', () => undefined);
-    await c.connect();
-    t.teardown(() => c.end().catch(() => undefined));
-    return c;
-  };
-  const [a, b] = [await login('a'), await login('b')];
+  const [a, b] = [await open(t, 'a', { port: slow.port }), await open(t, 'b', { port: slow.port })];
   t.equal(await pin(a), 'a');
   const { raw, seen, until } = rawOf(b);
   raw.stream.write(serialize.query('SELECT 1/(random()*0)::int FROM pg_sleep(0.4)'));
@@ -342,10 +328,7 @@ t.test('work held for a cancel when the connection dies inside a transaction nev
     users: [{ name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } }],
     extra: { upstreams: [{ host: '127.0.0.1', port: fwd }], pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 } },
   });
-  const b = new pg.Client({ host: '127.0.0.1', port: slow.port, user: 'tenant_b', password: 'pw-b', database: 'postgres' });
-  b.on('error', () => undefined);
-  await b.connect();
-  t.teardown(() => b.end().catch(() => undefined));
+  const b = await open(t, 'b', { port: slow.port });
   const { raw, seen, until } = rawOf(b);
   raw.stream.write(serialize.query('BEGIN'));
   await until(1, 3000);
