@@ -141,29 +141,31 @@ async function tenantPool(size: number, affinityMs: number, acquireTimeoutMs = 5
   return { ...made, conns: first.map((l) => l.conn!) };
 }
 
+/** One connection holding tenant a's settings is released while a b waiter, then an a waiter, wait. */
+async function releaseToTwoWaiters(t: { teardown(f: () => unknown): void }, affinityMs: number) {
+  const made = await tenantPool(1, affinityMs);
+  t.teardown(() => made.pool.close());
+  const conn = made.conns[0]!;
+  tenantOf.set(conn, 'a');
+  const b = made.ask(holds('b'));
+  const a = made.ask(holds('a'));
+  made.pool.release(conn, true, null);
+  return { ...made, conn, a, b };
+}
+
 t.test('affinity 0: strict FIFO, even when a later waiter holds the settings', async (t) => {
-  const { pool, ask, conns } = await tenantPool(1, 0);
-  t.teardown(() => pool.close());
-  tenantOf.set(conns[0]!, 'a');
-  const b = ask(holds('b'));
-  const a = ask(holds('a'));
-  pool.release(conns[0]!, true, null);
-  t.equal(b.conn, conns[0], 'the longest waiter gets it');
+  const { conn, a, b } = await releaseToTwoWaiters(t, 0);
+  t.equal(b.conn, conn, 'the longest waiter gets it');
   t.notOk(a.settled);
 });
 
 t.test('affinity: a waiter further back holding the settings goes first', async (t) => {
-  const { pool, ask, conns } = await tenantPool(1, 200);
-  t.teardown(() => pool.close());
-  tenantOf.set(conns[0]!, 'a');
-  const b = ask(holds('b'));
-  const a = ask(holds('a'));
-  pool.release(conns[0]!, true, null);
-  t.equal(a.conn, conns[0], 'the tenant-a waiter, though second in line');
+  const { pool, ask, conn, a, b } = await releaseToTwoWaiters(t, 200);
+  t.equal(a.conn, conn, 'the tenant-a waiter, though second in line');
   t.notOk(b.settled, 'the longest waiter keeps waiting');
-  pool.release(conns[0]!, true, null);
+  pool.release(conn, true, null);
   t.notOk(b.settled, 'released again with nobody holding a in line: held for a returning tenant-a client');
-  t.equal(ask(holds('a')).conn, conns[0], 'which gets it at once');
+  t.equal(ask(holds('a')).conn, conn, 'which gets it at once');
 });
 
 t.test('affinity: with no waiter holding them, the connection is held for its settings, at most affinityMs', async (t) => {

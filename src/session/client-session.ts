@@ -106,8 +106,8 @@ interface Outgoing {
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
-  /** A client's own Query, as it wrote it, that a settings switch may ride in (inline-switch.ts). */
-  readonly own?: true;
+  /** The SQL of a client's own Query, as it wrote it, that a settings switch may ride in (inline-switch.ts). */
+  readonly own?: string;
 }
 
 
@@ -588,7 +588,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         }
         const ddl = this.ddlOf(sql);
         if (ddl !== undefined && ddl.length > 0) return this.send(frame, Q, null, null, ddl);
-        return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, own: true });
+        return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, own: sql });
       }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
@@ -1027,11 +1027,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const only = this.queued.length === 1 ? this.queued[0]! : null;
     if (
       plan.inline !== null &&
-      only?.own === true &&
+      only?.own !== undefined &&
       this.sticky === null &&
       server.txStatus === 'I' &&
       only.bytes.length <= INLINE_MAX_BYTES &&
-      takesInlineSwitch(only.bytes.toString('utf8', 5, only.bytes.length - 1))
+      takesInlineSwitch(only.own)
     ) {
       this.queued[0] = { ...only, bytes: inlineQuery(plan.inline.prefix, only.bytes) };
       server.expectInline(plan.inline.prefix.length, plan.inline.statements, this.params, this.paramsKey);
@@ -1191,11 +1191,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * again (it is DISCARDed when the client leaves).
    */
   private readonly settle = (set: TrackedSet): void => {
-    if (this.readyStatus === 'I') return this.holdSetting(set.name, set.value);
+    // Called from onServerReady: the connection's status is that of the ReadyForQuery.
+    if (this.server?.txStatus === 'I') return this.holdSetting(set.name, set.value);
     if (this.sticky === null) this.makeSticky('SET in a transaction');
   };
-  /** The status of the ReadyForQuery being handled (onServerReady), for settle. */
-  private readyStatus: TxStatus = 'I';
 
   /** A SET the server accepted: the client's settings (and this connection's) now include it. */
   private holdSetting(name: string, value: string): void {
@@ -1254,7 +1253,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   onServerReady(status: TxStatus): void {
-    this.readyStatus = status;
     const askedAt = this.ledger.answered(this.settle);
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready();
