@@ -3,6 +3,7 @@
 // Pure: takes the text, returns descriptions; the session pairs them with outcomes.
 
 import { parseLocated } from '../policy/parser.js';
+import { TextLru } from '../cache/text-lru.js';
 
 export type DdlClass = 'ddl' | 'role' | 'dynamic';
 
@@ -27,8 +28,8 @@ const SELECT_INTO = /^\s*(with\b[\s\S]*|\()?\s*select\b[\s\S]*\binto\b/i;
 /** The words of both: text without any (most statements) is dismissed by one scan. */
 const MAY_BE_AUDITED = new RegExp(`\\b(${DDL_WORDS}|into)\\b`, 'i');
 
-const CACHE_LIMIT = 2000;
-const cache = new Map<string, DdlStatement[]>();
+/** Verdicts by text, bounded in entries and in the text kept (see TextLru). */
+const cache = new TextLru<DdlStatement[]>(2000, 4 * 1024 * 1024);
 const NONE: DdlStatement[] = [];
 
 /** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
@@ -37,10 +38,7 @@ export function ddlStatements(sql: string): DdlStatement[] {
   const hit = cache.get(sql);
   if (hit) return hit;
   const found = classify(sql);
-  if (sql.length <= 8192) {
-    if (cache.size >= CACHE_LIMIT) cache.delete(cache.keys().next().value!);
-    cache.set(sql, found);
-  }
+  if (sql.length <= 8192) cache.set(sql, found);
   return found;
 }
 
