@@ -8,6 +8,7 @@ import { certNamesUser } from '../hba/cert-map.js';
 import { ALPN_POSTGRESQL, describePeer, type TlsPeer } from '../tls/terminate.js';
 import type { Logger } from 'pino';
 import { endAndLinger } from '../net/linger.js';
+import { DirectRead } from '../net/direct-read.js';
 import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
 import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
@@ -154,6 +155,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
   private readonly scanner: MessageScanner;
+  /** How this.socket is read (set by listen()). */
+  private input!: DirectRead;
   private auth: AuthMethod | null = null;
   private user = '';
   private database = '';
@@ -234,7 +237,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly onSocketClose = (): void => this.finish('client disconnected');
 
   private listen(socket: net.Socket): void {
-    socket.on('data', this.onSocketData);
+    this.input = new DirectRead(socket, this.onSocketData);
     socket.on('error', this.onSocketError);
     socket.on('close', this.onSocketClose);
   }
@@ -242,11 +245,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Hands the connection to TLS: from now on every byte in and out goes through `secure`. */
   private startTls(early: Buffer | null, direct: boolean): void {
     const raw = this.socket;
-    raw.off('data', this.onSocketData);
+    const rawInput = this.input;
+    // A ClientHello read before the handshake is replayed to TLS, and the rest follows it;
+    // after an SSLRequest, TLS reads the socket itself and nothing more arrives here.
+    if (early === null) rawInput.drop();
     raw.off('error', this.onSocketError);
     raw.off('close', this.onSocketClose);
     raw.on('error', () => raw.destroy());
-    const secure = this.rt.tls!.upgrade(raw, early, direct);
+    const secure = this.rt.tls!.upgrade(raw, early === null ? null : { bytes: early, input: rawInput }, direct);
     this.socket = secure;
     this.listen(secure);
     secure.once('secure', () => this.onTlsReady(secure, direct));
@@ -390,7 +396,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // Nothing else belongs on a cancel connection: no more reading, no startup timeout.
         this.clearStartupTimer();
         this.startupBuf = Buffer.alloc(0);
-        this.socket.pause();
+        this.input.pause();
         void this.rt.cancels.cancelAndWait(p.processId, p.secretKey).then(() => this.close());
         return;
       case 'invalid':
@@ -552,7 +558,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.move('connecting');
         this.scanner.inspect = CLIENT_RELAY_INSPECT;
         this.scanner.maxLength = this.rt.config.limits.max_message_bytes;
-        this.socket.pause(); // nothing more is read until the session is ready: bounded memory
+        this.input.pause(); // nothing more is read until the session is ready: bounded memory
         this.guard(this.connectServer(user));
         this.socket.uncork();
         return;
@@ -956,7 +962,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private pauseToWait(): void {
     this.pausedToWait = true;
-    this.socket.pause();
+    this.input.pause();
   }
 
   private readonly onLeased = (err: Error | null, server: ServerConnection | null): void => {
@@ -987,7 +993,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private resumeAfterWait(): void {
     if (!this.pausedToWait) return;
     this.pausedToWait = false;
-    this.socket.resume();
+    this.input.resume();
   }
 
   /** Attaches a leased connection and sends it the client's settings (if it lacks them) and queued work. */
@@ -1149,7 +1155,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } catch (err) {
       return this.onFailure(err);
     }
-    this.socket.resume();
+    this.input.resume();
     if (server !== null) this.releaseIfDone(server.txStatus);
   }
 
@@ -1169,10 +1175,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private waitForServerDrain(): void {
     const server = this.server;
-    if (!server || this.socket.isPaused()) return;
-    this.socket.pause();
+    if (!server || this.input.paused) return;
+    this.input.pause();
     server.socket.once('drain', () => {
-      if (!this.pausedToWait) this.socket.resume();
+      if (!this.pausedToWait) this.input.resume();
     });
   }
 
@@ -1323,7 +1329,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Reads on, whatever paused the client: waits for work, or back-pressure from a server that is gone. */
   private resumeReading(): void {
     this.pausedToWait = false;
-    if (this.socket.isPaused()) this.socket.resume();
+    if (this.input.paused) this.input.resume();
   }
 
   cancelTarget(): CancelTarget | null {
@@ -1404,6 +1410,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (reset) server.noteDiscardAll();
       this.pool.release(server, clean, reset);
     }
+    this.input.drop();
     endAndLinger(this.socket);
     if (wasReady) {
       this.log.info({ reason }, 'session ended');

@@ -9,6 +9,7 @@ import type net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type { TlsConfig } from '../config/types.js';
+import type { DirectRead } from '../net/direct-read.js';
 import { tlsServerEndPointHash } from '../auth/scram.js';
 
 /** TLS 1.2 suites with forward secrecy and AEAD only (TLS 1.3 suites all qualify). */
@@ -66,11 +67,12 @@ export class TlsTerminator {
 
   /**
    * Starts the server side of a handshake on `socket`. `early` holds bytes already read
-   * from it (a direct-TLS ClientHello): those go through a small JS stream in front of the
-   * socket, since a socket whose bytes were consumed cannot be handed to TLS directly.
+   * from it (a direct-TLS ClientHello) and the reader that read them: those bytes and the
+   * ones after them go through a small JS stream in front of the socket, since a socket
+   * whose bytes were consumed cannot be handed to TLS directly.
    */
-  upgrade(socket: net.Socket, early: Buffer | null, direct: boolean): tls.TLSSocket {
-    const transport = early ? prependBytes(socket, early) : socket;
+  upgrade(socket: net.Socket, early: { bytes: Buffer; input: DirectRead } | null, direct: boolean): tls.TLSSocket {
+    const transport = early ? prependBytes(socket, early.bytes, early.input) : socket;
     return new tls.TLSSocket(transport as net.Socket, {
       isServer: true,
       secureContext: this.context,
@@ -118,11 +120,11 @@ function chainError(socket: tls.TLSSocket): string | null {
   return err ? (err.code ?? err.message) : null;
 }
 
-/** A duplex that yields `early` and then everything `socket` reads, and writes to `socket`. */
-function prependBytes(socket: net.Socket, early: Buffer): Duplex {
+/** A duplex that yields `early` and then everything `input` reads, and writes to `socket`. */
+function prependBytes(socket: net.Socket, early: Buffer, input: DirectRead): Duplex {
   const duplex = new Duplex({
     read() {
-      socket.resume();
+      input.resume();
     },
     write(chunk: Buffer, _enc, cb) {
       socket.write(chunk, cb);
@@ -136,8 +138,8 @@ function prependBytes(socket: net.Socket, early: Buffer): Duplex {
     },
   });
   duplex.push(early);
-  socket.on('data', (d: Buffer) => {
-    if (!duplex.push(d)) socket.pause();
+  input.retarget((d: Buffer) => {
+    if (!duplex.push(d)) input.pause();
   });
   socket.on('end', () => duplex.push(null));
   socket.on('close', () => duplex.destroy());

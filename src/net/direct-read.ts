@@ -1,0 +1,119 @@
+// Reads a client socket without Node's Readable machinery. A 'data' listener costs, per
+// read, a Buffer over a fresh 64 KiB allocation (plaintext), a push through the Readable
+// state and a process.nextTick to start reading again: about a fifth of the proxy's
+// user-space CPU per transaction in bench S1/S2. net.connect has an option that skips all
+// of it (`onread`, used for server connections in reused-read.ts); sockets a net.Server
+// accepts, and TLSSockets built on them, do not take that option. This module sets up the
+// same thing on them through the three fields Node's net.Socket keeps for it.
+//
+// Safety does not rest on any consumer's discipline: every socket reads into one shared
+// scratch buffer, and each read is copied out (into a pooled allocation, as Buffer.from
+// would) before anything else runs, so no byte handed to a consumer is ever overwritten.
+// Should a Node version lack those fields, reading falls back to 'data' events.
+//
+// One difference from a Readable stream to mind: Node's TLS layer hands over all the
+// plaintext it decrypted from one network read, even when pause() came in between. Those
+// bytes wait here (as they would in a Readable's buffer) until resume().
+
+import net from 'node:net';
+
+const SCRATCH_SIZE = 64 * 1024;
+const scratch = Buffer.allocUnsafe(SCRATCH_SIZE);
+
+interface ReadFields {
+  readonly buffer: symbol;
+  readonly callback: symbol;
+  readonly generator: symbol;
+}
+
+/** net.Socket's onread fields (kBuffer, kBufferCb, kBufferGen), found by their names. */
+function findReadFields(): ReadFields | null {
+  const probe = new net.Socket();
+  const byName = new Map(Object.getOwnPropertySymbols(probe).map((s) => [s.description, s]));
+  probe.destroy();
+  const buffer = byName.get('kBuffer');
+  const callback = byName.get('kBufferCb');
+  const generator = byName.get('kBufferGen');
+  return buffer && callback && generator ? { buffer, callback, generator } : null;
+}
+
+const fields = findReadFields();
+
+type Fields = Record<symbol, unknown>;
+interface UserBufferHandle {
+  useUserBuffer?: (buffer: Uint8Array) => void;
+}
+
+export class DirectRead {
+  /** Reads bypass the Readable stream (false: the 'data' event fallback). */
+  readonly direct: boolean;
+  private consumer: ((chunk: Buffer) => void) | null;
+  private held: Buffer[] = [];
+  private pausedByOwner = false;
+  private draining = false;
+
+  constructor(
+    private readonly socket: net.Socket,
+    consumer: (chunk: Buffer) => void,
+  ) {
+    this.consumer = consumer;
+    const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
+    const own = socket as unknown as Fields;
+    this.direct = fields !== null && typeof handle?.useUserBuffer === 'function' && own[fields.buffer] === null;
+    if (this.direct) {
+      own[fields!.generator] = null;
+      own[fields!.callback] = (bytes: number): boolean => {
+        const chunk = Buffer.allocUnsafe(bytes);
+        scratch.copy(chunk, 0, 0, bytes);
+        this.deliver(chunk);
+        return true; // pausing is pause()'s job
+      };
+      own[fields!.buffer] = scratch;
+      handle!.useUserBuffer!(scratch);
+    } else {
+      socket.on('data', (chunk: Buffer) => this.deliver(chunk));
+    }
+  }
+
+  /** Hands later bytes to `consumer` instead (the raw socket's bytes go to a TLS layer). */
+  retarget(consumer: (chunk: Buffer) => void): void {
+    this.consumer = consumer;
+  }
+
+  /** From now on every byte read is dropped, and reading goes on (a closing connection drains). */
+  drop(): void {
+    this.consumer = null;
+    this.held = [];
+    this.pausedByOwner = false;
+  }
+
+  get paused(): boolean {
+    return this.pausedByOwner;
+  }
+
+  pause(): void {
+    this.pausedByOwner = true;
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.pausedByOwner = false;
+    if (this.held.length > 0 && !this.draining) {
+      this.draining = true;
+      // Not from inside resume(): its caller is in the middle of its own work.
+      process.nextTick(() => this.drainHeld());
+    }
+    this.socket.resume();
+  }
+
+  private deliver(chunk: Buffer): void {
+    if (this.consumer === null) return;
+    if (this.pausedByOwner || this.held.length > 0) this.held.push(chunk);
+    else this.consumer(chunk);
+  }
+
+  private drainHeld(): void {
+    this.draining = false;
+    while (!this.pausedByOwner && this.held.length > 0 && this.consumer !== null) this.consumer(this.held.shift()!);
+  }
+}

@@ -1,0 +1,166 @@
+// Client sockets are read through one scratch buffer shared by every socket, bypassing
+// Node's Readable stream (src/net/direct-read.ts). The risks: bytes a consumer kept being
+// overwritten by a later read (of the same socket or another one), bytes delivered while
+// the session paused reading, and, after a Node upgrade, silently falling back to the slow
+// path. Every test keeps every chunk it was given and checks all of them at the end.
+
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import t from 'tap';
+import { DirectRead } from '../src/net/direct-read.js';
+import { SERVER_CERT_FILE, SERVER_KEY_FILE, initCaDir } from '../src/tls/certs.js';
+
+const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
+
+/** A listener whose accepted sockets get a DirectRead; `onSocket` sees each one. */
+async function listen(onSocket: (socket: net.Socket) => void): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = net.createServer({ noDelay: true }, onSocket);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const open = new Set<net.Socket>();
+  server.on('connection', (s) => {
+    open.add(s);
+    s.on('close', () => open.delete(s));
+  });
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of open) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+function connect(port: number): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ port, host: '127.0.0.1' }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Collects what a DirectRead delivers; resolves once `total` bytes arrived. */
+function collector(total: number): { chunks: Buffer[]; done: Promise<void>; take: (c: Buffer) => void } {
+  const chunks: Buffer[] = [];
+  let got = 0;
+  let finish!: () => void;
+  const done = new Promise<void>((resolve) => (finish = resolve));
+  return {
+    chunks,
+    done,
+    take: (c: Buffer) => {
+      chunks.push(c);
+      got += c.length;
+      if (got >= total) finish();
+    },
+  };
+}
+
+t.test('accepted sockets are read directly on this Node version, and every kept chunk stays intact', async (t) => {
+  const payload = randomBytes(3 * 1024 * 1024);
+  const sink = collector(payload.length);
+  let reader: DirectRead | null = null;
+  const server = await listen((s) => (reader = new DirectRead(s, sink.take)));
+  t.teardown(server.close);
+  const client = await connect(server.port);
+  // Many writes of odd sizes: reads of every length, each landing in the same scratch buffer.
+  for (let at = 0; at < payload.length; ) {
+    const n = Math.min(payload.length - at, 1 + ((at * 7919) % 70_000));
+    client.write(payload.subarray(at, at + n));
+    at += n;
+  }
+  await sink.done;
+  t.equal(reader!.direct, true, 'direct reads (a Node upgrade that breaks them must be noticed here)');
+  t.ok(sink.chunks.length > 1, `delivered in ${sink.chunks.length} reads`);
+  t.equal(md5(Buffer.concat(sink.chunks)), md5(payload), 'every byte, in order, after all reads (no chunk was overwritten)');
+  client.destroy();
+});
+
+t.test('two sockets read in turn share the scratch buffer without touching each other\'s bytes', async (t) => {
+  const a = Buffer.alloc(512 * 1024, 'a');
+  const b = Buffer.alloc(512 * 1024, 'b');
+  const sinks = [collector(a.length), collector(b.length)];
+  let n = 0;
+  const server = await listen((s) => void new DirectRead(s, sinks[n++]!.take));
+  t.teardown(server.close);
+  const ca = await connect(server.port);
+  const cb = await connect(server.port);
+  for (let i = 0; i < a.length; i += 4096) {
+    ca.write(a.subarray(i, i + 4096));
+    cb.write(b.subarray(i, i + 4096));
+  }
+  await Promise.all(sinks.map((s) => s.done));
+  t.ok(Buffer.concat(sinks[0]!.chunks).equals(a), 'first socket: only its own bytes');
+  t.ok(Buffer.concat(sinks[1]!.chunks).equals(b), 'second socket: only its own bytes');
+  ca.destroy();
+  cb.destroy();
+});
+
+t.test('nothing is delivered while paused; held bytes come after resume, in order; drop() discards', async (t) => {
+  const delivered: Buffer[] = [];
+  let reader!: DirectRead;
+  let accepted!: () => void;
+  const ready = new Promise<void>((resolve) => (accepted = resolve));
+  const server = await listen((s) => {
+    reader = new DirectRead(s, (c) => delivered.push(c));
+    accepted();
+  });
+  t.teardown(server.close);
+  const client = await connect(server.port);
+  await ready;
+  reader.pause();
+  t.equal(reader.paused, true);
+  client.write('first;');
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(delivered.length, 0, 'paused: nothing delivered');
+  reader.resume();
+  client.write('second;');
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(Buffer.concat(delivered).toString(), 'first;second;', 'in order after resume');
+
+  reader.drop();
+  client.write('after drop');
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(Buffer.concat(delivered).toString(), 'first;second;', 'dropped: nothing more delivered');
+  client.destroy();
+});
+
+t.test('TLS: plaintext decrypted past a pause waits for resume, and nothing is lost or overwritten', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-direct-read-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  await initCaDir(dir);
+  const context = tls.createSecureContext({ cert: readFileSync(path.join(dir, SERVER_CERT_FILE)), key: readFileSync(path.join(dir, SERVER_KEY_FILE)) });
+  const payload = randomBytes(2 * 1024 * 1024);
+  const delivered: Buffer[] = [];
+  let got = 0;
+  let pauses = 0;
+  let reader!: DirectRead;
+  let whole!: () => void;
+  const done = new Promise<void>((resolve) => (whole = resolve));
+  const server = await listen((raw) => {
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context });
+    reader = new DirectRead(secure, (c) => {
+      t.notOk(reader.paused, 'never called while paused');
+      delivered.push(c);
+      got += c.length;
+      if (got >= payload.length) return whole();
+      // Pause after every chunk; resume a little later. TLS hands over the rest of what it
+      // decrypted from the same network read anyway: that must wait.
+      reader.pause();
+      pauses++;
+      setImmediate(() => reader.resume());
+    });
+  });
+  t.teardown(server.close);
+  const client = tls.connect({ port: server.port, host: '127.0.0.1', rejectUnauthorized: false });
+  await new Promise<void>((resolve) => client.once('secureConnect', () => resolve()));
+  client.write(payload);
+  await done;
+  t.equal(reader.direct, true, 'TLS sockets are read directly too');
+  t.ok(pauses > 10, `paused ${pauses} times`);
+  t.equal(md5(Buffer.concat(delivered)), md5(payload), 'every byte, in order');
+  client.destroy();
+});
