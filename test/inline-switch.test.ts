@@ -100,7 +100,7 @@ const proxy = await startProxy(t, pgs, {
 
 async function switches(): Promise<number> {
   const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
-  return Number(/^pgbastion_settings_switches_total (\d+)/m.exec(body)?.[1]);
+  return [...body.matchAll(/^pgbastion_settings_switches_total\{form="\w+"\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
 async function open(t: Test, who: 'a' | 'b', at: { port?: number; database?: string } = {}): Promise<pg.Client> {

@@ -121,7 +121,8 @@ async function hammer(t: Test, proxy: Awaited<ReturnType<typeof startProxy>>): P
   t.ok(backends.size <= POOL_SIZE, `${backends.size} server connections served ${CLIENTS} clients`);
   const stats = [...proxy.server.runtime.pools.all()].map((p) => p.stats);
   t.ok(stats.every((s) => s.total <= POOL_SIZE), 'pool never grew past its size');
-  const switches = (await proxy.server.runtime.metrics.settingsSwitches.get()).values[0]?.value ?? 0;
+  const byForm = await proxy.server.runtime.metrics.settingsSwitchCount();
+  const switches = byForm.inline + byForm.separate;
   t.comment(`${switches} pin switches for ${statements} checking statements`);
   return switches;
 }

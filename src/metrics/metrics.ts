@@ -64,11 +64,26 @@ export class Metrics {
     help: 'Statements refused by the pinning policy.',
     registers: [this.registry],
   });
-  readonly settingsSwitches = new client.Counter({
+  private readonly settingsSwitchesByForm = new client.Counter({
     name: 'pgbastion_settings_switches_total',
-    help: 'Leases whose server connection first switched to the client\'s settings and pins (a hidden statement, or SETs in front of the client\'s own).',
+    help: 'Server connections switched to a client\'s settings and pins, by form: inline (SETs riding with the client\'s own Query or batch) or separate (a hidden statement of their own).',
+    labelNames: ['form'] as const,
     registers: [this.registry],
   });
+  /** Bound once: a switch is counted on the lease path. */
+  readonly settingsSwitches = {
+    inline: this.settingsSwitchesByForm.labels('inline'),
+    separate: this.settingsSwitchesByForm.labels('separate'),
+  };
+
+  /** Switches of both forms so far (tests). */
+  async settingsSwitchCount(): Promise<{ inline: number; separate: number }> {
+    const counts = { inline: 0, separate: 0 };
+    for (const v of (await this.settingsSwitchesByForm.get()).values) {
+      if (v.labels.form === 'inline' || v.labels.form === 'separate') counts[v.labels.form] += v.value;
+    }
+    return counts;
+  }
   readonly sticky = new client.Counter({
     name: 'pgbastion_sticky_sessions_total',
     help: 'Transaction-mode clients pinned to their server connection, by reason.',
@@ -134,6 +149,9 @@ export class Metrics {
     });
     client.collectDefaultMetrics({ register: this.registry });
     this.configGeneration.set(1);
+    // Both forms show from the first scrape, so a rate() over them never starts from nothing.
+    this.settingsSwitches.inline.inc(0);
+    this.settingsSwitches.separate.inc(0);
   }
 
   denied(reason: DenyReason): void {

@@ -36,7 +36,7 @@ import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
 import { setConfigSql, settingsKey, switchPlan } from './set-config.js';
-import { INLINE_MAX_BYTES, inlineQuery, takesInlineSwitch } from './inline-switch.js';
+import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
@@ -107,7 +107,7 @@ interface Outgoing {
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
-  /** The SQL of a client's own Query, as it wrote it, that a settings switch may ride in (inline-switch.ts). */
+  /** The SQL of a client's own Query or Parse, as it wrote it, that a settings switch may ride with (inline-switch.ts). */
   readonly own?: string;
 }
 
@@ -190,6 +190,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private leaseStart = 0;
   /** onData is feeding the scanner: a server batch opened meanwhile is closed when it ends. */
   private feeding = false;
+  /** Work was queued during this read with no server connection: lease one when the read ends. */
+  private leaseAfterRead = false;
   /** The server connection whose write batch onData closes when its read is done. */
   private batched: ServerConnection | null = null;
   /** The client socket was paused because its work has to wait (pauseToWait). */
@@ -307,6 +309,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           this.batched = null;
           if (batched !== null && !batched.endBatch() && batched === this.server) this.waitForServerDrain();
         }
+        this.leaseForRead();
         return;
       }
       if (this.state !== 'closed') this.scanner.feed(chunk);
@@ -490,9 +493,22 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
   }
 
+  /** Work this read queued, with no server connection yet: its lease starts now (see queueOrWrite). */
+  private leaseForRead(): void {
+    if (!this.leaseAfterRead) return;
+    this.leaseAfterRead = false;
+    if (this.state === 'ready' && this.server === null && !this.leasing && this.queued.length > 0) this.lease();
+  }
+
   message(type: number, frame: Buffer): void {
     if (type === 0x58 /* X Terminate */) {
-      // Statements held back (for a cancel, an inline switch) still go out: the client sent them before leaving.
+      // Work sent before it in the same read goes out as if leased at once (flushed now: the
+      // connection is dropped next). Statements held back (for a cancel, an inline switch)
+      // still go out too: the client sent them before leaving.
+      if (this.leaseAfterRead) {
+        this.leaseForRead();
+        this.server?.flushBatch();
+      }
       if (this.server !== null && this.queued.length > 0) this.writeBeforeLeaving(this.server);
       return this.finish('client terminated');
     }
@@ -616,14 +632,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const sets = trackedSet(sql);
           if (sets) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
         }
+        if (vetted !== frame) return this.send(vetted, P, null, null, ddl);
         // Session mode keeps one server connection: names can stay as the client chose them.
-        if (vetted !== frame || name === '' || !this.transactionMode) return this.send(vetted, P, null, null, ddl);
+        const own = this.vettedSql;
+        if (name === '' || !this.transactionMode) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, own, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
         if (this.statements.has(name)) {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
-        const stmt = this.statements.define(frame, name, nameEnd);
-        return this.send(stmt.parse, P, null, stmt, ddl);
+        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own));
+        return this.queueOrWrite({ bytes: stmt.parse, type: P, needs: null, defines: stmt, own, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
       }
       case F:
         return this.send(this.vetFunctionCall(frame), F);
@@ -801,8 +819,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.writeHeld(server);
     }
     this.queued.push(out);
-    if (!this.leasing) this.lease();
-    else this.pauseToWait();
+    if (this.leasing) return this.pauseToWait();
+    // Inside a read the lease waits for the read's end, so that the switch to the client's
+    // settings sees all the work it brought: a whole extended-protocol batch can take it inline.
+    if (this.feeding) this.leaseAfterRead = true;
+    else this.lease();
   }
 
   /**
@@ -1019,8 +1040,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /**
    * Makes the connection hold exactly the client's settings, ahead of the queued work. A
-   * lone Query of the client's own takes the switch inline when it can (inline-switch.ts),
-   * else the switch is a hidden Query of its own in the same write.
+   * lone Query of the client's own, or a whole extended-protocol batch, takes the switch
+   * inline when it can (inline-switch.ts); else the switch is a hidden Query of its own in
+   * the same write.
    */
   private switchSettings(server: ServerConnection): void {
     const plan = switchPlan(this.params, this.paramsKey, server.applied, server.appliedKey);
@@ -1029,20 +1051,23 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (server.appliedKey !== this.paramsKey) server.holdExactly(this.params, this.paramsKey);
       return;
     }
-    this.rt.metrics.settingsSwitches.inc();
+    const inline = plan.inline !== null && this.sticky === null && server.txStatus === 'I' ? plan.inline : null;
     const only = this.queued.length === 1 ? this.queued[0]! : null;
-    if (
-      plan.inline !== null &&
-      only?.own !== undefined &&
-      this.sticky === null &&
-      server.txStatus === 'I' &&
-      only.bytes.length <= INLINE_MAX_BYTES &&
-      takesInlineSwitch(only.own)
-    ) {
-      this.queued[0] = { ...only, bytes: inlineQuery(plan.inline.prefix, only.bytes) };
-      server.expectInline(plan.inline.prefix.length, plan.inline.statements, this.params, this.paramsKey);
+    if (inline !== null && only?.type === Q && only.own !== undefined && only.bytes.length <= INLINE_MAX_BYTES && takesInlineSwitch(only.own)) {
+      this.rt.metrics.settingsSwitches.inline.inc();
+      this.queued[0] = { ...only, bytes: inlineQuery(inline.prefix, only.bytes) };
+      server.expectInline(inline.prefix.length, inline.statements, this.params, this.paramsKey);
       return;
     }
+    if (inline !== null && this.transactionMode && batchTakesInlineSwitch(this.queued)) {
+      this.rt.metrics.settingsSwitches.inline.inc();
+      server.write(inline.extended);
+      server.expectInline(null, inline.statements, this.params, this.paramsKey);
+      // The switch took the unnamed statement: the client's is prepared again where used.
+      this.unnamedOnServer = false;
+      return;
+    }
+    this.rt.metrics.settingsSwitches.separate.inc();
     server.sendHidden(plan.query);
     server.holdExactly(this.params, this.paramsKey);
   }
@@ -1115,7 +1140,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     try {
       const sql = setConfigSql(this.params, server.applied);
       if (sql) {
-        this.rt.metrics.settingsSwitches.inc();
+        this.rt.metrics.settingsSwitches.separate.inc();
         await server.runHidden(sql);
       }
     } catch (err) {

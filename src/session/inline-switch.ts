@@ -33,6 +33,26 @@
 //   the Query, or for a cancel in flight): ClientSession.writeHeld switches again first when
 //   the switch rolled back.
 
+// The extended protocol (Parse/Bind/Execute ... Sync, what most drivers send) has the same
+// property: everything up to a Sync runs in one implicit transaction (PostgreSQL commits a
+// non-transaction-control Execute only at the Sync), and after an error the server skips
+// every message up to the Sync. So the switch goes in front of the client's batch as
+// Parse/Bind/Execute of each SET on the unnamed statement and portal, under these rules
+// (batchTakesInlineSwitch):
+// - The batch is whole: one Sync, at its end. Messages after it wait for its ReadyForQuery,
+//   as for a Query; messages before the Sync arriving later would join the same transaction
+//   unseen, so a batch still without its Sync takes the separate switch.
+// - Every statement the batch executes is one of the kinds above: each Parse's text passes
+//   takesInlineSwitch, each Bind binds a statement parsed earlier in the batch or a named
+//   one that passed when it was parsed, and each Execute runs a portal bound in the batch
+//   (not a cursor left open by a WITH HOLD). Only Parse, Bind, Describe, Execute, Close and
+//   Flush may come before the Sync.
+// - The switch takes over the unnamed statement: the client's own is prepared again on
+//   this connection if the batch uses it (ClientSession.unnamedOnServer), and a batch that
+//   binds the unnamed statement without parsing it first takes the separate switch.
+// - Nothing is shifted: the client's messages are its own, and an error before the switch
+//   completed can only be the switch's (or a cancel or FATAL, which are the client's).
+
 /** Client statements longer than this are not copied into an inline switch. */
 export const INLINE_MAX_BYTES = 16 * 1024;
 
@@ -73,4 +93,67 @@ export function switchsOwnError(fields: Readonly<Record<string, string>>, prefix
   if (fields.S === 'FATAL' || fields.S === 'PANIC' || fields.V === 'FATAL' || fields.V === 'PANIC') return false;
   if (fields.C === undefined || !SWITCH_FAILURES.has(fields.C)) return false;
   return fields.P === undefined || Number(fields.P) <= prefixChars;
+}
+
+const PARSE = 0x50;
+const BIND = 0x42;
+const DESCRIBE = 0x44;
+const EXECUTE = 0x45;
+const CLOSE = 0x43;
+const FLUSH = 0x48;
+const SYNC = 0x53;
+
+/** One queued client message, as far as batchTakesInlineSwitch needs to know it. */
+export interface BatchMessage {
+  readonly type: number;
+  readonly bytes: Buffer;
+  /** Parse: the client's own SQL, vetted and unchanged (else undefined). */
+  readonly own?: string;
+  /** Bind/Describe of a named statement: whether its SQL passed takesInlineSwitch. */
+  readonly needs: { readonly inlineSafe: boolean } | null;
+  /** Bind/Describe of the unnamed statement. */
+  readonly usesUnnamed?: unknown;
+  /** Parse of a named statement (null for the unnamed one). */
+  readonly defines: unknown;
+}
+
+/** The portal name a Bind ('B') or Execute ('E') frame names (its first field). */
+function portalName(frame: Buffer): string | null {
+  const end = frame.indexOf(0, 5);
+  return end < 0 ? null : frame.toString('latin1', 5, end);
+}
+
+/** Whether a switch may ride ahead of this extended-protocol batch (see the module comment). */
+export function batchTakesInlineSwitch(batch: readonly BatchMessage[]): boolean {
+  if (batch.length < 2 || batch[batch.length - 1]!.type !== SYNC) return false;
+  let unnamedParsed = false;
+  const portals = new Set<string>();
+  for (let i = 0; i < batch.length - 1; i++) {
+    const m = batch[i]!;
+    switch (m.type) {
+      case PARSE:
+        if (m.own === undefined || !takesInlineSwitch(m.own)) return false;
+        if (m.defines === null) unnamedParsed = true;
+        break;
+      case BIND: {
+        if (m.needs !== null ? !m.needs.inlineSafe : !(m.usesUnnamed !== undefined && unnamedParsed)) return false;
+        const portal = portalName(m.bytes);
+        if (portal === null) return false;
+        portals.add(portal);
+        break;
+      }
+      case EXECUTE: {
+        const portal = portalName(m.bytes);
+        if (portal === null || !portals.has(portal)) return false;
+        break;
+      }
+      case DESCRIBE:
+      case CLOSE:
+      case FLUSH:
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
 }

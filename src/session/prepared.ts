@@ -10,6 +10,8 @@ export interface Statement {
   readonly serverName: string;
   /** The Parse frame under the server-side name, to replay on another connection. */
   readonly parse: Buffer;
+  /** Its SQL may run behind an inline settings switch (session/inline-switch.ts). */
+  readonly inlineSafe: boolean;
 }
 
 let nextStatement = 1;
@@ -27,10 +29,10 @@ export class PreparedStatements {
   }
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
-  define(frame: Buffer, name: string, nameEnd: number): Statement {
+  define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
-    const stmt = { serverName, parse };
+    const stmt = { serverName, parse, inlineSafe };
     this.byName.set(name, stmt);
     return stmt;
   }

@@ -104,13 +104,24 @@ function inTransaction(sw: SwitchStatements): string {
 }
 
 /**
- * A switch that can ride in the client's own Query, ahead of its one statement: the text to
- * put in front (ASCII, ending in "; ") and how many statements it holds (each answers with
- * one CommandComplete and nothing else). See inline-switch.ts for when and why.
+ * A switch that can ride with the client's own work: in its Query, ahead of its one
+ * statement (the text to put in front: ASCII, ending in "; "), or in its extended-protocol
+ * batch, ahead of its first message (Parse/Bind/Execute of each statement on the unnamed
+ * statement and portal). `statements` is how many it holds; in a Query each answers with one
+ * CommandComplete, in a batch with ParseComplete, BindComplete and CommandComplete. See
+ * inline-switch.ts for when and why.
  */
 export interface InlineSwitch {
   readonly prefix: Buffer;
+  readonly extended: Buffer;
   readonly statements: number;
+}
+
+/** Parse, Bind and Execute of each statement, unnamed, no parameters, text results. */
+function extendedSwitch(statements: readonly string[]): Buffer {
+  return Buffer.concat(
+    statements.flatMap((text) => [serialize.parse({ name: '', text, types: [] }), serialize.bind({}), serialize.execute({})]),
+  );
 }
 
 /** A switch between two settings: its Query message, and its inline form where it has one. */
@@ -139,7 +150,9 @@ export function switchPlan(wanted: ReadonlyMap<string, string>, wantedKey: strin
         ? null
         : {
             query: serialize.query(inTransaction(sw)),
-            inline: sw.inlineable ? { prefix: Buffer.from(`${sw.statements.join('; ')}; `, 'latin1'), statements: sw.statements.length } : null,
+            inline: sw.inlineable
+              ? { prefix: Buffer.from(`${sw.statements.join('; ')}; `, 'latin1'), extended: extendedSwitch(sw.statements), statements: sw.statements.length }
+              : null,
           };
     switchPlans.set(key, plan);
   }

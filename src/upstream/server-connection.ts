@@ -76,11 +76,17 @@ interface Hidden {
   error?: Record<string, string>;
 }
 
-/** A settings switch riding in the client's Query ahead of its statement (session/inline-switch.ts). */
+/**
+ * A settings switch riding in the client's Query ahead of its statement, or in its
+ * extended-protocol batch ahead of its messages (session/inline-switch.ts).
+ */
 interface InlineSwitch {
-  /** Length of the switch text in front of the client's (ASCII: characters = bytes). */
-  readonly prefixChars: number;
-  /** CommandCompletes of the switch statements still to come (swallowed). */
+  /**
+   * In a Query: the length of the switch text in front of the client's (ASCII: characters =
+   * bytes), by which error positions shift. Null in a batch: nothing shifts there.
+   */
+  readonly prefixChars: number | null;
+  /** Replies of the switch statements still to come (swallowed): CommandCompletes, and in a batch also ParseCompletes and BindCompletes. */
   pending: number;
   /** The Query saw an error: its implicit transaction, switch included, rolled back. */
   failed: boolean;
@@ -357,12 +363,14 @@ export class ServerConnection implements ScanSink {
 
   /**
    * The next Query written carries `statements` switch statements (`prefixChars` long) in
-   * front of the client's text, switching to `wanted` (settingsKey `key`). The connection
-   * counts as holding `wanted` from now on; if the Query fails, the old settings come back
-   * at its ReadyForQuery, as they do in the server.
+   * front of the client's text, or (`prefixChars` null) the switch statements were just
+   * written as Parse/Bind/Execute ahead of the client's batch, switching to `wanted`
+   * (settingsKey `key`). The connection counts as holding `wanted` from now on; if the Query
+   * or batch fails, the old settings come back at its ReadyForQuery, as they do in the server.
    */
-  expectInline(prefixChars: number, statements: number, wanted: ReadonlyMap<string, string>, key: string): void {
-    this.inline = { prefixChars, pending: statements, failed: false, prior: new Map(this.appliedMap), priorKey: this.appliedKey };
+  expectInline(prefixChars: number | null, statements: number, wanted: ReadonlyMap<string, string>, key: string): void {
+    const pending = prefixChars === null ? 3 * statements : statements;
+    this.inline = { prefixChars, pending, failed: false, prior: new Map(this.appliedMap), priorKey: this.appliedKey };
     this.holdExactly(wanted, key);
     this.scanner.inspect = INSPECT_ALL;
   }
@@ -522,35 +530,40 @@ export class ServerConnection implements ScanSink {
    */
   private inlineMessage(type: number, frame: Buffer): void {
     const inline = this.inline!;
+    // In a batch the client's messages are its own: nothing shifts, and before the switch
+    // completed the server has seen none of them.
+    const shift = inline.prefixChars ?? 0;
+    const afterSwitch = inline.prefixChars === null ? RELAY_INSPECT : INLINE_INSPECT;
     if (inline.pending > 0) {
-      if (type === 0x43 /* C */) {
-        if (--inline.pending === 0) this.scanner.inspect = INLINE_INSPECT;
+      if (type === 0x43 /* C */ || type === 0x31 /* 1 */ || type === 0x32 /* 2 */) {
+        if (--inline.pending === 0) this.scanner.inspect = afterSwitch;
         return;
       }
       if (type === 0x53 /* S */) return this.noteParameter(frame);
       if (type === 0x45 /* E */) {
-        // Nothing of the Query ran, and nothing will. A switch statement's own failure gives
+        // Nothing of the client's ran, and nothing will. A switch statement's own failure gives
         // the connection up, as a failing separate switch does (it would fail again there);
         // anything else (an error in the client's text, an encoding error, a cancel, a FATAL)
         // is the client's to hear, and the connection keeps its settings.
         const fields = parseFields(frame);
-        if (switchsOwnError(fields, inline.prefixChars)) {
+        if (switchsOwnError(fields, inline.prefixChars ?? Infinity)) {
           return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
         }
         inline.pending = 0;
         inline.failed = true;
-        this.scanner.inspect = INLINE_INSPECT;
-        return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
+        this.scanner.inspect = afterSwitch;
+        return this.relayMessage(type, shift === 0 ? frame : shiftPosition(frame, shift));
       }
-      // A warning the client's text raised while the whole string was parsed is the client's.
-      if (type === 0x4e /* N */) this.toClient(shiftPosition(frame, inline.prefixChars));
+      // A warning the client's text raised while the whole string was parsed is the client's;
+      // in a batch it can only be the switch's own.
+      if (type === 0x4e /* N */ && inline.prefixChars !== null) this.toClient(shiftPosition(frame, shift));
       return;
     }
     if (type === 0x45 /* E */) {
       inline.failed = true;
-      return this.relayMessage(type, shiftPosition(frame, inline.prefixChars));
+      return this.relayMessage(type, shift === 0 ? frame : shiftPosition(frame, shift));
     }
-    if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, inline.prefixChars));
+    if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, shift));
     if (type === 0x5a /* Z */) {
       this.inline = null;
       this.scanner.inspect = RELAY_INSPECT;
