@@ -272,7 +272,8 @@ const S7: Scenario = {
     "server connection last used by another tenant first switches it: `SET \"app\".\"tenant_id\" = '<k>'; ` goes in front of the client's statement in its own Query (the inline switch; the separate `BEGIN; SET …; COMMIT` Query is for other statements), and the classifier " +
     'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
     `always does). "affinity_ms ${S7_AFFINITY_MS}": pins on with pool.affinity_ms ${S7_AFFINITY_MS}. Cases: ${o.clients} tenants (one per client; the target ` +
-    `applies to it, with the default pool.affinity_ms 0), and ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients. ` +
+    `applies to it, with the default pool.affinity_ms 0), ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients, and ` +
+    `${o.clients} tenants with \`-M extended\` (pins off and on only: the switch rides ahead of the Parse/Bind/Describe/Execute/Sync batch as Parse/Bind/Execute of the SET). ` +
     'TPS are the sums over the processes; the figure is pins on / pins off. p50/p99 from the per-transaction logs; switches per ' +
     'transaction from pgbastion_settings_switches_total / pgbastion_transactions_total on /metrics.',
   run: async (ctx) => {
@@ -290,15 +291,22 @@ const S7: Scenario = {
       pinning: [PINNED_VARIABLE],
       affinityMs: S7_AFFINITY_MS,
     });
-    // Process j logs in as tenant_(j % tenants): one tenant per client, then several clients per tenant.
-    const cases = [clients, Math.max(1, Math.floor(clients / S7_CLIENTS_PER_TENANT))];
-    for (const tenants of cases) {
+    // Process j logs in as tenant_(j % tenants): one tenant per client, then several clients
+    // per tenant; then one tenant per client again over the extended protocol (most drivers),
+    // pins off and on only.
+    const cases = [
+      { tenants: clients, extended: false, targets: [off, on, affine] },
+      { tenants: Math.max(1, Math.floor(clients / S7_CLIENTS_PER_TENANT)), extended: false, targets: [off, on, affine] },
+      { tenants: clients, extended: true, targets: [off, on] },
+    ];
+    for (const { tenants, extended, targets } of cases) {
+      const protocol = extended ? ['-M', 'extended'] : [];
       const jobs = (t: Target, seconds: number, extra: string[] = []) =>
         Array.from({ length: clients }, (_, j) =>
-          pgbenchJob(t, seconds, ['-c', '1', '-j', '1', '-f', script, '-D', `tenant=${j % tenants}`, ...extra], `tenant_${j % tenants}`),
+          pgbenchJob(t, seconds, ['-c', '1', '-j', '1', ...protocol, '-f', script, '-D', `tenant=${j % tenants}`, ...extra], `tenant_${j % tenants}`),
         );
       const once = async (t: Target, round: number): Promise<RunFigures> => {
-        const prefix = path.join(ctx.dir, `s7-${tenants}-${round}-${t.key}`);
+        const prefix = path.join(ctx.dir, `s7-${tenants}${extended ? '-x' : ''}-${round}-${t.key}`);
         const counts = () => Promise.all([t.counter!(SWITCHES), t.counter!(TRANSACTIONS)]);
         const [switches0, tx0] = await counts();
         const m = await measure(t, jobs(t, ctx.opts.duration, ['-l', `--log-prefix=${prefix}`]));
@@ -306,7 +314,7 @@ const S7: Scenario = {
         const { p50Ms, p99Ms } = latencyPercentiles(prefix);
         return { ...m, p50Ms, p99Ms, switchesPerTx: tx1 > tx0 ? (switches1 - switches0) / (tx1 - tx0) : null };
       };
-      await inRounds(ctx, 'S7', s7Case(clients, tenants), [off, on, affine], jobs, once);
+      await inRounds(ctx, 'S7', s7Case(clients, tenants) + (extended ? ', extended protocol' : ''), targets, jobs, once);
     }
   },
 };

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import t from 'tap';
-import { DirectRead } from '../src/net/direct-read.js';
+import { DirectRead, HOLD_LIMIT } from '../src/net/direct-read.js';
 import { SERVER_CERT_FILE, SERVER_KEY_FILE, initCaDir } from '../src/tls/certs.js';
 
 const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
@@ -163,4 +163,125 @@ t.test('TLS: plaintext decrypted past a pause waits for resume, and nothing is l
   t.ok(pauses > 10, `paused ${pauses} times`);
   t.equal(md5(Buffer.concat(delivered)), md5(payload), 'every byte, in order');
   client.destroy();
+});
+
+/** A TLS context for the server side of these tests. */
+function serverContext(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<tls.SecureContext> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-direct-read-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return initCaDir(dir).then(() =>
+    tls.createSecureContext({ cert: readFileSync(path.join(dir, SERVER_CERT_FILE)), key: readFileSync(path.join(dir, SERVER_KEY_FILE)) }),
+  );
+}
+
+t.test('paused reading goes on up to HOLD_LIMIT, then stops; after resume every byte comes, in order', async (t) => {
+  const delivered: Buffer[] = [];
+  let reader!: DirectRead;
+  let accepted!: () => void;
+  const ready = new Promise<void>((resolve) => (accepted = resolve));
+  const server = await listen((s) => {
+    reader = new DirectRead(s, (c) => delivered.push(c));
+    accepted();
+  });
+  t.teardown(server.close);
+  const client = await connect(server.port);
+  await ready;
+  reader.pause();
+  const payload = randomBytes(4 * 1024 * 1024);
+  client.write(payload);
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(delivered.length, 0, 'nothing delivered while paused');
+  t.ok(reader.holding >= HOLD_LIMIT, `read on while paused: ${reader.holding} bytes held`);
+  t.ok(reader.holding < HOLD_LIMIT + 64 * 1024, 'then stopped: the rest stays in the kernel (at most one more read)');
+  reader.resume();
+  const end = Date.now() + 5000;
+  while (Buffer.concat(delivered).length < payload.length && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.equal(md5(Buffer.concat(delivered)), md5(payload), 'every byte, in order');
+  client.destroy();
+});
+
+for (const secure of [false, true]) {
+  t.test(`${secure ? 'TLS' : 'plain'}: a client that leaves while reading is paused is noticed at once`, async (t) => {
+    const context = secure ? await serverContext(t) : null;
+    let closedAt = 0;
+    let drainedAt = 0;
+    let reader!: DirectRead;
+    const server = await listen((raw) => {
+      const s = context ? new tls.TLSSocket(raw, { isServer: true, secureContext: context }) : raw;
+      s.on('error', () => undefined);
+      reader = new DirectRead(s, () => reader.pause()); // paused after the first bytes, as a client waiting for a lease
+      s.on('close', () => {
+        closedAt = Date.now();
+        reader.whenDrained(() => (drainedAt = Date.now()));
+      });
+    });
+    t.teardown(server.close);
+    const raw = await connect(server.port);
+    const client = secure ? tls.connect({ socket: raw, rejectUnauthorized: false }) : raw;
+    client.on('error', () => undefined);
+    if (secure) await new Promise((r) => client.once('secureConnect', r));
+    client.write('a query');
+    await new Promise((r) => setTimeout(r, 100));
+    t.equal(reader.paused, true);
+    client.end();
+    const end = Date.now() + 2000;
+    while (drainedAt === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    t.ok(closedAt > 0, 'the socket closed');
+    t.ok(drainedAt > 0 && drainedAt === closedAt, 'nothing was held: whenDrained ran at once');
+    raw.destroy();
+  });
+}
+
+t.test('TLS: bytes held when the client closes (close_notify in the same read) are delivered before whenDrained runs', async (t) => {
+  const context = await serverContext(t);
+  const size = 40 * 1024;
+  let delivered = 0;
+  let atDrained = -1;
+  let resumedAt = -1;
+  const server = await listen((raw) => {
+    const s = new tls.TLSSocket(raw, { isServer: true, secureContext: context });
+    s.on('error', () => undefined);
+    let first = true;
+    const reader: DirectRead = new DirectRead(s, (c) => {
+      delivered += c.length;
+      if (!first) return;
+      first = false;
+      reader.pause();
+      setTimeout(() => {
+        resumedAt = delivered;
+        reader.resume();
+      }, 300);
+    });
+    s.on('close', () => reader.whenDrained(() => (atDrained = delivered)));
+  });
+  t.teardown(server.close);
+  // The client's records, its close_notify and its FIN reach the server in one burst.
+  const raw = await connect(server.port);
+  const burst: Buffer[] = [];
+  let gather = false;
+  const { Duplex } = await import('node:stream');
+  const transport = new Duplex({
+    read() {},
+    write(chunk: Buffer, _enc, cb) {
+      if (gather) burst.push(chunk);
+      else raw.write(chunk);
+      cb();
+    },
+  });
+  raw.on('data', (d) => transport.push(d));
+  const client = tls.connect({ socket: transport as unknown as net.Socket, rejectUnauthorized: false });
+  client.on('error', () => undefined);
+  await new Promise((r) => client.once('secureConnect', r));
+  await new Promise((r) => setTimeout(r, 50));
+  gather = true;
+  client.write(Buffer.alloc(size / 2, 1));
+  client.write(Buffer.alloc(size / 2, 2));
+  client.end();
+  await new Promise((r) => setTimeout(r, 50));
+  raw.end(Buffer.concat(burst));
+  const end = Date.now() + 3000;
+  while (atDrained < 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.ok(resumedAt >= 0 && resumedAt < size, `paused with ${resumedAt} bytes delivered`);
+  t.equal(atDrained, size, 'every byte was delivered before the close was acted on');
+  raw.destroy();
 });

@@ -438,3 +438,22 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
   t.same((await b.query("SELECT current_setting('app.tenant_id') AS t")).rows, [{ t: 'a' }], 'other clients carry on');
   await b.end();
 });
+
+t.test('a client that leaves while its work waits for a server connection is gone at once; its work never runs', async (t) => {
+  await pgs.query(`CREATE TABLE left_behind (who text); GRANT ALL ON left_behind TO ${SERVER_ROLE}`);
+  t.teardown(() => pgs.query('DROP TABLE left_behind'));
+  const holder = await connect('tenant_a', 'pw-a');
+  t.teardown(() => holder.c.end().catch(() => undefined));
+  await holder.c.query('BEGIN'); // the one server connection stays with it
+  const before = proxy.server.runtime.clients;
+  const leaver = await connect('tenant_a', 'pw-a');
+  leaver.raw.stream.write(serialize.query("INSERT INTO left_behind VALUES ('leaver')"));
+  await new Promise((r) => setTimeout(r, 100)); // read, queued, paused while it waits
+  (leaver.c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+  const end = Date.now() + 2000;
+  while (proxy.server.runtime.clients > before && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.equal(proxy.server.runtime.clients, before, 'the session ended while the server connection was still taken');
+  await holder.c.query('COMMIT');
+  await holder.c.query('SELECT 1'); // the lease the leaver asked for has come and gone
+  t.same((await pgs.query('SELECT who FROM left_behind')).rows, [], 'its INSERT never ran');
+});

@@ -11,9 +11,15 @@
 // would) before anything else runs, so no byte handed to a consumer is ever overwritten.
 // Should a Node version lack those fields, reading falls back to 'data' events.
 //
-// One difference from a Readable stream to mind: Node's TLS layer hands over all the
-// plaintext it decrypted from one network read, even when pause() came in between. Those
-// bytes wait here (as they would in a Readable's buffer) until resume().
+// Pausing keeps a Readable stream's behaviour, which the session relies on:
+// - pause() does not stop reading at once: bytes read meanwhile are held (up to HOLD_LIMIT,
+//   a Readable's highWaterMark, then reading stops). So a client that leaves while its work
+//   waits for a server connection is noticed (its end of stream is read), as before. Node's
+//   TLS layer also hands over all the plaintext it decrypted from one network read, even
+//   after pause(): those bytes are held the same way.
+// - A close while bytes are held waits for them (whenDrained): a Readable emits 'end' only
+//   after its buffered data was read, so a client's last statements before it closed (a TLS
+//   close_notify read together with them) still reach the session.
 
 import net from 'node:net';
 
@@ -44,13 +50,21 @@ interface UserBufferHandle {
   useUserBuffer?: (buffer: Uint8Array) => void;
 }
 
+/** Bytes held while paused before reading stops: a Readable stream's default highWaterMark. */
+export const HOLD_LIMIT = 16 * 1024;
+
 export class DirectRead {
   /** Reads bypass the Readable stream (false: the 'data' event fallback). */
   readonly direct: boolean;
   private consumer: ((chunk: Buffer) => void) | null;
   private held: Buffer[] = [];
+  private heldBytes = 0;
   private pausedByOwner = false;
+  /** The socket itself is paused: HOLD_LIMIT was reached while the owner paused. */
+  private stopped = false;
   private draining = false;
+  /** Runs once the held bytes have been delivered (whenDrained). */
+  private afterDrain: (() => void) | null = null;
 
   constructor(
     private readonly socket: net.Socket,
@@ -59,7 +73,8 @@ export class DirectRead {
     this.consumer = consumer;
     const handle = (socket as unknown as { _handle?: UserBufferHandle | null })._handle;
     const own = socket as unknown as Fields;
-    this.direct = fields !== null && typeof handle?.useUserBuffer === 'function' && own[fields.buffer] === null;
+    if (fields !== null && own[fields.buffer] !== null) throw new Error('DirectRead: the socket already reads into a buffer of its own');
+    this.direct = fields !== null && typeof handle?.useUserBuffer === 'function';
     if (this.direct) {
       own[fields!.generator] = null;
       own[fields!.callback] = (bytes: number): boolean => {
@@ -84,16 +99,27 @@ export class DirectRead {
   drop(): void {
     this.consumer = null;
     this.held = [];
+    this.heldBytes = 0;
     this.pausedByOwner = false;
+    this.afterDrain = null;
+    if (this.stopped) {
+      this.stopped = false;
+      this.socket.resume();
+    }
   }
 
   get paused(): boolean {
     return this.pausedByOwner;
   }
 
+  /** Bytes read and held while paused. */
+  get holding(): number {
+    return this.heldBytes;
+  }
+
+  /** Nothing more is delivered until resume(); reading goes on into the held bytes up to HOLD_LIMIT. */
   pause(): void {
     this.pausedByOwner = true;
-    this.socket.pause();
   }
 
   resume(): void {
@@ -103,17 +129,43 @@ export class DirectRead {
       // Not from inside resume(): its caller is in the middle of its own work.
       process.nextTick(() => this.drainHeld());
     }
-    this.socket.resume();
+    if (this.stopped) {
+      this.stopped = false;
+      this.socket.resume();
+    }
+  }
+
+  /**
+   * Runs `then` now when no bytes are held, else once they have been delivered (the socket
+   * closed behind them: see the module comment). drop() forgets it.
+   */
+  whenDrained(then: () => void): void {
+    if (this.held.length === 0 || this.consumer === null) return then();
+    this.afterDrain = then;
   }
 
   private deliver(chunk: Buffer): void {
     if (this.consumer === null) return;
-    if (this.pausedByOwner || this.held.length > 0) this.held.push(chunk);
-    else this.consumer(chunk);
+    if (!this.pausedByOwner && this.held.length === 0) return this.consumer(chunk);
+    this.held.push(chunk);
+    this.heldBytes += chunk.length;
+    if (this.heldBytes >= HOLD_LIMIT && this.pausedByOwner && !this.stopped) {
+      this.stopped = true;
+      this.socket.pause();
+    }
   }
 
   private drainHeld(): void {
     this.draining = false;
-    while (!this.pausedByOwner && this.held.length > 0 && this.consumer !== null) this.consumer(this.held.shift()!);
+    while (!this.pausedByOwner && this.held.length > 0 && this.consumer !== null) {
+      const chunk = this.held.shift()!;
+      this.heldBytes -= chunk.length;
+      this.consumer(chunk);
+    }
+    if (this.held.length === 0 && this.afterDrain !== null) {
+      const then = this.afterDrain;
+      this.afterDrain = null;
+      then();
+    }
   }
 }
