@@ -457,3 +457,28 @@ t.test('a client that leaves while its work waits for a server connection is gon
   await holder.c.query('SELECT 1'); // the lease the leaver asked for has come and gone
   t.same((await pgs.query('SELECT who FROM left_behind')).rows, [], 'its INSERT never ran');
 });
+
+t.test("a client's statement sent right before its Terminate runs, even when it is still being written to the server", async (t) => {
+  await pgs.query(`CREATE TABLE before_leaving (n int, body text); GRANT ALL ON before_leaving TO ${SERVER_ROLE}`);
+  t.teardown(() => pgs.query('DROP TABLE before_leaving'));
+  // 8 MiB of text: more than the kernel takes at once, so part of it is still queued in the
+  // proxy when the Terminate arrives and the server connection is let go.
+  const big = 'x'.repeat(8 * 1024 * 1024);
+  const other = await connect('tenant_a', 'pw-a');
+  t.teardown(() => other.c.end());
+  for (let n = 0; n < 3; n++) {
+    // An idle server connection is at hand (the last one went with the previous leaver's
+    // work in flight): work still waiting for a connection when its client leaves is dropped.
+    await other.c.query('SELECT 1');
+    const leaver = await connect('tenant_a', 'pw-a');
+    leaver.raw.stream.write(Buffer.concat([serialize.query(`INSERT INTO before_leaving VALUES (${n}, '${big}')`), Buffer.from([0x58, 0, 0, 0, 4])]));
+    const end = Date.now() + 10_000;
+    let rows: { n: number; len: number }[] = [];
+    while (rows.length <= n && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 50));
+      rows = (await pgs.query<{ n: number; len: number }>('SELECT n, length(body) AS len FROM before_leaving ORDER BY n')).rows;
+    }
+    t.same(rows[n], { n, len: big.length }, `round ${n}: the INSERT ran, whole`);
+  }
+  t.same((await other.c.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'the pool serves on');
+});

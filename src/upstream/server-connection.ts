@@ -15,6 +15,9 @@ import { CoalescedWrites } from '../net/slice-run.js';
 import { ReusedReadBuffer } from '../net/reused-read.js';
 import { switchsOwnError } from '../session/inline-switch.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
+import { endAndLinger } from '../net/linger.js';
+
+const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
 
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
 export type TxStatus = 'I' | 'T' | 'E';
@@ -674,8 +677,14 @@ export class ServerConnection implements ScanSink {
   private fail(err: UpstreamError | null): void {
     if (this.state === 'closed') return;
     const wasIdle = this.state === 'idle';
+    const loggedIn = wasIdle || this.state === 'active' || this.state === 'hidden';
     this.state = 'closed';
-    this.socket.destroy();
+    // Letting go of a logged-in connection (a client left with work on it, the pool shrinks,
+    // shutdown) says goodbye behind whatever was written, as a client's Terminate would: a
+    // client's last statements before its own Terminate reach the server whole, where a
+    // destroy discards what Node had not handed to the kernel yet. Failures end at once.
+    if (err === null && loggedIn) endAndLinger(this.socket, TERMINATE);
+    else this.socket.destroy();
     this.inline = null;
     const reason = err ?? new UpstreamError('lost', 'server connection closed');
     if (err) this.login.logger.debug({ server: this.id, err: err.message }, 'server connection ended');
