@@ -50,6 +50,8 @@ t.test('batchTakesInlineSwitch: a whole batch running only statements that canno
     ['Execute of a portal bound before the batch (a cursor WITH HOLD)', [E('c1'), S], false],
     ['Execute of a portal bound under another name', [P('SELECT 1'), Bu('p1'), E('p2'), S], false],
     ['Execute of the portal bound in the batch, named', [P('SELECT 1'), Bu('p1'), E('p1'), S], true],
+    ['Describe of a portal bound in the batch', [P('SELECT 1'), Bu(), { type: 0x44, bytes: serialize.describe({ type: 'P', name: '' }), needs: null, defines: null }, E(), S], true],
+    ['Describe of the unnamed portal before any Bind (it would be the switch\'s)', [{ type: 0x44, bytes: serialize.describe({ type: 'P', name: '' }), needs: null, defines: null }, S], false],
     ['a Query inside', [P('SELECT 1'), Bu(), E(), Q, S], false],
     ['bytes of no whole message (COPY data)', [pass, S], false],
   ];

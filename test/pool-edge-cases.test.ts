@@ -5,6 +5,7 @@
 // holding too many statements.
 
 import { sendCancel } from './helpers/cancel.js';
+import net from 'node:net';
 import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
@@ -445,17 +446,47 @@ t.test('a client that leaves while its work waits for a server connection is gon
   const holder = await connect('tenant_a', 'pw-a');
   t.teardown(() => holder.c.end().catch(() => undefined));
   await holder.c.query('BEGIN'); // the one server connection stays with it
-  const before = proxy.server.runtime.clients;
-  const leaver = await connect('tenant_a', 'pw-a');
-  leaver.raw.stream.write(serialize.query("INSERT INTO left_behind VALUES ('leaver')"));
-  await new Promise((r) => setTimeout(r, 100)); // read, queued, paused while it waits
-  (leaver.c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
-  const end = Date.now() + 2000;
-  while (proxy.server.runtime.clients > before && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
-  t.equal(proxy.server.runtime.clients, before, 'the session ended while the server connection was still taken');
+  // As PgBouncer: work still waiting for a server connection goes with its client, whether it
+  // closed the socket at once or said Terminate first (node-postgres end(), libpq PQfinish).
+  for (const how of ['close', 'terminate']) {
+    const before = proxy.server.runtime.clients;
+    const leaver = await connect('tenant_a', 'pw-a');
+    const stream = (leaver.c as unknown as { connection: { stream: { write(b: Buffer): void; end(): void; destroy(): void } } }).connection.stream;
+    stream.write(serialize.query(`INSERT INTO left_behind VALUES ('${how}')`));
+    await new Promise((r) => setTimeout(r, 100)); // read, queued, paused while it waits
+    if (how === 'close') stream.destroy();
+    else {
+      stream.write(Buffer.from([0x58, 0, 0, 0, 4]));
+      stream.end();
+    }
+    const end = Date.now() + 2000;
+    while (proxy.server.runtime.clients > before && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    t.equal(proxy.server.runtime.clients, before, `${how}: the session ended while the server connection was still taken`);
+  }
   await holder.c.query('COMMIT');
-  await holder.c.query('SELECT 1'); // the lease the leaver asked for has come and gone
-  t.same((await pgs.query('SELECT who FROM left_behind')).rows, [], 'its INSERT never ran');
+  await holder.c.query('SELECT 1'); // the leases they asked for have come and gone
+  t.same((await pgs.query('SELECT who FROM left_behind')).rows, [], 'their INSERTs never ran');
+});
+
+t.test('a client that vanishes while both directions are backed up ends its session and frees the connection', async (t) => {
+  // It stops reading a big result (the proxy stops reading the server, which stops reading
+  // too, blocked sending), keeps writing statements (held by the paused session), then goes.
+  const before = proxy.server.runtime.clients;
+  const c = await connect('tenant_a', 'pw-a');
+  const sock = (c.c as unknown as { connection: { stream: net.Socket } }).connection.stream;
+  sock.pause();
+  sock.write(serialize.query("SELECT repeat('x', 2000) FROM generate_series(1, 200000)"));
+  await new Promise((r) => setTimeout(r, 300));
+  const filler = Buffer.concat(Array.from({ length: 4096 }, () => serialize.query('SELECT 1')));
+  for (let i = 0; i < 100; i++) sock.write(filler);
+  await new Promise((r) => setTimeout(r, 500));
+  sock.destroy();
+  const end = Date.now() + 3000;
+  while (proxy.server.runtime.clients > before && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.equal(proxy.server.runtime.clients, before, 'the session ended');
+  const next = await connect('tenant_b', 'pw-b');
+  t.equal(await pinOf(next.c), 'テナント-b', 'and the one server connection serves the next client');
+  await next.c.end();
 });
 
 t.test("a client's statement sent right before its Terminate runs, even when it is still being written to the server", async (t) => {

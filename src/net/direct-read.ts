@@ -17,9 +17,11 @@
 //   waits for a server connection is noticed (its end of stream is read), as before. Node's
 //   TLS layer also hands over all the plaintext it decrypted from one network read, even
 //   after pause(): those bytes are held the same way.
-// - A close while bytes are held waits for them (whenDrained): a Readable emits 'end' only
-//   after its buffered data was read, so a client's last statements before it closed (a TLS
-//   close_notify read together with them) still reach the session.
+// - Bytes held when the socket closes are handed over at once (deliverHeld), paused or
+//   not, before the session ends: a client's last messages before it closed (a TLS
+//   close_notify read together with them, a Terminate) are seen in order. Waiting for the
+//   session to resume instead could be forever: it may be paused on a server that is itself
+//   waiting for this client to read.
 
 import net from 'node:net';
 
@@ -63,8 +65,6 @@ export class DirectRead {
   /** The socket itself is paused: HOLD_LIMIT was reached while the owner paused. */
   private stopped = false;
   private draining = false;
-  /** Runs once the held bytes have been delivered (whenDrained). */
-  private afterDrain: (() => void) | null = null;
 
   constructor(
     private readonly socket: net.Socket,
@@ -101,7 +101,6 @@ export class DirectRead {
     this.held = [];
     this.heldBytes = 0;
     this.pausedByOwner = false;
-    this.afterDrain = null;
     if (this.stopped) {
       this.stopped = false;
       this.socket.resume();
@@ -135,13 +134,13 @@ export class DirectRead {
     }
   }
 
-  /**
-   * Runs `then` now when no bytes are held, else once they have been delivered (the socket
-   * closed behind them: see the module comment). drop() forgets it.
-   */
-  whenDrained(then: () => void): void {
-    if (this.held.length === 0 || this.consumer === null) return then();
-    this.afterDrain = then;
+  /** Hands every held byte to the consumer now, paused or not (the socket closed: see the module comment). */
+  deliverHeld(): void {
+    while (this.held.length > 0 && this.consumer !== null) {
+      const chunk = this.held.shift()!;
+      this.heldBytes -= chunk.length;
+      this.consumer(chunk);
+    }
   }
 
   private deliver(chunk: Buffer): void {
@@ -161,11 +160,6 @@ export class DirectRead {
       const chunk = this.held.shift()!;
       this.heldBytes -= chunk.length;
       this.consumer(chunk);
-    }
-    if (this.held.length === 0 && this.afterDrain !== null) {
-      const then = this.afterDrain;
-      this.afterDrain = null;
-      then();
     }
   }
 }

@@ -236,8 +236,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
   private readonly onSocketError = (err: Error): void => void this.log.debug({ err: err.message }, 'client socket error');
-  /** Bytes the client sent before it closed, still held while the session paused, are handled first (DirectRead). */
-  private readonly onSocketClose = (): void => this.input.whenDrained(() => this.finish('client disconnected'));
+  /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
+  private readonly onSocketClose = (): void => {
+    this.input.deliverHeld();
+    this.finish('client disconnected');
+  };
 
   private listen(socket: net.Socket): void {
     this.input = new DirectRead(socket, this.onSocketData);

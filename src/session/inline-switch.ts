@@ -44,9 +44,10 @@
 //   unseen, so a batch still without its Sync takes the separate switch.
 // - Every statement the batch executes is one of the kinds above: each Parse's text passes
 //   takesInlineSwitch, each Bind binds a statement parsed earlier in the batch or a named
-//   one that passed when it was parsed, and each Execute runs a portal bound in the batch
-//   (not a cursor left open by a WITH HOLD). Only Parse, Bind, Describe, Execute, Close and
-//   Flush may come before the Sync.
+//   one that passed when it was parsed, and each Execute (or Describe of a portal) names a
+//   portal bound in the batch (not a cursor left open by a WITH HOLD, nor the switch's own
+//   unnamed portal). Only Parse, Bind, Describe, Execute, Close and Flush may come before
+//   the Sync.
 // - The switch takes over the unnamed statement: the client's own is prepared again on
 //   this connection if the batch uses it (ClientSession.unnamedOnServer), and a batch that
 //   binds the unnamed statement without parsing it first takes the separate switch.
@@ -148,6 +149,9 @@ export function batchTakesInlineSwitch(batch: readonly BatchMessage[]): boolean 
         break;
       }
       case DESCRIBE:
+        // A portal described must be one the batch bound: the unnamed one is the switch's before that.
+        if (m.bytes[5] === 0x50 /* P */ && !portals.has(m.bytes.toString('latin1', 6, m.bytes.length - 1))) return false;
+        break;
       case CLOSE:
       case FLUSH:
         break;
