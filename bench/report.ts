@@ -7,7 +7,7 @@ import { pgBin } from '../test/helpers/postgres.js';
 import type { Options, ScenarioId } from './options.js';
 import { THREADS } from './pgbench.js';
 import { run } from './proc.js';
-import { PINS_OFF, PINS_ON, PINS_ON_AFFINITY, S7_AFFINITY_MS, runNotes, S1_WORKERS, S1_WORKERS_TARGET, SCENARIOS, type Sample } from './scenarios.js';
+import { PINS_OFF, PINS_ON, PINS_ON_AFFINITY, S7_AFFINITY_MS, S7_EXTENDED_SUFFIX, runNotes, S1_WORKERS, S1_WORKERS_TARGET, SCENARIOS, type Sample } from './scenarios.js';
 import { PGBOUNCER_BIN, POOL_MODE, POOL_SIZE, ROOT } from './targets.js';
 
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -198,6 +198,8 @@ export function checkTargets(rows: Row[]): Check[] {
     const goal = `the same with pool.affinity_ms ${S7_AFFINITY_MS} (opt-in)`;
     atLeast('S7', goal, s7a.vsPinsOff, 0.95, failures('S7', PINS_ON_AFFINITY, s7a.case, PINS_OFF));
   }
+  const s7x = rows.find((r) => r.scenario === 'S7' && r.target === PINS_ON && r.case.endsWith(S7_EXTENDED_SUFFIX));
+  if (s7x) atLeast('S7', 'the same over the extended protocol (-M extended)', s7x.vsPinsOff, 0.95, failures('S7', PINS_ON, s7x.case, PINS_OFF));
   return checks;
 }
 

@@ -66,6 +66,8 @@ export const PINS_ON_AFFINITY = `pgbastion pins on, affinity_ms ${S7_AFFINITY_MS
 /** S7's second case: this many clients share each tenant. */
 const S7_CLIENTS_PER_TENANT = 4;
 /** S7's case label; the target applies to the first, one tenant per client. */
+/** The S7 case over the extended protocol ends its name with this. */
+export const S7_EXTENDED_SUFFIX = ', extended protocol';
 export const s7Case = (clients: number, tenants: number) => (tenants === clients ? `${tenants} tenants` : `${tenants} tenants × ${clients / tenants} clients`);
 
 const S4_CLIENTS = 16;
@@ -314,7 +316,7 @@ const S7: Scenario = {
         const { p50Ms, p99Ms } = latencyPercentiles(prefix);
         return { ...m, p50Ms, p99Ms, switchesPerTx: tx1 > tx0 ? (switches1 - switches0) / (tx1 - tx0) : null };
       };
-      await inRounds(ctx, 'S7', s7Case(clients, tenants) + (extended ? ', extended protocol' : ''), targets, jobs, once);
+      await inRounds(ctx, 'S7', s7Case(clients, tenants) + (extended ? S7_EXTENDED_SUFFIX : ''), targets, jobs, once);
     }
   },
 };
