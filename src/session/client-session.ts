@@ -400,10 +400,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return;
       case 'cancel':
         // Closed once the cancel is handled, as PostgreSQL does (libpq's PQcancel returns then).
-        // Nothing else belongs on a cancel connection: no more reading, no startup timeout.
+        // Nothing else belongs on a cancel connection: whatever follows is read and dropped
+        // (not held for later), and there is no startup timeout.
         this.clearStartupTimer();
         this.startupBuf = Buffer.alloc(0);
-        this.input.pause();
+        this.input.drop();
         void this.rt.cancels.cancelAndWait(p.processId, p.secretKey).then(() => this.close());
         return;
       case 'invalid':
