@@ -560,6 +560,8 @@ for (const client of CLIENTS) {
 t.test('write test/COMPATIBILITY.md', async (t) => {
   const md = renderMatrix();
   t.comment(runtimes.join('\n'));
+  const switches = await proxies.transaction.server.runtime.metrics.settingsSwitchCount();
+  t.comment(`transaction pool: ${switches.inline} settings switches inline (with a client's Query or batch), ${switches.separate} separate`);
   if (only) {
     t.comment(`COMPAT_CLIENTS set: COMPATIBILITY.md not written\n${md}`);
     return;
