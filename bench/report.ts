@@ -41,6 +41,7 @@ export interface Row {
   vsPinsOff?: number | null;
   /** S7: pin switches per transaction. */
   switchesPerTx?: number | null;
+  inlineShare?: number | null;
 }
 
 export function median(xs: number[]): number | null {
@@ -106,6 +107,7 @@ export function summarize(samples: Sample[]): Row[] {
         row.p50Ms = medianOf(mine, (s) => s.p50Ms);
         row.p99Ms = medianOf(mine, (s) => s.p99Ms);
         row.switchesPerTx = medianOf(mine, (s) => s.switchesPerTx);
+        row.inlineShare = medianOf(mine, (s) => s.inlineShare);
       }
       if (t === PINS_ON || t === PINS_ON_AFFINITY) row.vsPinsOff = ratio(tps, tpsOf(PINS_OFF));
       rows.push(row);
@@ -227,7 +229,10 @@ function notes(r: Row): string {
     );
   }
   if (r.vsPinsOff !== undefined) parts.push(`${fmt(r.vsPinsOff, 2)}× pins off`);
-  if (r.scenario === 'S7') parts.push(`p99 ${fmt(r.p99Ms, 2)} ms; ${fmt(r.switchesPerTx, 2)} switches/tx`);
+  if (r.scenario === 'S7') {
+    const inline = r.inlineShare == null ? '' : ` (${Math.round(100 * r.inlineShare)} % inline)`;
+    parts.push(`p99 ${fmt(r.p99Ms, 2)} ms; ${fmt(r.switchesPerTx, 2)} switches/tx${r.switchesPerTx ? inline : ''}`);
+  }
   if (r.target === S1_WORKERS_TARGET) {
     parts.push(
       `${S1_WORKERS} workers × pool.size ${POOL_SIZE / S1_WORKERS} = ${POOL_SIZE} server connections, as PgBouncer; ` +

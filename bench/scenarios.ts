@@ -31,6 +31,8 @@ export interface Sample extends Measured {
   p99Ms?: number | null;
   /** S7: switches of a server connection's pins (inline or hidden), per transaction (from /metrics). */
   switchesPerTx?: number | null;
+  /** S7: the share of those switches that rode inline (with the client's Query or batch). */
+  inlineShare?: number | null;
 }
 
 type RunFigures = Omit<Sample, 'scenario' | 'case' | 'target' | 'round'>;
@@ -73,6 +75,8 @@ export const s7Case = (clients: number, tenants: number) => (tenants === clients
 const S4_CLIENTS = 16;
 const PINNED_VARIABLE = 'app.tenant_id';
 const SWITCHES = 'pgbastion_settings_switches_total';
+/** One sample of it: scrapeCounter matches a name followed by a space. */
+const INLINE_SWITCHES = `${SWITCHES}{form="inline"}`;
 const TRANSACTIONS = 'pgbastion_transactions_total';
 
 /** The S5, S6 and S7 figures of a run, as text ('' for other scenarios). */
@@ -85,7 +89,9 @@ export function runNotes(s: RunFigures): string {
     );
   }
   if (s.p99Ms !== undefined) parts.push(`p50 ${s.p50Ms?.toFixed(3) ?? '—'} ms, p99 ${s.p99Ms?.toFixed(3) ?? '—'} ms`);
-  if (s.switchesPerTx !== undefined) parts.push(`${s.switchesPerTx?.toFixed(2) ?? '—'} pin switches per transaction`);
+  if (s.switchesPerTx !== undefined) {
+    parts.push(`${s.switchesPerTx?.toFixed(2) ?? '—'} pin switches per transaction (${s.inlineShare == null ? '—' : Math.round(100 * s.inlineShare)} % inline)`);
+  }
   return parts.join('; ');
 }
 
@@ -277,7 +283,7 @@ const S7: Scenario = {
     `applies to it, with the default pool.affinity_ms 0), ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients, and ` +
     `${o.clients} tenants with \`-M extended\` (pins off and on only: the switch rides ahead of the Parse/Bind/Describe/Execute/Sync batch as Parse/Bind/Execute of the SET). ` +
     'TPS are the sums over the processes; the figure is pins on / pins off. p50/p99 from the per-transaction logs; switches per ' +
-    'transaction from pgbastion_settings_switches_total / pgbastion_transactions_total on /metrics.',
+    'transaction from pgbastion_settings_switches_total / pgbastion_transactions_total on /metrics, and the share of them with form="inline".',
   run: async (ctx) => {
     const clients = ctx.opts.clients;
     const script = await prepareTenants(ctx, clients);
@@ -309,12 +315,19 @@ const S7: Scenario = {
         );
       const once = async (t: Target, round: number): Promise<RunFigures> => {
         const prefix = path.join(ctx.dir, `s7-${tenants}${extended ? '-x' : ''}-${round}-${t.key}`);
-        const counts = () => Promise.all([t.counter!(SWITCHES), t.counter!(TRANSACTIONS)]);
-        const [switches0, tx0] = await counts();
+        const counts = () => Promise.all([t.counter!(SWITCHES), t.counter!(TRANSACTIONS), t.counter!(INLINE_SWITCHES)]);
+        const [switches0, tx0, inline0] = await counts();
         const m = await measure(t, jobs(t, ctx.opts.duration, ['-l', `--log-prefix=${prefix}`]));
-        const [switches1, tx1] = await counts();
+        const [switches1, tx1, inline1] = await counts();
         const { p50Ms, p99Ms } = latencyPercentiles(prefix);
-        return { ...m, p50Ms, p99Ms, switchesPerTx: tx1 > tx0 ? (switches1 - switches0) / (tx1 - tx0) : null };
+        const switches = switches1 - switches0;
+        return {
+          ...m,
+          p50Ms,
+          p99Ms,
+          switchesPerTx: tx1 > tx0 ? switches / (tx1 - tx0) : null,
+          inlineShare: switches > 0 ? (inline1 - inline0) / switches : null,
+        };
       };
       await inRounds(ctx, 'S7', s7Case(clients, tenants) + (extended ? S7_EXTENDED_SUFFIX : ''), targets, jobs, once);
     }
