@@ -138,6 +138,17 @@ export class Pool {
     if (deadline < this.waitTimerDue) this.armWaitTimer(deadline);
   }
 
+  /**
+   * Takes back a request still waiting (its client left). Left in the queue, it would get a
+   * connection only to hand it straight back, inside the hand-over: a run of such waiters
+   * is a run of nested calls, as deep as the run is long.
+   */
+  withdraw(done: LeaseCallback): void {
+    const i = this.waiters.findIndex((w) => w.done === done);
+    if (i >= 0) this.waiters.splice(i, 1);
+    if (this.waiters.length === 0 && this.held.length > 0) this.settleHeld(Date.now());
+  }
+
   /** request() as a promise, for callers off the per-transaction path. */
   acquire(origin: ClientOrigin | null = null, prefer: Prefer | null = null): Promise<ServerConnection> {
     return new Promise((resolve, reject) => {

@@ -1430,6 +1430,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.clearStartupTimer();
     this.rt.clients--;
     if (this.key) this.rt.cancels.revoke(this.key.processId, this.key.secretKey);
+    if (this.leasing) this.pool?.withdraw(this.onLeased);
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
