@@ -59,6 +59,17 @@ function collector(total: number): { chunks: Buffer[]; done: Promise<void>; take
   };
 }
 
+/** One accepted socket read by a DirectRead that keeps every chunk, and its client. */
+async function readerPair(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<{ reader: DirectRead; delivered: Buffer[]; client: net.Socket }> {
+  const delivered: Buffer[] = [];
+  let accepted!: (r: DirectRead) => void;
+  const ready = new Promise<DirectRead>((resolve) => (accepted = resolve));
+  const server = await listen((s) => accepted(new DirectRead(s, (c) => delivered.push(c))));
+  t.teardown(server.close);
+  const client = await connect(server.port);
+  return { reader: await ready, delivered, client };
+}
+
 t.test('accepted sockets are read directly on this Node version, and every kept chunk stays intact', async (t) => {
   const payload = randomBytes(3 * 1024 * 1024);
   const sink = collector(payload.length);
@@ -100,17 +111,7 @@ t.test('two sockets read in turn share the scratch buffer without touching each 
 });
 
 t.test('nothing is delivered while paused; held bytes come after resume, in order; drop() discards', async (t) => {
-  const delivered: Buffer[] = [];
-  let reader!: DirectRead;
-  let accepted!: () => void;
-  const ready = new Promise<void>((resolve) => (accepted = resolve));
-  const server = await listen((s) => {
-    reader = new DirectRead(s, (c) => delivered.push(c));
-    accepted();
-  });
-  t.teardown(server.close);
-  const client = await connect(server.port);
-  await ready;
+  const { reader, delivered, client } = await readerPair(t);
   reader.pause();
   t.equal(reader.paused, true);
   client.write('first;');
@@ -175,17 +176,7 @@ function serverContext(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<
 }
 
 t.test('paused reading goes on up to HOLD_LIMIT, then stops; after resume every byte comes, in order', async (t) => {
-  const delivered: Buffer[] = [];
-  let reader!: DirectRead;
-  let accepted!: () => void;
-  const ready = new Promise<void>((resolve) => (accepted = resolve));
-  const server = await listen((s) => {
-    reader = new DirectRead(s, (c) => delivered.push(c));
-    accepted();
-  });
-  t.teardown(server.close);
-  const client = await connect(server.port);
-  await ready;
+  const { reader, delivered, client } = await readerPair(t);
   reader.pause();
   const payload = randomBytes(4 * 1024 * 1024);
   client.write(payload);

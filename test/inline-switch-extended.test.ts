@@ -10,8 +10,8 @@ import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { batchTakesInlineSwitch, type BatchMessage } from '../src/session/inline-switch.js';
-import { freePort, startPostgres } from './helpers/postgres.js';
-import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { tenantLab } from './helpers/tenant-lab.js';
 
 const parse = (text: string, name = '') => serialize.parse({ name, text, types: [] });
 const bind = (statement = '', portal = '') => serialize.bind({ statement, portal });
@@ -58,24 +58,7 @@ t.test('batchTakesInlineSwitch: a whole batch running only statements that canno
   for (const [what, batch, want] of cases) t.equal(batchTakesInlineSwitch(batch), want, what);
 });
 
-const pgs = await startPostgres();
-t.teardown(() => pgs.stop());
-await createServerRole(pgs);
-await pgs.query(`
-  CREATE TABLE notes (tenant text NOT NULL DEFAULT current_setting('app.tenant_id', true), body text);
-  ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-  CREATE POLICY by_tenant ON notes USING (tenant = current_setting('app.tenant_id', true)) WITH CHECK (tenant = current_setting('app.tenant_id', true));
-  GRANT SELECT, INSERT ON notes TO ${SERVER_ROLE};
-`);
-const metricsPort = await freePort();
-const tenants = [
-  { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
-  { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
-];
-const proxy = await startProxy(t, pgs, {
-  users: tenants,
-  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, metrics: { host: '127.0.0.1', port: metricsPort } },
-});
+const { pgs, proxy } = await tenantLab(t);
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 const switches = () => proxy.server.runtime.metrics.settingsSwitchCount();

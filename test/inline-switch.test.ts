@@ -11,8 +11,8 @@ import { parseFields, shiftPosition } from '../src/protocol/fields.js';
 import { inlineQuery, switchsOwnError, takesInlineSwitch } from '../src/session/inline-switch.js';
 import { slowCancelForwarder } from './helpers/balancer.js';
 import { sendCancel } from './helpers/cancel.js';
-import { freePort, startPostgres } from './helpers/postgres.js';
-import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { tenantLab } from './helpers/tenant-lab.js';
 
 t.test('takesInlineSwitch: one statement that can neither end nor begin a transaction', async (t) => {
   const cases: [string, boolean][] = [
@@ -80,23 +80,7 @@ t.test("switchsOwnError: an early error gives the connection up only when it is 
   t.notOk(switchsOwnError({ S: 'FATAL', V: 'FATAL', C: '42501' }, 25), 'a FATAL goes to the client as FATALs do');
 });
 
-const pgs = await startPostgres();
-t.teardown(() => pgs.stop());
-await createServerRole(pgs);
-await pgs.query(`
-  CREATE TABLE notes (tenant text NOT NULL DEFAULT current_setting('app.tenant_id', true), body text);
-  ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
-  CREATE POLICY by_tenant ON notes USING (tenant = current_setting('app.tenant_id', true)) WITH CHECK (tenant = current_setting('app.tenant_id', true));
-  GRANT SELECT, INSERT ON notes TO ${SERVER_ROLE};
-`);
-const metricsPort = await freePort();
-const proxy = await startProxy(t, pgs, {
-  users: [
-    { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
-    { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
-  ],
-  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, metrics: { host: '127.0.0.1', port: metricsPort } },
-});
+const { pgs, proxy, metricsPort } = await tenantLab(t);
 
 async function switches(): Promise<number> {
   const body = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
