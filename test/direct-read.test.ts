@@ -13,6 +13,8 @@ import tls from 'node:tls';
 import t from 'tap';
 import { DirectRead, HOLD_LIMIT } from '../src/net/direct-read.js';
 import { SERVER_CERT_FILE, SERVER_KEY_FILE, initCaDir } from '../src/tls/certs.js';
+import { TlsTerminator } from '../src/tls/terminate.js';
+import type { TlsConfig } from '../src/config/types.js';
 
 const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
 
@@ -273,4 +275,49 @@ t.test('TLS: bytes held when the client closes (close_notify in the same read) a
   t.equal(atDrained, size, 'every byte was delivered when the close was acted on');
   t.equal(resumedAt, -1, 'without waiting for the owner to resume');
   raw.destroy();
+});
+
+for (const size of [24, 72, 96].map((k) => k * 1024)) t.test(`direct TLS (${size / 1024} KiB sent, then the end, while TLS was not read): every byte reaches the session, then the TLS socket closes`, async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-direct-read-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  await initCaDir(dir);
+  const terminator = new TlsTerminator({ cert: path.join(dir, SERVER_CERT_FILE), key: path.join(dir, SERVER_KEY_FILE), min_version: 'TLSv1.2' } as TlsConfig);
+  const payload = randomBytes(size);
+  const delivered: Buffer[] = [];
+  let ended = false;
+  let closed = false;
+  const server = await listen((raw) => {
+    raw.on('error', () => undefined);
+    let upgraded = false;
+    const rawInput: DirectRead = new DirectRead(raw, (hello) => {
+      if (upgraded) return;
+      upgraded = true;
+      // As ClientSession.startTls for a ClientHello read first: the raw reader feeds TLS.
+      const secure = terminator.upgrade(raw, { bytes: hello, input: rawInput }, true);
+      secure.on('error', () => undefined);
+      secure.on('end', () => (ended = true));
+      secure.on('close', () => {
+        reader.deliverHeld(); // as the session does on its client's close
+        closed = true;
+      });
+      // The session stops reading for a while: TLS stops taking bytes, the raw socket's back up.
+      const reader: DirectRead = new DirectRead(secure, (c) => {
+        delivered.push(c);
+        if (delivered.length === 1) {
+          reader.pause();
+          setTimeout(() => reader.resume(), 500);
+        }
+      });
+    });
+  });
+  t.teardown(server.close);
+  const client = tls.connect({ port: server.port, host: '127.0.0.1', rejectUnauthorized: false, ALPNProtocols: ['postgresql'] });
+  client.on('error', () => undefined);
+  await new Promise((r) => client.once('secureConnect', r));
+  client.end(payload);
+  const end = Date.now() + 5000;
+  while (!closed && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  t.equal(md5(Buffer.concat(delivered)), md5(payload), 'every byte, in order, though the client ended while TLS was not read');
+  t.ok(ended && closed, 'then the end of stream, and the TLS socket closed');
+  client.destroy();
 });

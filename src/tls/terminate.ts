@@ -141,8 +141,20 @@ function prependBytes(socket: net.Socket, early: Buffer, input: DirectRead): Dup
   input.retarget((d: Buffer) => {
     if (!duplex.push(d)) input.pause();
   });
-  socket.on('end', () => duplex.push(null));
-  socket.on('close', () => duplex.destroy());
+  // Bytes held while TLS was not reading go in before the end of stream, not after it. After
+  // a clean end the duplex is destroyed (closing the TLS socket) only once TLS has read what
+  // it buffers, which waits while the session has paused its reading: the socket's close
+  // must not discard those bytes.
+  let ended = false;
+  socket.on('end', () => {
+    ended = true;
+    input.deliverHeld();
+    duplex.push(null);
+  });
+  socket.on('close', () => {
+    if (!ended || duplex.readableEnded) duplex.destroy();
+    else duplex.once('end', () => duplex.destroy());
+  });
   socket.on('error', (err) => duplex.destroy(err));
   return duplex;
 }
