@@ -41,6 +41,7 @@ export interface Row {
   vsPinsOff?: number | null;
   /** S7: pin switches per transaction. */
   switchesPerTx?: number | null;
+  /** S7: the share of those switches that rode inline. */
   inlineShare?: number | null;
 }
 

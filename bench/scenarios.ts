@@ -67,9 +67,9 @@ export const S7_AFFINITY_MS = 5;
 export const PINS_ON_AFFINITY = `pgbastion pins on, affinity_ms ${S7_AFFINITY_MS}`;
 /** S7's second case: this many clients share each tenant. */
 const S7_CLIENTS_PER_TENANT = 4;
-/** S7's case label; the target applies to the first, one tenant per client. */
 /** The S7 case over the extended protocol ends its name with this. */
 export const S7_EXTENDED_SUFFIX = ', extended protocol';
+/** S7's case label; the target applies to the first, one tenant per client. */
 export const s7Case = (clients: number, tenants: number) => (tenants === clients ? `${tenants} tenants` : `${tenants} tenants × ${clients / tenants} clients`);
 
 const S4_CLIENTS = 16;

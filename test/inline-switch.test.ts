@@ -65,6 +65,8 @@ t.test('shiftPosition: the position moves back to the client text; other fields 
   t.same(parseFields(shiftPosition(frame([...base, ['P', '10']]), 25)), { S: 'ERROR', C: '42601', M: 'syntax error at or near "WHERE"' }, 'inside the prefix: dropped');
   const none = frame(base);
   t.equal(shiftPosition(none, 25), none, 'no position: the same frame');
+  const placed = frame([...base, ['P', '40']]);
+  t.equal(shiftPosition(placed, 0), placed, 'nothing to move (extended-protocol batch): the same frame');
   const shifted = shiftPosition(frame([...base, ['P', '140']]), 25);
   t.equal(shifted.readInt32BE(1), shifted.length - 1, 'length field matches');
 });

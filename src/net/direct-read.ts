@@ -136,11 +136,7 @@ export class DirectRead {
 
   /** Hands every held byte to the consumer now, paused or not (the socket closed: see the module comment). */
   deliverHeld(): void {
-    while (this.held.length > 0 && this.consumer !== null) {
-      const chunk = this.held.shift()!;
-      this.heldBytes -= chunk.length;
-      this.consumer(chunk);
-    }
+    this.handOverHeld(false);
   }
 
   private deliver(chunk: Buffer): void {
@@ -156,7 +152,12 @@ export class DirectRead {
 
   private drainHeld(): void {
     this.draining = false;
-    while (!this.pausedByOwner && this.held.length > 0 && this.consumer !== null) {
+    this.handOverHeld(true);
+  }
+
+  /** Held bytes to the consumer, oldest first; `untilPaused`: stop when it pauses again. */
+  private handOverHeld(untilPaused: boolean): void {
+    while (this.held.length > 0 && this.consumer !== null && !(untilPaused && this.pausedByOwner)) {
       const chunk = this.held.shift()!;
       this.heldBytes -= chunk.length;
       this.consumer(chunk);

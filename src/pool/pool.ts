@@ -145,8 +145,10 @@ export class Pool {
    */
   withdraw(done: LeaseCallback): void {
     const i = this.waiters.findIndex((w) => w.done === done);
-    if (i >= 0) this.waiters.splice(i, 1);
-    if (this.waiters.length === 0 && this.held.length > 0) this.settleHeld(Date.now());
+    if (i < 0) return;
+    this.waiters.splice(i, 1);
+    // As when waiters time out: a hold may have lost its reason (see settleHeld).
+    if (this.held.length > 0) this.settleHeld(Date.now());
   }
 
   /** request() as a promise, for callers off the per-transaction path. */

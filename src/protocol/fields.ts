@@ -40,6 +40,7 @@ export function readCStrings(frame: Buffer, start: number): string[] {
  * server ran. A position that would fall before the client's text is dropped.
  */
 export function shiftPosition(frame: Buffer, by: number): Buffer {
+  if (by === 0) return frame;
   const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
   let pos = 5;
   let found = false;

@@ -640,13 +640,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (vetted !== frame) return this.send(vetted, P, null, null, ddl);
         // Session mode keeps one server connection: names can stay as the client chose them.
         const own = this.vettedSql;
-        if (name === '' || !this.transactionMode) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, own, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
+        if (name === '' || !this.transactionMode) return this.send(frame, P, null, null, ddl, own);
         if (this.statements.has(name)) {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
         const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own));
-        return this.queueOrWrite({ bytes: stmt.parse, type: P, needs: null, defines: stmt, own, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
+        return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
         return this.send(this.vetFunctionCall(frame), F);
@@ -808,8 +808,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
-  private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null, ddl?: readonly DdlStatement[]): void {
-    this.queueOrWrite({ bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}) });
+  private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null, ddl?: readonly DdlStatement[], own?: string): void {
+    this.queueOrWrite({ bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}), ...(own !== undefined ? { own } : {}) });
   }
 
   private queueOrWrite(out: Outgoing): void {

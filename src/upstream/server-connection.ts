@@ -17,8 +17,6 @@ import { switchsOwnError } from '../session/inline-switch.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 import { endAndLinger } from '../net/linger.js';
 
-const TERMINATE = Buffer.from([0x58, 0, 0, 0, 4]);
-
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
 export type TxStatus = 'I' | 'T' | 'E';
 
@@ -555,7 +553,7 @@ export class ServerConnection implements ScanSink {
         inline.pending = 0;
         inline.failed = true;
         this.scanner.inspect = afterSwitch;
-        return this.relayMessage(type, shift === 0 ? frame : shiftPosition(frame, shift));
+        return this.relayMessage(type, shiftPosition(frame, shift));
       }
       // A warning the client's text raised while the whole string was parsed is the client's;
       // in a batch it can only be the switch's own.
@@ -564,7 +562,7 @@ export class ServerConnection implements ScanSink {
     }
     if (type === 0x45 /* E */) {
       inline.failed = true;
-      return this.relayMessage(type, shift === 0 ? frame : shiftPosition(frame, shift));
+      return this.relayMessage(type, shiftPosition(frame, shift));
     }
     if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, shift));
     if (type === 0x5a /* Z */) {
@@ -683,7 +681,7 @@ export class ServerConnection implements ScanSink {
     // shutdown) says goodbye behind whatever was written, as a client's Terminate would: a
     // client's last statements before its own Terminate reach the server whole, where a
     // destroy discards what Node had not handed to the kernel yet. Failures end at once.
-    if (err === null && loggedIn) endAndLinger(this.socket, TERMINATE);
+    if (err === null && loggedIn) endAndLinger(this.socket, serialize.end());
     else this.socket.destroy();
     this.inline = null;
     const reason = err ?? new UpstreamError('lost', 'server connection closed');
