@@ -3,6 +3,7 @@
 // fixed lists, rule indexes, configured upstreams; never user names or client addresses.
 
 import client from 'prom-client';
+import { FastCounter } from './fast-counter.js';
 import { FastHistogram } from './fast-histogram.js';
 
 export type DenyReason = 'hba' | 'auth' | 'tls' | 'lockout' | 'limit' | 'protocol' | 'startup' | 'upstream';
@@ -42,11 +43,7 @@ export class Metrics {
     [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
     this.registry,
   );
-  readonly transactions = new client.Counter({
-    name: 'pgbastion_transactions_total',
-    help: 'Transactions completed (ReadyForQuery back to idle).',
-    registers: [this.registry],
-  });
+  readonly transactions = new FastCounter('pgbastion_transactions_total', 'Transactions completed (ReadyForQuery back to idle).', this.registry);
   readonly queryDuration = new FastHistogram(
     'pgbastion_query_duration_seconds',
     'Time from a Query or Sync reaching the server to its ReadyForQuery.',
@@ -64,25 +61,21 @@ export class Metrics {
     help: 'Statements refused by the pinning policy.',
     registers: [this.registry],
   });
-  private readonly settingsSwitchesByForm = new client.Counter({
-    name: 'pgbastion_settings_switches_total',
-    help: 'Server connections switched to a client\'s settings and pins, by form: inline (SETs riding with the client\'s own Query or batch) or separate (a hidden statement of their own).',
-    labelNames: ['form'] as const,
-    registers: [this.registry],
-  });
+  private readonly settingsSwitchesByForm = new FastCounter(
+    'pgbastion_settings_switches_total',
+    "Server connections switched to a client's settings and pins, by form: inline (SETs riding with the client's own Query or batch) or separate (a hidden statement of their own).",
+    this.registry,
+    { name: 'form', values: ['inline', 'separate'] as const },
+  );
   /** Bound once: a switch is counted on the lease path. */
   readonly settingsSwitches = {
-    inline: this.settingsSwitchesByForm.labels('inline'),
-    separate: this.settingsSwitchesByForm.labels('separate'),
+    inline: this.settingsSwitchesByForm.child('inline'),
+    separate: this.settingsSwitchesByForm.child('separate'),
   };
 
   /** Switches of both forms so far (tests). */
   async settingsSwitchCount(): Promise<{ inline: number; separate: number }> {
-    const counts = { inline: 0, separate: 0 };
-    for (const v of (await this.settingsSwitchesByForm.get()).values) {
-      if (v.labels.form === 'inline' || v.labels.form === 'separate') counts[v.labels.form] += v.value;
-    }
-    return counts;
+    return { inline: this.settingsSwitchesByForm.value('inline'), separate: this.settingsSwitchesByForm.value('separate') };
   }
   readonly sticky = new client.Counter({
     name: 'pgbastion_sticky_sessions_total',
@@ -149,9 +142,6 @@ export class Metrics {
     });
     client.collectDefaultMetrics({ register: this.registry });
     this.configGeneration.set(1);
-    // Both forms show from the first scrape, so a rate() over them never starts from nothing.
-    this.settingsSwitches.inline.inc(0);
-    this.settingsSwitches.separate.inc(0);
   }
 
   denied(reason: DenyReason): void {

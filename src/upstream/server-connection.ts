@@ -101,6 +101,9 @@ interface ParseEntry {
   readonly name: string;
 }
 
+/** The settings of a session nobody has set anything on. */
+const NO_SETTINGS: ReadonlyMap<string, string> = new Map();
+
 const REQUIRE_PRIMARY_SQL =
   "DO $$BEGIN IF pg_catalog.pg_is_in_recovery() THEN RAISE EXCEPTION 'in recovery' USING ERRCODE = '25006'; END IF; END$$";
 
@@ -116,13 +119,18 @@ export class ServerConnection implements ScanSink {
   readonly params = new Map<string, string>();
   /** ParameterStatus values as they were right after login: the server's own defaults. */
   loginParams: ReadonlyMap<string, string> = new Map();
-  /** Settings applied on this session (name → value) for the client it serves; cleared by DISCARD ALL. */
+  /**
+   * Settings applied on this session (name → value) for the client it serves; cleared by
+   * DISCARD ALL. The map is the one given to holdExactly, shared, never changed here (a switch
+   * on every lease then costs a reference, not a copy): whoever hands one over must not change
+   * it afterwards, as a client never changes its params (it replaces them).
+   */
   get applied(): ReadonlyMap<string, string> {
     return this.appliedMap;
   }
   /** settingsKey() of `applied`, kept with it: what pool affinity compares. */
   appliedKey = '';
-  private readonly appliedMap = new Map<string, string>();
+  private appliedMap: ReadonlyMap<string, string> = NO_SETTINGS;
   processId = 0;
   secretKey = 0;
   idleSince = 0;
@@ -276,22 +284,22 @@ export class ServerConnection implements ScanSink {
 
   /** The session now holds exactly `wanted` (whose settingsKey is `key`): what the hidden statement made it hold. */
   holdExactly(wanted: ReadonlyMap<string, string>, key: string): void {
-    this.appliedMap.clear();
-    for (const [name, value] of wanted) this.appliedMap.set(name, value);
+    this.appliedMap = wanted;
     this.appliedKey = key;
   }
 
   /** A client's tracked SET took effect here; `key` is the settingsKey of its settings now. */
   holdOne(name: string, value: string, key: string): void {
     const lower = name.toLowerCase();
-    for (const k of [...this.appliedMap.keys()]) if (k.toLowerCase() === lower) this.appliedMap.delete(k);
-    this.appliedMap.set(name, value);
+    const next = new Map([...this.appliedMap].filter(([k]) => k.toLowerCase() !== lower));
+    next.set(name, value);
+    this.appliedMap = next;
     this.appliedKey = key;
   }
 
   /** DISCARD ALL is on its way: no settings of any client, no prepared statements. */
   noteDiscardAll(): void {
-    this.appliedMap.clear();
+    this.appliedMap = NO_SETTINGS;
     this.appliedKey = '';
     this.prepared.clear();
   }
@@ -371,7 +379,7 @@ export class ServerConnection implements ScanSink {
    */
   expectInline(prefixChars: number | null, statements: number, wanted: ReadonlyMap<string, string>, key: string): void {
     const pending = prefixChars === null ? 3 * statements : statements;
-    this.inline = { prefixChars, pending, failed: false, prior: new Map(this.appliedMap), priorKey: this.appliedKey };
+    this.inline = { prefixChars, pending, failed: false, prior: this.appliedMap, priorKey: this.appliedKey };
     this.holdExactly(wanted, key);
     this.scanner.inspect = INSPECT_ALL;
   }
