@@ -9,7 +9,12 @@ import type net from 'node:net';
 export class SliceRun {
   /** The first buffer of the run; the run spans from its start to `end`. */
   private first: Buffer | null = null;
-  /** Byte offset, in `first.buffer`, just past the run. */
+  /**
+   * `first.buffer`, read once per run: the getter is a call into V8's C++ runtime (about 2 %
+   * of the proxy's user-space CPU in bench S3 when read twice per slice).
+   */
+  private memory: ArrayBufferLike | null = null;
+  /** Byte offset, in `memory`, just past the run. */
   private end = 0;
 
   get empty(): boolean {
@@ -22,13 +27,13 @@ export class SliceRun {
    */
   push(bytes: Buffer): Buffer | null {
     if (bytes.length === 0) return null;
-    const first = this.first;
-    if (first !== null && bytes.buffer === first.buffer && bytes.byteOffset === this.end) {
+    if (this.first !== null && bytes.byteOffset === this.end && bytes.buffer === this.memory) {
       this.end += bytes.length;
       return null;
     }
     const ended = this.take();
     this.first = bytes;
+    this.memory = bytes.buffer;
     this.end = bytes.byteOffset + bytes.length;
     return ended;
   }
@@ -37,9 +42,11 @@ export class SliceRun {
   take(): Buffer | null {
     const first = this.first;
     if (first === null) return null;
+    const memory = this.memory!;
     this.first = null;
+    this.memory = null;
     const length = this.end - first.byteOffset;
-    return length === first.length ? first : Buffer.from(first.buffer, first.byteOffset, length);
+    return length === first.length ? first : Buffer.from(memory, first.byteOffset, length);
   }
 }
 
