@@ -388,3 +388,25 @@ t.test("a client cannot reach another client's prepared statement on a shared co
   t.equal(errors[0]?.code, '26000', 'Bind of a name this client never prepared: does not exist');
   t.match(errors[0]?.message ?? '', /prepared statement ".*" does not exist/);
 });
+
+// The relay looks at CommandComplete only while a DDL audit waits for its tag: a connection
+// that needs no settings switch must start looking before the DDL's answer arrives.
+t.test('DDL is audited with its command tag on a connection that needs no switch', async (t) => {
+  await pgs.query(`GRANT CREATE ON SCHEMA public TO ${SERVER_ROLE}`);
+  const c = await connect('plain', 'plain-pw');
+  t.teardown(() => c.end());
+  const ddlEvents = () => proxy.audit.lines.filter((l) => l.event === 'ddl' && String(l.statement).includes('tx_ddl_probe'));
+  await c.query('SELECT 1'); // the connection now holds this client's settings: the next lease prefers it
+  await c.query('CREATE TABLE tx_ddl_probe (id int)');
+  await c.query({ text: 'ALTER TABLE tx_ddl_probe ADD COLUMN note text', values: [], queryMode: 'extended' } as pg.QueryConfig);
+  await c.query('SELECT 1; DROP TABLE tx_ddl_probe');
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(
+    ddlEvents().map((e) => [e.outcome, e.command_tag]),
+    [
+      ['ok', 'CREATE TABLE'],
+      ['ok', 'ALTER TABLE'],
+      ['ok', 'DROP TABLE'],
+    ],
+  );
+});

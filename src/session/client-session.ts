@@ -945,6 +945,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (out.defines) server.prepared.add(out.defines.serverName);
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       this.ddl.parsed(out.ddl);
+      if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {
       const now = performance.now();
       if (out.type === Q) this.ledger.query(now, out.sets);
@@ -954,6 +955,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteSync();
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
+      if (this.ddl.active) server.commandTagsWanted();
       // DEALLOCATE ALL drops the statements the proxy prepared there too.
       if (out.type === Q && server.prepared.size > 0 && out.bytes.length < 64 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();

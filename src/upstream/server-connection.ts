@@ -7,7 +7,7 @@ import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { ScramClientSession } from '../auth/scram.js';
 import { parseFields, parseParameterStatus, readCStrings, shiftPosition } from '../protocol/fields.js';
-import { INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
+import { INSPECT_ALL, MessageScanner, inspectTable, type InspectTable, type ScanSink } from '../protocol/scanner.js';
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
@@ -67,9 +67,15 @@ export interface ServerLogin {
  * CommandComplete (tags of audited statements), CopyInResponse (Syncs are ignored in COPY IN).
  */
 const RELAY_INSPECT = inspectTable('ZSE1CG');
+/**
+ * The same but CommandComplete, which passes through while the client audits no DDL (the
+ * usual case): one message fewer looked at per statement (see relayTable).
+ */
+const RELAY_QUIET = inspectTable('ZSE1G');
 
 /** The same and NoticeResponse, while a Query carrying an inline switch runs (positions shift). */
 const INLINE_INSPECT = inspectTable('ZSE1CGN');
+const INLINE_QUIET = inspectTable('ZSE1GN');
 
 interface Hidden {
   resolve: () => void;
@@ -244,7 +250,7 @@ export class ServerConnection implements ScanSink {
   attach(peer: ServerPeer): void {
     this.move('active');
     this.peer = peer;
-    this.scanner.inspect = this.pipelinedHidden > 0 || this.inline !== null ? INSPECT_ALL : RELAY_INSPECT;
+    this.scanner.inspect = this.pipelinedHidden > 0 || this.inline !== null ? INSPECT_ALL : this.relayTable();
   }
 
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
@@ -286,6 +292,25 @@ export class ServerConnection implements ScanSink {
   holdExactly(wanted: ReadonlyMap<string, string>, key: string): void {
     this.appliedMap = wanted;
     this.appliedKey = key;
+  }
+
+  /**
+   * What the relay looks at: CommandComplete only while the client wants its tags (DDL
+   * audit), `notices` while a Query carrying an inline switch runs.
+   */
+  private relayTable(notices = false): InspectTable {
+    const tags = this.peer?.wantsCommandTags === true;
+    if (notices) return tags ? INLINE_INSPECT : INLINE_QUIET;
+    return tags ? RELAY_INSPECT : RELAY_QUIET;
+  }
+
+  /**
+   * The client now wants CommandComplete tags (it sent a statement the DDL audit records),
+   * from the replies to what it is writing now on. Called before that is written.
+   */
+  commandTagsWanted(): void {
+    if (this.scanner.inspect === RELAY_QUIET) this.scanner.inspect = RELAY_INSPECT;
+    else if (this.scanner.inspect === INLINE_QUIET) this.scanner.inspect = INLINE_INSPECT;
   }
 
   /** A client's tracked SET took effect here; `key` is the settingsKey of its settings now. */
@@ -348,7 +373,7 @@ export class ServerConnection implements ScanSink {
       this.hidden = {
         resolve: () => {
           this.move(resume);
-          this.scanner.inspect = RELAY_INSPECT;
+          this.scanner.inspect = this.relayTable();
           resolve();
         },
         reject,
@@ -529,7 +554,7 @@ export class ServerConnection implements ScanSink {
         const fields = this.pipelinedError;
         return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
       }
-      if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = RELAY_INSPECT;
+      if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = this.relayTable();
     }
   }
 
@@ -542,7 +567,7 @@ export class ServerConnection implements ScanSink {
     // In a batch the client's messages are its own: nothing shifts, and before the switch
     // completed the server has seen none of them.
     const shift = inline.prefixChars ?? 0;
-    const afterSwitch = inline.prefixChars === null ? RELAY_INSPECT : INLINE_INSPECT;
+    const afterSwitch = this.relayTable(inline.prefixChars !== null);
     if (inline.pending > 0) {
       if (type === 0x43 /* C */ || type === 0x31 /* 1 */ || type === 0x32 /* 2 */) {
         if (--inline.pending === 0) this.scanner.inspect = afterSwitch;
@@ -575,7 +600,7 @@ export class ServerConnection implements ScanSink {
     if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, shift));
     if (type === 0x5a /* Z */) {
       this.inline = null;
-      this.scanner.inspect = RELAY_INSPECT;
+      this.scanner.inspect = this.relayTable();
       if (inline.failed) this.holdExactly(inline.prior, inline.priorKey);
     }
     this.relayMessage(type, frame);
@@ -624,7 +649,7 @@ export class ServerConnection implements ScanSink {
         this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
         this.loginParams = new Map(this.params);
         this.move('idle');
-        this.scanner.inspect = RELAY_INSPECT;
+        this.scanner.inspect = this.relayTable();
         this.loginDone?.();
         return;
       case 0x45 /* E */: {
