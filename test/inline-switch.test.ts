@@ -89,8 +89,8 @@ async function switches(): Promise<number> {
   return [...body.matchAll(/^pgbastion_settings_switches_total\{form="\w+"\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
 }
 
-async function open(t: Test, who: 'a' | 'b', at: { port?: number; database?: string } = {}): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: at.port ?? proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: at.database ?? 'postgres' });
+async function open(t: Test, who: 'a' | 'b', at: { port?: number; database?: string } = {}, settings: { application_name?: string; options?: string } = {}): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: at.port ?? proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: at.database ?? 'postgres', ...settings });
   c.on('error', () => undefined);
   await c.connect();
   t.teardown(() => c.end().catch(() => undefined));
@@ -333,4 +333,59 @@ t.test('work held for a cancel when the connection dies inside a transaction nev
   raw.stream.write(serialize.query('COMMIT'));
   await until(5, 3000);
   t.same((await pgs.query('SELECT body FROM lost')).rows, [], 'nothing of the lost transaction ran, nor what was held behind it');
+});
+
+// Core settings drivers send at startup switch inline too (set-config.ts, INLINE_CORE).
+const byForm = () => proxy.server.runtime.metrics.settingsSwitchCount();
+const SETTINGS_A = { application_name: 'app-of-a', options: '-c DateStyle=SQL,DMY -c TimeZone=Asia/Tokyo -c extra_float_digits=0' };
+const SETTINGS_B = { application_name: 'app-of-b', options: '-c DateStyle=ISO,MDY -c TimeZone=UTC' };
+const SEEN =
+  "SELECT current_setting('application_name') AS app, '03/04/2020'::date::text AS d, current_setting('TimeZone') AS tz, " +
+  "current_setting('extra_float_digits') AS efd, current_setting('app.tenant_id', true) AS tenant";
+const OWN = {
+  a: { app: 'app-of-a', d: '03/04/2020', tz: 'Asia/Tokyo', efd: '0', tenant: 'a' },
+  b: { app: 'app-of-b', d: '2020-03-04', tz: 'UTC', efd: '1', tenant: 'b' },
+};
+
+t.test('application_name, DateStyle, TimeZone, extra_float_digits switch inline; each client reads its own', async (t) => {
+  const [a, b] = [await open(t, 'a', {}, SETTINGS_A), await open(t, 'b', {}, SETTINGS_B)];
+  await a.query('SELECT 1');
+  const before = await byForm();
+  for (let i = 0; i < 20; i++) {
+    t.same((await a.query(SEEN)).rows[0], OWN.a);
+    t.same((await b.query({ text: SEEN, values: [], queryMode: 'extended' } as pg.QueryConfig)).rows[0], OWN.b, 'extended protocol');
+  }
+  const after = await byForm();
+  t.same([after.inline - before.inline, after.separate - before.separate], [39, 0], 'every switch but the first (a already held) rode with the statement');
+});
+
+t.test("a failing statement rolls core settings back; the client never hears another client's values", async (t) => {
+  const [a, b] = [await open(t, 'a', {}, SETTINGS_A), await open(t, 'b', {}, SETTINGS_B)];
+  const heard: string[] = [];
+  (b as unknown as { connection: NodeJS.EventEmitter }).connection.on('parameterStatus', (m: { parameterName: string; parameterValue: string }) =>
+    heard.push(`${m.parameterName}=${m.parameterValue}`),
+  );
+  for (let i = 0; i < 5; i++) {
+    t.same((await a.query(SEEN)).rows[0], OWN.a);
+    t.equal((await failure(b.query('SELECT 1/0')))?.code, '22012', 'simple protocol');
+    t.same((await a.query(SEEN)).rows[0], OWN.a);
+    t.equal((await failure(b.query({ text: 'SELECT 1/$1::int', values: [0] })))?.code, '22012', 'extended protocol');
+    t.same((await b.query(SEEN)).rows[0], OWN.b, 'its next statement switches again');
+  }
+  t.same(
+    heard.filter((h) => h.includes('app-of-a') || h.includes('Asia/Tokyo') || h.includes('DMY')),
+    [],
+    "no ParameterStatus with a's values reached b",
+  );
+});
+
+t.test('default_transaction_read_only still takes the separate switch, and holds', async (t) => {
+  const [a, b] = [await open(t, 'a', {}, { options: '-c default_transaction_read_only=on' }), await open(t, 'b')];
+  for (let i = 0; i < 3; i++) {
+    t.equal((await failure(a.query("INSERT INTO notes (body) VALUES ('ro')")))?.code, '25006', 'read-only for a');
+    const before = await byForm();
+    await b.query("INSERT INTO notes (body) VALUES ('rw')");
+    const after = await byForm();
+    t.same([after.inline - before.inline, after.separate - before.separate], [0, 1], 'b switched with a Query of its own');
+  }
 });

@@ -74,7 +74,7 @@ t.test('switchPlan: the statement as a Query message, memoised by the two settin
   t.equal(switchPlan(upper, settingsKey(upper), lower, settingsKey(lower)), null, 'keys differ only by case: setConfigSql has nothing to do');
 });
 
-t.test('switchPlan: the inline form only for plain SET/RESET of custom variables', async (t) => {
+t.test('switchPlan: the inline form only for plain SET/RESET of custom variables and a few core settings', async (t) => {
   const plan = (wanted: [string, string][], held: [string, string][]) => {
     const [w, h] = [new Map(wanted), new Map(held)];
     const inline = switchPlan(w, settingsKey(w), h, settingsKey(h))?.inline;
@@ -86,8 +86,16 @@ t.test('switchPlan: the inline form only for plain SET/RESET of custom variables
     { text: `RESET "app"."u"; SET "app"."t" = '2'; `, statements: 2 },
     'an unchanged core setting does not count',
   );
-  t.equal(plan([['app.t', '1'], ['application_name', 'y']], [['application_name', 'x']]), null, 'a core setting changes (it may act at transaction start)');
-  t.equal(plan([['app.t', '1']], [['DateStyle', 'ISO']]), null, 'a core setting is reset');
+  t.same(
+    plan([['app.t', '1'], ['application_name', 'y'], ['TimeZone', 'UTC']], [['application_name', 'x'], ['DateStyle', 'ISO'], ['extra_float_digits', '3']]),
+    { text: `RESET "DateStyle"; RESET "extra_float_digits"; SET "app"."t" = '1'; SET "application_name" = 'y'; SET "TimeZone" = 'UTC'; `, statements: 5 },
+    'core settings that act on the next statement and not on how its text is read',
+  );
+  t.equal(plan([['app.t', '1'], ['default_transaction_read_only', 'on']], []), null, 'read when the transaction starts');
+  t.equal(plan([['app.t', '1']], [['default_transaction_isolation', 'serializable']]), null, 'reset, also read when the transaction starts');
+  t.equal(plan([['client_encoding', 'LATIN1']], [['client_encoding', 'UTF8']]), null, 'read while the whole text is converted');
+  t.equal(plan([['standard_conforming_strings', 'off']], []), null, 'read while the whole text is parsed');
+  t.equal(plan([['work_mem', '64MB']], []), null, 'anything not checked');
   t.equal(plan([['app.t', 'é']], []), null, 'a value that needs set_config()');
   t.equal(plan([['app.t', '2'], ['statement_timeout', '1s']], [['app.t', '1'], ['statement_timeout', '1s']]), null, "a previous client's statement_timeout needs SET LOCAL");
 });

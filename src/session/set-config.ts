@@ -16,8 +16,9 @@
 // without backslashes, so neither the client_encoding nor standard_conforming_strings a
 // previous client left behind can change what it means.
 //
-// A switch of custom variables only (pins) can instead ride in the client's own Query, ahead
-// of its one statement and without BEGIN/COMMIT: see inline-switch.ts.
+// A switch of custom variables (pins) and a few core settings (INLINE_CORE) can instead ride
+// in the client's own Query, ahead of its one statement and without BEGIN/COMMIT, or ahead of
+// its extended-protocol batch: see inline-switch.ts.
 
 import { serialize } from 'pg-protocol';
 import { TextLru } from '../cache/text-lru.js';
@@ -35,6 +36,21 @@ const PLAIN_VALUE = /^[\x20-\x5b\x5d-\x7e]*$/;
  * then read quoted (a wrong value for that client, never another client's).
  */
 const LIST_QUOTED = new Set(['search_path', 'temp_tablespaces', 'local_preload_libraries', 'session_preload_libraries', 'shared_preload_libraries', 'oauth_validator_libraries']);
+
+/**
+ * Core settings a switch may carry inline (ahead of the client's statement, in the same
+ * transaction), besides custom variables such as pins: they act on the next statement of
+ * that transaction, and they do not change how PostgreSQL reads its text, which it converts
+ * and parses whole before running any of it. Not client_encoding or
+ * standard_conforming_strings (read while the text is converted and parsed), nor
+ * default_transaction_read_only and the like (read when the transaction starts, before the
+ * switch), nor anything else nobody has checked. These are what drivers commonly send.
+ */
+const INLINE_CORE = new Set(['application_name', 'datestyle', 'intervalstyle', 'timezone', 'extra_float_digits', 'bytea_output']);
+
+function switchesInline(name: string): boolean {
+  return name.includes('.') || INLINE_CORE.has(name.toLowerCase());
+}
 
 /** A SQL string literal that is safe whatever standard_conforming_strings says. */
 export function quoteLiteral(value: string): string {
@@ -65,19 +81,16 @@ function switchStatements(wanted: ReadonlyMap<string, string>, held: ReadonlyMap
   const wantedLower = new Map<string, string>();
   for (const [name, value] of wanted) wantedLower.set(name.toLowerCase(), value);
   const statements: string[] = [];
-  // Only variables with a dot (pins and other custom variables) are switched inline: a core
-  // setting such as default_transaction_read_only takes effect at the start of a transaction,
-  // too late for a statement in the same one.
   let inlineable = true;
   for (const [name] of held) {
     if (wantedLower.has(name.toLowerCase())) continue;
     statements.push(`RESET ${quoteGucName(name)}`);
-    if (!name.includes('.')) inlineable = false;
+    if (!switchesInline(name)) inlineable = false;
   }
   const calls: string[] = [];
   for (const [name, value] of wanted) {
     if (heldValue(held, name) === value) continue;
-    if (!name.includes('.')) inlineable = false;
+    if (!switchesInline(name)) inlineable = false;
     if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) statements.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
     else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
   }

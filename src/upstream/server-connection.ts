@@ -598,6 +598,12 @@ export class ServerConnection implements ScanSink {
       return this.relayMessage(type, shiftPosition(frame, shift));
     }
     if (type === 0x4e /* N */) return this.toClient(shiftPosition(frame, shift));
+    // A ParameterStatus (application_name, DateStyle ...) after the Query failed reports the
+    // values its rollback restored, the previous client's: noted, never relayed. (PostgreSQL
+    // 14 and later report only at ReadyForQuery, and only values that differ from the last
+    // reported, so they send none then; older ones report each change as it happens.) After a
+    // commit, the values reported are this client's own.
+    if (type === 0x53 /* S */ && inline.failed) return this.noteParameter(frame);
     if (type === 0x5a /* Z */) {
       this.inline = null;
       this.scanner.inspect = this.relayTable();
