@@ -11,7 +11,7 @@ import { parseFields, shiftPosition } from '../src/protocol/fields.js';
 import { inlineQuery, switchsOwnError, takesInlineSwitch } from '../src/session/inline-switch.js';
 import { slowCancelForwarder } from './helpers/balancer.js';
 import { sendCancel } from './helpers/cancel.js';
-import { SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { SERVER_ROLE, SERVER_ROLE_PASSWORD, startProxy } from './helpers/proxy.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
 t.test('takesInlineSwitch: one statement that can neither end nor begin a transaction', async (t) => {
@@ -389,3 +389,37 @@ t.test('default_transaction_read_only still takes the separate switch, and holds
     t.same([after.inline - before.inline, after.separate - before.separate], [0, 1], 'b switched with a Query of its own');
   }
 });
+
+// Each client gets what it would get connecting directly with the same startup settings,
+// whatever the previous client on the connection had: DateStyle merges a partial value with
+// the one in force, so the switch resets it first (set-config.ts, MERGED_WITH_CURRENT).
+const LOOK =
+  "SELECT current_setting('DateStyle') ds, '01/02/2024'::date::text d, '2024-06-01 12:00'::timestamptz::text ts, " +
+  "interval '-1 2:03:04'::text iv, current_setting('TimeZone') tz, '\\x01ff'::bytea::text b, 0.1::float8::text f";
+const PAIRS: [string, { options: string }, { options: string }][] = [
+  ['partial DateStyle, order only', { options: '-c DateStyle=SQL,DMY' }, { options: '-c DateStyle=MDY' }],
+  ['partial DateStyle, style only', { options: '-c DateStyle=ISO,DMY' }, { options: '-c DateStyle=SQL' }],
+  ['IntervalStyle and TimeZone', { options: '-c IntervalStyle=sql_standard -c TimeZone=Asia/Tokyo' }, { options: '-c IntervalStyle=iso_8601 -c TimeZone=-5' }],
+  ['bytea_output and extra_float_digits', { options: '-c bytea_output=escape -c extra_float_digits=-3' }, { options: '-c extra_float_digits=3' }],
+];
+for (const [title, settingsA, settingsB] of PAIRS) {
+  t.test(`settings read as on a direct connection: ${title}`, async (t) => {
+    const direct = async (settings: { options: string }) => {
+      const c = new pg.Client({ host: '127.0.0.1', port: pgs.port, user: SERVER_ROLE, password: SERVER_ROLE_PASSWORD, database: 'postgres', ...settings });
+      await c.connect();
+      try {
+        return (await c.query(LOOK)).rows[0];
+      } finally {
+        await c.end();
+      }
+    };
+    const want = { a: await direct(settingsA), b: await direct(settingsB) };
+    const [a, b] = [await open(t, 'a', {}, settingsA), await open(t, 'b', {}, settingsB)];
+    for (let i = 0; i < 3; i++) {
+      t.same((await a.query(LOOK)).rows[0], want.a, 'a, simple protocol');
+      t.same((await b.query(LOOK)).rows[0], want.b, 'b, simple protocol');
+      t.same((await a.query({ text: LOOK, values: [], queryMode: 'extended' } as pg.QueryConfig)).rows[0], want.a, 'a, extended protocol');
+      t.same((await b.query({ text: LOOK, values: [], queryMode: 'extended' } as pg.QueryConfig)).rows[0], want.b, 'b, extended protocol');
+    }
+  });
+}

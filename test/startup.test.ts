@@ -91,6 +91,12 @@ t.test('switchPlan: the inline form only for plain SET/RESET of custom variables
     { text: `RESET "DateStyle"; RESET "extra_float_digits"; SET "app"."t" = '1'; SET "application_name" = 'y'; SET "TimeZone" = 'UTC'; `, statements: 5 },
     'core settings that act on the next statement and not on how its text is read',
   );
+  t.same(
+    plan([['DateStyle', 'SQL']], [['DateStyle', 'ISO, DMY']]),
+    { text: `RESET "DateStyle"; SET "DateStyle" = 'SQL'; `, statements: 2 },
+    "DateStyle is reset first: a partial value would keep the previous client's date order",
+  );
+  t.same(plan([['DateStyle', 'SQL']], []), { text: `SET "DateStyle" = 'SQL'; `, statements: 1 }, 'not when the connection holds the default');
   t.equal(plan([['app.t', '1'], ['default_transaction_read_only', 'on']], []), null, 'read when the transaction starts');
   t.equal(plan([['app.t', '1']], [['default_transaction_isolation', 'serializable']]), null, 'reset, also read when the transaction starts');
   t.equal(plan([['client_encoding', 'LATIN1']], [['client_encoding', 'UTF8']]), null, 'read while the whole text is converted');

@@ -38,6 +38,14 @@ const PLAIN_VALUE = /^[\x20-\x5b\x5d-\x7e]*$/;
 const LIST_QUOTED = new Set(['search_path', 'temp_tablespaces', 'local_preload_libraries', 'session_preload_libraries', 'shared_preload_libraries', 'oauth_validator_libraries']);
 
 /**
+ * Settings whose SET merges a partial value with the one in force: `SET DateStyle = 'SQL'`
+ * keeps the date order the session holds (a previous client's DMY), whereas in a startup
+ * packet it merges with the server's default. So a switch resets them before setting a new
+ * value: the client gets what it would get connecting directly.
+ */
+const MERGED_WITH_CURRENT = new Set(['datestyle']);
+
+/**
  * Core settings a switch may carry inline (ahead of the client's statement, in the same
  * transaction), besides custom variables such as pins: they act on the next statement of
  * that transaction, and they do not change how PostgreSQL reads its text, which it converts
@@ -89,8 +97,10 @@ function switchStatements(wanted: ReadonlyMap<string, string>, held: ReadonlyMap
   }
   const calls: string[] = [];
   for (const [name, value] of wanted) {
-    if (heldValue(held, name) === value) continue;
+    const before = heldValue(held, name);
+    if (before === value) continue;
     if (!switchesInline(name)) inlineable = false;
+    if (before !== undefined && MERGED_WITH_CURRENT.has(name.toLowerCase())) statements.push(`RESET ${quoteGucName(name)}`);
     if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) statements.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
     else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
   }
