@@ -423,3 +423,17 @@ for (const [title, settingsA, settingsB] of PAIRS) {
     }
   });
 }
+
+t.test('a SET of a partial DateStyle is remembered as the whole value it gave', async (t) => {
+  const direct = new pg.Client({ host: '127.0.0.1', port: pgs.port, user: SERVER_ROLE, password: SERVER_ROLE_PASSWORD, database: 'postgres', options: '-c DateStyle=ISO,DMY' });
+  await direct.connect();
+  await direct.query("SET DateStyle = 'SQL'");
+  const want = (await direct.query(LOOK)).rows[0];
+  await direct.end();
+  const [a, b] = [await open(t, 'a', {}, { options: '-c DateStyle=Postgres,MDY' }), await open(t, 'b', {}, { options: '-c DateStyle=ISO,DMY' })];
+  await b.query("SET DateStyle = 'SQL'");
+  for (let i = 0; i < 3; i++) {
+    await a.query(LOOK); // the connection now holds a's order, MDY
+    t.same((await b.query(LOOK)).rows[0], want, "b keeps its own day-first order, as on a direct connection");
+  }
+});

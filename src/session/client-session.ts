@@ -35,7 +35,7 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
-import { setConfigSql, settingsKey, switchPlan, type SwitchPlan } from './set-config.js';
+import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan, type SwitchPlan } from './set-config.js';
 import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
@@ -1251,7 +1251,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private readonly settle = (set: TrackedSet): void => {
     // Called from onServerReady: the connection's status is that of the ReadyForQuery.
-    if (this.server?.txStatus === 'I') return this.holdSetting(set.name, set.value);
+    const server = this.server;
+    if (server?.txStatus === 'I') {
+      // A partial DateStyle merged with the one in force: what the server reported (just
+      // before this ReadyForQuery) is the whole value, which replays the same anywhere.
+      const value = mergesWithCurrent(set.name) ? (server.params.get(set.name) ?? set.value) : set.value;
+      return this.holdSetting(set.name, value);
+    }
     if (this.sticky === null) this.makeSticky('SET in a transaction');
   };
 

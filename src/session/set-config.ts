@@ -45,6 +45,11 @@ const LIST_QUOTED = new Set(['search_path', 'temp_tablespaces', 'local_preload_l
  */
 const MERGED_WITH_CURRENT = new Set(['datestyle']);
 
+/** Whether SET merges a partial value of `name` with the one in force (see MERGED_WITH_CURRENT). */
+export function mergesWithCurrent(name: string): boolean {
+  return MERGED_WITH_CURRENT.has(name.toLowerCase());
+}
+
 /**
  * Core settings a switch may carry inline (ahead of the client's statement, in the same
  * transaction), besides custom variables such as pins: they act on the next statement of
@@ -100,7 +105,7 @@ function switchStatements(wanted: ReadonlyMap<string, string>, held: ReadonlyMap
     const before = heldValue(held, name);
     if (before === value) continue;
     if (!switchesInline(name)) inlineable = false;
-    if (before !== undefined && MERGED_WITH_CURRENT.has(name.toLowerCase())) statements.push(`RESET ${quoteGucName(name)}`);
+    if (before !== undefined && mergesWithCurrent(name)) statements.push(`RESET ${quoteGucName(name)}`);
     if (PLAIN_VALUE.test(value) && !LIST_QUOTED.has(name.toLowerCase())) statements.push(`SET ${quoteGucName(name)} = ${quoteLiteral(value)}`);
     else calls.push(`pg_catalog.set_config(${quoteLiteral(name)}, ${utf8Hex(value)}, false)`);
   }
