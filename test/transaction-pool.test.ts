@@ -410,3 +410,59 @@ t.test('DDL is audited with its command tag on a connection that needs no switch
     ],
   );
 });
+
+// The extended protocol audits DDL when a portal runs it (Execute), with that run's outcome:
+// not when it is merely prepared, and with the tag even when it came before the Sync.
+t.test('DDL through named statements is audited per Execute; a tag before the Sync counts', async (t) => {
+  await pgs.query(`GRANT CREATE ON SCHEMA public TO ${SERVER_ROLE}`);
+  const c = await connect('plain', 'plain-pw');
+  t.teardown(() => c.end());
+  type Raw = NodeJS.EventEmitter & {
+    parse(m: object): void;
+    bind(m: object): void;
+    execute(m: object): void;
+    flush(): void;
+    sync(): void;
+  };
+  const raw = (c as unknown as { connection: Raw }).connection;
+  c.on('error', () => undefined);
+  const next = (event: string) => new Promise<void>((resolve) => raw.once(event, () => resolve()));
+  const ddlEvents = () => proxy.audit.lines.filter((l) => l.event === 'ddl' && String(l.statement).includes('tx_named_probe'));
+  const settle = () => new Promise((r) => setTimeout(r, 100));
+
+  let ready = next('readyForQuery');
+  raw.parse({ name: 'mk', text: 'CREATE TABLE tx_named_probe (id int)', types: [] });
+  raw.sync();
+  await ready;
+  await settle();
+  t.same(ddlEvents(), [], 'prepared, not run: nothing to audit yet');
+
+  for (let i = 0; i < 2; i++) {
+    ready = next('readyForQuery');
+    raw.bind({ statement: 'mk', values: [] });
+    raw.execute({});
+    raw.sync();
+    await ready;
+  }
+  await settle();
+  t.same(
+    ddlEvents().map((e) => [e.outcome, e.command_tag ?? e.sqlstate]),
+    [
+      ['ok', 'CREATE TABLE'],
+      ['error', '42P07'],
+    ],
+    'each run, with its own outcome',
+  );
+
+  const done = next('commandComplete');
+  raw.parse({ name: '', text: 'DROP TABLE tx_named_probe', types: [] });
+  raw.bind({});
+  raw.execute({});
+  raw.flush();
+  await done; // answered before the Sync is even sent
+  ready = next('readyForQuery');
+  raw.sync();
+  await ready;
+  await settle();
+  t.same(ddlEvents().slice(2).map((e) => [e.outcome, e.command_tag]), [['ok', 'DROP TABLE']], 'the tag that came before the Sync');
+});
