@@ -75,43 +75,18 @@ t.test('tracker: extended protocol, pipelining, and a Sync the server ignored', 
   const seen: [string, DdlOutcome][] = [];
   const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
   tracker.owed([]); // an unrelated Query in flight first
-  tracker.executed(ddlStatements('CREATE TABLE b (x int)'));
-  t.ok(tracker.active, 'tags wanted from the Execute on, before its Sync');
+  tracker.parsed(ddlStatements('CREATE TABLE b (x int)'));
   tracker.owed(null); // its Sync
   tracker.ready(); // the Query's ReadyForQuery: nothing recorded
   t.same(seen, []);
   tracker.commandComplete('CREATE TABLE');
   tracker.ready();
   t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
-  tracker.executed(ddlStatements('DROP TABLE b'));
+  tracker.parsed(ddlStatements('DROP TABLE b'));
   tracker.owed(null);
   tracker.unowe(); // COPY IN swallowed that Sync: the statements wait for the next one
   tracker.owed(null);
   tracker.error('2BP01');
   tracker.ready();
   t.same(seen[1], ['DropStmt', { outcome: 'error', sqlstate: '2BP01' }]);
-  t.notOk(tracker.active);
-});
-
-t.test('tracker: a tag that comes before the Sync (Flush), and a statement run twice', async (t) => {
-  const seen: [string, DdlOutcome][] = [];
-  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
-  const create = ddlStatements('CREATE TABLE c (x int)');
-  tracker.executed(create);
-  tracker.commandComplete('CREATE TABLE'); // answered after a Flush, the Sync still to come
-  tracker.owed(null);
-  tracker.ready();
-  t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
-  tracker.executed(create);
-  tracker.executed(create);
-  tracker.owed(null);
-  tracker.error('42P07');
-  tracker.ready();
-  t.same(seen.slice(1), [
-    ['CreateStmt', { outcome: 'error', sqlstate: '42P07' }],
-    ['CreateStmt', { outcome: 'error', sqlstate: '42P07' }],
-  ]);
-  tracker.owed(null); // a Sync with nothing audited
-  tracker.ready();
-  t.equal(seen.length, 3);
 });

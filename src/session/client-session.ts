@@ -140,13 +140,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private transactions = 0;
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
-  /**
-   * DDL audit of the extended protocol: the audited statements of this client's prepared
-   * statements ('' the unnamed one) and of the portals bound to them, by the client's names.
-   * They are recorded when such a portal runs (Execute), with that run's outcome.
-   */
-  private readonly ddlOfStatement = new Map<string, readonly DdlStatement[]>();
-  private readonly ddlOfPortal = new Map<string, readonly DdlStatement[]>();
   private pinValues: ReadonlyMap<string, string> = new Map();
   /**
    * The work this client sent cannot run: its transaction died with its server connection,
@@ -637,9 +630,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(this.vettedSql) : undefined;
-        // Audited when a portal of it runs (Execute), not now: see ddlOfStatement.
-        if (name === '' && this.ddlOfStatement.size > 0) this.ddlOfStatement.delete('');
-        if (ddl !== undefined && ddl.length > 0 && !(name !== '' && this.transactionMode && this.statements.has(name))) this.ddlOfStatement.set(name, ddl);
         // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
         if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
         if (vetted === frame && name === '' && this.transactionMode) {
@@ -654,33 +644,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const sets = trackedSet(sql);
           if (sets) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
         }
-        if (vetted !== frame) return this.send(vetted, P);
+        if (vetted !== frame) return this.send(vetted, P, null, null, ddl);
         // Session mode keeps one server connection: names can stay as the client chose them.
         const own = this.vettedSql;
-        if (name === '' || !this.transactionMode) return this.send(frame, P, null, null, undefined, own);
+        if (name === '' || !this.transactionMode) return this.send(frame, P, null, null, ddl, own);
         if (this.statements.has(name)) {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
         const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own));
-        return this.send(stmt.parse, P, null, stmt, undefined, own);
+        return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
         return this.send(this.vetFunctionCall(frame), F);
       case B:
-        if (this.ddlOfStatement.size > 0 || this.ddlOfPortal.size > 0) this.notePortal(frame);
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
       case D:
-        return this.sendNaming(frame, type, this.transactionMode ? statementTarget(frame) : null);
       case C:
-        if (this.ddlOfStatement.size > 0 || this.ddlOfPortal.size > 0) this.forgetClosed(frame);
         return this.sendNaming(frame, type, this.transactionMode ? statementTarget(frame) : null);
-      case E:
-        if (this.ddlOfPortal.size > 0) {
-          const ddl = this.ddlOfPortal.get(cString(frame, 5));
-          if (ddl !== undefined) return this.send(frame, E, null, null, ddl);
-        }
-        return this.send(frame, E);
       default:
         return this.send(frame, type);
     }
@@ -750,7 +731,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private deallocate(sql: string): Outgoing | null {
     if (DEALLOCATE_ALL.test(sql)) {
       this.statements.clear();
-      this.ddlOfStatement.clear();
       return null;
     }
     const m = DEALLOCATE_ONE.exec(sql);
@@ -759,30 +739,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const stmt = this.statements.get(name);
     if (!stmt) return null;
     this.statements.forget(name);
-    this.ddlOfStatement.delete(name);
     return { bytes: serialize.query(`DEALLOCATE "${stmt.serverName}"`), type: Q, needs: stmt, defines: null, deallocates: stmt };
   }
 
   // ---- DDL audit: statements recorded once the server has answered them ---------------------
-
-  /** A Bind: its portal runs the audited statements of the statement it binds, if any. */
-  private notePortal(frame: Buffer): void {
-    const portalEnd = frame.indexOf(0, 5);
-    const statementEnd = portalEnd < 0 ? -1 : frame.indexOf(0, portalEnd + 1);
-    if (statementEnd < 0) throw new FrameError('invalid Bind message');
-    const portal = frame.toString('utf8', 5, portalEnd);
-    const ddl = this.ddlOfStatement.get(frame.toString('utf8', portalEnd + 1, statementEnd));
-    if (ddl !== undefined) this.ddlOfPortal.set(portal, ddl);
-    else this.ddlOfPortal.delete(portal);
-  }
-
-  /** A Close of a statement or portal: it no longer runs anything audited. */
-  private forgetClosed(frame: Buffer): void {
-    if (frame.length < 7) throw new FrameError('invalid Describe/Close message');
-    const name = cString(frame, 6);
-    if (frame[5] === 0x53 /* S */) this.ddlOfStatement.delete(name);
-    else this.ddlOfPortal.delete(name);
-  }
 
   /** Audited statements in SQL vet() just decoded (none unless audit.ddl is on). */
   private ddlOf(sql: string): readonly DdlStatement[] | undefined {
@@ -984,9 +944,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.noteParse(false, name);
       if (out.defines) server.prepared.add(out.defines.serverName);
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
-    } else if (out.type === E && out.ddl !== undefined) {
-      this.ddl.executed(out.ddl);
-      server.commandTagsWanted();
+      this.ddl.parsed(out.ddl);
+      if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {
       const now = performance.now();
       if (out.type === Q) this.ledger.query(now, out.sets);
@@ -1589,11 +1548,4 @@ function denyReasonFor(code: string): DenyReason {
 function isReplication(value: string | undefined): boolean {
   if (value === undefined) return false;
   return ['true', 'on', 'yes', '1', 'database'].includes(value.toLowerCase());
-}
-
-/** The C string at `start` of a frame (a portal or statement name). */
-function cString(frame: Buffer, start: number): string {
-  const end = frame.indexOf(0, start);
-  if (end < 0) throw new FrameError('invalid message: unterminated name');
-  return frame.toString('utf8', start, end);
 }

@@ -7,8 +7,8 @@ import type { DdlStatement } from '../audit/ddl.js';
 export type DdlOutcome = { outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string };
 
 interface Batch {
-  readonly stmts: DdlStatement[];
-  /** From Executes (extended protocol) rather than one Query string. */
+  readonly stmts: readonly DdlStatement[];
+  /** From Parses (extended protocol) rather than one Query string. */
   readonly extended: boolean;
   readonly tags: string[];
   error: string | null;
@@ -18,12 +18,8 @@ export class DdlTracker {
   /** One entry per ReadyForQuery owed, oldest first; null when it answers nothing audited. */
   private readonly batches: (Batch | null)[] = [];
   private pending = 0;
-  /**
-   * The extended-protocol batch whose Sync has not gone out yet, holding the audited
-   * statements of the portals it ran (Execute). Already last in `batches`, so that tags the
-   * server sends before the Sync (the client sent Flush) reach it.
-   */
-  private open: Batch | null = null;
+  /** Audited statements of Parses sent since the last Sync. */
+  private sinceSync: DdlStatement[] = [];
 
   constructor(private readonly record: (stmt: DdlStatement, outcome: DdlOutcome) => void) {}
 
@@ -32,49 +28,33 @@ export class DdlTracker {
     return this.pending > 0;
   }
 
-  /** An Execute of a portal running these audited statements went out. */
-  executed(stmts: readonly DdlStatement[]): void {
-    if (this.open === null) {
-      this.open = { stmts: [], extended: true, tags: [], error: null };
-      this.batches.push(this.open);
-      this.pending++;
-    }
-    this.open.stmts.push(...stmts);
+  parsed(stmts: readonly DdlStatement[] | undefined): void {
+    if (stmts) this.sinceSync.push(...stmts);
   }
 
-  /**
-   * A Query (its statements) or a Sync went out: a ReadyForQuery is owed. It also answers the
-   * portals run since the last Sync: a Query behind them runs in their transaction.
-   */
+  /** A Query (its statements) or a Sync (the Parses before it) went out: a ReadyForQuery is owed. */
   owed(fromQuery: readonly DdlStatement[] | null): void {
-    const open = this.open;
-    this.open = null;
-    if (open !== null) {
-      if (fromQuery !== null) open.stmts.push(...fromQuery);
-      return;
-    }
-    if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
-    this.batches.push({ stmts: [...fromQuery], extended: false, tags: [], error: null });
+    const extended = fromQuery === null;
+    const stmts = extended ? this.sinceSync : fromQuery;
+    if (extended) this.sinceSync = [];
+    if (stmts.length === 0) return void this.batches.push(null);
+    this.batches.push({ stmts, extended, tags: [], error: null });
     this.pending++;
   }
 
-  /** The last owed ReadyForQuery will not come (a Sync the server ignored in COPY IN): its portals wait for the next. */
+  /** The last owed ReadyForQuery will not come (a Sync the server ignored in COPY IN). */
   unowe(): void {
     const batch = this.batches.pop();
     if (!batch) return;
-    if (batch.extended && this.open === null) {
-      this.batches.push(batch);
-      this.open = batch;
-      return;
-    }
     this.pending--;
+    this.sinceSync.unshift(...batch.stmts);
   }
 
   /** The server connection died: nothing in flight will be answered. */
   abandon(): void {
     this.batches.length = 0;
     this.pending = 0;
-    this.open = null;
+    this.sinceSync = [];
   }
 
   commandComplete(tag: string): void {
@@ -101,8 +81,7 @@ export class DdlTracker {
 /**
  * A Query string runs its statements in order, each answered by one CommandComplete, and
  * stops at the first error: the statement at that position failed, later ones never ran
- * (null: not recorded). Statements run by Executes take the outcome of their batch, up to
- * its Sync: its first error, else the last tag.
+ * (null: not recorded). Statements from Parses take the outcome of their Sync.
  */
 function outcomeOf(batch: Batch, stmt: DdlStatement): DdlOutcome | null {
   if (batch.extended) {
