@@ -74,6 +74,25 @@ t.test('switchPlan: the statement as a Query message, memoised by the two settin
   t.equal(switchPlan(upper, settingsKey(upper), lower, settingsKey(lower)), null, 'keys differ only by case: setConfigSql has nothing to do');
 });
 
+t.test('switchPlan: bounded; a pair past the bounds is worked out again, the same', async (t) => {
+  const a = new Map([['app.tenant_id', 'a']]);
+  const b = new Map([['app.tenant_id', 'b']]);
+  const [ka, kb] = [settingsKey(a), settingsKey(b)];
+  const first = switchPlan(b, kb, a, ka);
+  for (let i = 0; i < 4100; i++) {
+    const w = new Map([['app.tenant_id', `w${i}`]]);
+    switchPlan(w, settingsKey(w), a, ka);
+  }
+  const again = switchPlan(b, kb, a, ka);
+  t.not(again, first, 'more than 4096 pairs: the cache started afresh');
+  t.same(again, first, 'with the same plan');
+  const long = new Map([['app.note', 'x'.repeat(1024 * 1024)]]);
+  const kl = settingsKey(long);
+  const big = switchPlan(long, kl, a, ka);
+  t.not(switchPlan(long, kl, a, ka), big, 'keys longer than the whole budget are not kept');
+  t.same(switchPlan(long, kl, a, ka)?.query, serialize.query(setConfigSql(long, a)!));
+});
+
 t.test('switchPlan: the inline form only for plain SET/RESET of custom variables and a few core settings', async (t) => {
   const plan = (wanted: [string, string][], held: [string, string][]) => {
     const [w, h] = [new Map(wanted), new Map(held)];

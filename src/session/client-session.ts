@@ -35,7 +35,7 @@ import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
-import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan, type SwitchPlan } from './set-config.js';
+import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan } from './set-config.js';
 import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
@@ -62,8 +62,6 @@ const MAX_AUTH_MESSAGE = 65535 + 64;
 const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDCEHcf');
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
-/** Switch plans a client remembers (one per other settings it found on a connection). */
-const MAX_CLIENT_PLANS = 64;
 const TLS_HANDSHAKE_RECORD = 0x16;
 const EMPTY = Buffer.alloc(0);
 /** lo_open, lo_close, loread, lowrite, lo_lseek(64), lo_creat, lo_create, lo_tell(64), lo_truncate(64), lo_unlink. */
@@ -167,11 +165,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private params: ReadonlyMap<string, string> = new Map();
   /** settingsKey(params), updated with it. */
   private paramsKey = '';
-  /**
-   * Switch plans to `params` by the settingsKey held before, while `params` stay the same
-   * (switchFrom): a lease costs a lookup by a string already hashed, not a fresh key.
-   */
-  private plans: Map<string, SwitchPlan | null> | null = null;
   private key: { processId: number; secretKey: number } | null = null;
   private pool: Pool | null = null;
   private server: ServerConnection | null = null;
@@ -895,7 +888,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     server.beginBatch();
     const before = server.settingsBeforeSwitch;
     if (before !== null) {
-      const plan = this.switchFrom(before.settings, before.key);
+      const plan = switchPlan(this.params, this.paramsKey, before.settings, before.key);
       if (plan !== null) server.sendHidden(plan.query);
     } else this.switchSettings(server);
     this.flushQueued(server);
@@ -1059,7 +1052,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * the same write.
    */
   private switchSettings(server: ServerConnection): void {
-    const plan = this.switchFrom(server.applied, server.appliedKey);
+    const plan = switchPlan(this.params, this.paramsKey, server.applied, server.appliedKey);
     if (plan === null) {
       // Nothing to do, though the keys may differ in the case of a name: record the client's.
       if (server.appliedKey !== this.paramsKey) server.holdExactly(this.params, this.paramsKey);
@@ -1227,20 +1220,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private setParams(params: ReadonlyMap<string, string>): void {
     this.params = params;
     this.paramsKey = settingsKey(params);
-    this.plans = null;
-  }
-
-  /** How to turn `held` (settingsKey `heldKey`) into this client's settings: see switchPlan. */
-  private switchFrom(held: ReadonlyMap<string, string>, heldKey: string): SwitchPlan | null {
-    if (heldKey === this.paramsKey) return null;
-    this.plans ??= new Map();
-    let plan = this.plans.get(heldKey);
-    if (plan === undefined) {
-      plan = switchPlan(this.params, this.paramsKey, held, heldKey);
-      if (this.plans.size >= MAX_CLIENT_PLANS) this.plans.clear();
-      this.plans.set(heldKey, plan);
-    }
-    return plan;
   }
 
   /**

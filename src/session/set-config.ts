@@ -21,7 +21,6 @@
 // its extended-protocol batch: see inline-switch.ts.
 
 import { serialize } from 'pg-protocol';
-import { TextLru } from '../cache/text-lru.js';
 
 /**
  * Values a `SET … = '…'` literal carries unchanged whatever the session's client_encoding
@@ -159,32 +158,53 @@ export interface SwitchPlan {
 }
 
 /**
- * The switching statements, per (held, wanted) pair of settingsKey() fingerprints, which
+ * The switching statements, per (wanted, held) pair of settingsKey() fingerprints, which
  * determine the maps. Tenants switching back and forth on a saturated pool ask for the same
- * few pairs over and over. Bounded in entries and in key text, since a client's own SET
- * values can be long.
+ * few pairs over and over, on every lease: they are looked up by the two key strings the
+ * client and the connection already hold (hashed once), not by a key built per lookup.
+ * Bounded in entries and in key text, since a client's own SET values can be long: past
+ * either bound the cache starts afresh.
  */
-const switchPlans = new TextLru<SwitchPlan | null>(4096, 1024 * 1024);
+const switchPlans = new Map<string, Map<string, SwitchPlan | null>>();
+const MAX_PLANS = 4096;
+const MAX_PLAN_KEY_CHARS = 1024 * 1024;
+let planCount = 0;
+let planKeyChars = 0;
 
 /** How to turn `held` into `wanted` (null: nothing to switch), memoised by their keys. */
 export function switchPlan(wanted: ReadonlyMap<string, string>, wantedKey: string, held: ReadonlyMap<string, string>, heldKey: string): SwitchPlan | null {
   if (wantedKey === heldKey) return null;
-  const key = `${heldKey}\0${wantedKey}`; // no NUL inside a key: JSON escapes control characters
-  let plan = switchPlans.get(key);
-  if (plan === undefined) {
-    const sw = switchStatements(wanted, held);
-    plan =
-      sw === null
-        ? null
-        : {
-            query: serialize.query(inTransaction(sw)),
-            inline: sw.inlineable
-              ? { prefix: Buffer.from(`${sw.statements.join('; ')}; `, 'latin1'), extended: extendedSwitch(sw.statements), statements: sw.statements.length }
-              : null,
-          };
-    switchPlans.set(key, plan);
+  let byHeld = switchPlans.get(wantedKey);
+  const known = byHeld?.get(heldKey);
+  if (known !== undefined) return known;
+  const plan = planOf(switchStatements(wanted, held));
+  const chars = wantedKey.length + heldKey.length;
+  if (chars > MAX_PLAN_KEY_CHARS) return plan;
+  if (planCount >= MAX_PLANS || planKeyChars + chars > MAX_PLAN_KEY_CHARS) {
+    switchPlans.clear();
+    planCount = 0;
+    planKeyChars = 0;
+    byHeld = undefined;
   }
+  if (byHeld === undefined) {
+    byHeld = new Map();
+    switchPlans.set(wantedKey, byHeld);
+    planKeyChars += wantedKey.length;
+  }
+  byHeld.set(heldKey, plan);
+  planCount++;
+  planKeyChars += heldKey.length;
   return plan;
+}
+
+function planOf(sw: SwitchStatements | null): SwitchPlan | null {
+  if (sw === null) return null;
+  return {
+    query: serialize.query(inTransaction(sw)),
+    inline: sw.inlineable
+      ? { prefix: Buffer.from(`${sw.statements.join('; ')}; `, 'latin1'), extended: extendedSwitch(sw.statements), statements: sw.statements.length }
+      : null,
+  };
 }
 
 /**

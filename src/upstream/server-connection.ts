@@ -567,10 +567,9 @@ export class ServerConnection implements ScanSink {
     // In a batch the client's messages are its own: nothing shifts, and before the switch
     // completed the server has seen none of them.
     const shift = inline.prefixChars ?? 0;
-    const afterSwitch = this.relayTable(inline.prefixChars !== null);
     if (inline.pending > 0) {
       if (type === 0x43 /* C */ || type === 0x31 /* 1 */ || type === 0x32 /* 2 */) {
-        if (--inline.pending === 0) this.scanner.inspect = afterSwitch;
+        if (--inline.pending === 0) this.scanner.inspect = this.relayTable(inline.prefixChars !== null);
         return;
       }
       if (type === 0x53 /* S */) return this.noteParameter(frame);
@@ -585,7 +584,7 @@ export class ServerConnection implements ScanSink {
         }
         inline.pending = 0;
         inline.failed = true;
-        this.scanner.inspect = afterSwitch;
+        this.scanner.inspect = this.relayTable(inline.prefixChars !== null);
         return this.relayMessage(type, shiftPosition(frame, shift));
       }
       // A warning the client's text raised while the whole string was parsed is the client's;
