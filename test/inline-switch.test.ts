@@ -227,7 +227,8 @@ t.test('work pipelined behind an inline switch, then a cancel: answered, and the
     const [a, b] = [await open(t, 'a'), await open(t, 'b')];
     t.equal(await pin(a), 'a');
     const { raw, seen, st, until } = rawOf(b);
-    raw.stream.write(Buffer.concat([serialize.query('SELECT pg_sleep(0.2)'), serialize.query("SELECT current_setting('app.tenant_id', true)")]));
+    // Long enough that the cancel, sent 50 ms in, lands during it even on a loaded machine.
+    raw.stream.write(Buffer.concat([serialize.query('SELECT pg_sleep(2)'), serialize.query("SELECT current_setting('app.tenant_id', true)")]));
     await sleep(50);
     await sendCancel(proxy.port, keyOf(b).processID, keyOf(b).secretKey);
     await until(2, 4000);
