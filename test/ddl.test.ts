@@ -62,12 +62,12 @@ t.test('tracker: outcomes per statement of a Query string', async (t) => {
   tracker.commandComplete('SELECT 1');
   tracker.commandComplete('CREATE TABLE');
   tracker.error('22012');
-  tracker.ready();
+  tracker.ready('I');
   t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]], 'DROP after the error never ran');
   t.notOk(tracker.active);
   tracker.owed(ddlStatements('CREATE TABLE a (x int)'));
   tracker.error('42P07');
-  tracker.ready();
+  tracker.ready('I');
   t.same(seen[1], ['CreateStmt', { outcome: 'error', sqlstate: '42P07' }]);
 });
 
@@ -77,16 +77,104 @@ t.test('tracker: extended protocol, pipelining, and a Sync the server ignored', 
   tracker.owed([]); // an unrelated Query in flight first
   tracker.parsed(ddlStatements('CREATE TABLE b (x int)'));
   tracker.owed(null); // its Sync
-  tracker.ready(); // the Query's ReadyForQuery: nothing recorded
+  tracker.ready('I'); // the Query's ReadyForQuery: nothing recorded
   t.same(seen, []);
   tracker.commandComplete('CREATE TABLE');
-  tracker.ready();
+  tracker.ready('I');
   t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
   tracker.parsed(ddlStatements('DROP TABLE b'));
   tracker.owed(null);
   tracker.unowe(); // COPY IN swallowed that Sync: the statements wait for the next one
   tracker.owed(null);
   tracker.error('2BP01');
-  tracker.ready();
+  tracker.ready('I');
   t.same(seen[1], ['DropStmt', { outcome: 'error', sqlstate: '2BP01' }]);
+});
+
+t.test('tracker: each run of a prepared audited statement is recorded, with its own outcome', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+  const create = ddlStatements('CREATE TABLE c (x int)');
+  // Prepared (Parse + Sync): recorded once, with an empty tag, since nothing of it ran.
+  tracker.parsed(create);
+  tracker.owed(null);
+  t.ok(tracker.active, 'tags wanted before the Sync: a Flush may bring them');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE c (x int)', { outcome: 'ok', command_tag: '' }]]);
+  // Run twice in later batches.
+  for (const [reply, want] of [
+    ['CREATE TABLE', { outcome: 'ok', command_tag: 'CREATE TABLE' }],
+    ['42P07', { outcome: 'error', sqlstate: '42P07' }],
+  ] as const) {
+    t.notOk(tracker.tracksPortals);
+    tracker.bound('', create);
+    t.equal(tracker.executed(''), true);
+    t.ok(tracker.active);
+    tracker.owed(null);
+    if (reply === 'CREATE TABLE') tracker.commandComplete(reply);
+    else tracker.error(reply);
+    tracker.ready('I');
+    t.same(seen.at(-1), ['CREATE TABLE c (x int)', want]);
+  }
+  t.equal(seen.length, 3);
+  // Parse, Bind and Execute in one batch: one event, the run's.
+  const drop = ddlStatements('DROP TABLE c');
+  tracker.parsed(drop);
+  tracker.bound('', drop);
+  tracker.executed('');
+  tracker.owed(null);
+  tracker.commandComplete('DROP TABLE');
+  tracker.ready('I');
+  t.same(seen.slice(3), [['DROP TABLE c', { outcome: 'ok', command_tag: 'DROP TABLE' }]]);
+});
+
+t.test('tracker: run tags by position, runs skipped after an error, portals end with the transaction', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+  const create = ddlStatements('CREATE TABLE d (x int)');
+  // Parse first (the batch is open before any Execute), then a SELECT, an empty query, the DDL.
+  tracker.parsed(create);
+  tracker.bound('sel', null);
+  t.equal(tracker.executed(null), false);
+  t.equal(tracker.executed(null), false);
+  tracker.bound('', create);
+  t.equal(tracker.executed(''), true);
+  tracker.owed(null);
+  for (const tag of ['SELECT 1', '', 'CREATE TABLE']) tracker.commandComplete(tag);
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE d (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
+  // Inside a transaction block a named portal outlives its batch, until the transaction ends.
+  tracker.bound('p', create);
+  tracker.owed(null);
+  tracker.ready('T');
+  t.ok(tracker.tracksPortals);
+  t.equal(tracker.executed('p'), true);
+  tracker.owed(null);
+  tracker.error('42P07');
+  tracker.ready('E');
+  t.same(seen[1], ['CREATE TABLE d (x int)', { outcome: 'error', sqlstate: '42P07' }]);
+  tracker.owed([]); // ROLLBACK
+  tracker.ready('I');
+  t.notOk(tracker.tracksPortals, 'gone with the transaction');
+  t.equal(tracker.executed('p'), false);
+  tracker.owed(null);
+  tracker.ready('I');
+  // A Bind pipelined behind a batch still in flight survives that batch's end.
+  tracker.owed([]);
+  tracker.bound('q', create);
+  tracker.ready('I');
+  t.equal(tracker.executed('q'), true);
+  tracker.owed(null);
+  tracker.commandComplete('CREATE TABLE');
+  tracker.ready('I');
+  t.same(seen[2], ['CREATE TABLE d (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]);
+  // A Query behind an unfinished extended batch: one ReadyForQuery, batch outcome for both.
+  tracker.bound('', create);
+  tracker.executed('');
+  tracker.owed(ddlStatements('DROP TABLE d'));
+  tracker.commandComplete('CREATE TABLE');
+  tracker.commandComplete('DROP TABLE');
+  tracker.ready('I');
+  t.same(seen.slice(3).map(([s, o]) => [s, o.outcome]), [['DROP TABLE d', 'ok'], ['CREATE TABLE d (x int)', 'ok']]);
+  t.notOk(tracker.active);
 });

@@ -410,3 +410,55 @@ t.test('DDL is audited with its command tag on a connection that needs no switch
     ],
   );
 });
+
+// A statement prepared once runs again with Bind/Execute alone: each run is an event of its
+// own, with its own outcome (before, only the Parse was recorded).
+t.test('DDL prepared once is audited at every run, with a tag answered before its Sync', async (t) => {
+  await pgs.query(`GRANT CREATE ON SCHEMA public TO ${SERVER_ROLE}`);
+  const c = await connect('plain', 'plain-pw');
+  t.teardown(() => c.end());
+  const ddlEvents = () => proxy.audit.lines.filter((l) => l.event === 'ddl' && String(l.statement).includes('tx_runs_probe'));
+  const mk = { name: 'mk_runs', text: 'CREATE TABLE tx_runs_probe (id int)' };
+  const rm = { name: 'rm_runs', text: 'DROP TABLE tx_runs_probe' };
+  await c.query(mk); // Parse, Bind, Execute, Sync
+  const dup = await c.query(mk).then(() => null, (e: { code?: string }) => e.code); // Bind, Execute, Sync
+  t.equal(dup, '42P07');
+  await c.query(rm);
+  await c.query('BEGIN');
+  await c.query(mk);
+  await c.query('ROLLBACK');
+  await c.query(mk);
+  await c.query({ name: 'sel_runs', text: 'SELECT 1' });
+  // Prepared with Parse + Sync, then run with a Flush before the Sync: the tag arrives first.
+  // (Raw protocol on a client of its own: pg.Client reports replies it did not ask for as errors.)
+  const r = await connect('plain', 'plain-pw');
+  t.teardown(() => r.end());
+  r.on('error', () => {});
+  const raw = (r as unknown as { connection: { parse(m: object): void; bind(m: object): void; execute(m: object): void; flush(): void; sync(): void; once(e: string, f: (m: { text?: string }) => void): void } }).connection;
+  const rfq = () => new Promise<void>((resolve) => raw.once('readyForQuery', () => resolve()));
+  let ready = rfq();
+  raw.parse({ name: 'rm_raw', text: rm.text, types: [] });
+  raw.sync();
+  await ready;
+  const tag = new Promise<string | undefined>((resolve) => raw.once('commandComplete', (m) => resolve(m.text)));
+  raw.bind({ statement: 'rm_raw', portal: '', values: [] });
+  raw.execute({ portal: '' });
+  raw.flush();
+  t.equal(await tag, 'DROP TABLE', 'answered before the Sync');
+  ready = rfq();
+  raw.sync();
+  await ready;
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(
+    ddlEvents().map((e) => [String(e.statement).split(' ')[0], e.outcome, e.command_tag ?? e.sqlstate]),
+    [
+      ['CREATE', 'ok', 'CREATE TABLE'],
+      ['CREATE', 'error', '42P07'],
+      ['DROP', 'ok', 'DROP TABLE'],
+      ['CREATE', 'ok', 'CREATE TABLE'], // in the block later rolled back: the run itself succeeded
+      ['CREATE', 'ok', 'CREATE TABLE'],
+      ['DROP', 'ok', ''], // rm_raw prepared: nothing ran yet
+      ['DROP', 'ok', 'DROP TABLE'], // and run
+    ],
+  );
+});

@@ -19,7 +19,7 @@ import { displayClientAddress, evaluate } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
 import { ddlStatements, type DdlStatement } from '../audit/ddl.js';
-import { DdlTracker, type DdlOutcome } from './ddl-tracker.js';
+import { DdlTracker, type DdlGroup, type DdlOutcome } from './ddl-tracker.js';
 import { parseFields } from '../protocol/fields.js';
 import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
@@ -36,7 +36,7 @@ import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
 import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan } from './set-config.js';
-import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, takesInlineSwitch } from './inline-switch.js';
+import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, portalName, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 import type { ProxyAddress } from '../protocol/proxy-header.js';
@@ -103,6 +103,8 @@ interface Outgoing {
   readonly ddl?: readonly DdlStatement[];
   /** A Bind/Describe of the unnamed statement: it must be this client's, on this connection. */
   readonly usesUnnamed?: { readonly start: number; readonly end: number };
+  /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came). */
+  readonly bindsDdl?: DdlGroup;
   /** A SET of a startup parameter: becomes one of the client's settings once the server accepts it. */
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
@@ -180,6 +182,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly ledger = new RelayLedger();
   /** Transaction mode: the client's last Parse of the unnamed statement, to replay elsewhere. */
   private unnamedParse: Buffer | null = null;
+  /** The audited statements of unnamedParse (null: none), recorded when a portal bound to it runs. */
+  private unnamedDdl: DdlGroup | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
   /** The SQL text of the message vet() last looked at. */
@@ -624,13 +628,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(this.vettedSql) : undefined;
         // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
-        if (name === '' && this.transactionMode) this.unnamedParse = vetted === frame ? frame : null;
+        if (name === '' && this.transactionMode) {
+          this.unnamedParse = vetted === frame ? frame : null;
+          this.unnamedDdl = ddl !== undefined && ddl.length > 0 ? ddl : null;
+        }
         if (vetted === frame && name === '' && this.transactionMode) {
           // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
           const sql = this.vettedSql;
           const dealloc = this.deallocate(sql);
           if (dealloc) {
             this.unnamedParse = null;
+            this.unnamedDdl = null;
             const parse = serialize.parse({ name: '', text: dealloc.bytes.toString('utf8', 5, dealloc.bytes.length - 1), types: [] });
             return this.queueOrWrite({ ...dealloc, bytes: parse, type: P });
           }
@@ -645,7 +653,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
-        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own));
+        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddl !== undefined && ddl.length > 0 ? ddl : null);
         return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
@@ -682,7 +690,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (at === null) return this.send(frame, type);
     if (at.end === at.start) {
       if (type === C) return this.send(frame, type);
-      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at });
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, ...(type === B && this.unnamedDdl !== null ? { bindsDdl: this.unnamedDdl } : {}) });
     }
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
@@ -749,6 +757,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (serverName === '') {
       this.unnamedOnServer = false;
       this.unnamedParse = null;
+      this.unnamedDdl = null;
       return;
     }
     this.statements.forgetServerName(serverName);
@@ -919,7 +928,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (this.unnamedParse === null) {
         // Never prepared by this client: whatever unnamed statement sits there is not its own.
         const missing = this.refusals.missingStatement('');
-        out = { ...out, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
+        const { bindsDdl: _none, ...rest } = out;
+        out = { ...rest, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
       } else {
         server.write(this.unnamedParse);
         server.noteParse(true, '');
@@ -939,6 +949,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       this.ddl.parsed(out.ddl);
       if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
+    } else if (out.type === B) {
+      const group = out.needs?.ddl ?? out.bindsDdl ?? null;
+      if (group !== null || this.ddl.tracksPortals) this.ddl.bound(portalName(out.bytes) ?? '', group);
+    } else if (out.type === E) {
+      if (this.ddl.executed(this.ddl.tracksPortals ? portalName(out.bytes) : null)) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {
       const now = performance.now();
       if (out.type === Q) this.ledger.query(now, out.sets);
@@ -955,6 +970,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
     } else if (out.type === C && out.bytes[5] === 0x53 /* S */) {
       server.prepared.delete(out.bytes.toString('utf8', 6, out.bytes.length - 1));
+    } else if (out.type === C && this.ddl.tracksPortals) {
+      this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
     }
     this.writeOrWait(server, out.bytes);
   }
@@ -1299,7 +1316,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   onServerReady(status: TxStatus): void {
     const askedAt = this.ledger.answered(this.settle);
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
-    this.ddl.ready();
+    this.ddl.ready(status);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();

@@ -1,60 +1,158 @@
 // Pairs the audited statements a client sent with what the server answered: one batch per
-// ReadyForQuery owed, filled with the CommandComplete tags and the first error seen, and
-// settled when that ReadyForQuery arrives. Pure bookkeeping; the session writes the events.
+// ReadyForQuery owed, filled with the completion tags and the first error seen, and settled
+// when that ReadyForQuery arrives. Pure bookkeeping; the session writes the events.
+//
+// A Query string records each audited statement once, at its position in the string.
+//
+// The extended protocol records runs: each Execute of a portal bound to an audited statement
+// (transaction mode, where the session knows which statement every name means; see
+// ClientSession). A statement prepared in one batch and run in later ones is recorded at
+// every run, with that run's outcome, which is the outcome of its batch (the batch is one
+// transaction: when it fails, what ran before the error rolled back too). A Parse of an
+// audited statement that no Execute of its batch ran is recorded too, with the batch's
+// outcome and an empty tag: a submitted DDL text is never left out, whatever happens to it.
+//
+// Tags: each Execute is answered by one completion (CommandComplete, EmptyQueryResponse or
+// PortalSuspended) until an error, so a run's tag is the completion at its Execute's
+// position. That position is known when the batch was open before the first of its Executes
+// went out (the relay then inspects every completion of it); otherwise the batch's last tag
+// stands in.
 
 import type { DdlStatement } from '../audit/ddl.js';
 
 export type DdlOutcome = { outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string };
 
+/** The audited statements of one Parse (their array is the Parse's identity here). */
+export type DdlGroup = readonly DdlStatement[];
+
+interface Run {
+  readonly group: DdlGroup;
+  /** Which Execute of the batch it was (0-based). */
+  readonly index: number;
+}
+
 interface Batch {
-  readonly stmts: readonly DdlStatement[];
-  /** From Parses (extended protocol) rather than one Query string. */
-  readonly extended: boolean;
+  /** Statements of a Query string, by their index in it. */
+  readonly query: readonly DdlStatement[];
+  /** Parses of audited statements in the batch. */
+  readonly parsed: DdlGroup[];
+  /** Executes in the batch that ran an audited statement. */
+  readonly runs: Run[];
+  /** Completion tags in order ('' for EmptyQueryResponse and PortalSuspended). */
   readonly tags: string[];
+  /** Whether tags[i] answers the batch's i-th Execute (see the module comment). */
+  countable: boolean;
   error: string | null;
+  /** Its ReadyForQuery is owed (a Query or Sync went out); else more of it may still come. */
+  closed: boolean;
+}
+
+interface Portal {
+  readonly group: DdlGroup;
+  /** The batch (owed sequence number) of its Bind: it ends with that batch's transaction. */
+  readonly seq: number;
 }
 
 export class DdlTracker {
-  /** One entry per ReadyForQuery owed, oldest first; null when it answers nothing audited. */
+  /** Batches with audited work, oldest first; null for an owed ReadyForQuery that answers none. */
   private readonly batches: (Batch | null)[] = [];
+  /** The last entry of `batches`, while it is still open (no Query or Sync yet). */
+  private open: Batch | null = null;
+  /** Executes written since the last Query or Sync. */
+  private executes = 0;
+  /** Portals bound to audited statements, by name ('' the unnamed one). */
+  private readonly portals = new Map<string, Portal>();
+  /** Batches in `batches` that are not null. */
   private pending = 0;
-  /** Audited statements of Parses sent since the last Sync. */
-  private sinceSync: DdlStatement[] = [];
+  /** Query/Sync messages written, and ReadyForQuery messages read. */
+  private owedSeq = 0;
+  private readySeq = 0;
 
   constructor(private readonly record: (stmt: DdlStatement, outcome: DdlOutcome) => void) {}
 
-  /** While true the session wants CommandComplete tags. */
+  /** While true the session wants completion tags (and errors) from the relay. */
   get active(): boolean {
     return this.pending > 0;
   }
 
-  parsed(stmts: readonly DdlStatement[] | undefined): void {
-    if (stmts) this.sinceSync.push(...stmts);
+  /** Whether any portal is bound to an audited statement: Bind and Execute need looking at. */
+  get tracksPortals(): boolean {
+    return this.portals.size > 0;
   }
 
-  /** A Query (its statements) or a Sync (the Parses before it) went out: a ReadyForQuery is owed. */
+  /** A Parse of audited statements went out. */
+  parsed(stmts: DdlGroup | undefined): void {
+    if (stmts && stmts.length > 0) this.current().parsed.push(stmts);
+  }
+
+  /** A Bind went out: `portal` now runs `group` (null: nothing audited). */
+  bound(portal: string, group: DdlGroup | null): void {
+    if (group === null) this.portals.delete(portal);
+    else this.portals.set(portal, { group, seq: this.owedSeq });
+  }
+
+  /** A Close of a portal went out. */
+  closedPortal(portal: string): void {
+    this.portals.delete(portal);
+  }
+
+  /**
+   * An Execute went out (`portal` null when no portal is tracked: nothing audited runs).
+   * Returns whether it runs an audited statement.
+   */
+  executed(portal: string | null): boolean {
+    const index = this.executes++;
+    const bound = portal === null ? undefined : this.portals.get(portal);
+    if (bound === undefined) return false;
+    this.current().runs.push({ group: bound.group, index });
+    return true;
+  }
+
+  /** A Query (its statements) or a Sync (null) went out: a ReadyForQuery is owed. */
   owed(fromQuery: readonly DdlStatement[] | null): void {
-    const extended = fromQuery === null;
-    const stmts = extended ? this.sinceSync : fromQuery;
-    if (extended) this.sinceSync = [];
-    if (stmts.length === 0) return void this.batches.push(null);
-    this.batches.push({ stmts, extended, tags: [], error: null });
+    this.owedSeq++;
+    this.executes = 0;
+    const open = this.open;
+    this.open = null;
+    if (open !== null) {
+      open.closed = true;
+      // A Query behind an unfinished extended batch: one ReadyForQuery answers both.
+      if (fromQuery !== null && fromQuery.length > 0) this.batches[this.batches.length - 1] = { ...open, query: fromQuery, countable: false };
+      return;
+    }
+    if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
+    this.batches.push({ query: fromQuery, parsed: [], runs: [], tags: [], countable: true, error: null, closed: true });
     this.pending++;
   }
 
   /** The last owed ReadyForQuery will not come (a Sync the server ignored in COPY IN). */
   unowe(): void {
-    const batch = this.batches.pop();
-    if (!batch) return;
-    this.pending--;
-    this.sinceSync.unshift(...batch.stmts);
+    const open = this.open;
+    // The entry of that Sync: the last one, or the one before the batch opened since.
+    const at = this.batches.length - (open === null ? 1 : 2);
+    const entry = this.batches[at];
+    if (entry === undefined) return;
+    this.owedSeq--;
+    if (entry === null) return void this.batches.splice(at, 1);
+    // Reopened: what follows the ignored Sync joins it (uncounted: positions are lost).
+    entry.closed = false;
+    entry.countable = false;
+    if (open !== null) {
+      entry.parsed.push(...open.parsed);
+      entry.runs.push(...open.runs);
+      this.batches.pop();
+      this.pending--;
+    }
+    this.open = entry;
   }
 
-  /** The server connection died: nothing in flight will be answered. */
+  /** The server connection died: nothing in flight will be answered, no portal survives. */
   abandon(): void {
     this.batches.length = 0;
     this.pending = 0;
-    this.sinceSync = [];
+    this.open = null;
+    this.executes = 0;
+    this.portals.clear();
   }
 
   commandComplete(tag: string): void {
@@ -67,26 +165,54 @@ export class DdlTracker {
   }
 
   /** A ReadyForQuery arrived: record the statements it answers. */
-  ready(): void {
-    const batch = this.batches.shift();
-    if (!batch) return;
+  ready(status: string): void {
+    const seq = this.readySeq++;
+    // Out of a transaction, the portals its Binds made are gone.
+    if (status === 'I' && this.portals.size > 0) {
+      for (const [name, p] of this.portals) if (p.seq <= seq) this.portals.delete(name);
+    }
+    const batch = this.batches[0];
+    if (batch === undefined || (batch !== null && !batch.closed)) return;
+    this.batches.shift();
+    if (batch === null) return;
     this.pending--;
-    for (const stmt of batch.stmts) {
-      const outcome = outcomeOf(batch, stmt);
+    for (const stmt of batch.query) {
+      const outcome = queryOutcome(batch, stmt);
       if (outcome) this.record(stmt, outcome);
     }
+    for (const run of batch.runs) {
+      const tag = batch.countable ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
+      for (const stmt of run.group) this.record(stmt, outcomeOf(batch, tag));
+    }
+    for (const group of batch.parsed) {
+      if (batch.runs.some((r) => r.group === group)) continue;
+      for (const stmt of group) this.record(stmt, outcomeOf(batch, batch.tags.at(-1) ?? ''));
+    }
   }
+
+  /** The open batch, opened now if there is none. */
+  private current(): Batch {
+    if (this.open === null) {
+      // Completions of Executes already written may have been relayed uninspected.
+      this.open = { query: [], parsed: [], runs: [], tags: [], countable: this.executes === 0, error: null, closed: false };
+      this.batches.push(this.open);
+      this.pending++;
+    }
+    return this.open;
+  }
+}
+
+function outcomeOf(batch: Batch, tag: string): DdlOutcome {
+  return batch.error ? { outcome: 'error', sqlstate: batch.error } : { outcome: 'ok', command_tag: tag };
 }
 
 /**
  * A Query string runs its statements in order, each answered by one CommandComplete, and
  * stops at the first error: the statement at that position failed, later ones never ran
- * (null: not recorded). Statements from Parses take the outcome of their Sync.
+ * (null: not recorded).
  */
-function outcomeOf(batch: Batch, stmt: DdlStatement): DdlOutcome | null {
-  if (batch.extended) {
-    return batch.error ? { outcome: 'error', sqlstate: batch.error } : { outcome: 'ok', command_tag: batch.tags.at(-1) ?? '' };
-  }
+function queryOutcome(batch: Batch, stmt: DdlStatement): DdlOutcome | null {
+  if (!batch.countable) return outcomeOf(batch, '');
   if (stmt.index < batch.tags.length) return { outcome: 'ok', command_tag: batch.tags[stmt.index]! };
   return batch.error && stmt.index === batch.tags.length ? { outcome: 'error', sqlstate: batch.error } : null;
 }

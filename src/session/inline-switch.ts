@@ -118,8 +118,8 @@ export interface BatchMessage {
   readonly defines: unknown;
 }
 
-/** The portal name a Bind ('B') or Execute ('E') frame names (its first field). */
-function portalName(frame: Buffer): string | null {
+/** The portal name a Bind ('B') or Execute ('E') frame names (its first field), as bytes read as latin1. */
+export function portalName(frame: Buffer): string | null {
   const end = frame.indexOf(0, 5);
   return end < 0 ? null : frame.toString('latin1', 5, end);
 }

@@ -5,6 +5,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { FrameError } from '../protocol/scanner.js';
+import type { DdlGroup } from './ddl-tracker.js';
 
 export interface Statement {
   readonly serverName: string;
@@ -12,6 +13,8 @@ export interface Statement {
   readonly parse: Buffer;
   /** Its SQL may run behind an inline settings switch (session/inline-switch.ts). */
   readonly inlineSafe: boolean;
+  /** The audited (DDL) statements in its SQL, recorded each time a portal bound to it runs; else null. */
+  readonly ddl: DdlGroup | null;
 }
 
 let nextStatement = 1;
@@ -29,10 +32,10 @@ export class PreparedStatements {
   }
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
-  define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean): Statement {
+  define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
-    const stmt = { serverName, parse, inlineSafe };
+    const stmt = { serverName, parse, inlineSafe, ddl };
     this.byName.set(name, stmt);
     return stmt;
   }

@@ -45,6 +45,7 @@ export interface ServerPeer {
   onCopyIn(): void;
   /** Set while the peer wants CommandComplete tags (statements it audits are in flight). */
   readonly wantsCommandTags: boolean;
+  /** A completion: CommandComplete, EmptyQueryResponse or PortalSuspended (tag ""). */
   commandComplete(frame: Buffer): void;
 }
 
@@ -64,17 +65,18 @@ export interface ServerLogin {
 /**
  * ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may
  * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped),
- * CommandComplete (tags of audited statements), CopyInResponse (Syncs are ignored in COPY IN).
+ * CommandComplete, EmptyQueryResponse and PortalSuspended (completions: tags of audited
+ * statements, see DdlTracker), CopyInResponse (Syncs are ignored in COPY IN).
  */
-const RELAY_INSPECT = inspectTable('ZSE1CG');
+const RELAY_INSPECT = inspectTable('ZSE1CIsG');
 /**
- * The same but CommandComplete, which passes through while the client audits no DDL (the
+ * The same but the completions, which pass through while the client audits no DDL (the
  * usual case): one message fewer looked at per statement (see relayTable).
  */
 const RELAY_QUIET = inspectTable('ZSE1G');
 
 /** The same and NoticeResponse, while a Query carrying an inline switch runs (positions shift). */
-const INLINE_INSPECT = inspectTable('ZSE1CGN');
+const INLINE_INSPECT = inspectTable('ZSE1CIsGN');
 const INLINE_QUIET = inspectTable('ZSE1GN');
 
 interface Hidden {
@@ -527,7 +529,7 @@ export class ServerConnection implements ScanSink {
       return this.toClient(peer.serverError(frame));
     }
     this.toClient(frame);
-    if (type === 0x43 /* C */) {
+    if (type === 0x43 /* C */ || type === 0x49 /* I EmptyQueryResponse */ || type === 0x73 /* s PortalSuspended */) {
       if (peer.wantsCommandTags) peer.commandComplete(frame);
     } else if (type === 0x47 /* G CopyInResponse */) {
       peer.onCopyIn();
