@@ -4,7 +4,7 @@
 import t from 'tap';
 import { ddlStatements } from '../src/audit/ddl.js';
 import { loadPolicyParser } from '../src/policy/classify.js';
-import { DdlTracker, type DdlOutcome } from '../src/session/ddl-tracker.js';
+import { DdlTracker, MAX_RUNS, type DdlOutcome } from '../src/session/ddl-tracker.js';
 
 await loadPolicyParser();
 
@@ -73,7 +73,7 @@ t.test('tracker: outcomes per statement of a Query string', async (t) => {
 
 t.test('tracker: extended protocol, pipelining, and a Sync the server ignored', async (t) => {
   const seen: [string, DdlOutcome][] = [];
-  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]), false); // session mode: Parses only
   tracker.owed([]); // an unrelated Query in flight first
   tracker.parsed(ddlStatements('CREATE TABLE b (x int)'));
   tracker.owed(null); // its Sync
@@ -177,4 +177,46 @@ t.test('tracker: run tags by position, runs skipped after an error, portals end 
   tracker.ready('I');
   t.same(seen.slice(3).map(([s, o]) => [s, o.outcome]), [['DROP TABLE d', 'ok'], ['CREATE TABLE d (x int)', 'ok']]);
   t.notOk(tracker.active);
+});
+
+t.test('tracker: a first Execute keeps tag positions, named portals are not re-bound, runs past MAX_RUNS are counted', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+  const create = ddlStatements('CREATE TABLE e (x int)');
+  tracker.bound('p1', create);
+  tracker.executed('p1');
+  tracker.bound('', null);
+  tracker.executed('');
+  tracker.owed(null);
+  tracker.commandComplete('CREATE TABLE');
+  tracker.commandComplete('SELECT 1');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE e (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]], 'the tag at its own position');
+  // A Bind of a named portal that exists fails on the server (42P03): the portal still runs the DDL.
+  tracker.bound('p', create);
+  tracker.owed(null);
+  tracker.ready('T');
+  tracker.bound('p', null);
+  tracker.owed(null);
+  tracker.error('42P03');
+  tracker.ready('E');
+  t.equal(tracker.executed('p'), true, 'still the DDL');
+  tracker.owed(null);
+  tracker.ready('T');
+  // A Query drops the unnamed portal.
+  tracker.bound('', create);
+  tracker.queried();
+  t.equal(tracker.executed(''), false);
+  tracker.owed([]);
+  tracker.ready('I');
+  t.equal(seen.length, 2);
+  // One Bind, many Executes without a Sync: MAX_RUNS events, then one with the count.
+  seen.length = 0;
+  tracker.bound('', create);
+  for (let i = 0; i < MAX_RUNS + 5; i++) tracker.executed('');
+  tracker.owed(null);
+  tracker.error('42P07');
+  tracker.ready('I');
+  t.equal(seen.length, MAX_RUNS + 1);
+  t.same(seen.at(-1), ['CREATE TABLE e (x int)', { outcome: 'error', sqlstate: '42P07', runs: 5 }]);
 });

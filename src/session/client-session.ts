@@ -139,7 +139,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private hbaRule = 0;
   private transactions = 0;
   /** Audited statements in flight, settled as the server answers them. */
-  private readonly ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome));
+  private readonly ddl: DdlTracker;
   private pinValues: ReadonlyMap<string, string> = new Map();
   /**
    * The work this client sent cannot run: its transaction died with its server connection,
@@ -223,6 +223,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.logFields = { session_id: this.id, client: `${this.address}:${this.port}` };
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
+    // Runs are followed where the session knows which statement each name means.
+    this.ddl = new DdlTracker((stmt, outcome) => this.recordDdl(stmt, outcome), this.transactionMode);
     socket.setNoDelay(true);
     this.listen(socket);
     this.startupTimer = setTimeout(() => this.onStartupTimeout(), rt.config.limits.startup_timeout_ms);
@@ -784,7 +786,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private recordDdl(stmt: DdlStatement, outcome: DdlOutcome): void {
     const who = { ...this.identity(), server_role: this.runtimeUser?.config.server_role, cert_subject: this.tlsPeer?.cert?.subject ?? null };
-    this.rt.metrics.ddl.inc({ class: stmt.class, outcome: outcome.outcome });
+    this.rt.metrics.ddl.inc({ class: stmt.class, outcome: outcome.outcome }, outcome.runs ?? 1);
     this.rt.audit.ddl(who, { class: stmt.class, node: stmt.node, statement: stmt.statement, ...outcome });
   }
 
@@ -962,6 +964,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       else if (!this.ledger.sync(now)) return this.writeOrWait(server, out.bytes);
       server.noteSync();
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
+      if (out.type === Q && this.ddl.tracksPortals) this.ddl.queried();
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       if (this.ddl.active) server.commandTagsWanted();
       // DEALLOCATE ALL drops the statements the proxy prepared there too.

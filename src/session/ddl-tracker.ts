@@ -10,7 +10,13 @@
 // every run, with that run's outcome, which is the outcome of its batch (the batch is one
 // transaction: when it fails, what ran before the error rolled back too). A Parse of an
 // audited statement that no Execute of its batch ran is recorded too, with the batch's
-// outcome and an empty tag: a submitted DDL text is never left out, whatever happens to it.
+// outcome: a submitted DDL text is never left out, whatever happens to it. (Its tag is empty
+// where runs are followed; in session mode, where they are not, it is the batch's last tag,
+// usually its own run's.)
+//
+// A batch keeps at most MAX_RUNS runs one by one; runs past that are counted per statement
+// and recorded once each with their number (`runs`), so a client repeating Bind/Execute
+// without a Sync grows neither memory nor the audit trail by one entry per message.
 //
 // Tags: each Execute is answered by one completion (CommandComplete, EmptyQueryResponse or
 // PortalSuspended) until an error, so a run's tag is the completion at its Execute's
@@ -20,7 +26,10 @@
 
 import type { DdlStatement } from '../audit/ddl.js';
 
-export type DdlOutcome = { outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string };
+export type DdlOutcome = ({ outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string }) & { runs?: number };
+
+/** Runs a batch keeps one by one (see the module comment). */
+export const MAX_RUNS = 1000;
 
 /** The audited statements of one Parse (their array is the Parse's identity here). */
 export type DdlGroup = readonly DdlStatement[];
@@ -34,10 +43,12 @@ interface Run {
 interface Batch {
   /** Statements of a Query string, by their index in it. */
   readonly query: readonly DdlStatement[];
-  /** Parses of audited statements in the batch. */
-  readonly parsed: DdlGroup[];
-  /** Executes in the batch that ran an audited statement. */
+  /** Parses of audited statements in the batch (a text parsed again is the same group: see ddlStatements). */
+  readonly parsed: Set<DdlGroup>;
+  /** Executes in the batch that ran an audited statement (the first MAX_RUNS). */
   readonly runs: Run[];
+  /** Runs past MAX_RUNS, counted by statement. */
+  more: Map<DdlGroup, number> | null;
   /** Completion tags in order ('' for EmptyQueryResponse and PortalSuspended). */
   readonly tags: string[];
   /** Whether tags[i] answers the batch's i-th Execute (see the module comment). */
@@ -68,7 +79,14 @@ export class DdlTracker {
   private owedSeq = 0;
   private readySeq = 0;
 
-  constructor(private readonly record: (stmt: DdlStatement, outcome: DdlOutcome) => void) {}
+  /**
+   * `runsFollowed`: the session reports Binds and Executes (transaction mode); else only
+   * Parses and Queries, and a Parse takes its batch's last tag.
+   */
+  constructor(
+    private readonly record: (stmt: DdlStatement, outcome: DdlOutcome) => void,
+    private readonly runsFollowed = true,
+  ) {}
 
   /** While true the session wants completion tags (and errors) from the relay. */
   get active(): boolean {
@@ -82,13 +100,23 @@ export class DdlTracker {
 
   /** A Parse of audited statements went out. */
   parsed(stmts: DdlGroup | undefined): void {
-    if (stmts && stmts.length > 0) this.current().parsed.push(stmts);
+    if (stmts && stmts.length > 0) this.current().parsed.add(stmts);
   }
 
-  /** A Bind went out: `portal` now runs `group` (null: nothing audited). */
+  /**
+   * A Bind went out: `portal` now runs `group` (null: nothing audited). A named portal that
+   * still exists cannot be bound again (PostgreSQL refuses: 42P03), so its entry stays; the
+   * unnamed one is replaced.
+   */
   bound(portal: string, group: DdlGroup | null): void {
+    if (portal !== '' && this.portals.has(portal)) return;
     if (group === null) this.portals.delete(portal);
     else this.portals.set(portal, { group, seq: this.owedSeq });
+  }
+
+  /** A Query went out: PostgreSQL drops the unnamed portal first. */
+  queried(): void {
+    this.portals.delete('');
   }
 
   /** A Close of a portal went out. */
@@ -101,11 +129,15 @@ export class DdlTracker {
    * Returns whether it runs an audited statement.
    */
   executed(portal: string | null): boolean {
-    const index = this.executes++;
+    const index = this.executes;
     const bound = portal === null ? undefined : this.portals.get(portal);
-    if (bound === undefined) return false;
-    this.current().runs.push({ group: bound.group, index });
-    return true;
+    if (bound !== undefined) {
+      const batch = this.current(); // before the count moves: is this Execute the batch's first?
+      if (batch.runs.length < MAX_RUNS) batch.runs.push({ group: bound.group, index });
+      else (batch.more ??= new Map()).set(bound.group, (batch.more.get(bound.group) ?? 0) + 1);
+    }
+    this.executes++;
+    return bound !== undefined;
   }
 
   /** A Query (its statements) or a Sync (null) went out: a ReadyForQuery is owed. */
@@ -121,7 +153,7 @@ export class DdlTracker {
       return;
     }
     if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
-    this.batches.push({ query: fromQuery, parsed: [], runs: [], tags: [], countable: true, error: null, closed: true });
+    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: true, error: null, closed: true });
     this.pending++;
   }
 
@@ -138,8 +170,9 @@ export class DdlTracker {
     entry.closed = false;
     entry.countable = false;
     if (open !== null) {
-      entry.parsed.push(...open.parsed);
+      for (const group of open.parsed) entry.parsed.add(group);
       entry.runs.push(...open.runs);
+      for (const [group, n] of open.more ?? []) (entry.more ??= new Map()).set(group, (entry.more.get(group) ?? 0) + n);
       this.batches.pop();
       this.pending--;
     }
@@ -184,9 +217,14 @@ export class DdlTracker {
       const tag = batch.countable ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
       for (const stmt of run.group) this.record(stmt, outcomeOf(batch, tag));
     }
+    for (const [group, runs] of batch.more ?? []) {
+      for (const stmt of group) this.record(stmt, { ...outcomeOf(batch, batch.tags.at(-1) ?? ''), runs });
+    }
+    const parseTag = this.runsFollowed ? '' : (batch.tags.at(-1) ?? '');
+    const ran = new Set(batch.runs.map((r) => r.group));
     for (const group of batch.parsed) {
-      if (batch.runs.some((r) => r.group === group)) continue;
-      for (const stmt of group) this.record(stmt, outcomeOf(batch, batch.tags.at(-1) ?? ''));
+      if (ran.has(group) || batch.more?.has(group) === true) continue;
+      for (const stmt of group) this.record(stmt, outcomeOf(batch, parseTag));
     }
   }
 
@@ -194,7 +232,7 @@ export class DdlTracker {
   private current(): Batch {
     if (this.open === null) {
       // Completions of Executes already written may have been relayed uninspected.
-      this.open = { query: [], parsed: [], runs: [], tags: [], countable: this.executes === 0, error: null, closed: false };
+      this.open = { query: [], parsed: new Set(), runs: [], more: null, tags: [], countable: this.executes === 0, error: null, closed: false };
       this.batches.push(this.open);
       this.pending++;
     }
