@@ -31,7 +31,7 @@ export type DdlOutcome = ({ outcome: 'ok'; command_tag: string } | { outcome: 'e
 /** Runs a batch keeps one by one (see the module comment). */
 export const MAX_RUNS = 1000;
 
-/** The audited statements of one Parse (their array is the Parse's identity here). */
+/** The audited statements of one Parse; the same array for the same text (ddlStatements caches), so it stands for the text. */
 export type DdlGroup = readonly DdlStatement[];
 
 interface Run {
