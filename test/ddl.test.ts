@@ -210,6 +210,16 @@ t.test('tracker: a first Execute keeps tag positions, named portals are not re-b
   tracker.owed([]);
   tracker.ready('I');
   t.equal(seen.length, 2);
+  // An Execute went out before anything audited in the batch: positions are unknown, the last tag stands in.
+  seen.length = 0;
+  tracker.executed(null);
+  tracker.bound('', create);
+  tracker.executed('');
+  tracker.executed(null);
+  tracker.owed(null);
+  for (const tag of ['SELECT 1', 'CREATE TABLE', 'SELECT 2']) tracker.commandComplete(tag);
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE e (x int)', { outcome: 'ok', command_tag: 'SELECT 2' }]]);
   // One Bind, many Executes without a Sync: MAX_RUNS events, then one with the count.
   seen.length = 0;
   tracker.bound('', create);

@@ -953,7 +953,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
     } else if (out.type === B) {
       const group = out.needs?.ddl ?? out.bindsDdl ?? null;
-      if (group !== null || this.ddl.tracksPortals) this.ddl.bound(portalName(out.bytes) ?? '', group);
+      const portal = group !== null || this.ddl.tracksPortals ? portalName(out.bytes) : null;
+      if (portal !== null) this.ddl.bound(portal, group); // (null: a malformed Bind the server refuses)
     } else if (out.type === E) {
       if (this.ddl.executed(this.ddl.tracksPortals ? portalName(out.bytes) : null)) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {

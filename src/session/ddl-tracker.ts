@@ -134,7 +134,7 @@ export class DdlTracker {
     if (bound !== undefined) {
       const batch = this.current(); // before the count moves: is this Execute the batch's first?
       if (batch.runs.length < MAX_RUNS) batch.runs.push({ group: bound.group, index });
-      else (batch.more ??= new Map()).set(bound.group, (batch.more.get(bound.group) ?? 0) + 1);
+      else countMore(batch, bound.group, 1);
     }
     this.executes++;
     return bound !== undefined;
@@ -172,7 +172,7 @@ export class DdlTracker {
     if (open !== null) {
       for (const group of open.parsed) entry.parsed.add(group);
       entry.runs.push(...open.runs);
-      for (const [group, n] of open.more ?? []) (entry.more ??= new Map()).set(group, (entry.more.get(group) ?? 0) + n);
+      for (const [group, n] of open.more ?? []) countMore(entry, group, n);
       this.batches.pop();
       this.pending--;
     }
@@ -238,6 +238,11 @@ export class DdlTracker {
     }
     return this.open;
   }
+}
+
+/** Counts `n` runs of `group` past MAX_RUNS. */
+function countMore(batch: Batch, group: DdlGroup, n: number): void {
+  (batch.more ??= new Map()).set(group, (batch.more.get(group) ?? 0) + n);
 }
 
 function outcomeOf(batch: Batch, tag: string): DdlOutcome {
