@@ -230,3 +230,54 @@ t.test('tracker: a first Execute keeps tag positions, named portals are not re-b
   t.equal(seen.length, MAX_RUNS + 1);
   t.same(seen.at(-1), ['CREATE TABLE e (x int)', { outcome: 'error', sqlstate: '42P07', runs: 5 }]);
 });
+
+t.test('tracker: a Query the server skipped after an error in its batch is settled with the Sync', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+  const create = ddlStatements('CREATE TABLE q (x int)');
+  const drop = ddlStatements('DROP TABLE q');
+  // P/B/E (fails), Query CREATE, Sync: the error comes while both ReadyForQuery are owed.
+  tracker.executed(null);
+  tracker.owed(create); // the Query: no audited work before it, an Execute went out first
+  tracker.owed(null); // the Sync
+  tracker.queryIgnored();
+  tracker.error('22012');
+  tracker.ready('I'); // the Sync's
+  t.same(seen, [['CREATE TABLE q (x int)', { outcome: 'error', sqlstate: '22012' }]]);
+  t.notOk(tracker.active, 'nothing more owed');
+  // The next statement pairs with its own ReadyForQuery.
+  seen.length = 0;
+  tracker.owed(drop);
+  tracker.commandComplete('DROP TABLE');
+  tracker.ready('I');
+  t.same(seen, [['DROP TABLE q', { outcome: 'ok', command_tag: 'DROP TABLE' }]]);
+  // The skipped Query's batch joins an audited batch behind it, still open; a Query written
+  // once the error is known is skipped too.
+  seen.length = 0;
+  tracker.parsed(drop);
+  tracker.owed(create); // Query inside the batch that parsed the DROP
+  tracker.parsed(create);
+  tracker.queryIgnored();
+  tracker.error('42601');
+  t.ok(tracker.active);
+  tracker.skippedQuery(drop, '42601');
+  tracker.owed(null);
+  tracker.ready('I');
+  t.same(
+    seen.map(([s, o]) => [s, o.outcome]),
+    [
+      ['CREATE TABLE q (x int)', 'error'],
+      ['DROP TABLE q', 'error'],
+      ['DROP TABLE q', 'error'],
+      ['CREATE TABLE q (x int)', 'error'],
+    ],
+    'every statement of the skipped stretch, as failed',
+  );
+  t.notOk(tracker.active);
+  // A Query skipped behind an unaudited failing batch still records its statements as failed.
+  seen.length = 0;
+  tracker.skippedQuery(create, '22012');
+  tracker.owed(null);
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE q (x int)', { outcome: 'error', sqlstate: '22012' }]]);
+});

@@ -88,3 +88,27 @@ t.test('answered with nothing owed, and a reset, leave a clean ledger', async (t
   t.equal(l.sync(2), true);
   t.same(answer(l).settled, [], 'SETs sent on the lost connection are gone');
 });
+
+t.test('an error inside a batch: a Query written in it is skipped and owes nothing', async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, undefined); // Parse
+  l.extended(true, undefined); // Execute
+  t.equal(l.query(1, set('timezone', 'UTC')), true, 'written before the error came back: owed for now');
+  t.equal(l.sync(2), true);
+  t.equal(l.owed, 2);
+  l.queryIgnored(); // the error came with the Query's marker unanswered
+  t.equal(l.owed, 1);
+  const a = answer(l);
+  t.same([a.askedAt, a.settled, l.settled], [2, [], true], "the Sync's answer; the skipped SET never took");
+  // The error comes back before the Query is written.
+  l.extended(true, undefined);
+  l.skipToSync('22012');
+  t.equal(l.skipping, '22012');
+  t.equal(l.query(3, undefined), false, 'skipped: nothing owed');
+  t.equal(l.owed, 0);
+  t.equal(l.sync(4), true);
+  t.same([l.skipping, l.owed], [null, 1], 'the Sync ends the skipping');
+  answer(l);
+  l.skipToSync('22012');
+  t.equal(l.skipping, null, 'no batch open: nothing to skip');
+});

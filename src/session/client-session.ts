@@ -755,8 +755,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   // ---- ServerPeer: what the server connection reports ----------------------------------
 
   /** A Parse failed or was skipped: its statement does not exist on that connection. */
-  statementLost(serverName: string): void {
+  statementLost(serverName: string, parse: Buffer): void {
     if (serverName === '') {
+      // Only when it was the client's latest: an older one failing leaves a newer in place.
+      if (parse !== this.unnamedParse) return;
       this.unnamedOnServer = false;
       this.unnamedParse = null;
       this.unnamedDdl = null;
@@ -774,6 +776,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.ddl.unowe();
       this.server?.dropLastSyncGroup();
     }
+  }
+
+  /** The server skipped a Query written inside an extended-protocol batch that failed before it. */
+  queryIgnored(): void {
+    this.ledger.queryIgnored();
+    this.ddl.queryIgnored();
+  }
+
+  skippingToSync(frame: Buffer): void {
+    if (this.ledger.unsynced) this.ledger.skipToSync(parseFields(frame).C ?? 'XX000');
   }
 
   get wantsCommandTags(): boolean {
@@ -923,7 +935,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // (`out` may be replaced below when it names an unnamed statement that is not ours here.)
     if (out.needs && !server.prepared.has(out.needs.serverName)) {
       server.write(out.needs.parse);
-      server.noteParse(true, out.needs.serverName);
+      server.noteParse(true, out.needs.serverName, out.needs.parse);
       server.prepared.add(out.needs.serverName);
     }
     if (out.usesUnnamed && !this.unnamedOnServer) {
@@ -934,7 +946,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         out = { ...rest, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
       } else {
         server.write(this.unnamedParse);
-        server.noteParse(true, '');
+        server.noteParse(true, '', this.unnamedParse);
         this.unnamedOnServer = true;
       }
     }
@@ -946,7 +958,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
-      server.noteParse(false, name);
+      server.noteParse(false, name, out.bytes);
       if (out.defines) server.prepared.add(out.defines.serverName);
       if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       this.ddl.parsed(out.ddl);
@@ -959,6 +971,21 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (this.ddl.executed(this.ddl.tracksPortals ? portalName(out.bytes) : null)) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {
       const now = performance.now();
+      if (out.type !== S && this.ledger.unsynced) {
+        // Inside an extended-protocol batch. A FunctionCall there is refused: it would need a
+        // marker that keeps the unnamed statement (markQuery's does not), and libpq never
+        // sends one there (PQfn is not allowed in pipeline mode).
+        if (out.type === F) {
+          const refuse = { code: SqlState.FEATURE_NOT_SUPPORTED, message: 'pgbastion does not relay a fast-path function call inside an extended-protocol batch', detail: 'Send Sync first.' };
+          out = { bytes: this.refusals.query(refuse), type: Q, needs: null, defines: null };
+        }
+        // After an error in the batch the server skips the Query: nothing answers it.
+        if (this.ledger.skipping !== null) {
+          this.ddl.skippedQuery(out.ddl ?? [], this.ledger.skipping);
+          return this.writeOrWait(server, out.bytes);
+        }
+        server.markQuery();
+      }
       if (out.type === Q) this.ledger.query(now, out.sets);
       else if (out.type === F) this.ledger.functionCall(now);
       // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.

@@ -41,8 +41,8 @@ interface Run {
 }
 
 interface Batch {
-  /** Statements of a Query string, by their index in it. */
-  readonly query: readonly DdlStatement[];
+  /** Statements of Query strings, by their index in it. */
+  query: readonly DdlStatement[];
   /** Parses of audited statements in the batch (a text parsed again is the same group: see ddlStatements). */
   readonly parsed: Set<DdlGroup>;
   /** Executes in the batch that ran an audited statement (the first MAX_RUNS). */
@@ -143,18 +143,60 @@ export class DdlTracker {
   /** A Query (its statements) or a Sync (null) went out: a ReadyForQuery is owed. */
   owed(fromQuery: readonly DdlStatement[] | null): void {
     this.owedSeq++;
+    const executes = this.executes;
     this.executes = 0;
     const open = this.open;
     this.open = null;
     if (open !== null) {
       open.closed = true;
       // A Query behind an unfinished extended batch: one ReadyForQuery answers both.
-      if (fromQuery !== null && fromQuery.length > 0) this.batches[this.batches.length - 1] = { ...open, query: fromQuery, countable: false };
+      if (fromQuery !== null && fromQuery.length > 0) this.batches[this.batches.length - 1] = { ...open, query: [...open.query, ...fromQuery], countable: false };
       return;
     }
     if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
-    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: true, error: null, closed: true });
+    // (Executes of a batch open before the Query, not audited, answer completions first.)
+    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: executes === 0, error: null, closed: true });
     this.pending++;
+  }
+
+  /**
+   * A Query went out that the server skips (`sqlstate` failed the batch it was written in,
+   * whose Sync is still to come): its statements never run, and are recorded as failed with
+   * that batch.
+   */
+  skippedQuery(stmts: readonly DdlStatement[], sqlstate: string): void {
+    if (stmts.length === 0) return;
+    const batch = this.current();
+    batch.query = [...batch.query, ...stmts];
+    batch.countable = false;
+    batch.error ??= sqlstate;
+  }
+
+  /**
+   * The ReadyForQuery owed first will not come: the server skipped the Query it was owed
+   * for (an error earlier in the batch that Query was written in) and goes on skipping up to
+   * the next Sync, whose ReadyForQuery settles both.
+   */
+  queryIgnored(): void {
+    const first = this.batches[0];
+    if (first === undefined) return;
+    this.readySeq++; // the skipped Query's number: portals bound before it end with the Sync's
+    if (first === null) return void this.batches.shift();
+    const second = this.batches[1];
+    first.countable = false;
+    if (second === null) return void this.batches.splice(1, 1);
+    if (second === undefined) {
+      first.closed = false;
+      this.open = first;
+      return;
+    }
+    absorb(first, second);
+    first.query = [...first.query, ...second.query];
+    first.error ??= second.error;
+    first.closed = second.closed;
+    if (this.open === second) this.open = first;
+    this.batches.splice(1, 1);
+    this.pending--;
   }
 
   /** The last owed ReadyForQuery will not come (a Sync the server ignored in COPY IN). */
@@ -170,9 +212,7 @@ export class DdlTracker {
     entry.closed = false;
     entry.countable = false;
     if (open !== null) {
-      for (const group of open.parsed) entry.parsed.add(group);
-      entry.runs.push(...open.runs);
-      for (const [group, n] of open.more ?? []) countMore(entry, group, n);
+      absorb(entry, open);
       this.batches.pop();
       this.pending--;
     }
@@ -238,6 +278,16 @@ export class DdlTracker {
     }
     return this.open;
   }
+}
+
+/** The Parses and runs of `from` join `into` (whose positions are then lost: uncounted). */
+function absorb(into: Batch, from: Batch): void {
+  for (const group of from.parsed) into.parsed.add(group);
+  for (const run of from.runs) {
+    if (into.runs.length < MAX_RUNS) into.runs.push(run);
+    else countMore(into, run.group, 1);
+  }
+  for (const [group, n] of from.more ?? []) countMore(into, group, n);
 }
 
 /** Counts `n` runs of `group` past MAX_RUNS. */

@@ -1,6 +1,7 @@
 // What the server still owes one client for the bytes relayed to it, and when the server
 // connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
-// FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it). An
+// FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it) and a Query
+// the server skips (sent inside an extended-protocol batch that failed before it). An
 // extended-protocol batch is open from its first message to its Sync. Per owed
 // ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
 // SETs it settles. Pure bookkeeping: the session acts on what it says.
@@ -20,6 +21,11 @@ export class RelayLedger {
   unsynced = false;
   /** The server is in COPY IN: it ignores Sync until CopyDone/CopyFail. */
   copyIn = false;
+  /**
+   * The SQLSTATE of an error the open batch met: the server skips everything up to the
+   * batch's Sync, not written yet (null: no such error).
+   */
+  skipping: string | null = null;
   /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
   private syncsAfterExecute = -1;
   private readonly askedAt: number[] = [];
@@ -51,6 +57,7 @@ export class RelayLedger {
   sync(now: number): boolean {
     if (this.copyIn) return false;
     this.unsynced = false;
+    this.skipping = null;
     if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
     const sets = this.setsSinceSync;
     this.setsSinceSync = [];
@@ -58,10 +65,31 @@ export class RelayLedger {
     return true;
   }
 
-  /** A simple Query went out (with the tracked SET it is, if any). */
-  query(now: number, set: TrackedSet | undefined): void {
+  /**
+   * A simple Query went out (with the tracked SET it is, if any). Returns false when the
+   * server will skip it (see skipping): nothing answers it, and its SET does not take.
+   */
+  query(now: number, set: TrackedSet | undefined): boolean {
+    if (this.skipping !== null) return false;
     this.syncsAfterExecute = -1;
     this.owe(now, set ? [set] : []);
+    return true;
+  }
+
+  /** An error with `sqlstate` came while a batch is open: the server skips to its Sync. */
+  skipToSync(sqlstate: string): void {
+    if (this.unsynced) this.skipping ??= sqlstate;
+  }
+
+  /**
+   * The ReadyForQuery owed first will not come: it was owed for a Query the server skipped
+   * (written inside a batch that failed before it). Its SET does not take.
+   */
+  queryIgnored(): void {
+    if (this.owed === 0) return;
+    this.owed--;
+    this.askedAt.shift();
+    this.setsInFlight.shift();
   }
 
   /** A FunctionCall went out: answered by a ReadyForQuery, like a Sync it closes the batch's SETs. */
@@ -112,6 +140,7 @@ export class RelayLedger {
     this.owed = 0;
     this.unsynced = false;
     this.copyIn = false;
+    this.skipping = null;
     this.syncsAfterExecute = -1;
     this.askedAt.length = 0;
     this.setsInFlight.length = 0;

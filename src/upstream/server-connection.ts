@@ -39,8 +39,21 @@ export interface ServerPeer {
   onServerLost(err: UpstreamError): void;
   /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
   serverError(frame: Buffer): Buffer;
-  /** A Parse of this server-side statement name failed or was skipped: it does not exist. */
-  statementLost(serverName: string): void;
+  /**
+   * A Parse of this server-side statement name failed or was skipped: it does not exist.
+   * `parse` is the Parse message that was written (which of several Parses of a name).
+   */
+  statementLost(serverName: string, parse: Buffer): void;
+  /**
+   * The server skips to the next Sync past a Query written inside an extended-protocol
+   * batch (see markQuery): that Query gets no ReadyForQuery. Called before the error is relayed.
+   */
+  queryIgnored(): void;
+  /**
+   * `frame`, an error, came in an extended-protocol batch whose Sync is not written yet: the
+   * server skips everything up to that Sync. Called before the error is relayed.
+   */
+  skippingToSync(frame: Buffer): void;
   /** The server entered COPY IN (CopyInResponse). */
   onCopyIn(): void;
   /** Set while the peer wants CommandComplete tags (statements it audits are in flight). */
@@ -107,7 +120,18 @@ interface InlineSwitch {
 interface ParseEntry {
   readonly injected: boolean;
   readonly name: string;
+  /** The Parse message written. */
+  readonly parse: Buffer;
+  /** Written by markQuery: a Query follows it. */
+  readonly marker?: true;
 }
+
+/**
+ * markQuery's marker: a Parse of the empty text into the unnamed statement. A Query drops the
+ * unnamed statement first anyway (PostgreSQL's exec_simple_query), so it changes nothing the
+ * client can see.
+ */
+const QUERY_MARKER = serialize.parse({ name: '', text: '', types: [] });
 
 /** The settings of a session nobody has set anything on. */
 const NO_SETTINGS: ReadonlyMap<string, string> = new Map();
@@ -272,9 +296,22 @@ export class ServerConnection implements ScanSink {
     this.onIdleClose = cb;
   }
 
-  /** A Parse of `name` went out (`injected`: by the proxy, not the client). */
-  noteParse(injected: boolean, name: string): void {
-    this.parseGroups[this.parseGroups.length - 1]!.push({ injected, name });
+  /** `parse`, a Parse of `name`, went out (`injected`: by the proxy, not the client). */
+  noteParse(injected: boolean, name: string, parse: Buffer): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected, name, parse });
+  }
+
+  /**
+   * A Query is about to be written inside an extended-protocol batch (no Sync since its
+   * messages). After an error in the batch PostgreSQL skips everything up to the Sync, that
+   * Query included, and only a reply that comes before the Query's own tells whether the
+   * error came before it. So a marker goes in front: its ParseComplete (swallowed) arrives
+   * if and only if the server reached the Query; an error while it is still awaited means
+   * the Query was skipped (relayMessage).
+   */
+  markQuery(): void {
+    this.write(QUERY_MARKER);
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: QUERY_MARKER, marker: true });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -520,12 +557,7 @@ export class ServerConnection implements ScanSink {
     if (type === 0x31 /* 1 ParseComplete */) {
       if (this.parseGroups[0]!.shift()?.injected === true) return; // answers a Parse the proxy injected
     } else if (type === 0x45 /* E */) {
-      // The first Parse still listed failed, and the server now skips to the next Sync, so
-      // none of the Parses listed for this stretch created anything.
-      for (const lost of this.parseGroups[0]!.splice(0)) {
-        this.prepared.delete(lost.name);
-        peer.statementLost(lost.name);
-      }
+      this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
     }
     this.toClient(frame);
@@ -542,6 +574,29 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x53 /* S */) {
       this.noteParameter(frame);
     }
+  }
+
+  /**
+   * An error: the server skips to the next Sync (after an error in a Query there is none to
+   * skip). None of the Parses still awaiting their ParseComplete in this stretch created
+   * anything: the first of them failed, or something before them did. When the last of them
+   * is a Query's marker, the skip runs past that Query, whose ReadyForQuery will not come,
+   * into the next stretch. When it reaches the stretch still open (its Sync not written yet),
+   * the session hears that more is skipped.
+   */
+  private skipToSync(peer: ServerPeer, error: Buffer): void {
+    for (;;) {
+      const lost = this.parseGroups[0]!.splice(0);
+      for (const entry of lost) {
+        if (entry.marker) continue;
+        this.prepared.delete(entry.name);
+        peer.statementLost(entry.name, entry.parse);
+      }
+      if (lost.at(-1)?.marker !== true || this.parseGroups.length === 1) break;
+      this.parseGroups.shift();
+      peer.queryIgnored();
+    }
+    if (this.parseGroups.length === 1) peer.skippingToSync(error);
   }
 
   private pipelinedHiddenMessage(type: number, frame: Buffer): void {

@@ -1,0 +1,136 @@
+// After an error in an extended-protocol batch PostgreSQL skips every message up to the
+// batch's Sync, a simple Query included: that Query gets no ReadyForQuery. The proxy must
+// owe exactly what the server will answer, or the lease is never given back (the pool of
+// ONE here then starves the other tenant) and the DDL audit pairs outcomes with the wrong
+// statements. Each case runs on a raw client, then the other tenant must get the connection.
+
+import t from 'tap';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { SERVER_ROLE } from './helpers/proxy.js';
+import { tenantLab } from './helpers/tenant-lab.js';
+
+type Test = Parameters<Parameters<typeof t.test>[1]>[0];
+
+const parse = (text: string, name = '') => serialize.parse({ name, text, types: [] });
+const bind = () => serialize.bind({ statement: '', portal: '' });
+const execute = () => serialize.execute({ portal: '' });
+const query = (sql: string) => serialize.query(sql);
+const flush = () => serialize.flush();
+const sync = () => serialize.sync();
+/** FunctionCall of `oid` with no arguments. */
+function functionCall(oid: number): Buffer {
+  const b = Buffer.alloc(1 + 4 + 4 + 2 + 2 + 2);
+  b.write('F', 0);
+  b.writeInt32BE(b.length - 1, 1);
+  b.writeUInt32BE(oid, 5);
+  return b; // no argument formats, no arguments, text result
+}
+
+const { pgs, proxy } = await tenantLab(t);
+await pgs.query(`GRANT CREATE ON SCHEMA public TO ${SERVER_ROLE}`);
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+  c.on('error', () => undefined);
+  await c.connect();
+  t.teardown(() => c.end().catch(() => undefined));
+  return c;
+}
+
+type RawConnection = { stream: { write(x: Buffer): void }; on(e: string, f: (m: never) => void): void };
+/** Every reply in order on a raw client: rows as their values, errors as E<SQLSTATE>, Z for ReadyForQuery. */
+function rawOf(c: pg.Client) {
+  const raw = (c as unknown as { connection: RawConnection }).connection;
+  const seen: string[] = [];
+  let ready = 0;
+  const note = (name: string, f: (m: never) => string) => raw.on(name, ((m: never) => seen.push(f(m))) as (m: never) => void);
+  note('parseComplete', () => 'parsed');
+  note('bindComplete', () => 'bound');
+  note('dataRow', (m: { fields: (string | null)[] }) => m.fields.join('|'));
+  note('commandComplete', (m: { text: string }) => `done:${m.text}`);
+  note('errorMessage', (m: { code: string }) => `E${m.code}`);
+  raw.on('readyForQuery', (() => {
+    ready++;
+    seen.push('Z');
+  }) as (m: never) => void);
+  /** Writes `messages` in one write; waits for `replies` ReadyForQuery (or `until` in seen), then 300 ms for anything extra. */
+  const send = async (replies: number, messages: Buffer[], until?: string) => {
+    const want = ready + replies;
+    seen.length = 0;
+    raw.stream.write(Buffer.concat(messages));
+    const end = Date.now() + 5000;
+    while ((until === undefined ? ready < want : !seen.includes(until)) && Date.now() < end) await sleep(3);
+    await sleep(300);
+    return [...seen];
+  };
+  return { send };
+}
+
+/** The other tenant runs a statement: it can only when the pool's one connection went back. */
+async function otherTenantGetsTheConnection(t: Test): Promise<void> {
+  const a = await open(t, 'a');
+  const r = await a.query<{ t: string }>("SELECT current_setting('app.tenant_id', true) AS t");
+  t.equal(r.rows[0]!.t, 'a', 'the other tenant got the connection (the lease was given back)');
+  await a.end();
+}
+
+const ddlOf = (table: string) =>
+  proxy.audit.lines.filter((l) => l.event === 'ddl' && String(l.statement).includes(table)).map((l) => [l.outcome, l.command_tag ?? l.sqlstate]);
+
+t.test('a Query inside a batch that failed before it is skipped, answered by the Sync alone', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.send(1, [parse('SELECT 1/0'), bind(), execute(), query('CREATE TABLE skip_probe_1 (x int)'), sync()]);
+  t.same(seen, ['parsed', 'E22012', 'Z'], 'one error, one ReadyForQuery (as from PostgreSQL)');
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [query("SELECT to_regclass('skip_probe_1') IS NULL")]), ['t', 'done:SELECT 1', 'Z'], 'the skipped CREATE did not run');
+  await b.send(1, [query('CREATE TABLE skip_probe_1b (x int)')]);
+  t.same(ddlOf('skip_probe_1'), [['error', '22012'], ['ok', 'CREATE TABLE']], 'the skipped CREATE is recorded as failed; the next one with its own outcome');
+});
+
+t.test('the same when the error came back before the Query was written', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.send(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012'], 'the error, no ReadyForQuery yet');
+  const seen = await b.send(1, [query('CREATE TABLE skip_probe_2 (x int)'), query('SELECT 1'), sync()]);
+  t.same(seen, ['Z'], 'both Queries skipped; the Sync answered');
+  await otherTenantGetsTheConnection(t);
+  await b.send(1, [query('DROP TABLE IF EXISTS skip_probe_2')]);
+  t.same(ddlOf('skip_probe_2'), [['error', '22012'], ['ok', 'DROP TABLE']]);
+});
+
+t.test('a Query inside a batch that did not fail runs and is answered, then the Sync', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const ok = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 2'), sync()]);
+  t.same(ok, ['parsed', 'bound', '1', 'done:SELECT 1', '2', 'done:SELECT 1', 'Z', 'Z'], 'no reply of the marker reaches the client');
+  const failing = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 1/0'), sync()]);
+  t.same(failing, ['parsed', 'bound', '1', 'done:SELECT 1', 'E22012', 'Z', 'Z'], 'the Query\'s own error');
+  const ddl = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('CREATE TABLE skip_probe_3 (x int)'), sync()]);
+  t.same(ddl.at(-1), 'Z');
+  await otherTenantGetsTheConnection(t);
+  t.same(ddlOf('skip_probe_3'), [['ok', '']], 'recorded as run (the tag is not counted where a batch ran first)');
+});
+
+t.test('a Query behind one skipped Query in the same batch is skipped too', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.send(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 1'), parse('SELECT 2'), bind(), execute(), query('SELECT 3'), sync()]);
+  t.same(seen, ['parsed', 'E22012', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [query('SELECT 4')]), ['4', 'done:SELECT 1', 'Z'], 'the client carries on');
+});
+
+t.test('a failing unnamed Parse pipelined before a good one leaves the good one usable', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.send(2, [parse('SELEC 1'), sync(), parse('SELECT 7'), sync()]), ['E42601', 'Z', 'parsed', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [bind(), execute(), sync()]), ['bound', '7', 'done:SELECT 1', 'Z'], 'bound to the statement that exists');
+});
+
+t.test('a FunctionCall inside a batch is refused with 0A000; outside one it is relayed as before', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.send(2, [parse('SELECT 1'), bind(), execute(), functionCall(957 /* lo_creat */), sync()]);
+  t.same(seen, ['parsed', 'bound', '1', 'done:SELECT 1', 'E0A000', 'Z', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [query('SELECT 5')]), ['5', 'done:SELECT 1', 'Z']);
+});
