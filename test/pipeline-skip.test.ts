@@ -7,6 +7,7 @@
 import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
+import { cancelClient } from './helpers/cancel.js';
 import { SERVER_ROLE } from './helpers/proxy.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
@@ -17,6 +18,7 @@ const bind = () => serialize.bind({ statement: '', portal: '' });
 const execute = () => serialize.execute({ portal: '' });
 const query = (sql: string) => serialize.query(sql);
 const flush = () => serialize.flush();
+const copyData = (text: string) => serialize.copyData(Buffer.from(text));
 const sync = () => serialize.sync();
 /** FunctionCall of `oid` with no arguments. */
 function functionCall(oid: number): Buffer {
@@ -133,4 +135,47 @@ t.test('a FunctionCall inside a batch is refused with 0A000; outside one it is r
   t.same(seen, ['parsed', 'bound', '1', 'done:SELECT 1', 'E0A000', 'Z', 'Z']);
   await otherTenantGetsTheConnection(t);
   t.same(await b.send(1, [query('SELECT 5')]), ['5', 'done:SELECT 1', 'Z']);
+});
+
+t.test('a SET inside a batch takes with the Query that commits it: the next tenant does not inherit it', async (t) => {
+  const bc = await open(t, 'b');
+  const b = rawOf(bc);
+  const seen = await b.send(2, [parse("SET application_name = 'b_app'"), bind(), execute(), query('SELECT 1'), parse('SELECT 1/(random()*0)::int'), bind(), execute(), sync()]);
+  t.same(seen, ['parsed', 'bound', 'done:SET', '1', 'done:SELECT 1', 'Z', 'parsed', 'bound', 'E22012', 'Z'], 'as from PostgreSQL');
+  const a = await open(t, 'a');
+  const shown = await a.query<{ application_name: string }>('SHOW application_name');
+  t.not(shown.rows[0]!.application_name, 'b_app', "the other tenant does not run with b's setting");
+  await a.end();
+  t.same(await b.send(1, [query('SHOW application_name')]), ['b_app', 'done:SHOW', 'Z'], 'b keeps it, as PostgreSQL committed it');
+});
+
+t.test('a Query drops the unnamed statement, also for the next transaction on another lease', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.send(2, [parse('SELECT 11'), bind(), execute(), query('SELECT 2'), sync()]), ['parsed', 'bound', '11', 'done:SELECT 1', '2', 'done:SELECT 1', 'Z', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], "PostgreSQL's answer: the Query dropped it");
+});
+
+t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
+  const bc = await open(t, 'b');
+  const b = rawOf(bc);
+  const started = Date.now();
+  const cancel = sleep(300).then(() => cancelClient(proxy.port, bc));
+  const seen = await b.send(0, [parse('SELECT pg_sleep(5)'), bind(), execute(), flush()], 'E57014');
+  await cancel;
+  t.same(seen, ['parsed', 'bound', 'E57014']);
+  t.ok(Date.now() - started < 4000, 'cut short');
+  t.same(await b.send(1, [sync()]), ['Z']);
+  await otherTenantGetsTheConnection(t);
+});
+
+t.test('an error in COPY IN ends it: the Sync after it is answered, and later DDL is audited', async (t) => {
+  await pgs.query(`CREATE TABLE copy_probe (x int); GRANT INSERT ON copy_probe TO ${SERVER_ROLE}`);
+  const b = rawOf(await open(t, 'b'));
+  await b.send(0, [parse('COPY copy_probe FROM STDIN'), bind(), execute(), flush()], 'bound');
+  t.same(await b.send(0, [copyData('notanint\n')], 'E22P02'), ['E22P02']);
+  t.same(await b.send(1, [sync()]), ['Z'], 'the Sync ends the skipping');
+  await otherTenantGetsTheConnection(t);
+  await b.send(1, [query('CREATE TABLE copy_probe_ddl (x int)')]);
+  t.same(ddlOf('copy_probe_ddl'), [['ok', 'CREATE TABLE']]);
 });

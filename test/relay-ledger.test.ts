@@ -112,3 +112,21 @@ t.test('an error inside a batch: a Query written in it is skipped and owes nothi
   l.skipToSync('22012');
   t.equal(l.skipping, null, 'no batch open: nothing to skip');
 });
+
+t.test("a Query inside a batch settles the batch's SETs (it commits them); an error ends COPY IN", async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, set('application_name', 'b')); // Parse of a SET
+  l.extended(true, undefined); // Execute
+  l.query(1, set('timezone', 'UTC'));
+  l.sync(2);
+  t.same(answer(l).settled, ['application_name=b', 'timezone=UTC'], "with the Query's answer");
+  t.same(answer(l).settled, [], 'nothing left for the Sync');
+  l.extended(true, undefined);
+  l.copyInStarted();
+  t.equal(l.sync(3), false, 'ignored during COPY IN');
+  l.skipToSync('22P02');
+  l.errored(); // bad CopyData
+  t.equal(l.copyIn, false);
+  t.equal(l.sync(4), true, 'the Sync after the error is answered');
+  t.same([l.owed, l.skipping], [1, null]);
+});

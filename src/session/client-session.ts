@@ -610,6 +610,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.lostTransaction !== null) return this.answerLostTransaction(type);
     switch (type) {
       case Q: {
+        // PostgreSQL drops the unnamed statement at every Query: it is not replayed after one.
+        this.unnamedParse = null;
+        this.unnamedDdl = null;
         const vetted = this.vet(frame, 5, null);
         if (vetted !== frame) return this.send(vetted, Q);
         const sql = this.vettedSql;
@@ -971,7 +974,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (this.ddl.executed(this.ddl.tracksPortals ? portalName(out.bytes) : null)) server.commandTagsWanted();
     } else if (out.type === Q || out.type === S || out.type === F) {
       const now = performance.now();
-      if (out.type !== S && this.ledger.unsynced) {
+      // (In COPY IN a Query is the client's protocol error, which the server reports.)
+      if (out.type !== S && this.ledger.unsynced && !this.ledger.copyIn) {
         // Inside an extended-protocol batch. A FunctionCall there is refused: it would need a
         // marker that keeps the unnamed statement (markQuery's does not), and libpq never
         // sends one there (PQfn is not allowed in pipeline mode).
@@ -1422,7 +1426,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const s = this.server;
     // Nothing in flight: in transaction mode the connection may be someone else's next.
     // While the hidden settings statement runs, a cancel would hit it, not the client's work.
-    if (!s || s.isClosed || this.ledger.owed === 0 || s.runningHidden) return null;
+    // (A batch without its Sync yet, run with a Flush, is in flight too.)
+    if (!s || s.isClosed || this.ledger.settled || s.runningHidden) return null;
     const delivering = (done: Promise<void>): void => {
       const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
       const pending: Promise<void> = Promise.race([done, timeout]).then(() => {

@@ -72,7 +72,14 @@ export class RelayLedger {
   query(now: number, set: TrackedSet | undefined): boolean {
     if (this.skipping !== null) return false;
     this.syncsAfterExecute = -1;
-    this.owe(now, set ? [set] : []);
+    if (this.unsynced) {
+      // Inside a batch the Query commits the batch's implicit transaction with its own: the
+      // batch's SETs take (or fail) with it, not with the Sync.
+      const sets = this.setsSinceSync;
+      this.setsSinceSync = [];
+      if (set) sets.push(set);
+      this.owe(now, sets);
+    } else this.owe(now, set ? [set] : []);
     return true;
   }
 
@@ -117,8 +124,12 @@ export class RelayLedger {
     return dropped;
   }
 
-  /** The server sent an ErrorResponse: the tracked SETs of the current batch did not take. */
+  /**
+   * The server sent an ErrorResponse: the tracked SETs of the current batch did not take. An
+   * error also ends COPY IN (the client then sends only Sync, or nothing after a Query).
+   */
   errored(): void {
+    this.copyIn = false;
     const current = this.setsInFlight[0];
     if (current) current.failed = true;
   }
