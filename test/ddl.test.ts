@@ -281,3 +281,15 @@ t.test('tracker: a Query the server skipped after an error in its batch is settl
   tracker.ready('I');
   t.same(seen, [['CREATE TABLE q (x int)', { outcome: 'error', sqlstate: '22012' }]]);
 });
+
+t.test('tracker, session mode: a Parse in a batch a Query closed does not take the Query\'s tag', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]), false);
+  tracker.parsed(ddlStatements('CREATE TABLE s (x int)'));
+  tracker.owed([]); // Query('SELECT 1') before the Sync
+  tracker.owed(null);
+  for (const tag of ['CREATE TABLE', 'SELECT 1']) tracker.commandComplete(tag);
+  tracker.ready('I');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE s (x int)', { outcome: 'ok', command_tag: '' }]]);
+});

@@ -56,6 +56,8 @@ interface Batch {
   error: string | null;
   /** Its ReadyForQuery is owed (a Query or Sync went out); else more of it may still come. */
   closed: boolean;
+  /** A Query closed it (written before the batch's Sync): the last tag is the Query's. */
+  endsInQuery: boolean;
 }
 
 interface Portal {
@@ -149,13 +151,14 @@ export class DdlTracker {
     this.open = null;
     if (open !== null) {
       open.closed = true;
+      open.endsInQuery = fromQuery !== null;
       // A Query behind an unfinished extended batch: one ReadyForQuery answers both.
       if (fromQuery !== null && fromQuery.length > 0) this.batches[this.batches.length - 1] = { ...open, query: [...open.query, ...fromQuery], countable: false };
       return;
     }
     if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
     // (Executes of a batch open before the Query, not audited, answer completions first.)
-    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: executes === 0, error: null, closed: true });
+    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: executes === 0, error: null, closed: true, endsInQuery: true });
     this.pending++;
   }
 
@@ -194,6 +197,7 @@ export class DdlTracker {
     first.query = [...first.query, ...second.query];
     first.error ??= second.error;
     first.closed = second.closed;
+    first.endsInQuery = second.endsInQuery;
     if (this.open === second) this.open = first;
     this.batches.splice(1, 1);
     this.pending--;
@@ -260,7 +264,7 @@ export class DdlTracker {
     for (const [group, runs] of batch.more ?? []) {
       for (const stmt of group) this.record(stmt, { ...outcomeOf(batch, batch.tags.at(-1) ?? ''), runs });
     }
-    const parseTag = this.runsFollowed ? '' : (batch.tags.at(-1) ?? '');
+    const parseTag = this.runsFollowed || batch.endsInQuery ? '' : (batch.tags.at(-1) ?? '');
     const ran = new Set(batch.runs.map((r) => r.group));
     for (const group of batch.parsed) {
       if (ran.has(group) || batch.more?.has(group) === true) continue;
@@ -272,7 +276,7 @@ export class DdlTracker {
   private current(): Batch {
     if (this.open === null) {
       // Completions of Executes already written may have been relayed uninspected.
-      this.open = { query: [], parsed: new Set(), runs: [], more: null, tags: [], countable: this.executes === 0, error: null, closed: false };
+      this.open = { query: [], parsed: new Set(), runs: [], more: null, tags: [], countable: this.executes === 0, error: null, closed: false, endsInQuery: false };
       this.batches.push(this.open);
       this.pending++;
     }
