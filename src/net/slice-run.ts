@@ -5,6 +5,7 @@
 // which on a 2-core machine is throughput (bench S1).
 
 import type net from 'node:net';
+import { directWrite, inFlight } from './direct-write.js';
 
 export class SliceRun {
   /** The first buffer of the run; the run spans from its start to `end`. */
@@ -51,7 +52,7 @@ export class SliceRun {
 }
 
 /** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
-export const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0;
+export const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0 && !inFlight(socket);
 
 /**
  * The writes of one burst of work to one socket (what one read makes the relay send):
@@ -81,13 +82,16 @@ export class CoalescedWrites {
     socket.write(ended);
   }
 
-  /** Writes what the burst gathered; returns the socket written to (null: no burst). */
+  /**
+   * Writes what the burst gathered; returns the socket written to (null: no burst). A burst
+   * of one write to an idle socket skips the Writable (direct-write.ts).
+   */
   flush(): net.Socket | null {
     const socket = this.target;
     if (socket === null) return null;
     this.target = null;
     const last = this.run.take();
-    if (last !== null) socket.write(last);
+    if (last !== null && (this.corked || !directWrite(socket, last))) socket.write(last);
     if (this.corked) {
       this.corked = false;
       socket.uncork();

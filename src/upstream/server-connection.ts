@@ -13,6 +13,7 @@ import type { ChannelBinding } from '../auth/scram.js';
 import { UpstreamError } from './errors.js';
 import { CoalescedWrites } from '../net/slice-run.js';
 import { ReusedReadBuffer } from '../net/reused-read.js';
+import { inFlight } from '../net/direct-write.js';
 import { switchsOwnError } from '../session/inline-switch.js';
 import { dial, endpointKey, type ClientOrigin, type UpstreamTransport } from './dial.js';
 import { endAndLinger } from '../net/linger.js';
@@ -512,14 +513,15 @@ export class ServerConnection implements ScanSink {
    * Writes what toClient gathered. Called before anything that may act on the bytes so far.
    * The bytes are slices of the read, which the reused read buffer overwrites next time
    * unless told they are still referenced: by a write Node has not handed to the socket yet
-   * (it was busy or corked), or, on a TCP socket, by what the kernel did not take at once.
+   * (it was busy or corked), or, on a TCP socket, by what the kernel did not take at once
+   * (in the Writable's buffer, or a direct write still in flight: net/direct-write.ts).
    * A TLS socket encrypts what it is handed, or copies it when it cannot yet.
    */
   private flushToClient(): void {
     const handedOver = this.clientWrites.startedIdle;
     const out = this.clientWrites.flush();
     if (out === null) return;
-    const kept = (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0;
+    const kept = (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0 || inFlight(out);
     if (kept) this.reader?.retain();
   }
 
