@@ -5,7 +5,7 @@
 import t from 'tap';
 import net from 'node:net';
 import tls from 'node:tls';
-import { directWrite, directWritesAvailable, inFlight } from '../src/net/direct-write.js';
+import { directWrite, directWritesAvailable, inFlight, pendingDeprecations } from '../src/net/direct-write.js';
 
 /** A connected pair on 127.0.0.1: `client` (ours to write on) and the accepted `peer`. */
 async function pair(t: Parameters<Parameters<typeof t.test>[1]>[0]): Promise<{ client: net.Socket; peer: net.Socket }> {
@@ -84,4 +84,18 @@ t.test('TLS sockets are declined (their handle takes one write at a time)', asyn
   const secure = new tls.TLSSocket(client);
   t.teardown(() => secure.destroy());
   t.equal(directWrite(secure, Buffer.from('x')), false);
+});
+
+t.test('pending deprecations on: the deprecated binding is not touched (it would warn, or throw with --throw-deprecation)', async (t) => {
+  // (Checked by hand: node --throw-deprecation --pending-deprecation loading the module
+  // lives and reports false. Tap's own child processes load a module that calls
+  // process.binding, so it cannot be run from here.)
+  const cases: [string[], NodeJS.ProcessEnv, boolean][] = [
+    [[], {}, false],
+    [['--pending-deprecation'], {}, true],
+    [[], { NODE_OPTIONS: '--max-old-space-size=512 --pending-deprecation' }, true],
+    [[], { NODE_PENDING_DEPRECATION: '1' }, true],
+    [['--throw-deprecation'], {}, false],
+  ];
+  for (const [argv, env, want] of cases) t.equal(pendingDeprecations(argv, env), want, `${argv.join(' ')} ${JSON.stringify(env)}`);
 });

@@ -20,8 +20,8 @@
 //   (reused-read.ts) to keep it.
 // - Errors end the socket as a failed socket.write() would: destroy(error).
 // - bytesWritten stays right: Node reads it from the handle, which counts these bytes.
-// Should the binding be missing (another Node version), every write goes through
-// socket.write() as before.
+// Should the binding be missing (another Node version) or warn (pending deprecations on),
+// every write goes through socket.write() as before.
 
 import type net from 'node:net';
 
@@ -48,7 +48,18 @@ const IN_FLIGHT = Symbol('pgbastion.directWritesInFlight');
 
 type DirectSocket = net.Socket & { _handle?: StreamHandle | null; connecting: boolean; [IN_FLIGHT]?: number };
 
+/**
+ * process.binding is deprecated (DEP0111) in documentation only, unless pending deprecations
+ * are turned on: then it warns, and with --throw-deprecation the warning, raised after the
+ * call returns, ends the process. In those cases it is not touched.
+ */
+export function pendingDeprecations(execArgv: readonly string[], env: NodeJS.ProcessEnv): boolean {
+  const flags = [...execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)];
+  return flags.includes('--pending-deprecation') || env.NODE_PENDING_DEPRECATION === '1';
+}
+
 function loadBinding(): StreamWrapBinding | null {
+  if (pendingDeprecations(process.execArgv, process.env)) return null;
   try {
     const b = (process as unknown as { binding(name: string): Partial<StreamWrapBinding> }).binding('stream_wrap');
     return typeof b.WriteWrap === 'function' && b.streamBaseState instanceof Int32Array && typeof b.kLastWriteWasAsync === 'number' ? (b as StreamWrapBinding) : null;
