@@ -51,6 +51,7 @@ function rawOf(c: pg.Client) {
   const note = (name: string, f: (m: never) => string) => raw.on(name, ((m: never) => seen.push(f(m))) as (m: never) => void);
   note('parseComplete', () => 'parsed');
   note('bindComplete', () => 'bound');
+  note('closeComplete', () => 'closed');
   note('dataRow', (m: { fields: (string | null)[] }) => m.fields.join('|'));
   note('commandComplete', (m: { text: string }) => `done:${m.text}`);
   note('errorMessage', (m: { code: string }) => `E${m.code}`);
@@ -149,11 +150,15 @@ t.test('a SET inside a batch takes with the Query that commits it: the next tena
   t.same(await b.send(1, [query('SHOW application_name')]), ['b_app', 'done:SHOW', 'Z'], 'b keeps it, as PostgreSQL committed it');
 });
 
-t.test('a Query drops the unnamed statement, also for the next transaction on another lease', async (t) => {
+t.test('a Query or a Close drops the unnamed statement, also for the next transaction on another lease', async (t) => {
   const b = rawOf(await open(t, 'b'));
   t.same(await b.send(2, [parse('SELECT 11'), bind(), execute(), query('SELECT 2'), sync()]), ['parsed', 'bound', '11', 'done:SELECT 1', '2', 'done:SELECT 1', 'Z', 'Z']);
   await otherTenantGetsTheConnection(t);
   t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], "PostgreSQL's answer: the Query dropped it");
+  // The same after a Close of the unnamed statement.
+  t.same(await b.send(1, [parse('SELECT 12'), bind(), execute(), serialize.close({ type: 'S', name: '' }), sync()]), ['parsed', 'bound', '12', 'done:SELECT 1', 'closed', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], 'closed: not replayed');
 });
 
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {

@@ -694,7 +694,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private sendNaming(frame: Buffer, type: number, at: { start: number; end: number } | null): void {
     if (at === null) return this.send(frame, type);
     if (at.end === at.start) {
-      if (type === C) return this.send(frame, type);
+      if (type === C) {
+        // Closed: as after a Query, it is not replayed on a later lease.
+        this.unnamedParse = null;
+        this.unnamedDdl = null;
+        return this.send(frame, type);
+      }
       return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, ...(type === B && this.unnamedDdl !== null ? { bindsDdl: this.unnamedDdl } : {}) });
     }
     const name = frame.toString('utf8', at.start, at.end);
