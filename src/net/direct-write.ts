@@ -1,7 +1,7 @@
 // Writes to a socket's handle without Node's Writable machinery, when nothing else is
 // queued. socket.write() costs, per call, a pass through the Writable state (writeOrBuffer,
 // onwrite), a process.nextTick for afterWrite and the bookkeeping around both: in bench S1,
-// with one write per direction per transaction, about a tenth of the proxy's user-space CPU.
+// with one write per direction per transaction, about 8 % of the proxy's user-space CPU.
 // Node itself writes through the handle the same way (stream_base_commons writeGeneric:
 // a WriteWrap request, handle.writeBuffer); this module does just that, through the
 // stream_wrap binding (process.binding, which Node keeps for modules that need it).
