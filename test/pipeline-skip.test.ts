@@ -3,6 +3,9 @@
 // owe exactly what the server will answer, or the lease is never given back (the pool of
 // ONE here then starves the other tenant) and the DDL audit pairs outcomes with the wrong
 // statements. Each case runs on a raw client, then the other tenant must get the connection.
+// Also here, the other ways a batch and what travels with it can be misread: a SET that a
+// Query inside the batch commits, the unnamed statement after a Query or Close, a cancel of
+// a batch run with a Flush, an error in COPY IN, a FunctionCall inside a batch.
 
 import t from 'tap';
 import pg from 'pg';
