@@ -164,6 +164,12 @@ t.test('a Query or a Close drops the unnamed statement, also for the next transa
   t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], 'closed: not replayed');
 });
 
+t.test('a Bind waiting for a server connection is not bound to an unnamed Parse that came after it', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.send(0, [bind(), execute(), parse('SELECT 2')], 'E26000'), ['E26000'], 'no unnamed statement when the Bind came');
+  t.same(await b.send(1, [sync()]), ['Z'], "PostgreSQL's answer: the Parse after the error is skipped");
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

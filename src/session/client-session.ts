@@ -101,8 +101,12 @@ interface Outgoing {
   readonly defines: Statement | null;
   /** Statements the audit trail records once they complete. */
   readonly ddl?: readonly DdlStatement[];
-  /** A Bind/Describe of the unnamed statement: it must be this client's, on this connection. */
-  readonly usesUnnamed?: { readonly start: number; readonly end: number };
+  /**
+   * A Bind/Describe of the unnamed statement: it must be this client's, on this connection.
+   * `parse` is the client's unnamed statement when the message came (null: none), what a
+   * replay writes: a Parse read later, while this waited for a server connection, is not its.
+   */
+  readonly usesUnnamed?: { readonly start: number; readonly end: number; readonly parse: Buffer | null };
   /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came). */
   readonly bindsDdl?: DdlGroup;
   /** A SET of a startup parameter: becomes one of the client's settings once the server accepts it. */
@@ -700,7 +704,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.unnamedDdl = null;
         return this.send(frame, type);
       }
-      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, ...(type === B && this.unnamedDdl !== null ? { bindsDdl: this.unnamedDdl } : {}) });
+      const usesUnnamed = { start: at.start, end: at.end, parse: this.unnamedParse };
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed, ...(type === B && this.unnamedDdl !== null ? { bindsDdl: this.unnamedDdl } : {}) });
     }
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
@@ -947,14 +952,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.prepared.add(out.needs.serverName);
     }
     if (out.usesUnnamed && !this.unnamedOnServer) {
-      if (this.unnamedParse === null) {
-        // Never prepared by this client: whatever unnamed statement sits there is not its own.
+      const parse = out.usesUnnamed.parse;
+      if (parse === null) {
+        // None of this client's when it came: whatever unnamed statement sits there is not its own.
         const missing = this.refusals.missingStatement('');
         const { bindsDdl: _none, ...rest } = out;
         out = { ...rest, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
       } else {
-        server.write(this.unnamedParse);
-        server.noteParse(true, '', this.unnamedParse);
+        server.write(parse);
+        server.noteParse(true, '', parse);
         this.unnamedOnServer = true;
       }
     }
