@@ -170,6 +170,16 @@ t.test('a Bind waiting for a server connection is not bound to an unnamed Parse 
   t.same(await b.send(1, [sync()]), ['Z'], "PostgreSQL's answer: the Parse after the error is skipped");
 });
 
+t.test("a refusal's own error comes back when a batch is still open after an earlier ReadyForQuery", async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  // The second Parse of s1 is refused (42P05) when read; its error comes after the first
+  // Sync's ReadyForQuery, while the batch it is in has no Sync yet.
+  const seen = await b.send(1, [sync(), parse('SELECT 1', 's1'), parse('SELECT 2', 's1'), flush()], 'Z');
+  await sleep(200);
+  t.same(seen.concat(await b.send(1, [sync()])), ['Z', 'parsed', 'E42P05', 'Z'], "PostgreSQL's answer, not the raw error of the refusal's stand-in");
+  t.same(await b.send(1, [serialize.close({ type: 'S', name: 's1' }), sync()]), ['closed', 'Z']);
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

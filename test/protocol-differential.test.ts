@@ -16,7 +16,7 @@ import { startPostgres, type PgServer } from './helpers/postgres.js';
 import { createServerRole, SERVER_ROLE, SERVER_ROLE_PASSWORD, startProxy, type RunningProxy } from './helpers/proxy.js';
 
 const SEED = 0x9e3779b9;
-const SEQUENCES = 150;
+const SEQUENCES = 400;
 /**
  * Sequences known to differ, by mode and index, with the issue they show; skipped so the
  * file passes. Remove an entry once its issue is fixed.
@@ -241,15 +241,23 @@ async function runOn(raw: Raw, seq: Sequence, index: number): Promise<string[] |
 }
 
 /**
- * Which messages PostgreSQL skipped (after an error, up to the Sync), read off its own
- * replies. Used to recognise the accepted differences (see knownDifference).
+ * Which messages PostgreSQL skipped (after an error, up to the Sync) and which it answered
+ * with an error, read off its own replies. Used to recognise the accepted differences (see
+ * knownDifference).
  */
-function skippedByServer(msgs: Msg[], rep: string[]): boolean[] {
+function outcomes(msgs: Msg[], rep: string[]): { skipped: boolean[]; failed: boolean[] } {
   const skipped: boolean[] = [];
+  const failed: boolean[] = [];
   let i = 0;
   let skipping = false;
   const take = () => rep[i++] ?? '';
+  const fails = (r: string): boolean => {
+    failed[failed.length - 1] = r.startsWith('E');
+    if (r.startsWith('E')) skipping = true;
+    return r.startsWith('E');
+  };
   for (const m of msgs) {
+    failed.push(false);
     if (m.k === 'Sync') {
       while (i < rep.length && !rep[i]!.startsWith('Z')) i++;
       i++;
@@ -260,16 +268,15 @@ function skippedByServer(msgs: Msg[], rep: string[]): boolean[] {
     skipped.push(skipping);
     if (skipping) continue;
     switch (m.k) {
-      case 'Parse': case 'Bind': if (take().startsWith('E')) skipping = true; break;
+      case 'Parse': case 'Bind': fails(take()); break;
       case 'Describe': {
         const r = take();
-        if (r.startsWith('E')) skipping = true;
-        else if (r === 't') take();
+        if (!fails(r) && r === 't') take();
         break;
       }
       case 'Execute': {
         while (rep[i]?.startsWith('D:')) i++;
-        if (take().startsWith('E')) skipping = true;
+        fails(take());
         break;
       }
       case 'Close': take(); break;
@@ -280,23 +287,23 @@ function skippedByServer(msgs: Msg[], rep: string[]): boolean[] {
         break;
     }
   }
-  return skipped;
+  return { skipped, failed };
 }
 
 /**
  * The known differences, all after a message PostgreSQL skipped (an earlier one of its batch
  * failed) whose effect pgbastion applied when the message came: a Close or DEALLOCATE of a
  * named statement (pgbastion forgets it: 26000 later), an unnamed Parse (26000 for the
- * unnamed statement), a named Parse followed by a Parse of the same name pipelined before the
+ * unnamed statement), a named Parse (skipped, or failing itself) followed by a Parse of the same name pipelined before the
  * error came back (42P05). Null for any other difference.
  */
 function knownDifference(seq: Sequence, direct: string[], proxied: string[]): string | null {
   let d = 0;
   while (d < direct.length && direct[d] === proxied[d]) d++;
-  const skipped = skippedByServer(seq.msgs, direct);
+  const { skipped, failed } = outcomes(seq.msgs, direct);
   const skippedMsgs = seq.msgs.filter((_, i) => skipped[i]);
-  if (proxied[d] === 'E:42P05' && skippedMsgs.some((m) => m.k === 'Parse' && m.name !== ''))
-    return '(5) a skipped named Parse, then a Parse of the same name pipelined before the error came back: pgbastion answers 42P05';
+  if (proxied[d] === 'E:42P05' && seq.msgs.some((m, i) => m.k === 'Parse' && m.name !== '' && (skipped[i] || failed[i])))
+    return '(5) a named Parse skipped or failing, then a Parse of the same name pipelined before the error came back: pgbastion answers 42P05';
   if (proxied[d] !== 'E:26000') return null;
   if (skippedMsgs.some((m) => (m.k === 'Close' && m.type === 'S' && m.name !== '') || (m.k === 'Query' && /^DEALLOCATE /i.test(m.sql))))
     return '(3) Close/DEALLOCATE of a named statement skipped after an error: pgbastion forgets it';

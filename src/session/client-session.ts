@@ -1367,7 +1367,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.transactions++;
       this.rt.metrics.transactions.inc();
     }
-    if (this.ledger.owed === 0 && this.refusals.size > 0) this.refusals.clear();
+    // Refusals the server skipped: none of their errors can come any more once nothing is
+    // owed, no batch is open and nothing is held back to be written (refusals are made when
+    // a message is read, and a batch's error may come after a ReadyForQuery of an earlier one).
+    if (this.refusals.size > 0 && this.ledger.settled && this.queued.length === 0) this.refusals.clear();
     this.releaseIfDone(status);
     // Work held behind an inline switch: its outcome is known now.
     if (this.server !== null && this.queued.length > 0) this.writeHeld(this.server);
