@@ -6,7 +6,10 @@
 // NoticeResponse, BackendKeyData and error texts are dropped. Named statements are renamed
 // server-side by pgbastion; the client must not see it. In transaction mode the pool has ONE
 // connection, and a second client runs `SELECT 1` between sequences so that it changes hands.
-// Between sequences both sides are reset alike: ROLLBACK, DEALLOCATE ALL, CLOSE ALL.
+// A third run pins the two clients to different tenants, so that every lease switches the
+// connection's settings (inline with the client's first message, or separately): none of the
+// switch's replies may show. Between sequences both sides are reset alike: ROLLBACK,
+// DEALLOCATE ALL, CLOSE ALL.
 
 import net from 'node:net';
 import t, { type Test } from 'tap';
@@ -21,8 +24,10 @@ const SEQUENCES = 400;
  * Sequences known to differ, by mode and index, with the issue they show; skipped so the
  * file passes. Remove an entry once its issue is fixed.
  */
-const KNOWN_BAD: Record<'transaction' | 'session', Record<number, string>> = {
+type Variant = 'transaction' | 'session' | 'pinned';
+const KNOWN_BAD: Record<Variant, Record<number, string>> = {
   transaction: {},
+  pinned: {},
   session: {},
 };
 
@@ -314,18 +319,26 @@ function knownDifference(seq: Sequence, direct: string[], proxied: string[]): st
 
 // ---------------------------------------------------------------------------------------
 
-async function lab(t: Test, mode: 'transaction' | 'session'): Promise<{ pgs: PgServer; proxy: RunningProxy }> {
+/**
+ * pinned: transaction mode, the two clients pinned to different tenants (app.tenant_id), so
+ * every lease switches the connection's settings, inline with the client's first message.
+ */
+async function lab(t: Test, mode: Variant): Promise<{ pgs: PgServer; proxy: RunningProxy }> {
   const pgs = await startPostgres();
   t.teardown(() => pgs.stop());
   await createServerRole(pgs);
+  const pinned = mode === 'pinned';
   const proxy = await startProxy(t, pgs, {
-    users: [{ name: 'fuzz', password: 'pw-fuzz' }, { name: 'other', password: 'pw-other' }],
-    extra: { pool: { mode, size: mode === 'transaction' ? 1 : 4, acquire_timeout_ms: 5000 } },
+    users: [
+      { name: 'fuzz', password: 'pw-fuzz', ...(pinned ? { pins: { 'app.tenant_id': 'a' } } : {}) },
+      { name: 'other', password: 'pw-other', ...(pinned ? { pins: { 'app.tenant_id': 'b' } } : {}) },
+    ],
+    extra: { pool: { mode: mode === 'session' ? 'session' : 'transaction', size: mode === 'session' ? 4 : 1, acquire_timeout_ms: 5000 } },
   });
   return { pgs, proxy };
 }
 
-async function differential(t: Test, mode: 'transaction' | 'session'): Promise<void> {
+async function differential(t: Test, mode: Variant): Promise<void> {
   const { pgs, proxy } = await lab(t, mode);
   const directCfg = { host: '127.0.0.1', port: pgs.port, user: SERVER_ROLE, password: SERVER_ROLE_PASSWORD, database: 'postgres' };
   const proxyCfg = { host: '127.0.0.1', port: proxy.port, user: 'fuzz', password: 'pw-fuzz', database: 'postgres' };
@@ -367,7 +380,13 @@ async function differential(t: Test, mode: 'transaction' | 'session'): Promise<v
   }
   t.comment(`${mode}: ${SEQUENCES - skipped} sequences run, ${known} known differences filtered, ${skipped} known-bad skipped`);
   t.same(unknown, [], `${mode} mode: PostgreSQL and pgbastion answer alike`);
+  if (mode === 'pinned') {
+    const switches = await proxy.server.runtime.metrics.settingsSwitchCount();
+    t.comment(`pinned: ${switches.inline} inline and ${switches.separate} separate settings switches`);
+    t.ok(switches.inline + switches.separate >= SEQUENCES, 'the connection switched tenants at least once per sequence');
+  }
 }
 
 t.test('transaction mode, pool of one shared with another client', (t) => differential(t, 'transaction'));
 t.test('session mode', (t) => differential(t, 'session'));
+t.test('transaction mode, pool of one shared with a client pinned to another tenant: every lease switches', (t) => differential(t, 'pinned'));
