@@ -20,6 +20,13 @@ export interface RefusalText {
 
 const TOKEN = /pgbastion_t_[0-9a-f]{16}/;
 
+/**
+ * Refusals kept per session. Past this the oldest is forgotten: only refusals the server
+ * skipped pile up (a client sending refused statements behind an error, without Sync), and
+ * one forgotten too early only means its error would reach the client unrewritten.
+ */
+export const MAX_PENDING = 10_000;
+
 /** Pending refusals of one client session, matched by token when their error comes back. */
 export class Refusals {
   private readonly pending = new Map<string, Buffer>();
@@ -69,6 +76,7 @@ export class Refusals {
   }
 
   private register(text: RefusalText): string {
+    if (this.pending.size >= MAX_PENDING) this.pending.delete(this.pending.keys().next().value!);
     const token = `pgbastion_t_${randomBytes(8).toString('hex')}`;
     this.pending.set(
       token,
