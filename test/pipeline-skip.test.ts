@@ -180,6 +180,15 @@ t.test("a refusal's own error comes back when a batch is still open after an ear
   t.same(await b.send(1, [serialize.close({ type: 'S', name: 's1' }), sync()]), ['closed', 'Z']);
 });
 
+t.test('a Parse written after the batch\'s error came back creates nothing, and the name can be prepared again', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.send(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012']);
+  t.same(await b.send(1, [parse('SELECT 5', 's9'), sync()]), ['Z'], 'skipped, as in PostgreSQL');
+  t.same(await b.send(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['E26000', 'Z'], 'it does not exist');
+  t.same(await b.send(1, [parse('SELECT 6', 's9'), sync()]), ['parsed', 'Z'], 'prepared again (not 42P05)');
+  t.same(await b.send(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z']);
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

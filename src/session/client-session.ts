@@ -946,7 +946,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** The one place client bytes reach a server connection, with its bookkeeping. */
   private write(server: ServerConnection, out: Outgoing): void {
     // (`out` may be replaced below when it names an unnamed statement that is not ours here.)
-    if (out.needs && !server.prepared.has(out.needs.serverName)) {
+    // After an error in the open batch the server skips everything up to its Sync: a Parse
+    // written now creates nothing (and no replay is worth writing).
+    const skipping = this.ledger.skipping !== null;
+    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping) {
       server.write(out.needs.parse);
       server.noteParse(true, out.needs.serverName, out.needs.parse);
       server.prepared.add(out.needs.serverName);
@@ -958,7 +961,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const missing = this.refusals.missingStatement('');
         const { bindsDdl: _none, ...rest } = out;
         out = { ...rest, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
-      } else {
+      } else if (!skipping) {
         server.write(parse);
         server.noteParse(true, '', parse);
         this.unnamedOnServer = true;
@@ -972,9 +975,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
-      server.noteParse(false, name, out.bytes);
-      if (out.defines) server.prepared.add(out.defines.serverName);
-      if (name === '' && this.transactionMode) this.unnamedOnServer = true;
+      if (skipping) this.statementLost(name, out.bytes);
+      else {
+        server.noteParse(false, name, out.bytes);
+        if (out.defines) server.prepared.add(out.defines.serverName);
+        if (name === '' && this.transactionMode) this.unnamedOnServer = true;
+      }
       this.ddl.parsed(out.ddl);
       if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
     } else if (out.type === B) {
