@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import * as be from '../src/protocol/backend.js';
-import { MAX_PENDING, Refusals } from '../src/session/refusal.js';
+import { MAX_PENDING, MAX_PENDING_BYTES, Refusals } from '../src/session/refusal.js';
 
 /** The server's syntax error for the stand-in `frame` (a Query), naming its token as PostgreSQL does. */
 function serverErrorFor(frame: Buffer): Buffer {
@@ -30,4 +30,19 @@ t.test(`at most ${MAX_PENDING} pending: the oldest goes first`, async (t) => {
   t.equal(r.size, MAX_PENDING);
   t.equal(r.rewrite(serverErrorFor(first)), null, 'the oldest was forgotten');
   t.not(r.rewrite(serverErrorFor(last)), null, 'the newest is kept');
+});
+
+t.test('bounded in bytes too: errors quoting long names push the oldest out, the newest stays', async (t) => {
+  const r = new Refusals();
+  const long = 'n'.repeat(1024 * 1024);
+  const tokens = Array.from({ length: 8 }, () => r.missingStatement(long));
+  t.ok(r.size * long.length <= MAX_PENDING_BYTES, `${r.size} kept`);
+  t.ok(r.size < 8);
+  const frame = (token: string) => be.errorResponse({ severity: 'ERROR', code: '26000', message: `prepared statement "${token}" does not exist` });
+  t.equal(r.rewrite(frame(tokens[0]!)), null, 'the oldest was forgotten');
+  t.not(r.rewrite(frame(tokens[7]!)), null, 'the newest is kept');
+  const huge = new Refusals();
+  const only = huge.missingStatement('h'.repeat(MAX_PENDING_BYTES * 2));
+  t.equal(huge.size, 1, 'a single one over the bound is still kept');
+  t.not(huge.rewrite(frame(only)), null);
 });

@@ -21,15 +21,20 @@ export interface RefusalText {
 const TOKEN = /pgbastion_t_[0-9a-f]{16}/;
 
 /**
- * Refusals kept per session. Past this the oldest is forgotten: only refusals the server
- * skipped pile up (a client sending refused statements behind an error, without Sync), and
- * one forgotten too early only means its error would reach the client unrewritten.
+ * Refusals kept per session, and the bytes of their errors (which may quote a name the
+ * client sent). Past either the oldest are forgotten (the newest is always kept): only
+ * refusals the server skipped pile up (a client sending refused statements behind an error,
+ * without Sync), and one forgotten too early only means its error would reach the client
+ * unrewritten.
  */
 export const MAX_PENDING = 10_000;
+export const MAX_PENDING_BYTES = 4 * 1024 * 1024;
 
 /** Pending refusals of one client session, matched by token when their error comes back. */
 export class Refusals {
   private readonly pending = new Map<string, Buffer>();
+  /** Bytes of the errors in `pending`. */
+  private bytes = 0;
 
   /** The Query frame to send instead of a refused simple-protocol Query. */
   query(text: RefusalText): Buffer {
@@ -64,6 +69,7 @@ export class Refusals {
     const reply = this.pending.get(token);
     if (!reply) return null;
     this.pending.delete(token);
+    this.bytes -= reply.length;
     return reply;
   }
 
@@ -73,15 +79,19 @@ export class Refusals {
    */
   clear(): void {
     this.pending.clear();
+    this.bytes = 0;
   }
 
   private register(text: RefusalText): string {
-    if (this.pending.size >= MAX_PENDING) this.pending.delete(this.pending.keys().next().value!);
     const token = `pgbastion_t_${randomBytes(8).toString('hex')}`;
-    this.pending.set(
-      token,
-      be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail }),
-    );
+    const reply = be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail });
+    this.pending.set(token, reply);
+    this.bytes += reply.length;
+    while (this.pending.size > 1 && (this.pending.size > MAX_PENDING || this.bytes > MAX_PENDING_BYTES)) {
+      const [oldest, error] = this.pending.entries().next().value!;
+      this.pending.delete(oldest);
+      this.bytes -= error.length;
+    }
     return token;
   }
 }
