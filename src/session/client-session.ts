@@ -101,14 +101,15 @@ interface Outgoing {
   readonly defines: Statement | null;
   /** Statements the audit trail records once they complete. */
   readonly ddl?: readonly DdlStatement[];
+  /** A Bind/Describe of the unnamed statement: it must be this client's, on this connection. */
+  readonly usesUnnamed?: { readonly start: number; readonly end: number };
   /**
-   * A Bind/Describe of the unnamed statement: it must be this client's, on this connection.
-   * `parse` is the client's unnamed statement when the message came (null: none), what a
-   * replay writes: a Parse read later, while this waited for a server connection, is not its.
+   * With usesUnnamed: the client's unnamed statement when the message came (null: none), what
+   * a replay writes. A Parse read later, while this waited for a server connection, is not its.
    */
-  readonly usesUnnamed?: { readonly start: number; readonly end: number; readonly parse: Buffer | null };
-  /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came). */
-  readonly bindsDdl?: DdlGroup;
+  readonly unnamedParse?: Buffer | null;
+  /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came; null: none). */
+  readonly bindsDdl?: DdlGroup | null;
   /** A SET of a startup parameter: becomes one of the client's settings once the server accepts it. */
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
@@ -636,10 +637,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(this.vettedSql) : undefined;
+        const ddlGroup = ddl !== undefined && ddl.length > 0 ? ddl : null;
         // The unnamed statement is replayed if a later transaction of this client uses it elsewhere.
         if (name === '' && this.transactionMode) {
           this.unnamedParse = vetted === frame ? frame : null;
-          this.unnamedDdl = ddl !== undefined && ddl.length > 0 ? ddl : null;
+          this.unnamedDdl = ddlGroup;
         }
         if (vetted === frame && name === '' && this.transactionMode) {
           // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
@@ -662,7 +664,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
           return this.send(this.refusals.parse(name, text), P);
         }
-        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddl !== undefined && ddl.length > 0 ? ddl : null);
+        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup);
         return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
@@ -704,8 +706,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.unnamedDdl = null;
         return this.send(frame, type);
       }
-      const usesUnnamed = { start: at.start, end: at.end, parse: this.unnamedParse };
-      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed, ...(type === B && this.unnamedDdl !== null ? { bindsDdl: this.unnamedDdl } : {}) });
+      const bindsDdl = type === B ? this.unnamedDdl : null;
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl });
     }
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
@@ -798,7 +800,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   skippingToSync(frame: Buffer): void {
-    if (this.ledger.unsynced) this.ledger.skipToSync(parseFields(frame).C ?? 'XX000');
+    this.ledger.skipToSync(parseFields(frame).C ?? 'XX000');
   }
 
   get wantsCommandTags(): boolean {
@@ -955,12 +957,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.prepared.add(out.needs.serverName);
     }
     if (out.usesUnnamed && !this.unnamedOnServer) {
-      const parse = out.usesUnnamed.parse;
+      const parse = out.unnamedParse ?? null;
       if (parse === null) {
         // None of this client's when it came: whatever unnamed statement sits there is not its own.
         const missing = this.refusals.missingStatement('');
-        const { bindsDdl: _none, ...rest } = out;
-        out = { ...rest, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
+        out = { ...out, bindsDdl: null, bytes: replaceCString(out.bytes, out.usesUnnamed.start, out.usesUnnamed.end, missing) };
       } else if (!skipping) {
         server.write(parse);
         server.noteParse(true, '', parse);
@@ -1000,15 +1001,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const refuse = { code: SqlState.FEATURE_NOT_SUPPORTED, message: 'pgbastion does not relay a fast-path function call inside an extended-protocol batch', detail: 'Send Sync first.' };
           out = { bytes: this.refusals.query(refuse), type: Q, needs: null, defines: null };
         }
+        if (!skipping) server.markQuery();
+      }
+      if (out.type === Q) {
         // After an error in the batch the server skips the Query: nothing answers it.
-        if (this.ledger.skipping !== null) {
-          this.ddl.skippedQuery(out.ddl ?? [], this.ledger.skipping);
+        if (!this.ledger.query(now, out.sets)) {
+          this.ddl.skippedQuery(out.ddl ?? [], this.ledger.skipping!);
           return this.writeOrWait(server, out.bytes);
         }
-        server.markQuery();
-      }
-      if (out.type === Q) this.ledger.query(now, out.sets);
-      else if (out.type === F) this.ledger.functionCall(now);
+      } else if (out.type === F) this.ledger.functionCall(now);
       // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
       else if (!this.ledger.sync(now)) return this.writeOrWait(server, out.bytes);
       server.noteSync();

@@ -153,7 +153,10 @@ export class DdlTracker {
       open.closed = true;
       open.endsInQuery = fromQuery !== null;
       // A Query behind an unfinished extended batch: one ReadyForQuery answers both.
-      if (fromQuery !== null && fromQuery.length > 0) this.batches[this.batches.length - 1] = { ...open, query: [...open.query, ...fromQuery], countable: false };
+      if (fromQuery !== null && fromQuery.length > 0) {
+        open.query = [...open.query, ...fromQuery];
+        open.countable = false;
+      }
       return;
     }
     if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
