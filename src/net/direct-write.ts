@@ -89,6 +89,11 @@ export function inFlight(socket: net.Socket): boolean {
   return ((socket as DirectSocket)[IN_FLIGHT] ?? 0) > 0;
 }
 
+/** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
+export function isIdle(socket: net.Socket): boolean {
+  return socket.writableLength === 0 && socket.writableCorked === 0 && !inFlight(socket);
+}
+
 /**
  * Writes `data` straight to the socket's handle when the socket is idle (see the module
  * comment). Returns false, having done nothing, when it is not: the caller then uses
@@ -98,7 +103,7 @@ export function directWrite(socket: net.Socket, data: Buffer): boolean {
   const s = socket as DirectSocket;
   const handle = s._handle;
   if (binding === null || handle == null || typeof handle.writeBuffer !== 'function' || (s as { encrypted?: boolean }).encrypted === true) return false;
-  if (s.writableLength !== 0 || s.writableCorked !== 0 || s.connecting || s.destroyed || s.writableEnded || (s[IN_FLIGHT] ?? 0) > 0) return false;
+  if (!isIdle(s) || s.connecting || s.destroyed || s.writableEnded) return false;
   const req = new binding.WriteWrap();
   req.handle = handle;
   req.oncomplete = writeDone;

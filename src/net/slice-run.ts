@@ -5,7 +5,7 @@
 // which on a 2-core machine is throughput (bench S1).
 
 import type net from 'node:net';
-import { directWrite, inFlight } from './direct-write.js';
+import { directWrite, isIdle } from './direct-write.js';
 
 export class SliceRun {
   /** The first buffer of the run; the run spans from its start to `end`. */
@@ -50,9 +50,6 @@ export class SliceRun {
     return length === first.length ? first : Buffer.from(memory, first.byteOffset, length);
   }
 }
-
-/** Nothing buffered, in flight or corked: a write now is handed to the socket at once. */
-export const isIdle = (socket: net.Socket): boolean => socket.writableLength === 0 && socket.writableCorked === 0 && !inFlight(socket);
 
 /**
  * The writes of one burst of work to one socket (what one read makes the relay send):
