@@ -11,6 +11,7 @@ import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { batchTakesInlineSwitch, type BatchMessage } from '../src/session/inline-switch.js';
 import { SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
 const parse = (text: string, name = '') => serialize.parse({ name, text, types: [] });
@@ -74,42 +75,6 @@ async function open(t: Test, who: 'a' | 'b', port = proxy.port): Promise<pg.Clie
 const pin = async (c: pg.Client) => (await c.query<{ t: string }>("SELECT current_setting('app.tenant_id', true) AS t")).rows[0]!.t;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-type RawConnection = { stream: { write(x: Buffer): void }; on(e: string, f: (m: never) => void): void };
-/**
- * The client's connection read raw (node-postgres cannot run queries on it afterwards):
- * `seen` lists every reply in order, data rows as their values and errors as E<SQLSTATE>.
- */
-function rawOf(c: pg.Client) {
-  const raw = (c as unknown as { connection: RawConnection }).connection;
-  const seen: string[] = [];
-  const st = { ready: 0 };
-  const note = (name: string, f: (m: never) => string) => raw.on(name, ((m: never) => seen.push(f(m))) as (m: never) => void);
-  note('parseComplete', () => 'parsed');
-  note('bindComplete', () => 'bound');
-  note('noData', () => 'nodata');
-  note('parameterDescription', () => 'params');
-  note('rowDescription', (m: { fields: { name: string }[] }) => `columns:${m.fields.map((f) => f.name).join(',')}`);
-  note('dataRow', (m: { fields: (string | null)[] }) => m.fields.join('|'));
-  note('commandComplete', (m: { text: string }) => `done:${m.text}`);
-  note('errorMessage', (m: { code: string }) => `E${m.code}`);
-  raw.on('readyForQuery', (() => {
-    st.ready++;
-    seen.push('Z');
-  }) as (m: never) => void);
-  const until = async (n: number, ms = 4000) => {
-    const end = Date.now() + ms;
-    while (st.ready < n && Date.now() < end) await sleep(3);
-  };
-  /** Writes one batch of messages in one write; resolves once `replies` more ReadyForQuery arrived. */
-  const send = async (replies: number, ...messages: Buffer[]) => {
-    const want = st.ready + replies;
-    seen.length = 0;
-    raw.stream.write(Buffer.concat(messages));
-    await until(want);
-    return [...seen];
-  };
-  return { raw, seen, st, until, send };
-}
 
 /** P/B/E/S of `sql` on the unnamed statement and portal. */
 const batch = (sql: string) => [parse(sql), bind(), execute(), sync()];

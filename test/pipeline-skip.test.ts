@@ -12,6 +12,7 @@ import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { cancelClient } from './helpers/cancel.js';
 import { SERVER_ROLE } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
@@ -45,35 +46,6 @@ async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
   return c;
 }
 
-type RawConnection = { stream: { write(x: Buffer): void }; on(e: string, f: (m: never) => void): void };
-/** Every reply in order on a raw client: rows as their values, errors as E<SQLSTATE>, Z for ReadyForQuery. */
-function rawOf(c: pg.Client) {
-  const raw = (c as unknown as { connection: RawConnection }).connection;
-  const seen: string[] = [];
-  let ready = 0;
-  const note = (name: string, f: (m: never) => string) => raw.on(name, ((m: never) => seen.push(f(m))) as (m: never) => void);
-  note('parseComplete', () => 'parsed');
-  note('bindComplete', () => 'bound');
-  note('closeComplete', () => 'closed');
-  note('dataRow', (m: { fields: (string | null)[] }) => m.fields.join('|'));
-  note('commandComplete', (m: { text: string }) => `done:${m.text}`);
-  note('errorMessage', (m: { code: string }) => `E${m.code}`);
-  raw.on('readyForQuery', (() => {
-    ready++;
-    seen.push('Z');
-  }) as (m: never) => void);
-  /** Writes `messages` in one write; waits for `replies` ReadyForQuery (or `until` in seen), then 300 ms for anything extra. */
-  const send = async (replies: number, messages: Buffer[], until?: string) => {
-    const want = ready + replies;
-    seen.length = 0;
-    raw.stream.write(Buffer.concat(messages));
-    const end = Date.now() + 5000;
-    while ((until === undefined ? ready < want : !seen.includes(until)) && Date.now() < end) await sleep(3);
-    await sleep(300);
-    return [...seen];
-  };
-  return { send };
-}
 
 /** The other tenant runs a statement: it can only when the pool's one connection went back. */
 async function otherTenantGetsTheConnection(t: Test): Promise<void> {
@@ -88,31 +60,31 @@ const ddlOf = (table: string) =>
 
 t.test('a Query inside a batch that failed before it is skipped, answered by the Sync alone', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const seen = await b.send(1, [parse('SELECT 1/0'), bind(), execute(), query('CREATE TABLE skip_probe_1 (x int)'), sync()]);
+  const seen = await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('CREATE TABLE skip_probe_1 (x int)'), sync()]);
   t.same(seen, ['parsed', 'E22012', 'Z'], 'one error, one ReadyForQuery (as from PostgreSQL)');
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [query("SELECT to_regclass('skip_probe_1') IS NULL")]), ['t', 'done:SELECT 1', 'Z'], 'the skipped CREATE did not run');
-  await b.send(1, [query('CREATE TABLE skip_probe_1b (x int)')]);
+  t.same(await b.sendAndSettle(1, [query("SELECT to_regclass('skip_probe_1') IS NULL")]), ['columns:?column?', 't', 'done:SELECT 1', 'Z'], 'the skipped CREATE did not run');
+  await b.sendAndSettle(1, [query('CREATE TABLE skip_probe_1b (x int)')]);
   t.same(ddlOf('skip_probe_1'), [['error', '22012'], ['ok', 'CREATE TABLE']], 'the skipped CREATE is recorded as failed; the next one with its own outcome');
 });
 
 t.test('the same when the error came back before the Query was written', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.send(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012'], 'the error, no ReadyForQuery yet');
-  const seen = await b.send(1, [query('CREATE TABLE skip_probe_2 (x int)'), query('SELECT 1'), sync()]);
+  t.same(await b.sendAndSettle(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012'], 'the error, no ReadyForQuery yet');
+  const seen = await b.sendAndSettle(1, [query('CREATE TABLE skip_probe_2 (x int)'), query('SELECT 1'), sync()]);
   t.same(seen, ['Z'], 'both Queries skipped; the Sync answered');
   await otherTenantGetsTheConnection(t);
-  await b.send(1, [query('DROP TABLE IF EXISTS skip_probe_2')]);
+  await b.sendAndSettle(1, [query('DROP TABLE IF EXISTS skip_probe_2')]);
   t.same(ddlOf('skip_probe_2'), [['error', '22012'], ['ok', 'DROP TABLE']]);
 });
 
 t.test('a Query inside a batch that did not fail runs and is answered, then the Sync', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const ok = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 2'), sync()]);
-  t.same(ok, ['parsed', 'bound', '1', 'done:SELECT 1', '2', 'done:SELECT 1', 'Z', 'Z'], 'no reply of the marker reaches the client');
-  const failing = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 1/0'), sync()]);
+  const ok = await b.sendAndSettle(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 2'), sync()]);
+  t.same(ok, ['parsed', 'bound', '1', 'done:SELECT 1', 'columns:?column?', '2', 'done:SELECT 1', 'Z', 'Z'], 'no reply of the marker reaches the client');
+  const failing = await b.sendAndSettle(2, [parse('SELECT 1'), bind(), execute(), query('SELECT 1/0'), sync()]);
   t.same(failing, ['parsed', 'bound', '1', 'done:SELECT 1', 'E22012', 'Z', 'Z'], 'the Query\'s own error');
-  const ddl = await b.send(2, [parse('SELECT 1'), bind(), execute(), query('CREATE TABLE skip_probe_3 (x int)'), sync()]);
+  const ddl = await b.sendAndSettle(2, [parse('SELECT 1'), bind(), execute(), query('CREATE TABLE skip_probe_3 (x int)'), sync()]);
   t.same(ddl.at(-1), 'Z');
   await otherTenantGetsTheConnection(t);
   t.same(ddlOf('skip_probe_3'), [['ok', '']], 'recorded as run (the tag is not counted where a batch ran first)');
@@ -120,73 +92,73 @@ t.test('a Query inside a batch that did not fail runs and is answered, then the 
 
 t.test('a Query behind one skipped Query in the same batch is skipped too', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const seen = await b.send(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 1'), parse('SELECT 2'), bind(), execute(), query('SELECT 3'), sync()]);
+  const seen = await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 1'), parse('SELECT 2'), bind(), execute(), query('SELECT 3'), sync()]);
   t.same(seen, ['parsed', 'E22012', 'Z']);
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [query('SELECT 4')]), ['4', 'done:SELECT 1', 'Z'], 'the client carries on');
+  t.same(await b.sendAndSettle(1, [query('SELECT 4')]), ['columns:?column?', '4', 'done:SELECT 1', 'Z'], 'the client carries on');
 });
 
 t.test('a failing unnamed Parse pipelined before a good one leaves the good one usable', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.send(2, [parse('SELEC 1'), sync(), parse('SELECT 7'), sync()]), ['E42601', 'Z', 'parsed', 'Z']);
+  t.same(await b.sendAndSettle(2, [parse('SELEC 1'), sync(), parse('SELECT 7'), sync()]), ['E42601', 'Z', 'parsed', 'Z']);
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [bind(), execute(), sync()]), ['bound', '7', 'done:SELECT 1', 'Z'], 'bound to the statement that exists');
+  t.same(await b.sendAndSettle(1, [bind(), execute(), sync()]), ['bound', '7', 'done:SELECT 1', 'Z'], 'bound to the statement that exists');
 });
 
 t.test('a FunctionCall inside a batch is refused with 0A000; outside one it is relayed as before', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const seen = await b.send(2, [parse('SELECT 1'), bind(), execute(), functionCall(957 /* lo_creat */), sync()]);
+  const seen = await b.sendAndSettle(2, [parse('SELECT 1'), bind(), execute(), functionCall(957 /* lo_creat */), sync()]);
   t.same(seen, ['parsed', 'bound', '1', 'done:SELECT 1', 'E0A000', 'Z', 'Z']);
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [query('SELECT 5')]), ['5', 'done:SELECT 1', 'Z']);
+  t.same(await b.sendAndSettle(1, [query('SELECT 5')]), ['columns:?column?', '5', 'done:SELECT 1', 'Z']);
 });
 
 t.test('a SET inside a batch takes with the Query that commits it: the next tenant does not inherit it', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);
-  const seen = await b.send(2, [parse("SET application_name = 'b_app'"), bind(), execute(), query('SELECT 1'), parse('SELECT 1/(random()*0)::int'), bind(), execute(), sync()]);
-  t.same(seen, ['parsed', 'bound', 'done:SET', '1', 'done:SELECT 1', 'Z', 'parsed', 'bound', 'E22012', 'Z'], 'as from PostgreSQL');
+  const seen = await b.sendAndSettle(2, [parse("SET application_name = 'b_app'"), bind(), execute(), query('SELECT 1'), parse('SELECT 1/(random()*0)::int'), bind(), execute(), sync()]);
+  t.same(seen, ['parsed', 'bound', 'done:SET', 'columns:?column?', '1', 'done:SELECT 1', 'Z', 'parsed', 'bound', 'E22012', 'Z'], 'as from PostgreSQL');
   const a = await open(t, 'a');
   const shown = await a.query<{ application_name: string }>('SHOW application_name');
   t.not(shown.rows[0]!.application_name, 'b_app', "the other tenant does not run with b's setting");
   await a.end();
-  t.same(await b.send(1, [query('SHOW application_name')]), ['b_app', 'done:SHOW', 'Z'], 'b keeps it, as PostgreSQL committed it');
+  t.same(await b.sendAndSettle(1, [query('SHOW application_name')]), ['columns:application_name', 'b_app', 'done:SHOW', 'Z'], 'b keeps it, as PostgreSQL committed it');
 });
 
 t.test('a Query or a Close drops the unnamed statement, also for the next transaction on another lease', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.send(2, [parse('SELECT 11'), bind(), execute(), query('SELECT 2'), sync()]), ['parsed', 'bound', '11', 'done:SELECT 1', '2', 'done:SELECT 1', 'Z', 'Z']);
+  t.same(await b.sendAndSettle(2, [parse('SELECT 11'), bind(), execute(), query('SELECT 2'), sync()]), ['parsed', 'bound', '11', 'done:SELECT 1', 'columns:?column?', '2', 'done:SELECT 1', 'Z', 'Z']);
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], "PostgreSQL's answer: the Query dropped it");
+  t.same(await b.sendAndSettle(1, [bind(), execute(), sync()]), ['E26000', 'Z'], "PostgreSQL's answer: the Query dropped it");
   // The same after a Close of the unnamed statement.
-  t.same(await b.send(1, [parse('SELECT 12'), bind(), execute(), serialize.close({ type: 'S', name: '' }), sync()]), ['parsed', 'bound', '12', 'done:SELECT 1', 'closed', 'Z']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 12'), bind(), execute(), serialize.close({ type: 'S', name: '' }), sync()]), ['parsed', 'bound', '12', 'done:SELECT 1', 'closed', 'Z']);
   await otherTenantGetsTheConnection(t);
-  t.same(await b.send(1, [bind(), execute(), sync()]), ['E26000', 'Z'], 'closed: not replayed');
+  t.same(await b.sendAndSettle(1, [bind(), execute(), sync()]), ['E26000', 'Z'], 'closed: not replayed');
 });
 
 t.test('a Bind waiting for a server connection is not bound to an unnamed Parse that came after it', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.send(0, [bind(), execute(), parse('SELECT 2')], 'E26000'), ['E26000'], 'no unnamed statement when the Bind came');
-  t.same(await b.send(1, [sync()]), ['Z'], "PostgreSQL's answer: the Parse after the error is skipped");
+  t.same(await b.sendAndSettle(0, [bind(), execute(), parse('SELECT 2')], 'E26000'), ['E26000'], 'no unnamed statement when the Bind came');
+  t.same(await b.sendAndSettle(1, [sync()]), ['Z'], "PostgreSQL's answer: the Parse after the error is skipped");
 });
 
 t.test("a refusal's own error comes back when a batch is still open after an earlier ReadyForQuery", async (t) => {
   const b = rawOf(await open(t, 'b'));
   // The second Parse of s1 is refused (42P05) when read; its error comes after the first
   // Sync's ReadyForQuery, while the batch it is in has no Sync yet.
-  const seen = await b.send(1, [sync(), parse('SELECT 1', 's1'), parse('SELECT 2', 's1'), flush()], 'Z');
+  const seen = await b.sendAndSettle(1, [sync(), parse('SELECT 1', 's1'), parse('SELECT 2', 's1'), flush()], 'Z');
   await sleep(200);
-  t.same(seen.concat(await b.send(1, [sync()])), ['Z', 'parsed', 'E42P05', 'Z'], "PostgreSQL's answer, not the raw error of the refusal's stand-in");
-  t.same(await b.send(1, [serialize.close({ type: 'S', name: 's1' }), sync()]), ['closed', 'Z']);
+  t.same(seen.concat(await b.sendAndSettle(1, [sync()])), ['Z', 'parsed', 'E42P05', 'Z'], "PostgreSQL's answer, not the raw error of the refusal's stand-in");
+  t.same(await b.sendAndSettle(1, [serialize.close({ type: 'S', name: 's1' }), sync()]), ['closed', 'Z']);
 });
 
 t.test('a Parse written after the batch\'s error came back creates nothing, and the name can be prepared again', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.send(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012']);
-  t.same(await b.send(1, [parse('SELECT 5', 's9'), sync()]), ['Z'], 'skipped, as in PostgreSQL');
-  t.same(await b.send(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['E26000', 'Z'], 'it does not exist');
-  t.same(await b.send(1, [parse('SELECT 6', 's9'), sync()]), ['parsed', 'Z'], 'prepared again (not 42P05)');
-  t.same(await b.send(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z']);
+  t.same(await b.sendAndSettle(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 5', 's9'), sync()]), ['Z'], 'skipped, as in PostgreSQL');
+  t.same(await b.sendAndSettle(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['E26000', 'Z'], 'it does not exist');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 6', 's9'), sync()]), ['parsed', 'Z'], 'prepared again (not 42P05)');
+  t.same(await b.sendAndSettle(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z']);
 });
 
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
@@ -194,21 +166,21 @@ t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) =>
   const b = rawOf(bc);
   const started = Date.now();
   const cancel = sleep(300).then(() => cancelClient(proxy.port, bc));
-  const seen = await b.send(0, [parse('SELECT pg_sleep(5)'), bind(), execute(), flush()], 'E57014');
+  const seen = await b.sendAndSettle(0, [parse('SELECT pg_sleep(5)'), bind(), execute(), flush()], 'E57014');
   await cancel;
   t.same(seen, ['parsed', 'bound', 'E57014']);
   t.ok(Date.now() - started < 4000, 'cut short');
-  t.same(await b.send(1, [sync()]), ['Z']);
+  t.same(await b.sendAndSettle(1, [sync()]), ['Z']);
   await otherTenantGetsTheConnection(t);
 });
 
 t.test('an error in COPY IN ends it: the Sync after it is answered, and later DDL is audited', async (t) => {
   await pgs.query(`CREATE TABLE copy_probe (x int); GRANT INSERT ON copy_probe TO ${SERVER_ROLE}`);
   const b = rawOf(await open(t, 'b'));
-  await b.send(0, [parse('COPY copy_probe FROM STDIN'), bind(), execute(), flush()], 'bound');
-  t.same(await b.send(0, [copyData('notanint\n')], 'E22P02'), ['E22P02']);
-  t.same(await b.send(1, [sync()]), ['Z'], 'the Sync ends the skipping');
+  await b.sendAndSettle(0, [parse('COPY copy_probe FROM STDIN'), bind(), execute(), flush()], 'bound');
+  t.same(await b.sendAndSettle(0, [copyData('notanint\n')], 'E22P02'), ['E22P02']);
+  t.same(await b.sendAndSettle(1, [sync()]), ['Z'], 'the Sync ends the skipping');
   await otherTenantGetsTheConnection(t);
-  await b.send(1, [query('CREATE TABLE copy_probe_ddl (x int)')]);
+  await b.sendAndSettle(1, [query('CREATE TABLE copy_probe_ddl (x int)')]);
   t.same(ddlOf('copy_probe_ddl'), [['ok', 'CREATE TABLE']]);
 });
