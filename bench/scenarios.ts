@@ -107,6 +107,10 @@ async function warmUp(ctx: Context, targets: Target[], workload: Workload): Prom
 /**
  * Warms up the targets not used yet, then runs `once` on each target in turn, `rounds` times,
  * recording a sample per run. `once` defaults to one run of `workload`.
+ *
+ * Each round starts one target further along the list (round 1: A B C, round 2: B C A, ...):
+ * on this shared 2-core machine throughput drifts within a round, and a fixed order would
+ * hand that drift to whichever target always runs last.
  */
 async function inRounds(
   ctx: Context,
@@ -119,13 +123,20 @@ async function inRounds(
   await warmUp(ctx, targets, workload);
   const { rounds } = ctx.opts;
   for (let round = 1; round <= rounds; round++) {
-    for (const t of targets) {
+    for (const t of rotated(targets, round - 1)) {
       process.stdout.write(`${id} ${kase} round ${round}/${rounds} ${t.name} ... `);
       const figures = await once(t, round);
       ctx.samples.push({ scenario: id, case: kase, target: t.name, round, ...figures });
       console.log([describe(figures), runNotes(figures)].filter((x) => x !== '').join('; '));
     }
   }
+}
+
+/** `xs` starting at index `by` (mod its length), wrapping round. */
+export function rotated<T>(xs: readonly T[], by: number): T[] {
+  if (xs.length === 0) return [];
+  const k = by % xs.length;
+  return [...xs.slice(k), ...xs.slice(0, k)];
 }
 
 async function plainTargets(lab: Lab): Promise<Target[]> {
