@@ -259,3 +259,39 @@ t.test('direct TLS (ALPN postgresql) works; without ALPN it is refused', async (
   });
   t.ok(closed, 'closed');
 });
+
+/** A TLS socket after SSLRequest, resuming `session` if given. */
+function sslRequestTls(session?: Buffer): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const raw = net.connect(proxy.port, '127.0.0.1', () => {
+      raw.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
+      raw.once('data', () => {
+        const s = tls.connect({ socket: raw, rejectUnauthorized: false, ...(session ? { session } : {}) }, () => resolve(s));
+        s.once('error', reject);
+      });
+    });
+    raw.once('error', reject);
+  });
+}
+
+// Before: stateless tickets, and an offer of one back failed with alert 80 (internal error)
+// on this listener, which requests client certificates (tls.ca).
+t.test('a client offering a session from an earlier connection gets a full handshake, as from PostgreSQL', async (t) => {
+  const first = await sslRequestTls();
+  t.teardown(() => first.destroy());
+  const sessions: Buffer[] = [];
+  first.on('session', (s: Buffer) => sessions.push(s));
+  const next = messages(first);
+  first.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
+  t.equal((await next())?.type, 'R', 'authentication request');
+  // TLS 1.3 tickets come right after the handshake, before any application data.
+  t.ok(sessions.length > 0, 'the client was handed a session (a stateful ticket)');
+  first.destroy();
+
+  const second = await sslRequestTls(sessions[sessions.length - 1]);
+  t.teardown(() => second.destroy());
+  t.equal(second.isSessionReused(), false, 'a full handshake: the offered session is not resumed');
+  const again = messages(second);
+  second.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
+  t.equal((await again())?.type, 'R', 'and the login goes on as usual');
+});

@@ -3,7 +3,7 @@
 // upgrade of a client socket after SSLRequest or for direct TLS (PostgreSQL 17's
 // sslnegotiation=direct: a ClientHello first, ALPN "postgresql").
 
-import { X509Certificate } from 'node:crypto';
+import { X509Certificate, constants as cryptoConstants } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type net from 'node:net';
 import { Duplex } from 'node:stream';
@@ -58,6 +58,12 @@ export class TlsTerminator {
       minVersion: config.min_version,
       ciphers: FORWARD_SECRET_CIPHERS,
       honorCipherOrder: true,
+      // No session tickets, as PostgreSQL's own server. libpq never resumes a session, so
+      // each login's tickets were wasted work on both ends; and a client that did offer one
+      // back (a driver with a TLS session cache) got alert 80, internal error, whenever
+      // client certificates are requested (tls.ca). TLS 1.3 still sends a small stateful
+      // ticket; nothing stores its session, so an offer of it gets a full handshake.
+      secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
     });
     const leaf = new X509Certificate(cert);
     this.endPointHash = tlsServerEndPointHash(leaf.raw);
