@@ -3,6 +3,7 @@
 
 import crypto from 'node:crypto';
 import { promisify } from 'node:util';
+import { secureRandomBytes } from './random-pool.js';
 
 const pbkdf2 = promisify(crypto.pbkdf2);
 
@@ -337,7 +338,7 @@ export class ScramServerSession {
     if (!isPrintable(clientNonce)) throw protocolError('non-printable characters in SCRAM nonce');
     while (!r.atEnd()) r.anyAttr(); // optional extensions are ignored
 
-    const suffix = this.nonceSuffix ?? crypto.randomBytes(this.nonceBytes).toString('base64');
+    const suffix = this.nonceSuffix ?? secureRandomBytes(this.nonceBytes).toString('base64');
     this.nonce = clientNonce + suffix;
     this.serverFirst = `r=${this.nonce},s=${this.secret.salt.toString('base64')},i=${this.secret.iterations}`;
     this.state = 'challenged';

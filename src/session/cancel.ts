@@ -1,7 +1,7 @@
 // The proxy's own BackendKeyData: random keys handed to clients, mapped to the session
 // that owns them, so a CancelRequest reaches the server connection that client is using.
 
-import { randomBytes } from 'node:crypto';
+import { secureRandomBytes } from '../auth/random-pool.js';
 import { serialize } from 'pg-protocol';
 import type { Endpoint } from '../config/types.js';
 import { dial, type UpstreamTransport } from '../upstream/dial.js';
@@ -37,7 +37,7 @@ export class CancelRegistry {
   /** Issues a fresh random key for a session. */
   issue(session: Cancellable): { processId: number; secretKey: number } {
     for (;;) {
-      const bytes = randomBytes(8);
+      const bytes = secureRandomBytes(8);
       const key = bytes.readBigUInt64BE(0);
       if (this.sessions.has(key)) continue;
       this.sessions.set(key, session);

@@ -1,7 +1,7 @@
 // One client connection from accept to close: startup negotiation, HBA decision,
 // authentication, server lease, and the client→server relay. One function moves its state.
 
-import { randomBytes } from 'node:crypto';
+import { secureRandomBytes } from '../auth/random-pool.js';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { certNamesUser } from '../hba/cert-map.js';
@@ -120,7 +120,7 @@ interface Outgoing {
 
 
 export class ClientSession implements ScanSink, ServerPeer, Cancellable {
-  readonly id = randomBytes(6).toString('hex');
+  readonly id = secureRandomBytes(6).toString('hex');
   state: ClientState = 'startup';
   /**
    * Fields every log line of this session carries, gathered as the login learns them; the
