@@ -10,7 +10,7 @@ export type ScenarioId = (typeof SCENARIO_IDS)[number];
 export const USAGE = `usage: node --import tsx bench/run.ts [--quick] [--only S1,S3] [--duration S] [--rounds N] [--clients N] [--cpu-prof]
 
   --quick         scale 2, 4 s runs, 1 s warm-ups, 1 round, 1000 idle clients in S5
-                  (default: scale 10, 10 s runs, 2 s warm-ups, 3 rounds, 5000 idle clients)
+                  (default: scale 10, 10 s runs, 2 s warm-ups (S4: 30 s), 3 rounds, 5000 idle clients)
   --only IDS      run only these scenarios (comma-separated, ${SCENARIO_IDS.join(' ')})
   --duration S    seconds per pgbench run
   --rounds N      runs per target and scenario, alternating the targets (medians are reported)
@@ -28,6 +28,8 @@ export interface Options {
   duration: number;
   /** Warm-up seconds, once per target instance before its first measured run; not recorded. */
   warmup: number;
+  /** S4: seconds of its own connect-per-transaction load each target gets before its rounds. */
+  loginWarmup: number;
   clients: number;
   rounds: number;
   scale: number;
@@ -82,6 +84,7 @@ export function parseOptions(argv: string[]): Options {
     cpuProfDir: values['cpu-prof'] ? path.join(os.tmpdir(), `pgbastion-bench-profile-${process.pid}`) : null,
     duration: positive('duration', values.duration, quick ? 4 : 10),
     warmup: quick ? 1 : 2,
+    loginWarmup: quick ? 1 : 30,
     clients: positive('clients', values.clients, 32),
     rounds: positive('rounds', values.rounds, quick ? 1 : 3),
     scale: quick ? 2 : 10,
