@@ -206,7 +206,7 @@ const S4: Scenario = {
     'session start and end (its default); PgBouncer logs no connections. Before the rounds each target runs this ' +
     `workload for ${o.loginWarmup} s: pgbastion's login path is JavaScript that V8 optimises only after a few thousand ` +
     'logins (without it, proxy CPU per login fell from 2.5 to 2.2 to 1.75 ms over three 10 s rounds), and the ' +
-    "instance's first warm-up (S2's load) does not log anyone in.",
+    "instance's first warm-up (S2's load) logs in only its 32 clients.",
   run: async (ctx) => {
     const targets = await tlsTargets(ctx.lab);
     const churn = selectOnly(S4_CLIENTS, ['-C']);
