@@ -8,6 +8,7 @@ import { createLogger } from '../logger.js';
 import { ProxyServer } from '../proxy/server.js';
 import type { Logger } from 'pino';
 import cluster from 'node:cluster';
+import v8 from 'node:v8';
 import { joinCluster, runPrimary } from '../proxy/cluster.js';
 
 /** How long a crashing process waits for the audit trail to reach its file. */
@@ -30,6 +31,14 @@ export async function runStart(args: string[], out: (s: string) => void, err: (s
     out(HELP);
     return 0;
   }
+  // Allocation-site pretenuring off. From a run of logins, whose objects live as long as
+  // their connections, V8 learns to allocate some sites' objects straight into the old
+  // generation; sites the relay shares then put per-transaction garbage there for the rest
+  // of the process's life. Measured in the lab (50 s of bench S4's logins, then S2's TLS
+  // load): with it, 4-6 ms scavenges, the heap growing 2.6 MB between them, 7 mark-compacts
+  // in 8 s and 19.2 µs of user CPU per transaction; without, 0.7-0.9 ms scavenges, a flat
+  // heap, no mark-compact, 16.5 µs. (The flag is read at each GC, so setting it now works.)
+  v8.setFlagsFromString('--no-allocation-site-pretenuring');
   const file = configPathFrom(args);
   const config = await loadConfigOrReport(file, err);
   if (!config) return 1;
