@@ -261,12 +261,12 @@ t.test('direct TLS (ALPN postgresql) works; without ALPN it is refused', async (
 });
 
 /** A TLS socket after SSLRequest, resuming `session` if given. */
-function sslRequestTls(session?: Buffer): Promise<tls.TLSSocket> {
+function sslRequestTls(session?: Buffer, maxVersion: tls.SecureVersion = 'TLSv1.3'): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const raw = net.connect(proxy.port, '127.0.0.1', () => {
       raw.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
       raw.once('data', () => {
-        const s = tls.connect({ socket: raw, rejectUnauthorized: false, ...(session ? { session } : {}) }, () => resolve(s));
+        const s = tls.connect({ socket: raw, rejectUnauthorized: false, maxVersion, ...(session ? { session } : {}) }, () => resolve(s));
         s.once('error', reject);
       });
     });
@@ -277,21 +277,26 @@ function sslRequestTls(session?: Buffer): Promise<tls.TLSSocket> {
 // Before: stateless tickets, and an offer of one back failed with alert 80 (internal error)
 // on this listener, which requests client certificates (tls.ca).
 t.test('a client offering a session from an earlier connection gets a full handshake, as from PostgreSQL', async (t) => {
-  const first = await sslRequestTls();
-  t.teardown(() => first.destroy());
-  const sessions: Buffer[] = [];
-  first.on('session', (s: Buffer) => sessions.push(s));
-  const next = messages(first);
-  first.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
-  t.equal((await next())?.type, 'R', 'authentication request');
-  // TLS 1.3 tickets come right after the handshake, before any application data.
-  t.ok(sessions.length > 0, 'the client was handed a session (a stateful ticket)');
-  first.destroy();
+  for (const version of ['TLSv1.3', 'TLSv1.2'] as const) {
+    const first = await sslRequestTls(undefined, version);
+    t.teardown(() => first.destroy());
+    t.equal(first.getProtocol(), version);
+    const sessions: Buffer[] = [];
+    first.on('session', (s: Buffer) => sessions.push(s));
+    const next = messages(first);
+    first.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
+    t.equal((await next())?.type, 'R', `${version}: authentication request`);
+    // TLS 1.3: the stateful ticket that comes right after the handshake. TLS 1.2 gets no
+    // ticket: the client offers the session as it knows it (its id, if any).
+    const offered = version === 'TLSv1.3' ? sessions[sessions.length - 1] : first.getSession();
+    t.ok(offered, `${version}: the client has a session to offer`);
+    first.destroy();
 
-  const second = await sslRequestTls(sessions[sessions.length - 1]);
-  t.teardown(() => second.destroy());
-  t.equal(second.isSessionReused(), false, 'a full handshake: the offered session is not resumed');
-  const again = messages(second);
-  second.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
-  t.equal((await again())?.type, 'R', 'and the login goes on as usual');
+    const second = await sslRequestTls(offered, version);
+    t.teardown(() => second.destroy());
+    t.equal(second.isSessionReused(), false, `${version}: a full handshake, the offered session is not resumed`);
+    const again = messages(second);
+    second.write(serialize.startup({ user: 'scram_user', database: 'postgres' }));
+    t.equal((await again())?.type, 'R', `${version}: and the login goes on as usual`);
+  }
 });
