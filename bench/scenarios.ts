@@ -139,7 +139,7 @@ async function inRounds(
 }
 
 /** `xs` starting at index `by` (mod its length), wrapping round. */
-export function rotated<T>(xs: readonly T[], by: number): T[] {
+function rotated<T>(xs: readonly T[], by: number): T[] {
   if (xs.length === 0) return [];
   const k = by % xs.length;
   return [...xs.slice(k), ...xs.slice(0, k)];

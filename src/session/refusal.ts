@@ -5,7 +5,7 @@
 // aborts an open transaction block, skips the rest of an extended-protocol batch until
 // Sync, answers in order — and on the way back that one ErrorResponse is swapped for ours.
 
-import { randomBytes } from 'node:crypto';
+import { secureRandomBytes } from '../auth/random-pool.js';
 import { serialize } from 'pg-protocol';
 import * as be from '../protocol/backend.js';
 import { parseFields } from '../protocol/fields.js';
@@ -83,7 +83,7 @@ export class Refusals {
   }
 
   private register(text: RefusalText): string {
-    const token = `pgbastion_t_${randomBytes(8).toString('hex')}`;
+    const token = `pgbastion_t_${secureRandomBytes(8).toString('hex')}`;
     const reply = be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail });
     this.pending.set(token, reply);
     this.bytes += reply.length;
