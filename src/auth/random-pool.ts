@@ -1,8 +1,9 @@
 // Random bytes for the small values every login needs (the session id, the SCRAM server
-// nonce, the cancel key), taken from one crypto.randomFillSync of POOL_BYTES at a time. Each
-// randomBytes() call builds a crypto job object and crosses into OpenSSL, three times per
-// login; in bench S4 (a TLS + SCRAM login per transaction) that showed in perf at about 1 %
-// of the proxy's CPU. Node's own crypto.randomUUID() batches its entropy the same way.
+// nonce, the cancel key; refusal tokens too), taken from one crypto.randomFillSync of
+// POOL_BYTES at a time. Each randomBytes() call builds a crypto job object and crosses into
+// OpenSSL, three times per login; in bench S4 (a TLS + SCRAM login per transaction) that
+// showed in perf at about 1 % of the proxy's CPU. Node's own crypto.randomUUID() batches its
+// entropy the same way.
 //
 // The bytes are the same CSPRNG output, each handed out once; a slice is zeroed in the pool
 // as it is handed out, so the pool never keeps a value already in use.
