@@ -8,7 +8,7 @@ import { openIdleClients } from './idle-clients.js';
 import type { Options, ScenarioId } from './options.js';
 import { describe, latencyPercentiles, measure, pgbenchJob, selectOnly, THREADS, type Measured, type Workload } from './pgbench.js';
 import { openFilesLimit, rssKiB } from './proc.js';
-import { DATABASE, POOL_SIZE, PROXY_PASSWORD, PROXY_USER, SERVER_ROLE, type BastionUser, type Lab, type Target } from './targets.js';
+import { BARE_PIPE, DATABASE, POOL_SIZE, PROXY_PASSWORD, PROXY_USER, SERVER_ROLE, type BastionUser, type Lab, type Target } from './targets.js';
 
 /** One measured pgbench run (or set of concurrent pgbench processes) against one target. */
 export interface Sample extends Measured {
@@ -153,6 +153,13 @@ async function tlsTargets(lab: Lab): Promise<Target[]> {
   return [lab.direct(true), await lab.pgbouncer(true), await lab.pgbastion(true)];
 }
 
+/** S1's and S2's reference row (no target applies to it), described once for both. */
+const BARE_PIPE_METHOD =
+  `Reference row "${BARE_PIPE}" (no target applies to it): bench/bare-pipe.ts, a Node.js relay with no pooling, parsing, ` +
+  'policy or audit that joins each client to a PostgreSQL connection of its own with stream.pipe() both ways (with TLS: ' +
+  "SSLRequest answered 'S', the socket wrapped in a server TLSSocket); the clients log in to PostgreSQL through it as the " +
+  'server role, so PostgreSQL runs one backend per client. It shows what Node\'s socket and TLS machinery alone cost per transaction.';
+
 const pgbenchS = (o: Options, extra = '') => `pgbench -S${extra} -n -c ${o.clients} -j ${THREADS} -T ${o.duration}`;
 
 const S1: Scenario = {
@@ -163,9 +170,10 @@ const S1: Scenario = {
     `pgbastion configured like the first but with \`workers: ${S1_WORKERS}\` and pool.size ${POOL_SIZE / S1_WORKERS} per ` +
     `worker, so the upstream sees the same ${POOL_SIZE} server connections as from PgBouncer, and log_level info (its ` +
     'readiness is the primary\'s "pgbastion listening" line; info adds only a line per session start and end). Its proxy ' +
-    'CPU is summed over the primary (which accepts the connections and hands them to the workers) and both workers.',
+    'CPU is summed over the primary (which accepts the connections and hands them to the workers) and both workers. ' +
+    BARE_PIPE_METHOD,
   run: async (ctx) => {
-    const targets = [...(await plainTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS)];
+    const targets = [...(await plainTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS), await ctx.lab.barePipe(false)];
     await inRounds(ctx, 'S1', 'select-only', targets, selectOnly(ctx.opts.clients));
   },
 };
@@ -176,9 +184,14 @@ const S2: Scenario = {
   method: (o) =>
     `\`${pgbenchS(o)}\` with PGSSLMODE=require against a second PgBouncer (client_tls_sslmode = require) and a second ` +
     'pgbastion (tls + hostssl rule); direct PostgreSQL with ssl=on. Self-signed RSA-2048 certificate; no TLS towards the server. ' +
-    `Extra row "${S1_WORKERS_TARGET}" (no target applies to it): as in S1, with TLS.`,
+    `Extra row "${S1_WORKERS_TARGET}" (no target applies to it): as in S1, with TLS. ` +
+    `Reference row "${BARE_PIPE}": as in S1, with TLS.`,
   run: async (ctx) => {
-    const targets = [...(await tlsTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS, true)];
+    const targets = [
+      ...(await tlsTargets(ctx.lab)),
+      await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS, true),
+      await ctx.lab.barePipe(true),
+    ];
     await inRounds(ctx, 'S2', 'TLS', targets, selectOnly(ctx.opts.clients));
   },
 };

@@ -25,6 +25,9 @@ import {
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PGBASTION_MAIN = path.join(ROOT, 'dist', 'cli', 'main.js');
+const BARE_PIPE_MAIN = path.join(ROOT, 'bench', 'bare-pipe.ts');
+/** The row name of the bare Node.js relay (bare-pipe.ts), S1's and S2's reference. */
+export const BARE_PIPE = 'Node.js bare pipe';
 export const PGBOUNCER_BIN = '/usr/sbin/pgbouncer';
 
 export const SERVER_ROLE = 'bench_rw';
@@ -158,6 +161,11 @@ export class Lab {
     return this.once(`PgBouncer${tls ? '-tls' : ''}`, (key) => startPgbouncer(this.pgs, this.secret, key, tls ? this.certs : null));
   }
 
+  /** bare-pipe.ts: clients log in to PostgreSQL through it as the server role. */
+  barePipe(tls: boolean): Promise<Target> {
+    return this.once(`bare-pipe${tls ? '-tls' : ''}`, (key) => startBarePipe(this.pgs, key, tls ? this.certs : null));
+  }
+
   pgbastion(tls: boolean): Promise<Target> {
     return this.pgbastionWith({ name: 'pgbastion', key: `pgbastion${tls ? '-tls' : ''}`, tls, users: [{ name: PROXY_USER }], pinning: [] });
   }
@@ -280,6 +288,30 @@ async function startPgbastion(pgs: PgServer, secret: string, cpuProfDir: string 
       if (reason) throw new Error(`${o.key} ${reason}`);
     },
     counter: (name) => scrapeCounter(metricsPort, name),
+  };
+}
+
+async function startBarePipe(pgs: PgServer, key: string, tls: Certs | null): Promise<Target> {
+  const port = await freePort();
+  const argv = [process.execPath, '--import', 'tsx', BARE_PIPE_MAIN, String(port), String(pgs.port), ...(tls ? [tls.cert, tls.key] : [])];
+  const [cmd, args] = withFdLimit(argv);
+  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const output = tailOf(child);
+  onCleanup(() => stopChild(child, 'SIGTERM'));
+  const died = () => exitReason(child, output);
+  const conn = { host: '127.0.0.1', port, user: SERVER_ROLE, password: SERVER_PASSWORD, database: DATABASE, ssl: tls ? { rejectUnauthorized: false } : false };
+  await waitForLogin(key, conn, died);
+  return {
+    name: BARE_PIPE,
+    key,
+    port,
+    user: SERVER_ROLE,
+    tls: tls !== null,
+    pid: child.pid!,
+    check() {
+      const reason = died();
+      if (reason) throw new Error(`${key} ${reason}`);
+    },
   };
 }
 
