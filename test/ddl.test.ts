@@ -4,7 +4,7 @@
 import t from 'tap';
 import { ddlStatements } from '../src/audit/ddl.js';
 import { loadPolicyParser } from '../src/policy/classify.js';
-import { DdlTracker, MAX_RUNS, type DdlOutcome } from '../src/session/ddl-tracker.js';
+import { DdlTracker, MAX_RUNS, type DdlGroup, type DdlOutcome } from '../src/session/ddl-tracker.js';
 
 await loadPolicyParser();
 
@@ -176,6 +176,45 @@ t.test('tracker: run tags by position, runs skipped after an error, portals end 
   tracker.commandComplete('DROP TABLE');
   tracker.ready('I');
   t.same(seen.slice(3).map(([s, o]) => [s, o.outcome]), [['DROP TABLE d', 'ok'], ['CREATE TABLE d (x int)', 'ok']]);
+  t.notOk(tracker.active);
+});
+
+t.test('tracker: runs a COMMIT in the batch made permanent before its error are recorded ok', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+  const create = ddlStatements('CREATE TABLE c1 (x int)');
+  const drop = ddlStatements('DROP TABLE c2');
+  const alter = ddlStatements('ALTER TABLE c3 ADD y int');
+  /** Executes of the unnamed portal, each bound to `group` (null: nothing audited). */
+  const run = (...groups: (DdlGroup | null)[]) => {
+    for (const g of groups) {
+      tracker.bound('', g);
+      tracker.executed('');
+    }
+    tracker.owed(null);
+  };
+  // CREATE, COMMIT, DROP, SELECT 1/0: the CREATE was committed; the DROP rolled back with the error.
+  run(create, null, drop, null);
+  for (const tag of ['CREATE TABLE', 'COMMIT', 'DROP TABLE']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen, [
+    ['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }],
+    ['DROP TABLE c2', { outcome: 'error', sqlstate: '22012' }],
+  ]);
+  // A ROLLBACK (also ROLLBACK TO SAVEPOINT's tag) before the COMMIT: not committed by it.
+  seen.length = 0;
+  run(create, null, alter, null, null);
+  for (const tag of ['CREATE TABLE', 'ROLLBACK', 'ALTER TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen.map(([s, o]) => [s, o.outcome]), [['CREATE TABLE c1 (x int)', 'error'], ['ALTER TABLE c3 ADD y int', 'ok']]);
+  // Without an error the batch's outcome stands for every run, as before.
+  seen.length = 0;
+  run(create, null);
+  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
   t.notOk(tracker.active);
 });
 

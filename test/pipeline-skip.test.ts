@@ -184,3 +184,24 @@ t.test('an error in COPY IN ends it: the Sync after it is answered, and later DD
   await b.sendAndSettle(1, [query('CREATE TABLE copy_probe_ddl (x int)')]);
   t.same(ddlOf('copy_probe_ddl'), [['ok', 'CREATE TABLE']]);
 });
+
+t.test('a COMMIT inside a failing batch makes the DDL before it permanent: audited ok, what follows it as failed', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.sendAndSettle(1, [
+    parse('CREATE TABLE commit_probe_1 (x int)'), bind(), execute(),
+    parse('COMMIT'), bind(), execute(),
+    parse('CREATE TABLE commit_probe_2 (x int)'), bind(), execute(),
+    parse('SELECT 1/0'), bind(), execute(),
+    sync(),
+  ]);
+  t.same(
+    seen,
+    ['parsed', 'bound', 'done:CREATE TABLE', 'parsed', 'bound', 'done:COMMIT', 'parsed', 'bound', 'done:CREATE TABLE', 'parsed', 'E22012', 'Z'],
+    '1/0 fails at its Bind (the planner folds it)',
+  );
+  const exists = await b.sendAndSettle(1, [query("SELECT to_regclass('commit_probe_1') IS NOT NULL, to_regclass('commit_probe_2') IS NOT NULL")]);
+  t.same(exists.slice(1, 2), ['t|f'], 'PostgreSQL committed the first CREATE at the COMMIT; the second rolled back with the error');
+  await otherTenantGetsTheConnection(t);
+  t.same(ddlOf('commit_probe_1'), [['ok', 'CREATE TABLE']], 'the committed CREATE is audited as done (it was recorded as failed, 22012)');
+  t.same(ddlOf('commit_probe_2'), [['error', '22012']]);
+});

@@ -8,7 +8,8 @@
 // (transaction mode, where the session knows which statement every name means; see
 // ClientSession). A statement prepared in one batch and run in later ones is recorded at
 // every run, with that run's outcome, which is the outcome of its batch (the batch is one
-// transaction: when it fails, what ran before the error rolled back too). A Parse of an
+// transaction: when it fails, what ran before the error rolled back too), except for runs
+// a COMMIT in the batch made permanent before its error (committedRuns). A Parse of an
 // audited statement that no Execute of its batch ran is recorded too, with the batch's
 // outcome: a submitted DDL text is never left out, whatever happens to it. (Its tag is empty
 // where runs are followed; in session mode, where they are not, it is the batch's last tag,
@@ -260,9 +261,11 @@ export class DdlTracker {
       const outcome = queryOutcome(batch, stmt);
       if (outcome) this.record(stmt, outcome);
     }
+    const committed = committedRuns(batch);
     for (const run of batch.runs) {
       const tag = batch.countable ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
-      for (const stmt of run.group) this.record(stmt, outcomeOf(batch, tag));
+      const outcome: DdlOutcome = committed?.[run.index] === true ? { outcome: 'ok', command_tag: tag } : outcomeOf(batch, tag);
+      for (const stmt of run.group) this.record(stmt, outcome);
     }
     for (const [group, runs] of batch.more ?? []) {
       for (const stmt of group) this.record(stmt, { ...outcomeOf(batch, batch.tags.at(-1) ?? ''), runs });
@@ -300,6 +303,27 @@ function absorb(into: Batch, from: Batch): void {
 /** Counts `n` runs of `group` past MAX_RUNS. */
 function countMore(batch: Batch, group: DdlGroup, n: number): void {
   (batch.more ??= new Map()).set(group, (batch.more.get(group) ?? 0) + n);
+}
+
+/**
+ * Which Executes of a failed batch a COMMIT in it made permanent before its error: index i
+ * is true when the first transaction end completed after it is a COMMIT (not a ROLLBACK,
+ * which is also ROLLBACK TO SAVEPOINT's tag: conservatively, not committed). A batch is one
+ * transaction only until a transaction-control statement in it ends one (PostgreSQL commits
+ * at that Execute, not at the Sync), so with `P/B/E CREATE, P/B/E COMMIT, P/B/E SELECT 1/0,
+ * S` the CREATE stays although the batch failed. Only where tags are counted (tags[i]
+ * answers Execute i); else null, and every run keeps the batch's outcome.
+ */
+function committedRuns(batch: Batch): boolean[] | null {
+  if (batch.error === null || !batch.countable || !batch.tags.includes('COMMIT')) return null;
+  const committed: boolean[] = new Array<boolean>(batch.tags.length);
+  let next: string | null = null;
+  for (let i = batch.tags.length - 1; i >= 0; i--) {
+    committed[i] = next === 'COMMIT';
+    const tag = batch.tags[i]!;
+    if (tag === 'COMMIT' || tag === 'ROLLBACK') next = tag;
+  }
+  return committed;
 }
 
 function outcomeOf(batch: Batch, tag: string): DdlOutcome {
