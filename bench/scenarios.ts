@@ -155,10 +155,15 @@ async function tlsTargets(lab: Lab): Promise<Target[]> {
 
 /** S1's and S2's reference row (no target applies to it), described once for both. */
 const BARE_PIPE_METHOD =
-  `Reference row "${BARE_PIPE}" (no target applies to it): bench/bare-pipe.ts, a Node.js relay with no pooling, parsing, ` +
+  `Reference row "${BARE_PIPE}" (no target applies to it; not in --quick runs): bench/bare-pipe.ts, a Node.js relay with no pooling, parsing, ` +
   'policy or audit that joins each client to a PostgreSQL connection of its own with stream.pipe() both ways (with TLS: ' +
   "SSLRequest answered 'S', the socket wrapped in a server TLSSocket); the clients log in to PostgreSQL through it as the " +
   'server role, so PostgreSQL runs one backend per client. It shows what Node\'s socket and TLS machinery alone cost per transaction.';
+
+/** The bare-pipe reference row, left out of --quick smoke runs (which must stay under 3 minutes). */
+async function reference(ctx: Context, tls: boolean): Promise<Target[]> {
+  return ctx.opts.quick ? [] : [await ctx.lab.barePipe(tls)];
+}
 
 const pgbenchS = (o: Options, extra = '') => `pgbench -S${extra} -n -c ${o.clients} -j ${THREADS} -T ${o.duration}`;
 
@@ -173,7 +178,11 @@ const S1: Scenario = {
     'CPU is summed over the primary (which accepts the connections and hands them to the workers) and both workers. ' +
     BARE_PIPE_METHOD,
   run: async (ctx) => {
-    const targets = [...(await plainTargets(ctx.lab)), await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS), await ctx.lab.barePipe(false)];
+    const targets = [
+      ...(await plainTargets(ctx.lab)),
+      await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS),
+      ...(await reference(ctx, false)),
+    ];
     await inRounds(ctx, 'S1', 'select-only', targets, selectOnly(ctx.opts.clients));
   },
 };
@@ -190,7 +199,7 @@ const S2: Scenario = {
     const targets = [
       ...(await tlsTargets(ctx.lab)),
       await ctx.lab.pgbastionWorkers(S1_WORKERS_TARGET, S1_WORKERS, true),
-      await ctx.lab.barePipe(true),
+      ...(await reference(ctx, true)),
     ];
     await inRounds(ctx, 'S2', 'TLS', targets, selectOnly(ctx.opts.clients));
   },
