@@ -11,7 +11,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import t, { type Test } from 'tap';
 import pg from 'pg';
-import { CoalescedWrites, SliceRun } from '../src/net/slice-run.js';
+import { CoalescedWrites, GATHER_LIMIT, SliceRun } from '../src/net/slice-run.js';
 import { ReusedReadBuffer } from '../src/net/reused-read.js';
 import { initCaDir } from '../src/tls/certs.js';
 import { startPostgres } from './helpers/postgres.js';
@@ -63,7 +63,7 @@ function recordingSocket(pending = 0) {
   return { socket: socket as unknown as net.Socket, calls };
 }
 
-t.test('CoalescedWrites: one write for adjacent slices, a cork only when a second is needed', async (t) => {
+t.test('CoalescedWrites: one write for adjacent slices, runs of a small burst copied into one, a cork past GATHER_LIMIT', async (t) => {
   const read = Buffer.from('TTTTDDDDCCCCZZZZ');
   const writes = new CoalescedWrites();
   const a = recordingSocket();
@@ -79,9 +79,23 @@ t.test('CoalescedWrites: one write for adjacent slices, a cork only when a secon
   writes.write(b.socket, read.subarray(0, 4));
   writes.write(b.socket, Buffer.from('EEEE')); // a replaced message breaks the run
   writes.write(b.socket, read.subarray(8, 12));
+  t.same(b.calls, [], 'runs of a small burst are held');
   writes.flush();
-  t.same(b.calls, ['cork', 'write TTTT', 'write EEEE', 'write CCCC', 'uncork'], 'corked for the second write, uncorked at the end');
+  t.same(b.calls, ['write TTTTEEEECCCC'], 'and go out copied into one write, in order, without a cork');
   t.ok(writes.startedIdle, 'the socket was idle when the burst began');
+
+  // Past GATHER_LIMIT: what is held goes to the corked socket at once, later runs as they come.
+  const big = recordingSocket();
+  const half = Buffer.alloc(GATHER_LIMIT / 2 + 1, 'x');
+  writes.write(big.socket, Buffer.from('AA'));
+  writes.write(big.socket, half);
+  writes.write(big.socket, Buffer.alloc(GATHER_LIMIT / 2 + 1, 'y'));
+  t.same(big.calls, [], 'two runs held, under the limit');
+  writes.write(big.socket, Buffer.from('BB'));
+  t.same(big.calls.map((c) => c.slice(0, 10)), ['cork', 'write AA', 'write xxxx', 'write yyyy'], 'the third run passed the limit: corked, held runs written in order');
+  writes.write(big.socket, Buffer.from('CC'));
+  writes.flush();
+  t.same(big.calls.slice(4), ['write BB', 'write CC', 'uncork'], 'then each run as it ends, the last at flush, and uncorked');
 
   const busy = recordingSocket(100);
   writes.write(busy.socket, read.subarray(0, 4));
