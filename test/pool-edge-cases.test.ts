@@ -515,3 +515,28 @@ t.test("a client's statement sent right before its Terminate runs, even when it 
   }
   t.same((await other.c.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'the pool serves on');
 });
+
+t.test("statements read in the same write as the Terminate reach the server before the connection is let go", async (t) => {
+  await pgs.query(`CREATE TABLE with_terminate (n int); GRANT ALL ON with_terminate TO ${SERVER_ROLE}`);
+  t.teardown(() => pgs.query('DROP TABLE with_terminate'));
+  const terminate = Buffer.from([0x58, 0, 0, 0, 4]);
+  // Inside a transaction the client holds the server connection: its statements go straight
+  // into the write batch of the read, which the Terminate in the same read used to drop.
+  // The second round adds a refused SET, whose stand-in breaks the batch into two writes.
+  const tails = [[], [serialize.query("SET app.tenant_id = 'x'")]];
+  for (const [n, tail] of tails.entries()) {
+    const leaver = await connect('tenant_a', 'pw-a');
+    await leaver.c.query('BEGIN');
+    leaver.raw.stream.write(Buffer.concat([serialize.query(`INSERT INTO with_terminate VALUES (${n})`), serialize.query('COMMIT'), ...tail, terminate]));
+    const end = Date.now() + 5000;
+    let rows: { n: number }[] = [];
+    while (rows.length <= n && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 50));
+      rows = (await pgs.query<{ n: number }>('SELECT n FROM with_terminate ORDER BY n')).rows;
+    }
+    t.same(rows[n], { n }, `round ${n}: the INSERT and its COMMIT ran`);
+  }
+  const next = await connect('tenant_b', 'pw-b');
+  t.equal(await pinOf(next.c), 'テナント-b', 'the pool serves on');
+  await next.c.end();
+});

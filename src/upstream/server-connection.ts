@@ -778,8 +778,11 @@ export class ServerConnection implements ScanSink {
     // shutdown) says goodbye behind whatever was written, as a client's Terminate would: a
     // client's last statements before its own Terminate reach the server whole, where a
     // destroy discards what Node had not handed to the kernel yet. Failures end at once.
-    if (err === null && loggedIn) endAndLinger(this.socket, serialize.end());
-    else this.socket.destroy();
+    if (err === null && loggedIn) {
+      // Bytes a write batch still holds (a client's statements read with its Terminate) first.
+      this.serverWrites.flush();
+      endAndLinger(this.socket, serialize.end());
+    } else this.socket.destroy();
     this.inline = null;
     const reason = err ?? new UpstreamError('lost', 'server connection closed');
     if (err) this.login.logger.debug({ server: this.id, err: err.message }, 'server connection ended');
