@@ -209,6 +209,33 @@ t.test('tracker: runs a COMMIT in the batch made permanent before its error are 
   tracker.error('22012');
   tracker.ready('I');
   t.same(seen.map(([s, o]) => [s, o.outcome]), [['CREATE TABLE c1 (x int)', 'error'], ['ALTER TABLE c3 ADD y int', 'ok']]);
+  // PREPARE TRANSACTION ends the transaction uncommitted: a COMMIT after it commits nothing of it.
+  seen.length = 0;
+  run(create, null, null, null);
+  for (const tag of ['CREATE TABLE', 'PREPARE TRANSACTION', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'error', sqlstate: '22012' }]]);
+  // An Execute before the batch opened (BEGIN, nothing audited): positions are uncertain by one.
+  // With BEGIN's completion among the tags, the COMMIT is certainly after the CREATE: ok (no tag).
+  seen.length = 0;
+  tracker.bound('', null);
+  tracker.executed('');
+  run(create, null, null);
+  for (const tag of ['BEGIN', 'CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: '' }]]);
+  // Without it (relayed before the batch opened), the COMMIT's position could be the CREATE's own:
+  // the batch's outcome stands (conservative).
+  seen.length = 0;
+  tracker.bound('', null);
+  tracker.executed('');
+  run(create, null, null);
+  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'error', sqlstate: '22012' }]]);
   // Without an error the batch's outcome stands for every run, as before.
   seen.length = 0;
   run(create, null);

@@ -205,3 +205,21 @@ t.test('a COMMIT inside a failing batch makes the DDL before it permanent: audit
   t.same(ddlOf('commit_probe_1'), [['ok', 'CREATE TABLE']], 'the committed CREATE is audited as done (it was recorded as failed, 22012)');
   t.same(ddlOf('commit_probe_2'), [['error', '22012']]);
 });
+
+t.test('the same with BEGIN first in the batch (how drivers send a transaction): the committed DDL is audited ok', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.sendAndSettle(1, [
+    parse('BEGIN'), bind(), execute(),
+    parse('CREATE TABLE commit_probe_3 (x int)'), bind(), execute(),
+    parse('COMMIT'), bind(), execute(),
+    parse('CREATE TABLE commit_probe_4 (x int)'), bind(), execute(),
+    parse('SELECT 1/0'), bind(), execute(),
+    sync(),
+  ]);
+  t.same(seen.filter((m) => m.startsWith('done:') || m.startsWith('E')), ['done:BEGIN', 'done:CREATE TABLE', 'done:COMMIT', 'done:CREATE TABLE', 'E22012']);
+  const exists = await b.sendAndSettle(1, [query("SELECT to_regclass('commit_probe_3') IS NOT NULL, to_regclass('commit_probe_4') IS NOT NULL")]);
+  t.same(exists.slice(1, 2), ['t|f']);
+  await otherTenantGetsTheConnection(t);
+  t.same(ddlOf('commit_probe_3'), [['ok', '']], 'ok (the tag is not counted where an Execute came before anything audited)');
+  t.same(ddlOf('commit_probe_4'), [['error', '22012']]);
+});

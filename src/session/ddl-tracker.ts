@@ -52,8 +52,14 @@ interface Batch {
   more: Map<DdlGroup, number> | null;
   /** Completion tags in order ('' for EmptyQueryResponse and PortalSuspended). */
   readonly tags: string[];
-  /** Whether tags[i] answers the batch's i-th Execute (see the module comment). */
-  countable: boolean;
+  /**
+   * Executes of the batch written before it opened, whose completions may have been relayed
+   * uninspected: tags[0] answers one of the first `before + 1` Executes (0: tags[i] answers
+   * the i-th; see the module comment).
+   */
+  readonly before: number;
+  /** Positions are lost altogether (batches merged, a Query behind the batch): tags are only a list. */
+  lost: boolean;
   error: string | null;
   /** Its ReadyForQuery is owed (a Query or Sync went out); else more of it may still come. */
   closed: boolean;
@@ -156,13 +162,13 @@ export class DdlTracker {
       // A Query behind an unfinished extended batch: one ReadyForQuery answers both.
       if (fromQuery !== null && fromQuery.length > 0) {
         open.query = [...open.query, ...fromQuery];
-        open.countable = false;
+        open.lost = true;
       }
       return;
     }
     if (fromQuery === null || fromQuery.length === 0) return void this.batches.push(null);
     // (Executes of a batch open before the Query, not audited, answer completions first.)
-    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], countable: executes === 0, error: null, closed: true, endsInQuery: true });
+    this.batches.push({ query: fromQuery, parsed: new Set(), runs: [], more: null, tags: [], before: executes, lost: false, error: null, closed: true, endsInQuery: true });
     this.pending++;
   }
 
@@ -175,7 +181,7 @@ export class DdlTracker {
     if (stmts.length === 0) return;
     const batch = this.current();
     batch.query = [...batch.query, ...stmts];
-    batch.countable = false;
+    batch.lost = true;
     batch.error ??= sqlstate;
   }
 
@@ -190,7 +196,7 @@ export class DdlTracker {
     this.readySeq++; // the skipped Query's number: portals bound before it end with the Sync's
     if (first === null) return void this.batches.shift();
     const second = this.batches[1];
-    first.countable = false;
+    first.lost = true;
     if (second === null) return void this.batches.splice(1, 1);
     if (second === undefined) {
       first.closed = false;
@@ -218,7 +224,7 @@ export class DdlTracker {
     if (entry === null) return void this.batches.splice(at, 1);
     // Reopened: what follows the ignored Sync joins it (uncounted: positions are lost).
     entry.closed = false;
-    entry.countable = false;
+    entry.lost = true;
     if (open !== null) {
       absorb(entry, open);
       this.batches.pop();
@@ -263,8 +269,8 @@ export class DdlTracker {
     }
     const committed = committedRuns(batch);
     for (const run of batch.runs) {
-      const tag = batch.countable ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
-      const outcome: DdlOutcome = committed?.[run.index] === true ? { outcome: 'ok', command_tag: tag } : outcomeOf(batch, tag);
+      const tag = countable(batch) ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
+      const outcome: DdlOutcome = committed?.(run.index) === true ? { outcome: 'ok', command_tag: countable(batch) ? tag : '' } : outcomeOf(batch, tag);
       for (const stmt of run.group) this.record(stmt, outcome);
     }
     for (const [group, runs] of batch.more ?? []) {
@@ -282,7 +288,7 @@ export class DdlTracker {
   private current(): Batch {
     if (this.open === null) {
       // Completions of Executes already written may have been relayed uninspected.
-      this.open = { query: [], parsed: new Set(), runs: [], more: null, tags: [], countable: this.executes === 0, error: null, closed: false, endsInQuery: false };
+      this.open = { query: [], parsed: new Set(), runs: [], more: null, tags: [], before: this.executes, lost: false, error: null, closed: false, endsInQuery: false };
       this.batches.push(this.open);
       this.pending++;
     }
@@ -305,25 +311,43 @@ function countMore(batch: Batch, group: DdlGroup, n: number): void {
   (batch.more ??= new Map()).set(group, (batch.more.get(group) ?? 0) + n);
 }
 
+/** Whether tags[i] answers the batch's i-th Execute. */
+function countable(batch: Batch): boolean {
+  return !batch.lost && batch.before === 0;
+}
+
+/** Tags after which a run's work is not committed by a later COMMIT (ROLLBACK is also ROLLBACK TO SAVEPOINT's tag). */
+const UNCOMMITTING = new Set(['ROLLBACK', 'PREPARE TRANSACTION']);
+
 /**
- * Which Executes of a failed batch a COMMIT in it made permanent before its error: index i
- * is true when the first transaction end completed after it is a COMMIT (not a ROLLBACK,
- * which is also ROLLBACK TO SAVEPOINT's tag: conservatively, not committed). A batch is one
- * transaction only until a transaction-control statement in it ends one (PostgreSQL commits
- * at that Execute, not at the Sync), so with `P/B/E CREATE, P/B/E COMMIT, P/B/E SELECT 1/0,
- * S` the CREATE stays although the batch failed. Only where tags are counted (tags[i]
- * answers Execute i); else null, and every run keeps the batch's outcome.
+ * Whether the Execute at a given index of a failed batch was made permanent by a COMMIT in
+ * it before the error; null when none can have been (the batch's outcome stands for every
+ * run). A batch is one transaction only until a transaction-control statement in it ends
+ * one (PostgreSQL commits at that Execute, not at the Sync), so with `P/B/E CREATE, P/B/E
+ * COMMIT, P/B/E SELECT 1/0, S` the CREATE stays although the batch failed.
+ *
+ * Run i's completion is tags[i - k], k being the batch's Executes answered before it opened
+ * (0 <= k <= before). It counts as committed only when that holds whatever k is: a COMMIT
+ * answers an Execute after i (tag position > i), and no ROLLBACK or PREPARE TRANSACTION lies
+ * between the run's earliest possible position and that COMMIT. Conservative: an ending that
+ * may have come before the run keeps the batch's outcome. O(tags) once per failed batch.
  */
-function committedRuns(batch: Batch): boolean[] | null {
-  if (batch.error === null || !batch.countable || !batch.tags.includes('COMMIT')) return null;
-  const committed: boolean[] = new Array<boolean>(batch.tags.length);
-  let next: string | null = null;
-  for (let i = batch.tags.length - 1; i >= 0; i--) {
-    committed[i] = next === 'COMMIT';
-    const tag = batch.tags[i]!;
-    if (tag === 'COMMIT' || tag === 'ROLLBACK') next = tag;
-  }
-  return committed;
+function committedRuns(batch: Batch): ((index: number) => boolean) | null {
+  const tags = batch.tags;
+  if (batch.error === null || batch.lost || !tags.includes('COMMIT')) return null;
+  // nextCommit[x]: the first COMMIT at position >= x (tags.length: none);
+  // resets[x]: how many uncommitting tags lie at positions < x.
+  const nextCommit = new Array<number>(tags.length + 1).fill(tags.length);
+  for (let x = tags.length - 1; x >= 0; x--) nextCommit[x] = tags[x] === 'COMMIT' ? x : nextCommit[x + 1]!;
+  const resets = new Array<number>(tags.length + 1).fill(0);
+  for (let x = 0; x < tags.length; x++) resets[x + 1] = resets[x]! + (UNCOMMITTING.has(tags[x]!) ? 1 : 0);
+  return (i) => {
+    if (i + 1 > tags.length) return false;
+    const commit = nextCommit[i + 1]!;
+    if (commit === tags.length) return false;
+    const from = Math.max(0, i - batch.before + 1);
+    return resets[commit]! - resets[from]! === 0;
+  };
 }
 
 function outcomeOf(batch: Batch, tag: string): DdlOutcome {
@@ -336,7 +360,7 @@ function outcomeOf(batch: Batch, tag: string): DdlOutcome {
  * (null: not recorded).
  */
 function queryOutcome(batch: Batch, stmt: DdlStatement): DdlOutcome | null {
-  if (!batch.countable) return outcomeOf(batch, '');
+  if (!countable(batch)) return outcomeOf(batch, '');
   if (stmt.index < batch.tags.length) return { outcome: 'ok', command_tag: batch.tags[stmt.index]! };
   return batch.error && stmt.index === batch.tags.length ? { outcome: 'error', sqlstate: batch.error } : null;
 }
