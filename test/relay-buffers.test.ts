@@ -73,6 +73,7 @@ t.test('CoalescedWrites: one write for adjacent slices, runs of a small burst co
   t.same(a.calls, [], 'nothing is written before flush');
   t.equal(writes.flush(), a.socket, 'flush names the socket written to');
   t.same(a.calls, ['write TTTTDDDDCCCCZZZZ'], 'one write, no cork');
+  t.notOk(writes.copied, 'the slices themselves went out');
   t.equal(writes.flush(), null, 'no burst: nothing to flush');
 
   const b = recordingSocket();
@@ -82,6 +83,7 @@ t.test('CoalescedWrites: one write for adjacent slices, runs of a small burst co
   t.same(b.calls, [], 'runs of a small burst are held');
   writes.flush();
   t.same(b.calls, ['write TTTTEEEECCCC'], 'and go out copied into one write, in order, without a cork');
+  t.ok(writes.copied, 'a copy: the read buffer need not be kept for it');
   t.ok(writes.startedIdle, 'the socket was idle when the burst began');
 
   // Past GATHER_LIMIT: what is held goes to the corked socket at once, later runs as they come.

@@ -78,6 +78,8 @@ export class CoalescedWrites {
   private gatheredBytes = 0;
   /** Whether the target was idle when the burst began: then flush() hands everything to it. */
   startedIdle = false;
+  /** The last flush() wrote a copy (Buffer.concat): nothing it wrote refers to the slices' memory. */
+  copied = false;
 
   write(socket: net.Socket, bytes: Buffer): void {
     if (this.target !== socket) {
@@ -108,7 +110,8 @@ export class CoalescedWrites {
     if (socket === null) return null;
     this.target = null;
     let last = this.run.take();
-    if (this.gathered.length > 0) {
+    this.copied = this.gathered.length > 0;
+    if (this.copied) {
       if (last !== null) {
         this.gathered.push(last);
         this.gatheredBytes += last.length;

@@ -521,7 +521,8 @@ export class ServerConnection implements ScanSink {
     const handedOver = this.clientWrites.startedIdle;
     const out = this.clientWrites.flush();
     if (out === null) return;
-    const kept = (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0 || inFlight(out);
+    // (A burst copied into one buffer refers to none of the read's memory.)
+    const kept = this.clientWrites.copied ? false : (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0 || inFlight(out);
     if (kept) this.reader?.retain();
   }
 
