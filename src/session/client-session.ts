@@ -881,10 +881,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (server.cancelling !== null) return this.holdForCancel(server.cancelling);
     if (server.switchInFlight) return this.pauseToWait();
     this.resumeAfterWait();
+    let drained: boolean;
     server.beginBatch();
-    this.switchSettings(server);
-    this.flushQueued(server);
-    if (!server.endBatch()) this.waitForServerDrain();
+    try {
+      this.switchSettings(server);
+      this.flushQueued(server);
+    } finally {
+      drained = server.endBatch(); // (also on a throw: a batch left open would hold every later write)
+    }
+    if (!drained) this.waitForServerDrain();
   }
 
   /**
@@ -924,13 +929,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private writeBeforeLeaving(server: ServerConnection): void {
     this.heldFor = null;
     server.beginBatch();
-    const before = server.settingsBeforeSwitch;
-    if (before !== null) {
-      const plan = switchPlan(this.params, this.paramsKey, before.settings, before.key);
-      if (plan !== null) server.sendHidden(plan.query);
-    } else this.switchSettings(server);
-    this.flushQueued(server);
-    server.endBatch();
+    try {
+      const before = server.settingsBeforeSwitch;
+      if (before !== null) {
+        const plan = switchPlan(this.params, this.paramsKey, before.settings, before.key);
+        if (plan !== null) server.sendHidden(plan.query);
+      } else this.switchSettings(server);
+      this.flushQueued(server);
+    } finally {
+      server.endBatch();
+    }
     server.flushBatch(); // now, even inside onData's batch: finish() drops the connection next
   }
 
@@ -1101,18 +1109,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.unnamedOnServer = false;
     server.beginBatch();
     // Leased while reading the client (an idle connection was at hand): what else this read
-    // holds joins the same write, at the end of onData.
+    // holds joins the same write, at the end of onData (whose finally ends the batch).
     const endLater = this.feeding && this.batched === null;
     if (endLater) this.batched = server;
-    if (server.prepared.size > MAX_SERVER_STATEMENTS) {
-      // Statements of clients long gone pile up on a busy connection: start it afresh (the
-      // ones still needed are prepared again on demand).
-      server.sendHidden(serialize.query('DEALLOCATE ALL'));
-      server.prepared.clear();
+    let drained = true;
+    try {
+      if (server.prepared.size > MAX_SERVER_STATEMENTS) {
+        // Statements of clients long gone pile up on a busy connection: start it afresh (the
+        // ones still needed are prepared again on demand).
+        server.sendHidden(serialize.query('DEALLOCATE ALL'));
+        server.prepared.clear();
+      }
+      this.switchSettings(server);
+      this.flushQueued(server);
+    } finally {
+      // (Also on a throw: a batch left open would hold every later write to this connection.)
+      if (!endLater) drained = server.endBatch();
     }
-    this.switchSettings(server);
-    this.flushQueued(server);
-    if (!endLater && !server.endBatch()) this.waitForServerDrain();
+    if (!drained) this.waitForServerDrain();
   }
 
   /**
