@@ -94,7 +94,9 @@ export function summarize(samples: Sample[]): Row[] {
       };
       if (first.scenario === 'S5' && first.idleClients !== undefined) {
         row.idleClients = first.idleClients;
-        row.rssPerIdleKiB = medianOf(mine, (s) => s.rssPerIdleKiB);
+        // The largest growth, not the median: a later round's clients reuse the memory the first
+        // round's left behind (the V8 heap and malloc keep it), so their growth understates.
+        row.rssPerIdleKiB = mine.reduce<number | null>((max, s) => (s.rssPerIdleKiB === undefined ? max : Math.max(max ?? -Infinity, s.rssPerIdleKiB)), null);
         row.vsNoIdle = medianOf(mine, (s) => ratio(s.tps, s.noIdleTps));
       }
       if (first.rate !== undefined) {

@@ -244,7 +244,9 @@ const S5: Scenario = {
     `Per round and proxy: S2's load (\`${pgbenchS(o)}\` over TLS) without idle clients; RSS of the proxy process ` +
     `(/proc/<pid>/status VmRSS); ${o.idleClients} TLS clients log in (SCRAM) and stay idle; RSS again 1 s later; the same load ` +
     'again while they are held; then they disconnect. TPS is the run under idle clients, "KiB/idle" the RSS growth divided ' +
-    'by their number, and "vs no idle" the TPS ratio of the two runs of the round (median over rounds). Direct PostgreSQL ' +
+    'by their number (the largest over rounds, in practice the first: later rounds reuse the memory the first one\'s clients ' +
+    'left behind, which the V8 heap and malloc keep, and understate it), and "vs no idle" the TPS ratio of the two runs of ' +
+    'the round (median over rounds). Direct PostgreSQL ' +
     `cannot hold ${o.idleClients} connections (max_connections = 200, a process each): it only runs the load, for reference.`,
   run: async (ctx) => {
     const load = selectOnly(ctx.opts.clients);
