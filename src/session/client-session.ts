@@ -164,7 +164,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly scanner: MessageScanner;
   /** How this.socket is read (set by listen()). */
   private input!: DirectRead;
+  /** The login's authentication exchange; dropped once it succeeded (its name stays in authMethod). */
   private auth: AuthMethod | null = null;
+  /** The hba method that authenticated (or is authenticating) the client. */
+  private authMethod: string | null = null;
   private user = '';
   private database = '';
   private runtimeUser: RuntimeUser | null = null;
@@ -460,6 +463,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
     this.runtimeUser = this.rt.users.get(this.user) ?? null;
     this.auth = this.makeAuth(rule.method);
+    this.authMethod = this.auth?.name ?? null;
     if (!this.auth) {
       return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`, undefined, 'hba');
     }
@@ -578,6 +582,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.setParams(new Map([...this.params, ...pins.values]));
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
+        // Nothing of the exchange is needed any more (nonces, proofs, the SCRAM state): a
+        // session held for hours keeps none of it.
+        this.auth = null;
         // One write (one TLS record, one wake-up of the client) for the SASL final message,
         // AuthenticationOk and, when the pool can welcome the client at once, the whole
         // login answer that completeStartup sends.
@@ -1254,7 +1261,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.rt.metrics.connections.inc({ outcome: 'started', reason: '' });
     const cert = this.tlsPeer?.cert;
     this.rt.audit.connection('session.start', this.identity(), {
-      auth_method: this.auth?.name,
+      auth_method: this.authMethod ?? undefined,
       hba_rule: this.hbaRule,
       server_role: this.runtimeUser?.config.server_role,
       tls: this.tlsPeer ? { version: this.tlsPeer.protocol, cipher: this.tlsPeer.cipher } : null,
@@ -1365,7 +1372,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return 'the user expired';
     const conn = { address: this.address, tls: this.tlsPeer !== null, database: this.database, user: this.user, replication: false };
     const rule = evaluate(this.rt.hba, conn);
-    if (rule === null || rule.method !== this.auth?.name) return 'the rules no longer allow this connection';
+    if (rule === null || rule.method !== this.authMethod) return 'the rules no longer allow this connection';
     if (rule.method === 'cert' && !certNamesUser(this.rt.config.cert_map, this.tlsPeer?.cert?.cn ?? '', this.user)) return 'the certificate no longer maps to the user';
     const cert = this.tlsPeer?.cert;
     const pins = resolvePins(user.config.pins, { user: this.user, database: this.database, ...(cert ? { cert } : {}) });
