@@ -180,69 +180,43 @@ t.test('tracker: run tags by position, runs skipped after an error, portals end 
 });
 
 t.test('tracker: runs a COMMIT in the batch made permanent before its error are recorded ok', async (t) => {
-  const seen: [string, DdlOutcome][] = [];
-  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
   const create = ddlStatements('CREATE TABLE c1 (x int)');
   const drop = ddlStatements('DROP TABLE c2');
   const alter = ddlStatements('ALTER TABLE c3 ADD y int');
-  /** Executes of the unnamed portal, each bound to `group` (null: nothing audited). */
-  const run = (...groups: (DdlGroup | null)[]) => {
+  const err = { outcome: 'error', sqlstate: '22012' };
+  // [what, an unaudited Execute (BEGIN) before the batch opened, Executes (audited group or null), completion tags, error, records]
+  const cases: [string, boolean, (DdlGroup | null)[], string[], string | null, [string, object][]][] = [
+    ['CREATE, COMMIT, DROP, 1/0: the CREATE was committed, the DROP rolled back with the error', false, [create, null, drop, null],
+      ['CREATE TABLE', 'COMMIT', 'DROP TABLE'], '22012', [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }], ['DROP TABLE c2', err]]],
+    ['a ROLLBACK (also ROLLBACK TO SAVEPOINT\'s tag) before the COMMIT: not committed by it', false, [create, null, alter, null, null],
+      ['CREATE TABLE', 'ROLLBACK', 'ALTER TABLE', 'COMMIT'], '22012', [['CREATE TABLE c1 (x int)', err], ['ALTER TABLE c3 ADD y int', { outcome: 'ok', command_tag: 'ALTER TABLE' }]]],
+    ['PREPARE TRANSACTION ends the transaction uncommitted: a COMMIT after it commits nothing of it', false, [create, null, null, null],
+      ['CREATE TABLE', 'PREPARE TRANSACTION', 'COMMIT'], '22012', [['CREATE TABLE c1 (x int)', err]]],
+    ['BEGIN first, its completion among the tags: the COMMIT is certainly after the CREATE (ok, no tag)', true, [create, null, null],
+      ['BEGIN', 'CREATE TABLE', 'COMMIT'], '22012', [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: '' }]]],
+    ['BEGIN first, its completion relayed before the batch opened: the COMMIT could be the CREATE\'s own position (conservative)', true, [create, null, null],
+      ['CREATE TABLE', 'COMMIT'], '22012', [['CREATE TABLE c1 (x int)', err]]],
+    ['without an error the batch\'s outcome stands for every run, as before', false, [create, null],
+      ['CREATE TABLE', 'COMMIT'], null, [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]],
+  ];
+  for (const [what, beginFirst, groups, tags, error, expected] of cases) {
+    const seen: [string, DdlOutcome][] = [];
+    const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.statement, outcome]));
+    if (beginFirst) {
+      tracker.bound('', null);
+      tracker.executed('');
+    }
     for (const g of groups) {
       tracker.bound('', g);
       tracker.executed('');
     }
     tracker.owed(null);
-  };
-  // CREATE, COMMIT, DROP, SELECT 1/0: the CREATE was committed; the DROP rolled back with the error.
-  run(create, null, drop, null);
-  for (const tag of ['CREATE TABLE', 'COMMIT', 'DROP TABLE']) tracker.commandComplete(tag);
-  tracker.error('22012');
-  tracker.ready('I');
-  t.same(seen, [
-    ['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }],
-    ['DROP TABLE c2', { outcome: 'error', sqlstate: '22012' }],
-  ]);
-  // A ROLLBACK (also ROLLBACK TO SAVEPOINT's tag) before the COMMIT: not committed by it.
-  seen.length = 0;
-  run(create, null, alter, null, null);
-  for (const tag of ['CREATE TABLE', 'ROLLBACK', 'ALTER TABLE', 'COMMIT']) tracker.commandComplete(tag);
-  tracker.error('22012');
-  tracker.ready('I');
-  t.same(seen.map(([s, o]) => [s, o.outcome]), [['CREATE TABLE c1 (x int)', 'error'], ['ALTER TABLE c3 ADD y int', 'ok']]);
-  // PREPARE TRANSACTION ends the transaction uncommitted: a COMMIT after it commits nothing of it.
-  seen.length = 0;
-  run(create, null, null, null);
-  for (const tag of ['CREATE TABLE', 'PREPARE TRANSACTION', 'COMMIT']) tracker.commandComplete(tag);
-  tracker.error('22012');
-  tracker.ready('I');
-  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'error', sqlstate: '22012' }]]);
-  // An Execute before the batch opened (BEGIN, nothing audited): positions are uncertain by one.
-  // With BEGIN's completion among the tags, the COMMIT is certainly after the CREATE: ok (no tag).
-  seen.length = 0;
-  tracker.bound('', null);
-  tracker.executed('');
-  run(create, null, null);
-  for (const tag of ['BEGIN', 'CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
-  tracker.error('22012');
-  tracker.ready('I');
-  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: '' }]]);
-  // Without it (relayed before the batch opened), the COMMIT's position could be the CREATE's own:
-  // the batch's outcome stands (conservative).
-  seen.length = 0;
-  tracker.bound('', null);
-  tracker.executed('');
-  run(create, null, null);
-  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
-  tracker.error('22012');
-  tracker.ready('I');
-  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'error', sqlstate: '22012' }]]);
-  // Without an error the batch's outcome stands for every run, as before.
-  seen.length = 0;
-  run(create, null);
-  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
-  tracker.ready('I');
-  t.same(seen, [['CREATE TABLE c1 (x int)', { outcome: 'ok', command_tag: 'CREATE TABLE' }]]);
-  t.notOk(tracker.active);
+    for (const tag of tags) tracker.commandComplete(tag);
+    if (error) tracker.error(error);
+    tracker.ready('I');
+    t.same(seen, expected, what);
+    t.notOk(tracker.active);
+  }
 });
 
 t.test('tracker: a first Execute keeps tag positions, named portals are not re-bound, runs past MAX_RUNS are counted', async (t) => {
