@@ -186,40 +186,24 @@ t.test('an error in COPY IN ends it: the Sync after it is answered, and later DD
 });
 
 t.test('a COMMIT inside a failing batch makes the DDL before it permanent: audited ok, what follows it as failed', async (t) => {
-  const b = rawOf(await open(t, 'b'));
-  const seen = await b.sendAndSettle(1, [
-    parse('CREATE TABLE commit_probe_1 (x int)'), bind(), execute(),
-    parse('COMMIT'), bind(), execute(),
-    parse('CREATE TABLE commit_probe_2 (x int)'), bind(), execute(),
-    parse('SELECT 1/0'), bind(), execute(),
-    sync(),
-  ]);
-  t.same(
-    seen,
-    ['parsed', 'bound', 'done:CREATE TABLE', 'parsed', 'bound', 'done:COMMIT', 'parsed', 'bound', 'done:CREATE TABLE', 'parsed', 'E22012', 'Z'],
-    '1/0 fails at its Bind (the planner folds it)',
-  );
-  const exists = await b.sendAndSettle(1, [query("SELECT to_regclass('commit_probe_1') IS NOT NULL, to_regclass('commit_probe_2') IS NOT NULL")]);
-  t.same(exists.slice(1, 2), ['t|f'], 'PostgreSQL committed the first CREATE at the COMMIT; the second rolled back with the error');
-  await otherTenantGetsTheConnection(t);
-  t.same(ddlOf('commit_probe_1'), [['ok', 'CREATE TABLE']], 'the committed CREATE is audited as done (it was recorded as failed, 22012)');
-  t.same(ddlOf('commit_probe_2'), [['error', '22012']]);
-});
-
-t.test('the same with BEGIN first in the batch (how drivers send a transaction): the committed DDL is audited ok', async (t) => {
-  const b = rawOf(await open(t, 'b'));
-  const seen = await b.sendAndSettle(1, [
-    parse('BEGIN'), bind(), execute(),
-    parse('CREATE TABLE commit_probe_3 (x int)'), bind(), execute(),
-    parse('COMMIT'), bind(), execute(),
-    parse('CREATE TABLE commit_probe_4 (x int)'), bind(), execute(),
-    parse('SELECT 1/0'), bind(), execute(),
-    sync(),
-  ]);
-  t.same(seen.filter((m) => m.startsWith('done:') || m.startsWith('E')), ['done:BEGIN', 'done:CREATE TABLE', 'done:COMMIT', 'done:CREATE TABLE', 'E22012']);
-  const exists = await b.sendAndSettle(1, [query("SELECT to_regclass('commit_probe_3') IS NOT NULL, to_regclass('commit_probe_4') IS NOT NULL")]);
-  t.same(exists.slice(1, 2), ['t|f']);
-  await otherTenantGetsTheConnection(t);
-  t.same(ddlOf('commit_probe_3'), [['ok', '']], 'ok (the tag is not counted where an Execute came before anything audited)');
-  t.same(ddlOf('commit_probe_4'), [['error', '22012']]);
+  /** Parse/Bind/Execute of `sql` on the unnamed statement and portal. */
+  const pbe = (sql: string) => [parse(sql), bind(), execute()];
+  // [what, statements ahead of the CREATE in the batch, the committed CREATE's audited tag]
+  const cases: [string, [sql: string, tag: string][], string][] = [
+    ['the CREATE first (tags counted)', [], 'CREATE TABLE'],
+    ['BEGIN first, as drivers send a transaction (the tag is not counted where an Execute came before anything audited)', [['BEGIN', 'BEGIN']], ''],
+  ];
+  for (const [n, [what, first, tag]] of cases.entries()) {
+    const [kept, lost] = [`commit_probe_${2 * n + 1}`, `commit_probe_${2 * n + 2}`];
+    const b = rawOf(await open(t, 'b'));
+    const statements: [string, string][] = [...first, [`CREATE TABLE ${kept} (x int)`, 'CREATE TABLE'], ['COMMIT', 'COMMIT'], [`CREATE TABLE ${lost} (x int)`, 'CREATE TABLE']];
+    const seen = await b.sendAndSettle(1, [...statements.flatMap(([sql]) => pbe(sql)), ...pbe('SELECT 1/0'), sync()]);
+    const completed = statements.flatMap(([, done]) => ['parsed', 'bound', `done:${done}`]);
+    t.same(seen, [...completed, 'parsed', 'E22012', 'Z'], `${what}: replies (1/0 fails at its Bind, the planner folds it)`);
+    const exists = await b.sendAndSettle(1, [query(`SELECT to_regclass('${kept}') IS NOT NULL, to_regclass('${lost}') IS NOT NULL`)]);
+    t.same(exists.slice(1, 2), ['t|f'], `${what}: PostgreSQL committed the first CREATE at the COMMIT; the second rolled back with the error`);
+    await otherTenantGetsTheConnection(t);
+    t.same(ddlOf(kept), [['ok', tag]], `${what}: the committed CREATE is audited as done (it was recorded as failed, 22012)`);
+    t.same(ddlOf(lost), [['error', '22012']], `${what}: the rolled-back one as failed`);
+  }
 });

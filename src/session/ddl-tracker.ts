@@ -267,10 +267,11 @@ export class DdlTracker {
       const outcome = queryOutcome(batch, stmt);
       if (outcome) this.record(stmt, outcome);
     }
+    const counted = countable(batch);
     const committed = committedRuns(batch);
     for (const run of batch.runs) {
-      const tag = countable(batch) ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
-      const outcome: DdlOutcome = committed?.(run.index) === true ? { outcome: 'ok', command_tag: countable(batch) ? tag : '' } : outcomeOf(batch, tag);
+      const tag = counted ? (batch.tags[run.index] ?? '') : (batch.tags.at(-1) ?? '');
+      const outcome: DdlOutcome = committed?.(run.index) === true ? { outcome: 'ok', command_tag: counted ? tag : '' } : outcomeOf(batch, tag);
       for (const stmt of run.group) this.record(stmt, outcome);
     }
     for (const [group, runs] of batch.more ?? []) {
@@ -342,8 +343,7 @@ function committedRuns(batch: Batch): ((index: number) => boolean) | null {
   const resets = new Array<number>(tags.length + 1).fill(0);
   for (let x = 0; x < tags.length; x++) resets[x + 1] = resets[x]! + (UNCOMMITTING.has(tags[x]!) ? 1 : 0);
   return (i) => {
-    if (i + 1 > tags.length) return false;
-    const commit = nextCommit[i + 1]!;
+    const commit = nextCommit[i + 1] ?? tags.length;
     if (commit === tags.length) return false;
     const from = Math.max(0, i - batch.before + 1);
     return resets[commit]! - resets[from]! === 0;

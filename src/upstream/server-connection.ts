@@ -522,7 +522,7 @@ export class ServerConnection implements ScanSink {
     const out = this.clientWrites.flush();
     if (out === null) return;
     // (A burst copied into one buffer refers to none of the read's memory.)
-    const kept = this.clientWrites.copied ? false : (out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0 || inFlight(out);
+    const kept = !this.clientWrites.copied && ((out as TLSSocket).encrypted === true ? !handedOver : out.writableLength > 0 || inFlight(out));
     if (kept) this.reader?.retain();
   }
 
