@@ -92,15 +92,21 @@ async function login(port: number): Promise<string> {
 }
 
 t.test('v1 and v2 (IPv4 and IPv6) headers from the trusted balancer name the client', async (t) => {
-  for (const [what, header, addr] of [
-    ['v1', Buffer.from('PROXY TCP4 203.0.113.7 127.0.0.1 5555 6432\r\n'), '203.0.113.7'],
-    ['v2 IPv4', v2(4, '203.0.113.8', 5556), '203.0.113.8'],
-    ['v2 IPv6', v2(6, '2001:db8::9', 5557), '2001:db8:0:0:0:0:0:9'],
+  for (const [what, header, addr, port] of [
+    ['v1', Buffer.from('PROXY TCP4 203.0.113.7 127.0.0.1 5555 6432\r\n'), '203.0.113.7', 5555],
+    ['v2 IPv4', v2(4, '203.0.113.8', 5556), '203.0.113.8', 5556],
+    ['v2 IPv6', v2(6, '2001:db8::9', 5557), '2001:db8:0:0:0:0:0:9', 5557],
   ] as const) {
     t.equal(await login(await headerBalancer(t, proxy.port, header)), 'ok', `${what}: allowed by the rule for the header's address`);
     await new Promise((r) => setTimeout(r, 50));
     const start = proxy.audit.lines.filter((l) => l.event === 'session.start').at(-1);
     t.equal(start?.client_addr, addr, `${what}: audit shows the real client`);
+    const logged = proxy.log.lines.filter((l) => l.session_id === start?.session_id);
+    t.match(
+      logged.find((l) => l.msg === 'session ended'),
+      { client: `${addr}:${port}`, via: '127.0.0.1', user: 'alice', database: 'postgres' },
+      `${what}: the session's log lines name the real client, the balancer, the user and database`,
+    );
   }
   const other = await login(await headerBalancer(t, proxy.port, Buffer.from('PROXY TCP4 198.51.100.1 127.0.0.1 5555 6432\r\n')));
   t.match(other, /^28000: pg_hba\.conf rejects connection for host "198\.51\.100\.1"/, 'rules see the header address');

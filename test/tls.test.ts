@@ -124,9 +124,18 @@ t.test('hostssl + SCRAM over TLS with sslmode require, verify-ca, verify-full', 
   const wrongName = await psql({ user: 'scram_user', password: 'scram-pw', sslmode: 'verify-full', sslrootcert: CA, host: 'not-in-the-sans.example', hostaddr: '127.0.0.1' });
   t.not(wrongName.status, 0, 'verify-full checks the host name against the SANs');
   t.match(wrongName.stderr, /server certificate for "localhost".* does not match host name "not-in-the-sans\.example"/);
+  const failedBefore = await handshakes('error');
   const wrongCa = await psql({ user: 'scram_user', password: 'scram-pw', sslmode: 'verify-ca', sslrootcert: path.join(otherPki, 'ca.crt') });
   t.not(wrongCa.status, 0, 'verify-ca against another CA fails');
+  t.equal(await handshakes('error'), failedBefore + 1, 'the handshake the client abandoned counts as failed');
+  const started = proxy.log.lines.filter((l) => l.msg === 'session started' && l.user === 'scram_user');
+  t.ok(started.length >= 4 && started.every((l) => l.tls === 'TLSv1.3'), "each session's log lines name its TLS version");
 });
+
+async function handshakes(result: 'ok' | 'error'): Promise<number> {
+  const m = await proxy.server.runtime.metrics.tlsHandshakes.get();
+  return m.values.find((v) => v.labels.result === result)?.value ?? 0;
+}
 
 t.test('SCRAM-SHA-256-PLUS: psql with channel_binding=require', async (t) => {
   const r = await psql({ user: 'scram_user', password: 'scram-pw', sslmode: 'require', channel_binding: 'require' });

@@ -30,8 +30,11 @@ const HEADER = 5;
 export class MessageScanner {
   /** Body bytes of a passed-through message still to come. */
   private remaining = 0;
-  /** A header split across chunks is held back here until its type is known. */
-  private readonly header = Buffer.alloc(HEADER);
+  /**
+   * A header split across chunks is held back here until its type is known. Made on first
+   * need: most streams never split one, and an idle client's scanner stays small (bench S5).
+   */
+  private header: Buffer | null = null;
   private headerLen = 0;
   /** An inspected message being assembled across chunks. */
   private partial: Buffer | null = null;
@@ -94,20 +97,21 @@ export class MessageScanner {
       // A header split across chunks: flush what precedes it and hold its bytes back.
       if (this.headerLen === 0 && pos > passStart) this.sink.pass(chunk.subarray(passStart, pos));
       const take = Math.min(HEADER - this.headerLen, n - pos);
-      chunk.copy(this.header, this.headerLen, pos, pos + take);
+      const header = (this.header ??= Buffer.alloc(HEADER));
+      chunk.copy(header, this.headerLen, pos, pos + take);
       this.headerLen += take;
       pos += take;
       passStart = pos;
       if (this.headerLen < HEADER) break;
       this.headerLen = 0;
-      const type = this.header[0]!;
-      const len = this.checkLength(this.header.readInt32BE(1));
+      const type = header[0]!;
+      const len = this.checkLength(header.readInt32BE(1));
       if (this.inspect[type] === 0) {
-        this.sink.pass(Buffer.from(this.header));
+        this.sink.pass(Buffer.from(header));
         this.remaining = len - 4;
       } else {
         this.partial = Buffer.allocUnsafe(len + 1);
-        this.header.copy(this.partial, 0);
+        header.copy(this.partial, 0);
         this.partialLen = HEADER;
         if (len === 4) this.emitPartial();
       }

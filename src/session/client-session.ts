@@ -6,7 +6,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import { certNamesUser } from '../hba/cert-map.js';
 import { ALPN_POSTGRESQL, describePeer, type TlsPeer } from '../tls/terminate.js';
-import type { Logger } from 'pino';
+import type { Level as LogLevel, Logger } from 'pino';
 import { endAndLinger } from '../net/linger.js';
 import { DirectRead } from '../net/direct-read.js';
 import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
@@ -64,6 +64,8 @@ const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDCEHcf');
 const RESET_SQL = 'DISCARD ALL';
 const TLS_HANDSHAKE_RECORD = 0x16;
 const EMPTY = Buffer.alloc(0);
+/** The settings or pins of a session that has none yet: one shared (read-only) Map instead of one per client. */
+const NONE: ReadonlyMap<string, string> = new Map();
 /** lo_open, lo_close, loread, lowrite, lo_lseek(64), lo_creat, lo_create, lo_tell(64), lo_truncate(64), lo_unlink. */
 const LARGE_OBJECT_FUNCTIONS = new Set([952, 953, 954, 955, 956, 3170, 957, 715, 958, 3171, 1004, 3172, 964]);
 const Q = 0x51;
@@ -123,29 +125,31 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   readonly id = secureRandomBytes(6).toString('hex');
   state: ClientState = 'startup';
   /**
-   * Fields every log line of this session carries, gathered as the login learns them; the
-   * child logger is made on first use after a change (one per session instead of one per
-   * step: connection churn, bench S4).
+   * The child logger with this session's fields (logFields()), made when a line is first
+   * written and again after the fields change. At the usual level most sessions write no
+   * line: a child held by every idle client cost ~0.7 KiB each (bench S5).
    */
-  private readonly logFields: Record<string, unknown>;
   private logger: Logger | null = null;
-  get log(): Logger {
-    return (this.logger ??= this.rt.logger.child(this.logFields));
-  }
 
   /** The client's address: the peer's, or the one a trusted PROXY header gave. */
   private address: string;
   private port: number;
+  /** The trusted balancer whose PROXY header named the client, or null. */
+  private via: string | null = null;
   /** A trusted balancer is in front: its PROXY header must come before anything else. */
   private awaitingProxyHeader: boolean;
-  private startupBuf: Buffer = Buffer.alloc(0);
+  /**
+   * Startup bytes not yet handled. Never a zero-length view of a read's chunk: that would
+   * keep the chunk's whole 8 KiB pool slab alive for as long as the session (bench S5).
+   */
+  private startupBuf: Buffer = EMPTY;
   private sslAnswered = false;
   private readonly startedAt = performance.now();
   private hbaRule = 0;
   private transactions = 0;
   /** Audited statements in flight, settled as the server answers them. */
   private readonly ddl: DdlTracker;
-  private pinValues: ReadonlyMap<string, string> = new Map();
+  private pinValues: ReadonlyMap<string, string> = NONE;
   /**
    * The work this client sent cannot run: its transaction died with its server connection,
    * or no server connection could be opened for it. Answered at the next Query/Sync.
@@ -160,6 +164,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private revoked: string | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
+  /** A TLS handshake is under way: an error on the socket now counts as a failed handshake. */
+  private handshaking = false;
   private gssAnswered = false;
   private readonly scanner: MessageScanner;
   /** How this.socket is read (set by listen()). */
@@ -172,7 +178,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private database = '';
   private runtimeUser: RuntimeUser | null = null;
   /** The settings (startup parameters, tracked SETs, pins) every server connection must hold for this client. */
-  private params: ReadonlyMap<string, string> = new Map();
+  private params: ReadonlyMap<string, string> = NONE;
   /** settingsKey(params), updated with it. */
   private paramsKey = '';
   private key: { processId: number; secretKey: number } | null = null;
@@ -228,7 +234,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.port = socket.remotePort ?? 0;
     this.listenerEnd = { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
     this.awaitingProxyHeader = rt.proxyHeaderTrusted(socket.remoteAddress ?? '') === true;
-    this.logFields = { session_id: this.id, client: `${this.address}:${this.port}` };
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
     // Runs are followed where the session knows which statement each name means.
@@ -249,7 +254,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
-  private readonly onSocketError = (err: Error): void => void this.log.debug({ err: err.message }, 'client socket error');
+  private readonly onSocketError = (err: Error): void => {
+    if (this.handshaking) {
+      this.handshaking = false;
+      this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
+    }
+    this.log('debug', { err: err.message }, 'client socket error');
+  };
   /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
   private readonly onSocketClose = (): void => {
     this.input.deliverHeld();
@@ -275,31 +286,44 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const secure = this.rt.tls!.upgrade(raw, early === null ? null : { bytes: early, input: rawInput }, direct);
     this.socket = secure;
     this.listen(secure);
+    this.handshaking = true;
     secure.once('secure', () => this.onTlsReady(secure, direct));
-    secure.once('error', () => {
-      if (this.tlsPeer === null) this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
-    });
   }
 
   private onTlsReady(secure: tls.TLSSocket, direct: boolean): void {
+    this.handshaking = false;
     if (this.state === 'closed') return;
     if (direct && secure.alpnProtocol !== ALPN_POSTGRESQL) {
       // As PostgreSQL 17: direct TLS without the postgresql ALPN could be a confused peer.
-      this.log.info('direct TLS without ALPN "postgresql" refused');
+      this.log('info', null, 'direct TLS without ALPN "postgresql" refused');
       return void this.close();
     }
     const peer = describePeer(secure);
     this.tlsPeer = peer;
     this.rt.metrics.tlsHandshakes.inc({ result: 'ok' });
-    this.addLogFields({ tls: peer.protocol });
+    this.logger = null; // its fields now name the TLS version
     if (peer.certError !== null) {
       this.fatal(SqlState.INVALID_AUTHORIZATION, `client certificate verification failed: ${peer.certError}`, undefined, 'tls');
     }
   }
 
-  private addLogFields(fields: Record<string, unknown>): void {
-    Object.assign(this.logFields, fields);
-    this.logger = null;
+  /** Writes one log line with this session's fields, if `level` is enabled. */
+  private log(level: LogLevel, fields: Record<string, unknown> | null, msg: string): void {
+    if (!this.rt.logger.isLevelEnabled(level)) return;
+    const logger = (this.logger ??= this.rt.logger.child(this.logFields()));
+    if (fields === null) logger[level](msg);
+    else logger[level](fields, msg);
+  }
+
+  /** Fields every log line of this session carries, as the login has learned them so far. */
+  private logFields(): Record<string, unknown> {
+    return {
+      session_id: this.id,
+      client: `${this.address}:${this.port}`,
+      ...(this.via !== null ? { via: this.via } : {}),
+      ...(this.tlsPeer !== null ? { tls: this.tlsPeer.protocol } : {}),
+      ...(this.user !== '' ? { user: this.user, database: this.database } : {}),
+    };
   }
 
   private move(to: ClientState): void {
@@ -344,7 +368,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // Direct TLS: a ClientHello where a startup packet length would be.
       this.sslAnswered = true;
       const early = this.startupBuf;
-      this.startupBuf = Buffer.alloc(0);
+      this.startupBuf = EMPTY;
       return this.startTls(early, true);
     }
     while (this.state === 'startup' && this.startupBuf.length >= 4) {
@@ -352,13 +376,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (len === null) return this.fatal(SqlState.PROTOCOL_VIOLATION, 'invalid length of startup packet');
       if (this.startupBuf.length < len) return;
       const packet = this.startupBuf.subarray(0, len);
-      this.startupBuf = this.startupBuf.subarray(len);
+      this.startupBuf = after(this.startupBuf, len);
       this.onStartupPacket(parseStartupPacket(packet));
     }
     // Bytes after the startup packet (pipelined auth messages) belong to the typed protocol.
     if (this.state !== 'startup' && this.state !== 'closed' && this.startupBuf.length > 0) {
       const rest = this.startupBuf;
-      this.startupBuf = Buffer.alloc(0);
+      this.startupBuf = EMPTY;
       this.scanner.feed(rest);
     }
   }
@@ -384,11 +408,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return false;
     }
     this.awaitingProxyHeader = false;
-    this.startupBuf = this.startupBuf.subarray(header.length);
+    this.startupBuf = after(this.startupBuf, header.length);
     if (header.source) {
       this.address = displayClientAddress(header.source.address);
       this.port = header.source.port;
-      this.addLogFields({ client: `${this.address}:${this.port}`, via: this.socket.remoteAddress });
+      this.via = this.socket.remoteAddress ?? null;
+      this.logger = null;
     }
     return this.startupBuf.length > 0;
   }
@@ -401,8 +426,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (!this.rt.tls) return void this.socket.write(be.SSL_NO);
         if (this.startupBuf.length > 0) {
           // Bytes sent before our answer would be read as if they came over TLS (CVE-2021-23214 class).
-          this.log.warn('unencrypted data after SSLRequest');
-          this.startupBuf = Buffer.alloc(0);
+          this.log('warn', null, 'unencrypted data after SSLRequest');
+          this.startupBuf = EMPTY;
           return void this.abort();
         }
         this.socket.write(be.SSL_YES);
@@ -417,7 +442,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // Nothing else belongs on a cancel connection: whatever follows is read and dropped
         // (not held for later), and there is no startup timeout.
         this.clearStartupTimer();
-        this.startupBuf = Buffer.alloc(0);
+        this.startupBuf = EMPTY;
         this.input.drop();
         void this.rt.cancels.cancelAndWait(p.processId, p.secretKey).then(() => this.close());
         return;
@@ -441,7 +466,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.user = params.get('user') ?? '';
     if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
     this.database = params.get('database') || this.user;
-    this.addLogFields({ user: this.user, database: this.database });
+    this.logger = null; // its fields now name the user and database
     if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
 
     const replication = isReplication(params.get('replication'));
@@ -458,7 +483,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (decision.refused) {
       return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`);
     }
-    if (decision.dropped.length > 0) this.log.debug({ dropped: decision.dropped }, 'startup parameters not forwarded');
+    if (decision.dropped.length > 0) this.log('debug', { dropped: decision.dropped }, 'startup parameters not forwarded');
     this.setParams(decision.forward);
 
     this.runtimeUser = this.rt.users.get(this.user) ?? null;
@@ -467,12 +492,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.auth) {
       return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`, undefined, 'hba');
     }
-    this.log.debug({ rule: rule.index, method: rule.method }, 'hba rule matched');
+    this.log('debug', { rule: rule.index, method: rule.method }, 'hba rule matched');
     if (this.auth.provesCredential) {
       // Checked before any credential is looked at, so a locked key is no password oracle.
       const verdict = this.rt.lockout.check(this.address, this.user);
       if (verdict.locked) {
-        this.log.warn({ by: verdict.by }, 'login refused: locked out after repeated failures');
+        this.log('warn', { by: verdict.by }, 'login refused: locked out after repeated failures');
         this.rt.metrics.lockouts.inc({ by: verdict.by });
         return this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict), undefined, 'lockout');
       }
@@ -742,7 +767,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (!(verdict.sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
     }
     if (verdict.refuse === null) return frame;
-    this.log.warn({ variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
+    this.log('warn', { variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
     this.rt.metrics.blocked.inc();
     this.rt.audit.write('policy.blocked', { ...this.identity(), variable: verdict.refuse.variable, why: verdict.refuse.detail, protocol: statementName === null ? 'simple' : 'extended' });
     return statementName === null ? this.refusals.query(verdict.refuse) : this.refusals.parse(statementName, verdict.refuse);
@@ -831,7 +856,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private vetFunctionCall(frame: Buffer): Buffer {
     if (frame.length >= 9 && LARGE_OBJECT_FUNCTIONS.has(frame.readUInt32BE(5))) return frame;
     const refuse = { message: 'permission denied for fast-path function call', detail: 'pgbastion relays only the large-object functions through FunctionCall' };
-    this.log.warn({ oid: frame.length >= 9 ? frame.readUInt32BE(5) : null }, 'fast-path function call refused');
+    this.log('warn', { oid: frame.length >= 9 ? frame.readUInt32BE(5) : null }, 'fast-path function call refused');
     this.rt.metrics.blocked.inc();
     this.rt.audit.write('policy.blocked', { ...this.identity(), variable: null, why: refuse.message, protocol: 'function-call' });
     return this.refusals.query(refuse);
@@ -956,7 +981,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private onFailure(err: unknown): void {
     if (err instanceof FrameError) return this.fatal(SqlState.PROTOCOL_VIOLATION, err.message);
-    this.log.error({ err }, 'session failed');
+    this.log('error', { err }, 'session failed');
     this.fatal(SqlState.INTERNAL_ERROR, 'internal error in pgbastion');
   }
 
@@ -1051,7 +1076,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private makeSticky(reason: string): void {
     this.sticky = reason;
     this.rt.metrics.sticky.inc({ reason });
-    this.log.debug({ reason }, 'client is now sticky to its server connection');
+    this.log('debug', { reason }, 'client is now sticky to its server connection');
   }
 
   // ---- server lease -------------------------------------------------------------------
@@ -1184,7 +1209,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * connection to pgbastion stays open for when an upstream is back (failover).
    */
   private failQueuedWork(err: UpstreamError): void {
-    this.log.warn({ err: err.message }, 'no server connection for the next transaction');
+    this.log('warn', { err: err.message }, 'no server connection for the next transaction');
     this.answerQueued({ message: 'pgbastion could not connect to the upstream server', detail: err.message });
     this.resumeAfterWait();
   }
@@ -1257,7 +1282,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.socket.write(Buffer.concat([status, be.backendKeyData(this.key.processId, this.key.secretKey), be.readyForQuery(server ? server.txStatus : 'I')]));
     this.clearStartupTimer();
     this.move('ready');
-    this.log.info(server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
+    this.log('info', server ? { server: server.id, pid: server.processId } : { server: null }, 'session started');
     this.rt.metrics.connections.inc({ outcome: 'started', reason: '' });
     const cert = this.tlsPeer?.cert;
     this.rt.audit.connection('session.start', this.identity(), {
@@ -1285,14 +1310,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private onConnectFailure(err: unknown): void {
     if (err instanceof PoolTimeoutError) return this.fatal(SqlState.TOO_MANY_CONNECTIONS, err.message);
     if (err instanceof UpstreamError) {
-      this.log.warn({ err: err.message, failure: err.failure }, 'could not get a server connection');
+      this.log('warn', { err: err.message, failure: err.failure }, 'could not get a server connection');
       // A refusal the client can act on (unknown database, bad parameter value) is relayed as is.
       if (err.fields?.C && (err.serverRefusal || err.failure === 'protocol')) {
         return this.fatal(err.fields.C, err.fields.M ?? err.message);
       }
       return this.fatal(SqlState.CONNECTION_FAILURE, 'pgbastion could not connect to the upstream server');
     }
-    this.log.error({ err }, 'unexpected error while connecting upstream');
+    this.log('error', { err }, 'unexpected error while connecting upstream');
     this.fatal(SqlState.CONNECTION_FAILURE, 'pgbastion could not connect to the upstream server');
   }
 
@@ -1347,7 +1372,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.state !== 'ready' || this.revoked !== null) return;
     const withdrawn = this.withdrawnBy();
     if (withdrawn !== null) {
-      this.log.info({ reason: withdrawn }, 'session no longer allowed after reload');
+      this.log('info', { reason: withdrawn }, 'session no longer allowed after reload');
       this.revoked = `configuration reload: ${withdrawn}`;
       this.endIfRevokedAndIdle();
     }
@@ -1411,7 +1436,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * next transaction runs on a healthy server connection. Otherwise the session ends.
    */
   onServerLost(err: UpstreamError): void {
-    this.log.warn({ err: err.message }, 'server connection lost');
+    this.log('warn', { err: err.message }, 'server connection lost');
     const inTransaction = this.server !== null && this.server.txStatus !== 'I';
     if (this.server && this.pool) this.pool.release(this.server, false, null);
     this.server = null;
@@ -1500,7 +1525,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** Sends a FATAL ErrorResponse and closes; before login that is a denial, audited as such. */
   fatal(code: string, message: string, detail?: string, reason: DenyReason = denyReasonFor(code)): void {
     if (this.state === 'closed') return;
-    this.log.info({ code, reason: message }, 'session refused or ended with FATAL');
+    this.log('info', { code, reason: message }, 'session refused or ended with FATAL');
     if (this.state !== 'ready') {
       this.rt.metrics.denied(reason);
       this.rt.audit.connection('session.denied', this.identity(), { reason, sqlstate: code, message });
@@ -1547,7 +1572,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.input.drop();
     endAndLinger(this.socket);
     if (wasReady) {
-      this.log.info({ reason }, 'session ended');
+      this.log('info', { reason }, 'session ended');
       this.rt.audit.connection('session.end', this.identity(), {
         reason,
         duration_ms: Math.round(performance.now() - this.startedAt),
@@ -1557,6 +1582,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       });
     }
   }
+}
+
+/** The bytes of `buf` from `offset` on; EMPTY rather than an empty view that pins `buf`'s memory. */
+function after(buf: Buffer, offset: number): Buffer {
+  return offset >= buf.length ? EMPTY : buf.subarray(offset);
 }
 
 /** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */

@@ -80,8 +80,8 @@ export class DdlTracker {
   private open: Batch | null = null;
   /** Executes written since the last Query or Sync. */
   private executes = 0;
-  /** Portals bound to audited statements, by name ('' the unnamed one). */
-  private readonly portals = new Map<string, Portal>();
+  /** Portals bound to audited statements, by name ('' the unnamed one); made with the first (most sessions run no DDL). */
+  private portals: Map<string, Portal> | null = null;
   /** Batches in `batches` that are not null. */
   private pending = 0;
   /** Query/Sync messages written, and ReadyForQuery messages read. */
@@ -104,7 +104,7 @@ export class DdlTracker {
 
   /** Whether any portal is bound to an audited statement: Bind and Execute need looking at. */
   get tracksPortals(): boolean {
-    return this.portals.size > 0;
+    return this.portals !== null && this.portals.size > 0;
   }
 
   /** A Parse of audited statements went out. */
@@ -118,19 +118,19 @@ export class DdlTracker {
    * unnamed one is replaced.
    */
   bound(portal: string, group: DdlGroup | null): void {
-    if (portal !== '' && this.portals.has(portal)) return;
-    if (group === null) this.portals.delete(portal);
-    else this.portals.set(portal, { group, seq: this.owedSeq });
+    if (portal !== '' && this.portals?.has(portal)) return;
+    if (group === null) this.portals?.delete(portal);
+    else (this.portals ??= new Map()).set(portal, { group, seq: this.owedSeq });
   }
 
   /** A Query went out: PostgreSQL drops the unnamed portal first. */
   queried(): void {
-    this.portals.delete('');
+    this.portals?.delete('');
   }
 
   /** A Close of a portal went out. */
   closedPortal(portal: string): void {
-    this.portals.delete(portal);
+    this.portals?.delete(portal);
   }
 
   /**
@@ -139,7 +139,7 @@ export class DdlTracker {
    */
   executed(portal: string | null): boolean {
     const index = this.executes;
-    const bound = portal === null ? undefined : this.portals.get(portal);
+    const bound = portal === null ? undefined : this.portals?.get(portal);
     if (bound !== undefined) {
       const batch = this.current(); // before the count moves: is this Execute the batch's first?
       if (batch.runs.length < MAX_RUNS) batch.runs.push({ group: bound.group, index });
@@ -239,7 +239,7 @@ export class DdlTracker {
     this.pending = 0;
     this.open = null;
     this.executes = 0;
-    this.portals.clear();
+    this.portals = null;
   }
 
   commandComplete(tag: string): void {
@@ -255,7 +255,7 @@ export class DdlTracker {
   ready(status: string): void {
     const seq = this.readySeq++;
     // Out of a transaction, the portals its Binds made are gone.
-    if (status === 'I' && this.portals.size > 0) {
+    if (status === 'I' && this.portals !== null && this.portals.size > 0) {
       for (const [name, p] of this.portals) if (p.seq <= seq) this.portals.delete(name);
     }
     const batch = this.batches[0];

@@ -25,10 +25,11 @@ let nextStatement = 1;
 const PREFIX = `pgbastion_${randomBytes(4).toString('hex')}_s`;
 
 export class PreparedStatements {
-  private readonly byName = new Map<string, Statement>();
+  /** Made with the first statement: most clients never prepare one, and an empty Map costs ~150 bytes per idle client. */
+  private byName: Map<string, Statement> | null = null;
 
   has(name: string): boolean {
-    return this.byName.has(name);
+    return this.byName?.has(name) ?? false;
   }
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
@@ -36,25 +37,26 @@ export class PreparedStatements {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
     const stmt = { serverName, parse, inlineSafe, ddl };
-    this.byName.set(name, stmt);
+    (this.byName ??= new Map()).set(name, stmt);
     return stmt;
   }
 
   get(name: string): Statement | undefined {
-    return this.byName.get(name);
+    return this.byName?.get(name);
   }
 
   forget(name: string): void {
-    this.byName.delete(name);
+    this.byName?.delete(name);
   }
 
   /** DEALLOCATE ALL: every name is free again (their server-side copies go with the connection's). */
   clear(): void {
-    this.byName.clear();
+    this.byName = null;
   }
 
   /** The server refused (or skipped) the Parse behind `serverName`: the client's name is free again. */
   forgetServerName(serverName: string): void {
+    if (this.byName === null) return;
     for (const [name, stmt] of this.byName) {
       if (stmt.serverName === serverName) {
         this.byName.delete(name);

@@ -32,7 +32,8 @@ export const MAX_PENDING_BYTES = 4 * 1024 * 1024;
 
 /** Pending refusals of one client session, matched by token when their error comes back. */
 export class Refusals {
-  private readonly pending = new Map<string, Buffer>();
+  /** Made with the first refusal: most clients never get one, and an empty Map costs ~150 bytes per idle client. */
+  private pending: Map<string, Buffer> | null = null;
   /** Bytes of the errors in `pending`. */
   private bytes = 0;
 
@@ -57,7 +58,7 @@ export class Refusals {
   }
 
   get size(): number {
-    return this.pending.size;
+    return this.pending?.size ?? 0;
   }
 
   /** Our ErrorResponse if `frame` is the server's error for one of our tokens, else null. */
@@ -66,9 +67,9 @@ export class Refusals {
     if (!fields.M) return null;
     const token = TOKEN.exec(fields.M)?.[0];
     if (!token) return null;
-    const reply = this.pending.get(token);
+    const reply = this.pending?.get(token);
     if (!reply) return null;
-    this.pending.delete(token);
+    this.pending!.delete(token);
     this.bytes -= reply.length;
     return reply;
   }
@@ -78,18 +79,19 @@ export class Refusals {
    * to Sync): called when nothing more is owed, so no error for them can still come.
    */
   clear(): void {
-    this.pending.clear();
+    this.pending = null;
     this.bytes = 0;
   }
 
   private register(text: RefusalText): string {
     const token = `pgbastion_t_${secureRandomBytes(8).toString('hex')}`;
     const reply = be.errorResponse({ severity: 'ERROR', code: text.code ?? SqlState.INSUFFICIENT_PRIVILEGE, message: text.message, detail: text.detail });
-    this.pending.set(token, reply);
+    const pending = (this.pending ??= new Map());
+    pending.set(token, reply);
     this.bytes += reply.length;
-    while (this.pending.size > 1 && (this.pending.size > MAX_PENDING || this.bytes > MAX_PENDING_BYTES)) {
-      const [oldest, error] = this.pending.entries().next().value!;
-      this.pending.delete(oldest);
+    while (pending.size > 1 && (pending.size > MAX_PENDING || this.bytes > MAX_PENDING_BYTES)) {
+      const [oldest, error] = pending.entries().next().value!;
+      pending.delete(oldest);
       this.bytes -= error.length;
     }
     return token;
