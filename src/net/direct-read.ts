@@ -52,6 +52,14 @@ interface UserBufferHandle {
   useUserBuffer?: (buffer: Uint8Array) => void;
 }
 
+/** Shared by every reader that holds nothing (most of them, most of the time); frozen, so a push to it would throw. */
+const NOTHING_HELD = Object.freeze([]) as unknown as Buffer[];
+
+/** The read callback of a socket whose reader was detached: every byte is dropped. */
+function dropRead(): boolean {
+  return true;
+}
+
 /** Bytes held while paused before reading stops: a Readable stream's default highWaterMark. */
 export const HOLD_LIMIT = 16 * 1024;
 
@@ -59,7 +67,7 @@ export class DirectRead {
   /** Reads bypass the Readable stream (false: the 'data' event fallback). */
   readonly direct: boolean;
   private consumer: ((chunk: Buffer) => void) | null;
-  private held: Buffer[] = [];
+  private held: Buffer[] = NOTHING_HELD;
   private heldBytes = 0;
   private pausedByOwner = false;
   /** The socket itself is paused: HOLD_LIMIT was reached while the owner paused. */
@@ -98,13 +106,22 @@ export class DirectRead {
   /** From now on every byte read is dropped, and reading goes on (a closing connection drains). */
   drop(): void {
     this.consumer = null;
-    this.held = [];
+    this.held = NOTHING_HELD;
     this.heldBytes = 0;
     this.pausedByOwner = false;
     if (this.stopped) {
       this.stopped = false;
       this.socket.resume();
     }
+  }
+
+  /**
+   * drop(), for good: the socket stops referring to this reader. For a socket a TLS layer
+   * took over, whose reader would otherwise live as long as the connection (bench S5).
+   */
+  detach(): void {
+    this.drop();
+    if (this.direct) (this.socket as unknown as Fields)[fields!.callback] = dropRead;
   }
 
   get paused(): boolean {
@@ -142,6 +159,7 @@ export class DirectRead {
   private deliver(chunk: Buffer): void {
     if (this.consumer === null) return;
     if (!this.pausedByOwner && this.held.length === 0) return this.consumer(chunk);
+    if (this.held === NOTHING_HELD) this.held = [];
     this.held.push(chunk);
     this.heldBytes += chunk.length;
     if (this.heldBytes >= HOLD_LIMIT && this.pausedByOwner && !this.stopped) {

@@ -39,7 +39,6 @@ import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan } from './set-
 import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, portalName, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
-import type { ProxyAddress } from '../protocol/proxy-header.js';
 
 export type ClientState = 'startup' | 'auth' | 'connecting' | 'ready' | 'closed';
 
@@ -223,8 +222,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private originCache: ClientOrigin | null = null;
   /** Pool affinity: an idle connection already holding this client's settings and pins is leased first. */
   private readonly holdsMine = (server: ServerConnection): boolean => server.appliedKey === this.paramsKey;
-  /** The pgbastion address the client connected to (read off the TCP socket, before any TLS layer). */
-  private readonly listenerEnd: ProxyAddress;
+  /** The client's TCP socket, under any TLS layer: where the pgbastion address it connected to is read. */
+  private readonly tcp: net.Socket;
 
   constructor(
     public socket: net.Socket,
@@ -232,7 +231,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   ) {
     this.address = displayClientAddress(socket.remoteAddress ?? 'unknown');
     this.port = socket.remotePort ?? 0;
-    this.listenerEnd = { address: socket.localAddress ?? '', port: socket.localPort ?? 0 };
+    this.tcp = socket;
     this.awaitingProxyHeader = rt.proxyHeaderTrusted(socket.remoteAddress ?? '') === true;
     this.scanner = new MessageScanner(INSPECT_ALL, MAX_AUTH_MESSAGE, this);
     this.transactionMode = rt.config.pool.mode === 'transaction';
@@ -279,10 +278,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const rawInput = this.input;
     // A ClientHello read before the handshake is replayed to TLS, and the rest follows it;
     // after an SSLRequest, TLS reads the socket itself and nothing more arrives here.
-    if (early === null) rawInput.drop();
+    if (early === null) rawInput.detach();
     raw.off('error', this.onSocketError);
     raw.off('close', this.onSocketClose);
-    raw.on('error', () => raw.destroy());
+    raw.on('error', destroyOnError);
     const secure = this.rt.tls!.upgrade(raw, early === null ? null : { bytes: early, input: rawInput }, direct);
     this.socket = secure;
     this.listen(secure);
@@ -1199,7 +1198,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private origin(): ClientOrigin {
     return (this.originCache ??= {
       source: { address: this.address, port: this.port },
-      destination: this.listenerEnd,
+      destination: { address: this.tcp.localAddress ?? '', port: this.tcp.localPort ?? 0 },
     });
   }
 
@@ -1582,6 +1581,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       });
     }
   }
+}
+
+/** The 'error' listener of a client's TCP socket once TLS runs over it (`this` is the socket); the TLS socket reports the error. */
+function destroyOnError(this: net.Socket): void {
+  this.destroy();
 }
 
 /** The bytes of `buf` from `offset` on; EMPTY rather than an empty view that pins `buf`'s memory. */

@@ -10,9 +10,12 @@ import type { TrackedSet } from './tracked-set.js';
 
 /** The SETs one ReadyForQuery settles, and whether the server refused any of them. */
 interface SetsInFlight {
-  readonly sets: TrackedSet[];
+  readonly sets: readonly TrackedSet[];
   failed: boolean;
 }
+
+/** No tracked SETs: one shared list, so the usual Query or batch (none) allocates none. */
+const NO_SETS: readonly TrackedSet[] = Object.freeze([]);
 
 export class RelayLedger {
   /** ReadyForQuery messages the server still owes. */
@@ -31,7 +34,7 @@ export class RelayLedger {
   private readonly askedAt: number[] = [];
   private readonly setsInFlight: (SetsInFlight | null)[] = [];
   /** Tracked SETs of Parses sent since the last Sync. */
-  private setsSinceSync: TrackedSet[] = [];
+  private setsSinceSync: readonly TrackedSet[] = NO_SETS;
 
   /** Nothing owed and no batch open: in transaction mode the connection may go back. */
   get settled(): boolean {
@@ -42,7 +45,7 @@ export class RelayLedger {
   extended(isExecute: boolean, parsedSet: TrackedSet | undefined): void {
     this.unsynced = true;
     if (isExecute) this.syncsAfterExecute = 0;
-    if (parsedSet) this.setsSinceSync.push(parsedSet);
+    if (parsedSet) this.setsSinceSync = [...this.setsSinceSync, parsedSet];
   }
 
   /** CopyDone or CopyFail went out: Syncs count again. */
@@ -60,7 +63,7 @@ export class RelayLedger {
     this.skipping = null;
     if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
     const sets = this.setsSinceSync;
-    this.setsSinceSync = [];
+    this.setsSinceSync = NO_SETS;
     this.owe(now, sets);
     return true;
   }
@@ -75,11 +78,10 @@ export class RelayLedger {
     if (this.unsynced) {
       // Inside a batch the Query commits the batch's implicit transaction with its own: the
       // batch's SETs take (or fail) with it, not with the Sync.
-      const sets = this.setsSinceSync;
-      this.setsSinceSync = [];
-      if (set) sets.push(set);
+      const sets = set ? [...this.setsSinceSync, set] : this.setsSinceSync;
+      this.setsSinceSync = NO_SETS;
       this.owe(now, sets);
-    } else this.owe(now, set ? [set] : []);
+    } else this.owe(now, set ? [set] : NO_SETS);
     return true;
   }
 
@@ -103,7 +105,7 @@ export class RelayLedger {
   functionCall(now: number): void {
     this.syncsAfterExecute = -1;
     const sets = this.setsSinceSync;
-    this.setsSinceSync = [];
+    this.setsSinceSync = NO_SETS;
     this.owe(now, sets);
   }
 
@@ -155,10 +157,10 @@ export class RelayLedger {
     this.syncsAfterExecute = -1;
     this.askedAt.length = 0;
     this.setsInFlight.length = 0;
-    this.setsSinceSync = [];
+    this.setsSinceSync = NO_SETS;
   }
 
-  private owe(now: number, sets: TrackedSet[]): void {
+  private owe(now: number, sets: readonly TrackedSet[]): void {
     this.owed++;
     this.askedAt.push(now);
     this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);

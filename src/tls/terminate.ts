@@ -90,6 +90,19 @@ export class TlsTerminator {
   }
 }
 
+/**
+ * Protocol and cipher names, one string each for every session that shares them: Node
+ * returns a fresh copy per call, ~60 bytes a session keeps (bench S5). Bounded: only a
+ * few names exist.
+ */
+const names = new Map<string, string>();
+function interned(name: string): string {
+  const known = names.get(name);
+  if (known !== undefined) return known;
+  if (names.size < 64) names.set(name, name);
+  return name;
+}
+
 /** Describes a finished handshake. */
 export function describePeer(socket: tls.TLSSocket): TlsPeer {
   const cipher = socket.getCipher();
@@ -99,8 +112,8 @@ export function describePeer(socket: tls.TLSSocket): TlsPeer {
   const ok = presented && verifyError === null;
   const one = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v[0] : v);
   return {
-    protocol: socket.getProtocol() ?? 'unknown',
-    cipher: cipher?.name ?? 'unknown',
+    protocol: interned(socket.getProtocol() ?? 'unknown'),
+    cipher: interned(cipher?.name ?? 'unknown'),
     cert: ok
       ? {
           cn: one(peer.subject?.CN),
