@@ -321,3 +321,41 @@ for (const size of [24, 72, 96].map((k) => k * 1024)) t.test(`direct TLS (${size
   t.ok(ended && closed, 'then the end of stream, and the TLS socket closed');
   client.destroy();
 });
+
+t.test('detach(): TLS taking the socket over after an SSLRequest reads every byte; the raw reader gets none and the socket lets go of it', async (t) => {
+  const context = await serverContext(t);
+  const payload = randomBytes(1024 * 1024);
+  const sink = collector(payload.length);
+  const rawChunks: Buffer[] = [];
+  let callbackBefore: unknown;
+  let callbackAfter: unknown;
+  const readCallback = (s: net.Socket): unknown => {
+    const key = Object.getOwnPropertySymbols(s).find((k) => k.description === 'kBufferCb')!;
+    return (s as unknown as Record<symbol, unknown>)[key];
+  };
+  const server = await listen((raw) => {
+    const rawReader = new DirectRead(raw, (c) => {
+      rawChunks.push(c);
+      // As the session does on an SSLRequest: answer, detach, and start TLS on the same socket.
+      raw.write('S');
+      callbackBefore = readCallback(raw);
+      rawReader.detach();
+      callbackAfter = readCallback(raw);
+      const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context });
+      new DirectRead(secure, sink.take);
+    });
+  });
+  t.teardown(server.close);
+  const rawClient = await connect(server.port);
+  rawClient.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
+  await new Promise<void>((resolve) => rawClient.once('data', () => resolve()));
+  const client = tls.connect({ socket: rawClient, rejectUnauthorized: false });
+  await new Promise<void>((resolve) => client.once('secureConnect', () => resolve()));
+  client.write(payload);
+  await sink.done;
+  t.equal(md5(Buffer.concat(sink.chunks)), md5(payload), 'every byte through TLS, in order');
+  t.equal(Buffer.concat(rawChunks).length, 8, 'the raw reader saw only the SSLRequest');
+  t.type(callbackBefore, 'function');
+  t.not(callbackAfter, callbackBefore, "the socket's read callback no longer leads to the detached reader");
+  client.destroy();
+});

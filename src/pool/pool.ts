@@ -249,7 +249,7 @@ export class Pool {
           this.total--;
           return this.request(origin, null, done);
         }
-        conn.whenClosedIdle(() => this.forgetIdle(conn));
+        this.forgetWhenClosedIdle(conn);
         done(null, conn);
       },
       (err: unknown) => {
@@ -259,6 +259,14 @@ export class Pool {
     )
       // `done` handles its own failures; one that escapes is a bug, logged, not a crash.
       .catch((err: unknown) => this.opts.logger.error({ err, pool: this.name }, 'lease callback failed'));
+  }
+
+  /**
+   * Made here, not in openFor: a closure there would share openFor's scope and keep `done`,
+   * and with it the session that asked first, alive as long as the connection lives.
+   */
+  private forgetWhenClosedIdle(conn: ServerConnection): void {
+    conn.whenClosedIdle(() => this.forgetIdle(conn));
   }
 
   /**

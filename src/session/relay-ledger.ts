@@ -14,8 +14,8 @@ interface SetsInFlight {
   failed: boolean;
 }
 
-/** No tracked SETs: one shared list, so the usual Query or batch (none) allocates none. */
-const NO_SETS: readonly TrackedSet[] = Object.freeze([]);
+/** No tracked SETs: one shared list, so the usual Query or batch (none) allocates none; frozen, so a push to it would throw. */
+const NO_SETS = Object.freeze([]) as unknown as TrackedSet[];
 
 export class RelayLedger {
   /** ReadyForQuery messages the server still owes. */
@@ -34,7 +34,7 @@ export class RelayLedger {
   private readonly askedAt: number[] = [];
   private readonly setsInFlight: (SetsInFlight | null)[] = [];
   /** Tracked SETs of Parses sent since the last Sync. */
-  private setsSinceSync: readonly TrackedSet[] = NO_SETS;
+  private setsSinceSync: TrackedSet[] = NO_SETS;
 
   /** Nothing owed and no batch open: in transaction mode the connection may go back. */
   get settled(): boolean {
@@ -45,7 +45,10 @@ export class RelayLedger {
   extended(isExecute: boolean, parsedSet: TrackedSet | undefined): void {
     this.unsynced = true;
     if (isExecute) this.syncsAfterExecute = 0;
-    if (parsedSet) this.setsSinceSync = [...this.setsSinceSync, parsedSet];
+    if (parsedSet) {
+      if (this.setsSinceSync === NO_SETS) this.setsSinceSync = [];
+      this.setsSinceSync.push(parsedSet);
+    }
   }
 
   /** CopyDone or CopyFail went out: Syncs count again. */
