@@ -10,9 +10,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-
-const SSL_REQUEST = 80877103;
-const GSSENC_REQUEST = 80877104;
+import { GSSENC_REQUEST_CODE, SSL_REQUEST_CODE } from '../src/protocol/startup.js';
 
 const [port, upstreamPort, certFile, keyFile] = process.argv.slice(2);
 if (!port || !upstreamPort || (certFile === undefined) !== (keyFile === undefined)) {
@@ -44,13 +42,13 @@ const listener = net.createServer((socket) => {
   socket.on('error', () => socket.destroy());
   const onFirst = (d: Buffer): void => {
     const code = requestCode(d);
-    if (code === GSSENC_REQUEST || (code === SSL_REQUEST && context === null)) {
+    if (code === GSSENC_REQUEST_CODE || (code === SSL_REQUEST_CODE && context === null)) {
       socket.write('N'); // no GSS encryption (nor TLS here): the client goes on with the next request
       socket.once('data', onFirst);
       return;
     }
     if (context === null) return join(socket, d);
-    if (code !== SSL_REQUEST) return void socket.destroy(); // TLS is required, as hostssl / client_tls_sslmode = require
+    if (code !== SSL_REQUEST_CODE) return void socket.destroy(); // TLS is required, as hostssl / client_tls_sslmode = require
     socket.write('S');
     join(new tls.TLSSocket(socket, { isServer: true, secureContext: context }), null);
   };

@@ -52,11 +52,17 @@ export function median(xs: number[]): number | null {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-const medianOf = (samples: Sample[], pick: (s: Sample) => number | null | undefined) =>
-  median(samples.flatMap((s) => {
+/** The figures `pick` finds in `samples` (those without one left out). */
+const figures = (samples: Sample[], pick: (s: Sample) => number | null | undefined): number[] =>
+  samples.flatMap((s) => {
     const v = pick(s);
     return v === null || v === undefined ? [] : [v];
-  }));
+  });
+const medianOf = (samples: Sample[], pick: (s: Sample) => number | null | undefined) => median(figures(samples, pick));
+const maxOf = (samples: Sample[], pick: (s: Sample) => number | null | undefined): number | null => {
+  const found = figures(samples, pick);
+  return found.length === 0 ? null : Math.max(...found);
+};
 
 const ratio = (a: number | null | undefined, b: number | null | undefined) => (a === null || a === undefined || !b ? null : a / b);
 
@@ -96,7 +102,7 @@ export function summarize(samples: Sample[]): Row[] {
         row.idleClients = first.idleClients;
         // The largest growth, not the median: a later round's clients reuse the memory the first
         // round's left behind (the V8 heap and malloc keep it), so their growth understates.
-        row.rssPerIdleKiB = mine.reduce<number | null>((max, s) => (s.rssPerIdleKiB === undefined ? max : Math.max(max ?? -Infinity, s.rssPerIdleKiB)), null);
+        row.rssPerIdleKiB = maxOf(mine, (s) => s.rssPerIdleKiB);
         row.vsNoIdle = medianOf(mine, (s) => ratio(s.tps, s.noIdleTps));
       }
       if (first.rate !== undefined) {

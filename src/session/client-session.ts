@@ -163,8 +163,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private revoked: string | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
-  /** A TLS handshake is under way: an error on the socket now counts as a failed handshake. */
-  private handshaking = false;
   private gssAnswered = false;
   private readonly scanner: MessageScanner;
   /** How this.socket is read (set by listen()). */
@@ -254,10 +252,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
   private readonly onSocketError = (err: Error): void => {
-    if (this.handshaking) {
-      this.handshaking = false;
-      this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
-    }
+    // TLS runs over the TCP socket, and no handshake completed: this one failed.
+    if (this.socket !== this.tcp && this.tlsPeer === null) this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
     this.log('debug', { err: err.message }, 'client socket error');
   };
   /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
@@ -285,12 +281,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const secure = this.rt.tls!.upgrade(raw, early === null ? null : { bytes: early, input: rawInput }, direct);
     this.socket = secure;
     this.listen(secure);
-    this.handshaking = true;
     secure.once('secure', () => this.onTlsReady(secure, direct));
   }
 
   private onTlsReady(secure: tls.TLSSocket, direct: boolean): void {
-    this.handshaking = false;
     if (this.state === 'closed') return;
     if (direct && secure.alpnProtocol !== ALPN_POSTGRESQL) {
       // As PostgreSQL 17: direct TLS without the postgresql ALPN could be a confused peer.
