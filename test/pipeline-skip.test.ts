@@ -90,6 +90,16 @@ t.test('a Query inside a batch that did not fail runs and is answered, then the 
   t.same(ddlOf('skip_probe_3'), [['ok', '']], 'recorded as run (the tag is not counted where a batch ran first)');
 });
 
+t.test('a Query after Parse/Bind/Execute without a Sync ends that batch: the lease goes back once it is answered', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const seen = await b.sendAndSettle(1, [parse('SELECT 1'), bind(), execute(), query('SELECT 2')]);
+  t.same(seen, ['parsed', 'bound', '1', 'done:SELECT 1', 'columns:?column?', '2', 'done:SELECT 1', 'Z'], 'answered as by PostgreSQL');
+  await otherTenantGetsTheConnection(t);
+  const again = await b.sendAndSettle(1, [query("SELECT current_setting('app.tenant_id', true) AS t")]);
+  t.same(again, ['columns:t', 'b', 'done:SELECT 1', 'Z'], 'the client carries on, with its own pin');
+  await otherTenantGetsTheConnection(t);
+});
+
 t.test('a Query behind one skipped Query in the same batch is skipped too', async (t) => {
   const b = rawOf(await open(t, 'b'));
   const seen = await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 1'), parse('SELECT 2'), bind(), execute(), query('SELECT 3'), sync()]);

@@ -130,3 +130,35 @@ t.test("a Query inside a batch settles the batch's SETs (it commits them); an er
   t.equal(l.sync(4), true, 'the Sync after the error is answered');
   t.same([l.owed, l.skipping], [1, null]);
 });
+
+t.test("a Query after the batch's last message ends the batch when it is answered, without a Sync", async (t) => {
+  const l = new RelayLedger();
+  l.extended(false, undefined); // Parse
+  l.extended(true, undefined); // Execute
+  t.equal(l.query(1, undefined), true);
+  t.equal(l.query(2, undefined), true, 'a second Query, written before the first was answered');
+  t.same([l.unsynced, l.owed], [true, 2], 'until an answer, the server may still be skipping to a Sync');
+  answer(l);
+  t.same([l.unsynced, l.owed, l.settled], [false, 1, false], "the first Query's answer ends the batch");
+  answer(l);
+  t.equal(l.settled, true, 'settled: the connection can go back without a Sync');
+
+  l.extended(true, undefined);
+  l.query(3, undefined);
+  l.extended(false, undefined); // Parse after the Query: the batch goes on
+  answer(l);
+  t.same([l.unsynced, l.settled], [true, false], 'a message after the Query keeps the batch open');
+  l.sync(4);
+  answer(l);
+  t.equal(l.settled, true);
+
+  l.extended(true, undefined);
+  l.query(5, undefined);
+  l.query(6, undefined);
+  l.queryIgnored(); // an error before the first Query: the server skips both, up to the Sync
+  l.queryIgnored();
+  t.same([l.unsynced, l.owed], [true, 0], 'a skipped Query ends nothing');
+  l.sync(7);
+  answer(l);
+  t.equal(l.settled, true);
+});

@@ -2,7 +2,8 @@
 // connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
 // FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it) and a Query
 // the server skips (sent inside an extended-protocol batch that failed before it). An
-// extended-protocol batch is open from its first message to its Sync. Per owed
+// extended-protocol batch is open from its first message to its Sync, or to the answer of
+// a Query written after its last message (see closingQueryIn). Per owed
 // ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
 // SETs it settles. Pure bookkeeping: the session acts on what it says.
 
@@ -31,6 +32,14 @@ export class RelayLedger {
   skipping: string | null = null;
   /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
   private syncsAfterExecute = -1;
+  /**
+   * Answers to come, up to and including that of the first Query written inside the open
+   * batch with no extended-protocol message after it (-1: no such Query). When that answer comes the
+   * server ran the Query, so nothing before it failed, and nothing it can skip follows:
+   * the batch ended there as at a Sync (PostgreSQL commits its implicit transaction with the
+   * Query's). Without this a client that never sends Sync would keep its lease for good.
+   */
+  private closingQueryIn = -1;
   private readonly askedAt: number[] = [];
   private readonly setsInFlight: (SetsInFlight | null)[] = [];
   /** Tracked SETs of Parses sent since the last Sync. */
@@ -44,6 +53,7 @@ export class RelayLedger {
   /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse may carry a tracked SET. */
   extended(isExecute: boolean, parsedSet: TrackedSet | undefined): void {
     this.unsynced = true;
+    this.closingQueryIn = -1;
     if (isExecute) this.syncsAfterExecute = 0;
     if (parsedSet) {
       if (this.setsSinceSync === NO_SETS) this.setsSinceSync = [];
@@ -64,6 +74,7 @@ export class RelayLedger {
     if (this.copyIn) return false;
     this.unsynced = false;
     this.skipping = null;
+    this.closingQueryIn = -1;
     if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
     const sets = this.setsSinceSync;
     this.setsSinceSync = NO_SETS;
@@ -84,6 +95,7 @@ export class RelayLedger {
       const sets = set ? [...this.setsSinceSync, set] : this.setsSinceSync;
       this.setsSinceSync = NO_SETS;
       this.owe(now, sets);
+      if (this.closingQueryIn < 0) this.closingQueryIn = this.owed;
     } else this.owe(now, set ? [set] : NO_SETS);
     return true;
   }
@@ -99,6 +111,8 @@ export class RelayLedger {
    */
   queryIgnored(): void {
     if (this.owed === 0) return;
+    // (When that was the Query closing the batch, the server is still skipping to the Sync.)
+    if (this.closingQueryIn > 0) this.closingQueryIn = this.closingQueryIn === 1 ? -1 : this.closingQueryIn - 1;
     this.owed--;
     this.askedAt.shift();
     this.setsInFlight.shift();
@@ -146,6 +160,10 @@ export class RelayLedger {
    */
   answered(settle: (set: TrackedSet) => void): number | undefined {
     if (this.owed > 0) this.owed--;
+    if (this.closingQueryIn > 0 && --this.closingQueryIn === 0) {
+      this.closingQueryIn = -1;
+      this.unsynced = false;
+    }
     const done = this.setsInFlight.shift();
     if (done && !done.failed) for (const set of done.sets) settle(set);
     return this.askedAt.shift();
@@ -158,6 +176,7 @@ export class RelayLedger {
     this.copyIn = false;
     this.skipping = null;
     this.syncsAfterExecute = -1;
+    this.closingQueryIn = -1;
     this.askedAt.length = 0;
     this.setsInFlight.length = 0;
     this.setsSinceSync = NO_SETS;
