@@ -171,6 +171,31 @@ t.test('a Parse written after the batch\'s error came back creates nothing, and 
   t.same(await b.sendAndSettle(1, [serialize.bind({ statement: 's9', portal: '' }), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z']);
 });
 
+t.test('a name whose Parse fails is free for a Parse pipelined behind it, as in PostgreSQL', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  const seen = await b.sendAndSettle(2, [parse('SELEC 1', 'r1'), sync(), parse('SELECT 7', 'r1'), named('r1'), execute(), sync()]);
+  t.same(seen, ['E42601', 'Z', 'parsed', 'bound', '7', 'done:SELECT 1', 'Z'], 'not 42P05: the first Parse created nothing');
+  t.same(await b.sendAndSettle(1, [named('r1'), execute(), sync()]), ['bound', '7', 'done:SELECT 1', 'Z'], 'r1 is the second one, held by that connection');
+  const skipped = await b.sendAndSettle(1, [parse('SELECT 1/0', 'r2'), named('r2'), execute(), parse('SELECT 8', 'r2'), sync()]);
+  t.same(skipped, ['parsed', 'E22012', 'Z'], 'both Parses of r2 ran into the error: the second one skipped');
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 9', 'r2'), named('r2'), execute(), sync()]), ['E42P05', 'Z'], 'the first Parse of r2 created it');
+  t.same(await b.sendAndSettle(1, [named('r2'), execute(), sync()]), ['E22012', 'Z'], 'r2 is still the first one (1/0 fails as it is planned, at the Bind)');
+});
+
+t.test("a Parse of a name in use: a syntax error comes before 42P05, and errors name the client's statement", async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  t.same(await b.sendAndSettle(1, [parse('SELECT $1::int', 'd1'), sync()]), ['parsed', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.sendAndSettle(1, [parse('SELEC 2', 'd1'), sync()]), ['E42601', 'Z'], "PostgreSQL's order: the text is parsed before the name is checked");
+  t.same(await b.sendAndSettle(1, [parse('SELECT 2', 'd1'), sync()]), ['E42P05', 'Z']);
+  t.same(await b.sendAndSettle(1, [serialize.bind({ statement: 'd1', portal: '' }), sync()]), ['E08P01', 'Z'], 'a Bind without the parameter');
+  t.same(messages.slice(1), ['prepared statement "d1" already exists', 'bind message supplies 0 parameters, but prepared statement "d1" requires 1'], "the client's name, never the server-side one");
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

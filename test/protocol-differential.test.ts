@@ -299,16 +299,13 @@ function outcomes(msgs: Msg[], rep: string[]): { skipped: boolean[]; failed: boo
  * The known differences, all after a message PostgreSQL skipped (an earlier one of its batch
  * failed) whose effect pgbastion applied when the message came: a Close or DEALLOCATE of a
  * named statement (pgbastion forgets it: 26000 later), an unnamed Parse (26000 for the
- * unnamed statement), a named Parse (skipped, or failing itself) followed by a Parse of the same name pipelined before the
- * error came back (42P05). Null for any other difference.
+ * unnamed statement). Null for any other difference.
  */
 function knownDifference(seq: Sequence, direct: string[], proxied: string[]): string | null {
   let d = 0;
   while (d < direct.length && direct[d] === proxied[d]) d++;
-  const { skipped, failed } = outcomes(seq.msgs, direct);
+  const { skipped } = outcomes(seq.msgs, direct);
   const skippedMsgs = seq.msgs.filter((_, i) => skipped[i]);
-  if (proxied[d] === 'E:42P05' && seq.msgs.some((m, i) => m.k === 'Parse' && m.name !== '' && (skipped[i] || failed[i])))
-    return '(5) a named Parse skipped or failing, then a Parse of the same name pipelined before the error came back: pgbastion answers 42P05';
   if (proxied[d] !== 'E:26000') return null;
   if (skippedMsgs.some((m) => (m.k === 'Close' && m.type === 'S' && m.name !== '') || (m.k === 'Query' && /^DEALLOCATE /i.test(m.sql))))
     return '(3) Close/DEALLOCATE of a named statement skipped after an error: pgbastion forgets it';

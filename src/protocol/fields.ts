@@ -60,3 +60,29 @@ export function shiftPosition(frame: Buffer, by: number): Buffer {
   out.writeInt32BE(out.length - 1, 1);
   return out;
 }
+
+/**
+ * An ErrorResponse/NoticeResponse with each field's text passed through `edit` (which
+ * returns null to keep it): `frame` itself when no field changed.
+ */
+export function editFields(frame: Buffer, edit: (text: string) => string | null): Buffer {
+  const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
+  let pos = 5;
+  let changed = false;
+  while (pos < frame.length && frame[pos] !== 0) {
+    const end = frame.indexOf(0, pos + 1);
+    if (end < 0) return frame;
+    const edited = edit(frame.toString('utf8', pos + 1, end));
+    if (edited === null) parts.push(frame.subarray(pos, end + 1));
+    else {
+      changed = true;
+      parts.push(frame.subarray(pos, pos + 1), Buffer.from(`${edited}\0`, 'utf8'));
+    }
+    pos = end + 1;
+  }
+  if (!changed) return frame;
+  parts.push(Buffer.from([0]));
+  const out = Buffer.concat(parts);
+  out.writeInt32BE(out.length - 1, 1);
+  return out;
+}

@@ -20,7 +20,7 @@ import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
 import { ddlStatements, type DdlStatement } from '../audit/ddl.js';
 import { DdlTracker, type DdlGroup, type DdlOutcome } from './ddl-tracker.js';
-import { parseFields } from '../protocol/fields.js';
+import { editFields, parseFields } from '../protocol/fields.js';
 import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
@@ -33,7 +33,7 @@ import { resolvePins } from './pins.js';
 import { trackedSet, type TrackedSet } from './tracked-set.js';
 import { serialize } from 'pg-protocol';
 import { Refusals } from './refusal.js';
-import { PreparedStatements, bindStatementName, replaceCString, statementTarget, type Statement } from './prepared.js';
+import { PreparedStatements, bindStatementName, mentionsServerName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
 import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan } from './set-config.js';
 import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, portalName, takesInlineSwitch } from './inline-switch.js';
@@ -685,9 +685,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // Session mode keeps one server connection: names can stay as the client chose them.
         const own = this.vettedSql;
         if (name === '' || !this.transactionMode) return this.send(frame, P, null, null, ddl, own);
-        if (this.statements.has(name)) {
-          const text = { code: SqlState.DUPLICATE_PSTATEMENT, message: `prepared statement "${name}" already exists` };
-          return this.send(this.refusals.parse(name, text), P);
+        const held = this.statements.get(name);
+        if (held !== undefined) {
+          // A name in use: the server answers as PostgreSQL would (a syntax error before 42P05;
+          // success if held's own Parse, still unanswered, fails), under held's server-side
+          // name, prepared there first where missing.
+          const stmt = this.statements.contend(held, frame, name, nameEnd, takesInlineSwitch(own), ddlGroup);
+          return this.send(stmt.parse, P, held, stmt, ddl, own);
         }
         const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup);
         return this.send(stmt.parse, P, null, stmt, ddl, own);
@@ -804,7 +808,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.unnamedDdl = null;
       return;
     }
-    this.statements.forgetServerName(serverName);
+    this.statements.lost(serverName, parse);
   }
 
   /**
@@ -867,6 +871,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return be.errorResponse({ severity: 'ERROR', code: f.C ?? SqlState.CONNECTION_FAILURE, message: f.M ?? 'server connection lost', ...(f.D ? { detail: f.D } : {}) });
     }
     if (this.ddl.active) this.ddl.error(parseFields(frame).C ?? 'XX000');
+    // (e.g. 42P05 "already exists", 08P01 "bind message supplies …": the client's own name)
+    if (mentionsServerName(frame)) frame = editFields(frame, (text) => this.statements.clientNamesIn(text));
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
 

@@ -23,10 +23,25 @@ let nextStatement = 1;
  * pg_prepared_statements on that connection (see README, Prepared statements).
  */
 const PREFIX = `pgbastion_${randomBytes(4).toString('hex')}_s`;
+/** A server-side name of ours, quoted as PostgreSQL quotes a statement name in its messages. */
+const SERVER_NAME = new RegExp(`"(${PREFIX}[0-9]+)"`, 'g');
+const PREFIX_BYTES = Buffer.from(PREFIX, 'latin1');
+
+/** Whether a server message may name one of our server-side statements (a quick byte search). */
+export function mentionsServerName(frame: Buffer): boolean {
+  return frame.includes(PREFIX_BYTES);
+}
 
 export class PreparedStatements {
   /** Made with the first statement: most clients never prepare one, and an empty Map costs ~150 bytes per idle client. */
   private byName: Map<string, Statement> | null = null;
+  /**
+   * Parses of a name already in use, sent under that statement's server-side name so that
+   * the server decides, as PostgreSQL would for the client's name, whether it is free: each
+   * fails (a syntax error, else 42P05) or takes the name when the Parses before it failed or
+   * were skipped (lost) after it was sent. Oldest first.
+   */
+  private contenders: { readonly name: string; readonly stmt: Statement }[] | null = null;
 
   has(name: string): boolean {
     return this.byName?.has(name) ?? false;
@@ -41,28 +56,80 @@ export class PreparedStatements {
     return stmt;
   }
 
+  /** A client Parse of `name` while `held` has that name: it goes out under held's server-side name (see contenders). */
+  contend(held: Statement, frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
+    const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl };
+    (this.contenders ??= []).push({ name, stmt });
+    return stmt;
+  }
+
   get(name: string): Statement | undefined {
     return this.byName?.get(name);
   }
 
   forget(name: string): void {
-    this.byName?.delete(name);
+    const stmt = this.byName?.get(name);
+    if (stmt === undefined) return;
+    this.byName!.delete(name);
+    this.dropContenders((c) => c.stmt.serverName === stmt.serverName);
   }
 
   /** DEALLOCATE ALL: every name is free again (their server-side copies go with the connection's). */
   clear(): void {
     this.byName = null;
+    this.contenders = null;
   }
 
-  /** The server refused (or skipped) the Parse behind `serverName`: the client's name is free again. */
-  forgetServerName(serverName: string): void {
+  /**
+   * The server refused or skipped `parse`, a Parse of `serverName`. A contender that lost is
+   * dropped; when the statement the client's name stands for lost, the name is free again,
+   * and the next contender for it (if any) takes it, pending its own answer.
+   */
+  lost(serverName: string, parse: Buffer): void {
+    if (this.dropContenders((c) => c.stmt.parse === parse)) return;
     if (this.byName === null) return;
     for (const [name, stmt] of this.byName) {
-      if (stmt.serverName === serverName) {
-        this.byName.delete(name);
-        return;
+      if (stmt.serverName !== serverName) continue;
+      if (stmt.parse !== parse) return;
+      const next = this.contenders?.find((c) => c.stmt.serverName === serverName);
+      if (next === undefined) this.byName.delete(name);
+      else {
+        this.dropContenders((c) => c === next);
+        this.byName.set(name, next.stmt);
       }
+      return;
     }
+  }
+
+  /**
+   * `text` (from a server error) with the server-side names of this client's statements
+   * replaced by its own names, or null when it names none of them.
+   */
+  clientNamesIn(text: string): string | null {
+    if (!text.includes(PREFIX)) return null;
+    let changed = false;
+    const out = text.replace(SERVER_NAME, (quoted: string, serverName: string) => {
+      const name = this.clientName(serverName);
+      if (name === undefined) return quoted;
+      changed = true;
+      return `"${name}"`;
+    });
+    return changed ? out : null;
+  }
+
+  private clientName(serverName: string): string | undefined {
+    for (const [name, stmt] of this.byName ?? []) if (stmt.serverName === serverName) return name;
+    return this.contenders?.find((c) => c.stmt.serverName === serverName)?.name;
+  }
+
+  /** Drops the contenders `which` picks; returns whether there were any. */
+  private dropContenders(which: (c: { readonly name: string; readonly stmt: Statement }) => boolean): boolean {
+    const all = this.contenders;
+    if (all === null) return false;
+    const kept = all.filter((c) => !which(c));
+    if (kept.length === all.length) return false;
+    this.contenders = kept.length > 0 ? kept : null;
+    return true;
   }
 }
 

@@ -123,6 +123,12 @@ interface ParseEntry {
   readonly name: string;
   /** The Parse message written. */
   readonly parse: Buffer;
+  /**
+   * The client's Parse of a name this connection already held (or was about to): its
+   * failure (42P05, a syntax error) or skip removes nothing, and its success (the statement
+   * before it having failed meanwhile) makes the name held again.
+   */
+  readonly contends?: true;
   /** Written by markQuery: a Query follows it. */
   readonly marker?: true;
 }
@@ -299,7 +305,9 @@ export class ServerConnection implements ScanSink {
 
   /** `parse`, a Parse of `name`, went out (`injected`: by the proxy, not the client). */
   noteParse(injected: boolean, name: string, parse: Buffer): void {
-    this.parseGroups[this.parseGroups.length - 1]!.push({ injected, name, parse });
+    const group = this.parseGroups[this.parseGroups.length - 1]!;
+    if (!injected && name !== '' && this.prepared.has(name)) group.push({ injected, name, parse, contends: true });
+    else group.push({ injected, name, parse });
   }
 
   /**
@@ -558,7 +566,9 @@ export class ServerConnection implements ScanSink {
   private relayMessage(type: number, frame: Buffer): void {
     const peer = this.peer!;
     if (type === 0x31 /* 1 ParseComplete */) {
-      if (this.parseGroups[0]!.shift()?.injected === true) return; // answers a Parse the proxy injected
+      const entry = this.parseGroups[0]!.shift();
+      if (entry?.injected === true) return; // answers a Parse the proxy injected
+      if (entry?.contends === true) this.prepared.add(entry.name);
     } else if (type === 0x45 /* E */) {
       this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
@@ -592,7 +602,7 @@ export class ServerConnection implements ScanSink {
       const lost = this.parseGroups[0]!.splice(0);
       for (const entry of lost) {
         if (entry.marker) continue;
-        this.prepared.delete(entry.name);
+        if (entry.contends !== true) this.prepared.delete(entry.name);
         peer.statementLost(entry.name, entry.parse);
       }
       if (lost.at(-1)?.marker !== true || this.parseGroups.length === 1) break;
