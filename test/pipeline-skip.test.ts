@@ -196,6 +196,23 @@ t.test("a Parse of a name in use: a syntax error comes before 42P05, and errors 
   t.same(messages.slice(1), ['prepared statement "d1" already exists', 'bind message supplies 0 parameters, but prepared statement "d1" requires 1'], "the client's name, never the server-side one");
 });
 
+t.test('a Close skipped after an error closes nothing; one that completes frees the name', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  const close = (name: string) => serialize.close({ type: 'S', name });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'c1'), sync()]), ['parsed', 'Z']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), close('c1'), sync()]), ['parsed', 'E22012', 'Z']);
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.sendAndSettle(1, [named('c1'), execute(), sync()]), ['bound', '3', 'done:SELECT 1', 'Z'], 'c1 still exists, as in PostgreSQL');
+  const again = await b.sendAndSettle(1, [close('c1'), parse('SELECT 4', 'c1'), named('c1'), execute(), sync()]);
+  t.same(again, ['closed', 'parsed', 'bound', '4', 'done:SELECT 1', 'Z'], 'closed, then prepared again under the same name in one batch');
+  t.same(await b.sendAndSettle(1, [close('c1'), named('c1'), execute(), sync()]), ['closed', 'E26000', 'Z'], 'a Bind behind the Close');
+  t.same(messages.slice(1), ['prepared statement "c1" does not exist'], "the client's name");
+  t.same(await b.sendAndSettle(1, [parse('SELECT 5', 'c1'), named('c1'), execute(), sync()]), ['parsed', 'bound', '5', 'done:SELECT 1', 'Z'], 'the name is free');
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

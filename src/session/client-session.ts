@@ -742,10 +742,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const stmt = this.statements.get(name);
     if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
     const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
-    if (type === C) {
-      this.statements.forget(name);
-      return this.send(renamed, type);
-    }
+    if (type === C) return this.send(renamed, type); // the name is free once it completes (statementClosed)
     this.send(renamed, type, stmt);
   }
 
@@ -809,6 +806,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return;
     }
     this.statements.lost(serverName, parse);
+  }
+
+  /** A Close of a statement completed: its name is free (not when the Close was sent: the server may skip it). */
+  statementClosed(serverName: string): void {
+    this.statements.closed(serverName);
   }
 
   /**
@@ -1060,10 +1062,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (out.type === Q && server.prepared.size > 0 && out.bytes.length < 64 && DEALLOCATE_ALL.test(out.bytes.toString('latin1', 5, out.bytes.length - 1))) {
         server.prepared.clear();
       }
-    } else if (out.type === C && out.bytes[5] === 0x53 /* S */) {
-      server.prepared.delete(out.bytes.toString('utf8', 6, out.bytes.length - 1));
-    } else if (out.type === C && this.ddl.tracksPortals) {
-      this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
+    } else if (out.type === C) {
+      // Its CloseComplete frees a statement's name; skipped (after an error), it closes nothing.
+      const statement = out.bytes[5] === 0x53; /* S */
+      if (!skipping) server.noteClose(statement && this.transactionMode ? out.bytes.toString('utf8', 6, out.bytes.length - 1) : '');
+      if (!statement && this.ddl.tracksPortals) this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
     }
     this.writeOrWait(server, out.bytes);
   }

@@ -26,6 +26,8 @@ const PREFIX = `pgbastion_${randomBytes(4).toString('hex')}_s`;
 /** A server-side name of ours, quoted as PostgreSQL quotes a statement name in its messages. */
 const SERVER_NAME = new RegExp(`"(${PREFIX}[0-9]+)"`, 'g');
 const PREFIX_BYTES = Buffer.from(PREFIX, 'latin1');
+/** Closed statements whose names errors may still quote (see retired). */
+const MAX_RETIRED = 16;
 
 /** Whether a server message may name one of our server-side statements (a quick byte search). */
 export function mentionsServerName(frame: Buffer): boolean {
@@ -42,6 +44,11 @@ export class PreparedStatements {
    * were skipped (lost) after it was sent. Oldest first.
    */
   private contenders: { readonly name: string; readonly stmt: Statement }[] | null = null;
+  /**
+   * Client names of the statements closed last, by server-side name: a Bind pipelined behind
+   * the Close gets the server's "does not exist" for it after the Close completed.
+   */
+  private retired: Map<string, string> | null = null;
 
   has(name: string): boolean {
     return this.byName?.has(name) ?? false;
@@ -78,6 +85,7 @@ export class PreparedStatements {
   clear(): void {
     this.byName = null;
     this.contenders = null;
+    this.retired = null;
   }
 
   /**
@@ -87,17 +95,30 @@ export class PreparedStatements {
    */
   lost(serverName: string, parse: Buffer): void {
     if (this.dropContenders((c) => c.stmt.parse === parse)) return;
-    if (this.byName === null) return;
-    for (const [name, stmt] of this.byName) {
-      if (stmt.serverName !== serverName) continue;
-      if (stmt.parse !== parse) return;
-      const next = this.contenders?.find((c) => c.stmt.serverName === serverName);
-      if (next === undefined) this.byName.delete(name);
-      else {
-        this.dropContenders((c) => c === next);
-        this.byName.set(name, next.stmt);
-      }
-      return;
+    const name = this.clientName(serverName, false);
+    if (name !== undefined && this.byName!.get(name)!.parse === parse) this.free(name, serverName);
+  }
+
+  /**
+   * A Close of `serverName` completed on the server (one it skipped closed nothing, so the
+   * name is not freed when the Close is sent). Like a lost Parse, it frees the client's name.
+   */
+  closed(serverName: string): void {
+    const name = this.clientName(serverName, false);
+    if (name === undefined) return;
+    this.free(name, serverName);
+    const retired = (this.retired ??= new Map());
+    retired.set(serverName, name);
+    if (retired.size > MAX_RETIRED) retired.delete(retired.keys().next().value!);
+  }
+
+  /** `name` (held as `serverName`) is free: the next contender for it, if any, takes it. */
+  private free(name: string, serverName: string): void {
+    const next = this.contenders?.find((c) => c.stmt.serverName === serverName);
+    if (next === undefined) this.byName!.delete(name);
+    else {
+      this.dropContenders((c) => c === next);
+      this.byName!.set(name, next.stmt);
     }
   }
 
@@ -117,9 +138,11 @@ export class PreparedStatements {
     return changed ? out : null;
   }
 
-  private clientName(serverName: string): string | undefined {
+  /** The client's name for `serverName`: held, or also contending or retired (`any`). */
+  private clientName(serverName: string, any = true): string | undefined {
     for (const [name, stmt] of this.byName ?? []) if (stmt.serverName === serverName) return name;
-    return this.contenders?.find((c) => c.stmt.serverName === serverName)?.name;
+    if (!any) return undefined;
+    return this.contenders?.find((c) => c.stmt.serverName === serverName)?.name ?? this.retired?.get(serverName);
   }
 
   /** Drops the contenders `which` picks; returns whether there were any. */

@@ -45,6 +45,8 @@ export interface ServerPeer {
    * `parse` is the Parse message that was written (which of several Parses of a name).
    */
   statementLost(serverName: string, parse: Buffer): void;
+  /** A Close of this server-side statement name completed: it no longer exists. */
+  statementClosed(serverName: string): void;
   /**
    * The server skips to the next Sync past a Query written inside an extended-protocol
    * batch (see markQuery): that Query gets no ReadyForQuery. Called before the error is relayed.
@@ -79,19 +81,20 @@ export interface ServerLogin {
 /**
  * ReadyForQuery (lease accounting), ParameterStatus (kept current), ErrorResponse (peer may
  * rewrite), ParseComplete (the ones answering Parses the proxy injected are dropped),
+ * CloseComplete (a statement closed: its name is free),
  * CommandComplete, EmptyQueryResponse and PortalSuspended (completions: tags of audited
  * statements, see DdlTracker), CopyInResponse (Syncs are ignored in COPY IN).
  */
-const RELAY_INSPECT = inspectTable('ZSE1CIsG');
+const RELAY_INSPECT = inspectTable('ZSE13CIsG');
 /**
  * The same but the completions, which pass through while the client audits no DDL (the
  * usual case): one message fewer looked at per statement (see relayTable).
  */
-const RELAY_QUIET = inspectTable('ZSE1G');
+const RELAY_QUIET = inspectTable('ZSE13G');
 
 /** The same and NoticeResponse, while a Query carrying an inline switch runs (positions shift). */
-const INLINE_INSPECT = inspectTable('ZSE1CIsGN');
-const INLINE_QUIET = inspectTable('ZSE1GN');
+const INLINE_INSPECT = inspectTable('ZSE13CIsGN');
+const INLINE_QUIET = inspectTable('ZSE13GN');
 
 interface Hidden {
   resolve: () => void;
@@ -123,14 +126,19 @@ interface ParseEntry {
   readonly name: string;
   /** The Parse message written. */
   readonly parse: Buffer;
+  /** Written by markQuery: a Query follows it. */
+  readonly marker?: true;
   /**
    * The client's Parse of a name this connection already held (or was about to): its
    * failure (42P05, a syntax error) or skip removes nothing, and its success (the statement
    * before it having failed meanwhile) makes the name held again.
    */
   readonly contends?: true;
-  /** Written by markQuery: a Query follows it. */
-  readonly marker?: true;
+  /**
+   * A Close, answered by CloseComplete instead: of the statement `name` (server-side), or of
+   * a portal or the unnamed statement (name ''). A Close the server skipped closed nothing.
+   */
+  readonly closes?: true;
 }
 
 /**
@@ -139,6 +147,9 @@ interface ParseEntry {
  * client can see.
  */
 const QUERY_MARKER = serialize.parse({ name: '', text: '', types: [] });
+
+/** The `parse` of a Close's entry (no Parse). */
+const NO_PARSE = Buffer.alloc(0);
 
 /** The settings of a session nobody has set anything on. */
 const NO_SETTINGS: ReadonlyMap<string, string> = new Map();
@@ -193,8 +204,9 @@ export class ServerConnection implements ScanSink {
   /** Server-side names of the prepared statements this session holds (see session/prepared.ts). */
   readonly prepared = new Set<string>();
   /**
-   * One list per ReadyForQuery still to come, oldest first: for each Parse sent in that
-   * stretch, whether the proxy injected it (its ParseComplete is not the client's).
+   * One list per ReadyForQuery still to come, oldest first: each Parse sent in that stretch
+   * (whether the proxy injected it: its ParseComplete is not the client's) and each Close,
+   * in the order their ParseComplete or CloseComplete will come.
    */
   private parseGroups: ParseEntry[][] = [[]];
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
@@ -321,6 +333,11 @@ export class ServerConnection implements ScanSink {
   markQuery(): void {
     this.write(QUERY_MARKER);
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: QUERY_MARKER, marker: true });
+  }
+
+  /** A Close went out: of `statement` (server-side name), or of a portal or the unnamed statement (''). */
+  noteClose(statement: string): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: NO_PARSE, closes: true });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -569,6 +586,12 @@ export class ServerConnection implements ScanSink {
       const entry = this.parseGroups[0]!.shift();
       if (entry?.injected === true) return; // answers a Parse the proxy injected
       if (entry?.contends === true) this.prepared.add(entry.name);
+    } else if (type === 0x33 /* 3 CloseComplete */) {
+      const entry = this.parseGroups[0]!.shift();
+      if (entry?.closes === true && entry.name !== '') {
+        this.prepared.delete(entry.name);
+        peer.statementClosed(entry.name);
+      }
     } else if (type === 0x45 /* E */) {
       this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
@@ -601,7 +624,7 @@ export class ServerConnection implements ScanSink {
     for (;;) {
       const lost = this.parseGroups[0]!.splice(0);
       for (const entry of lost) {
-        if (entry.marker) continue;
+        if (entry.marker || entry.closes) continue; // (a Close skipped closed nothing)
         if (entry.contends !== true) this.prepared.delete(entry.name);
         peer.statementLost(entry.name, entry.parse);
       }
