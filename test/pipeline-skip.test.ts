@@ -213,6 +213,69 @@ t.test('a Close skipped after an error closes nothing; one that completes frees 
   t.same(await b.sendAndSettle(1, [parse('SELECT 5', 'c1'), named('c1'), execute(), sync()]), ['parsed', 'bound', '5', 'done:SELECT 1', 'Z'], 'the name is free');
 });
 
+/** The pool's one server connection is closed: the next lease opens one that holds no statement of the client's. */
+async function freshServerConnection(): Promise<void> {
+  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
+  await sleep(300);
+}
+
+t.test('a Close, then a Parse or a Bind of its name, where the connection does not hold the statement yet', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  const close = (name: string) => serialize.close({ type: 'S', name });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'n1'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  const reparsed = await b.sendAndSettle(1, [close('n1'), parse('SELECT 4', 'n1'), named('n1'), execute(), sync()]);
+  t.same(reparsed, ['closed', 'parsed', 'bound', '4', 'done:SELECT 1', 'Z'], 'the name was free after the Close (not 42P05)');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [close('n1'), named('n1'), execute(), sync()]), ['closed', 'E26000', 'Z'], 'the Bind behind the Close finds nothing');
+  t.same(messages, ['prepared statement "n1" does not exist']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 5', 'n1'), named('n1'), execute(), sync()]), ['parsed', 'bound', '5', 'done:SELECT 1', 'Z']);
+});
+
+t.test('work held back behind an inline switch meets the Close before it as completed', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'h1'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
+  // The batch runs 0.3 s; the Parse of h1 after it is read meanwhile and held until its ReadyForQuery.
+  b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), serialize.close({ type: 'S', name: 'h1' }), sync()]));
+  await sleep(100);
+  const seen = await b.sendAndSettle(2, [parse('SELECT 4', 'h1'), named('h1'), execute(), sync()]);
+  t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'closed', 'Z', 'parsed', 'bound', '4', 'done:SELECT 1', 'Z'], 'h1 was closed first: not 42P05');
+});
+
+t.test('a Close closes what held the name where it stands in the pipeline', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  const close = (name: string) => serialize.close({ type: 'S', name });
+  // The first Parse fails: the Close finds nothing, and the Parse behind it takes the name.
+  const first = await b.sendAndSettle(2, [parse('SELEC 1', 'q1'), sync(), close('q1'), parse('SELECT 2', 'q1'), sync()]);
+  t.same(first, ['E42601', 'Z', 'closed', 'parsed', 'Z']);
+  t.same(await b.sendAndSettle(1, [named('q1'), execute(), sync()]), ['bound', '2', 'done:SELECT 1', 'Z'], 'q1 is the Parse behind the Close');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'q1'), sync()]), ['E42P05', 'Z']);
+  // The second Parse fails (42P05): the Close closes the first.
+  const second = await b.sendAndSettle(3, [parse('SELECT 1', 'q2'), sync(), parse('SELECT 2', 'q2'), sync(), close('q2'), sync()]);
+  t.same(second, ['parsed', 'Z', 'E42P05', 'Z', 'closed', 'Z']);
+  t.same(await b.sendAndSettle(1, [named('q2'), execute(), sync()]), ['E26000', 'Z'], 'q2 is closed');
+  // The second Parse took the name (the first failed): the Close closes it.
+  const third = await b.sendAndSettle(3, [parse('SELEC 1', 'q3'), sync(), parse('SELECT 2', 'q3'), sync(), close('q3'), sync()]);
+  t.same(third, ['E42601', 'Z', 'parsed', 'Z', 'closed', 'Z']);
+  t.same(await b.sendAndSettle(1, [named('q3'), execute(), sync()]), ['E26000', 'Z'], 'q3 is closed');
+});
+
+t.test('a replay of the client\'s statement that the server skipped leaves the statement the client\'s', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 6', 'k1'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [parse('SELEC'), named('k1'), execute(), sync()]), ['E42601', 'Z'], 'the Bind (and the replay before it) skipped');
+  t.same(await b.sendAndSettle(1, [named('k1'), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z'], 'k1 still exists, as in PostgreSQL');
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

@@ -62,17 +62,17 @@ export function shiftPosition(frame: Buffer, by: number): Buffer {
 }
 
 /**
- * An ErrorResponse/NoticeResponse with each field's text passed through `edit` (which
- * returns null to keep it): `frame` itself when no field changed.
+ * An ErrorResponse/NoticeResponse with each field's text passed through `edit` with its
+ * code (which returns null to keep it): `frame` itself when no field changed.
  */
-export function editFields(frame: Buffer, edit: (text: string) => string | null): Buffer {
+export function editFields(frame: Buffer, edit: (code: number, text: string) => string | null): Buffer {
   const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
   let pos = 5;
   let changed = false;
   while (pos < frame.length && frame[pos] !== 0) {
     const end = frame.indexOf(0, pos + 1);
     if (end < 0) return frame;
-    const edited = edit(frame.toString('utf8', pos + 1, end));
+    const edited = edit(frame[pos]!, frame.toString('utf8', pos + 1, end));
     if (edited === null) parts.push(frame.subarray(pos, end + 1));
     else {
       changed = true;

@@ -115,6 +115,8 @@ interface Outgoing {
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
+  /** A Close of the `needs` statement: the count of the client's Parses when it came (PreparedStatements.closed). */
+  readonly closeSeq?: number;
   /** The SQL of a client's own Query or Parse, as it wrote it, that a settings switch may ride with (inline-switch.ts). */
   readonly own?: string;
 }
@@ -742,7 +744,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const stmt = this.statements.get(name);
     if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
     const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
-    if (type === C) return this.send(renamed, type); // the name is free once it completes (statementClosed)
+    // A Close is prepared first where missing too, so that what follows it in the pipeline
+    // (a Bind: 26000; a Parse of the name: success) meets the server state PostgreSQL's
+    // would be in. The name is free once it completes (statementClosed).
+    if (type === C) return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, closeSeq: this.statements.seq });
     this.send(renamed, type, stmt);
   }
 
@@ -795,22 +800,26 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ServerPeer: what the server connection reports ----------------------------------
 
-  /** A Parse failed or was skipped: its statement does not exist on that connection. */
-  statementLost(serverName: string, parse: Buffer): void {
+  /**
+   * A Parse failed or was skipped: its statement does not exist on that connection. A replay
+   * (injected) lost leaves the client's statement its own, to be prepared again where used.
+   */
+  statementLost(serverName: string, parse: Buffer, injected: boolean): void {
     if (serverName === '') {
       // Only when it was the client's latest: an older one failing leaves a newer in place.
       if (parse !== this.unnamedParse) return;
       this.unnamedOnServer = false;
+      if (injected) return;
       this.unnamedParse = null;
       this.unnamedDdl = null;
       return;
     }
-    this.statements.lost(serverName, parse);
+    if (!injected) this.statements.lost(serverName, parse);
   }
 
   /** A Close of a statement completed: its name is free (not when the Close was sent: the server may skip it). */
-  statementClosed(serverName: string): void {
-    this.statements.closed(serverName);
+  statementClosed(serverName: string, seq: number): void {
+    this.statements.closed(serverName, seq);
   }
 
   /**
@@ -874,7 +883,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (this.ddl.active) this.ddl.error(parseFields(frame).C ?? 'XX000');
     // (e.g. 42P05 "already exists", 08P01 "bind message supplies …": the client's own name)
-    if (mentionsServerName(frame)) frame = editFields(frame, (text) => this.statements.clientNamesIn(text));
+    if (mentionsServerName(frame)) frame = editFields(frame, (code, text) => (code === 0x4d /* M */ || code === 0x44 /* D */ ? this.statements.clientNamesIn(text) : null));
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
   }
 
@@ -992,7 +1001,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // After an error in the open batch the server skips everything up to its Sync: a Parse
     // written now creates nothing (and no replay is worth writing).
     const skipping = this.ledger.skipping !== null;
-    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping) {
+    // (Not a statement closed or lost since the message came: the server answers for it as
+    // PostgreSQL would, without it. A DEALLOCATE's has been forgotten as it came.)
+    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping && (out.deallocates !== undefined || this.statements.holds(out.needs))) {
       server.write(out.needs.parse);
       server.noteParse(true, out.needs.serverName, out.needs.parse);
       server.prepared.add(out.needs.serverName);
@@ -1017,7 +1028,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
-      if (skipping) this.statementLost(name, out.bytes);
+      if (skipping) this.statementLost(name, out.bytes, false);
       else {
         server.noteParse(false, name, out.bytes);
         if (out.defines) server.prepared.add(out.defines.serverName);
@@ -1065,7 +1076,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } else if (out.type === C) {
       // Its CloseComplete frees a statement's name; skipped (after an error), it closes nothing.
       const statement = out.bytes[5] === 0x53; /* S */
-      if (!skipping) server.noteClose(statement && this.transactionMode ? out.bytes.toString('utf8', 6, out.bytes.length - 1) : '');
+      if (!skipping) server.noteClose(statement && out.closeSeq !== undefined ? out.needs!.serverName : '', out.closeSeq ?? 0);
       if (!statement && this.ddl.tracksPortals) this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
     }
     this.writeOrWait(server, out.bytes);
@@ -1439,6 +1450,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   onServerLost(err: UpstreamError): void {
     this.log('warn', { err: err.message }, 'server connection lost');
+    this.statements.dropContenders(); // (unanswered, and never will be)
     const inTransaction = this.server !== null && this.server.txStatus !== 'I';
     if (this.server && this.pool) this.pool.release(this.server, false, null);
     this.server = null;

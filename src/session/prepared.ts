@@ -15,6 +15,8 @@ export interface Statement {
   readonly inlineSafe: boolean;
   /** The audited (DDL) statements in its SQL, recorded each time a portal bound to it runs; else null. */
   readonly ddl: DdlGroup | null;
+  /** Its place among the client's Parses and Closes (PreparedStatements.seq when registered). */
+  readonly seq: number;
 }
 
 let nextStatement = 1;
@@ -34,21 +36,31 @@ export function mentionsServerName(frame: Buffer): boolean {
   return frame.includes(PREFIX_BYTES);
 }
 
+interface Contender {
+  readonly name: string;
+  readonly stmt: Statement;
+}
+
 export class PreparedStatements {
   /** Made with the first statement: most clients never prepare one, and an empty Map costs ~150 bytes per idle client. */
   private byName: Map<string, Statement> | null = null;
+  /** The client's name of each statement in byName, by server-side name. */
+  private byServer: Map<string, string> | null = null;
   /**
    * Parses of a name already in use, sent under that statement's server-side name so that
    * the server decides, as PostgreSQL would for the client's name, whether it is free: each
-   * fails (a syntax error, else 42P05) or takes the name when the Parses before it failed or
-   * were skipped (lost) after it was sent. Oldest first.
+   * fails (a syntax error, else 42P05) or takes the name when the statement before it is
+   * lost or closed after it was sent. By server-side name, then by Parse message, oldest
+   * first (each answer removes one in constant time, however many a client piles up).
    */
-  private contenders: { readonly name: string; readonly stmt: Statement }[] | null = null;
+  private contenders: Map<string, Map<Buffer, Contender>> | null = null;
   /**
    * Client names of the statements closed last, by server-side name: a Bind pipelined behind
    * the Close gets the server's "does not exist" for it after the Close completed.
    */
   private retired: Map<string, string> | null = null;
+  /** Counts the Parses registered here, in the order the client sent them (a Close notes it: see closed). */
+  seq = 0;
 
   has(name: string): boolean {
     return this.byName?.has(name) ?? false;
@@ -58,15 +70,19 @@ export class PreparedStatements {
   define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
-    const stmt = { serverName, parse, inlineSafe, ddl };
+    const stmt = { serverName, parse, inlineSafe, ddl, seq: ++this.seq };
     (this.byName ??= new Map()).set(name, stmt);
+    (this.byServer ??= new Map()).set(serverName, name);
     return stmt;
   }
 
   /** A client Parse of `name` while `held` has that name: it goes out under held's server-side name (see contenders). */
   contend(held: Statement, frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
-    const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl };
-    (this.contenders ??= []).push({ name, stmt });
+    const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl, seq: ++this.seq };
+    const all = (this.contenders ??= new Map());
+    let queue = all.get(held.serverName);
+    if (queue === undefined) all.set(held.serverName, (queue = new Map()));
+    queue.set(stmt.parse, { name, stmt });
     return stmt;
   }
 
@@ -74,51 +90,75 @@ export class PreparedStatements {
     return this.byName?.get(name);
   }
 
+  /** Whether a client name still stands for `stmt` (not closed, lost or deallocated since). */
+  holds(stmt: Statement): boolean {
+    const name = this.byServer?.get(stmt.serverName);
+    return name !== undefined && this.byName!.get(name) === stmt;
+  }
+
+  /** SQL DEALLOCATE of `name` (freed as it is sent). */
   forget(name: string): void {
     const stmt = this.byName?.get(name);
     if (stmt === undefined) return;
     this.byName!.delete(name);
-    this.dropContenders((c) => c.stmt.serverName === stmt.serverName);
+    this.byServer!.delete(stmt.serverName);
+    this.contenders?.delete(stmt.serverName);
   }
 
   /** DEALLOCATE ALL: every name is free again (their server-side copies go with the connection's). */
   clear(): void {
     this.byName = null;
+    this.byServer = null;
     this.contenders = null;
     this.retired = null;
   }
 
+  /** The server connection died: the contenders in flight will never be answered. */
+  dropContenders(): void {
+    this.contenders = null;
+  }
+
   /**
-   * The server refused or skipped `parse`, a Parse of `serverName`. A contender that lost is
-   * dropped; when the statement the client's name stands for lost, the name is free again,
-   * and the next contender for it (if any) takes it, pending its own answer.
+   * The server refused or skipped `parse`, a client's Parse of `serverName`. A contender that
+   * lost is dropped; when the statement the client's name stands for lost, the name is free.
    */
   lost(serverName: string, parse: Buffer): void {
-    if (this.dropContenders((c) => c.stmt.parse === parse)) return;
-    const name = this.clientName(serverName, false);
+    const queue = this.contenders?.get(serverName);
+    if (queue?.delete(parse)) {
+      if (queue.size === 0) this.contenders!.delete(serverName);
+      return;
+    }
+    const name = this.byServer?.get(serverName);
     if (name !== undefined && this.byName!.get(name)!.parse === parse) this.free(name, serverName);
   }
 
   /**
    * A Close of `serverName` completed on the server (one it skipped closed nothing, so the
-   * name is not freed when the Close is sent). Like a lost Parse, it frees the client's name.
+   * name is not freed when the Close is sent); `seq` was the count of Parses when the client
+   * sent it. Like a lost Parse, it frees the client's name, unless the name now stands for a
+   * Parse sent after the Close (a contender that took it when the one before the Close was
+   * lost: the Close found nothing to close).
    */
-  closed(serverName: string): void {
-    const name = this.clientName(serverName, false);
-    if (name === undefined) return;
+  closed(serverName: string, seq: number): void {
+    const name = this.byServer?.get(serverName);
+    if (name === undefined || this.byName!.get(name)!.seq > seq) return;
     this.free(name, serverName);
     const retired = (this.retired ??= new Map());
     retired.set(serverName, name);
     if (retired.size > MAX_RETIRED) retired.delete(retired.keys().next().value!);
   }
 
-  /** `name` (held as `serverName`) is free: the next contender for it, if any, takes it. */
+  /** The statement `name` stands for (as `serverName`) is gone: the next contender takes the name, or it is free. */
   private free(name: string, serverName: string): void {
-    const next = this.contenders?.find((c) => c.stmt.serverName === serverName);
-    if (next === undefined) this.byName!.delete(name);
-    else {
-      this.dropContenders((c) => c === next);
-      this.byName!.set(name, next.stmt);
+    const queue = this.contenders?.get(serverName);
+    const next = queue?.values().next().value;
+    if (next === undefined) {
+      this.byName!.delete(name);
+      this.byServer!.delete(serverName);
+    } else {
+      queue!.delete(next.stmt.parse);
+      if (queue!.size === 0) this.contenders!.delete(serverName);
+      this.byName!.set(name, next.stmt); // (same server-side name: byServer stands)
     }
   }
 
@@ -130,29 +170,12 @@ export class PreparedStatements {
     if (!text.includes(PREFIX)) return null;
     let changed = false;
     const out = text.replace(SERVER_NAME, (quoted: string, serverName: string) => {
-      const name = this.clientName(serverName);
+      const name = this.byServer?.get(serverName) ?? this.contenders?.get(serverName)?.values().next().value?.name ?? this.retired?.get(serverName);
       if (name === undefined) return quoted;
       changed = true;
       return `"${name}"`;
     });
     return changed ? out : null;
-  }
-
-  /** The client's name for `serverName`: held, or also contending or retired (`any`). */
-  private clientName(serverName: string, any = true): string | undefined {
-    for (const [name, stmt] of this.byName ?? []) if (stmt.serverName === serverName) return name;
-    if (!any) return undefined;
-    return this.contenders?.find((c) => c.stmt.serverName === serverName)?.name ?? this.retired?.get(serverName);
-  }
-
-  /** Drops the contenders `which` picks; returns whether there were any. */
-  private dropContenders(which: (c: { readonly name: string; readonly stmt: Statement }) => boolean): boolean {
-    const all = this.contenders;
-    if (all === null) return false;
-    const kept = all.filter((c) => !which(c));
-    if (kept.length === all.length) return false;
-    this.contenders = kept.length > 0 ? kept : null;
-    return true;
   }
 }
 

@@ -41,12 +41,13 @@ export interface ServerPeer {
   /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
   serverError(frame: Buffer): Buffer;
   /**
-   * A Parse of this server-side statement name failed or was skipped: it does not exist.
-   * `parse` is the Parse message that was written (which of several Parses of a name).
+   * A Parse of this server-side statement name failed or was skipped: it does not exist
+   * there. `parse` is the Parse message that was written (which of several Parses of a
+   * name); `injected`: a replay of the client's statement, not the client's own Parse.
    */
-  statementLost(serverName: string, parse: Buffer): void;
-  /** A Close of this server-side statement name completed: it no longer exists. */
-  statementClosed(serverName: string): void;
+  statementLost(serverName: string, parse: Buffer, injected: boolean): void;
+  /** A Close of this server-side statement name completed; `seq` is what the peer noted with it (noteClose). */
+  statementClosed(serverName: string, seq: number): void;
   /**
    * The server skips to the next Sync past a Query written inside an extended-protocol
    * batch (see markQuery): that Query gets no ReadyForQuery. Called before the error is relayed.
@@ -135,10 +136,11 @@ interface ParseEntry {
    */
   readonly contends?: true;
   /**
-   * A Close, answered by CloseComplete instead: of the statement `name` (server-side), or of
-   * a portal or the unnamed statement (name ''). A Close the server skipped closed nothing.
+   * A Close, answered by CloseComplete instead: of the statement `name` (server-side), with
+   * what the peer noted with it, or of a portal or the unnamed statement (name ''). A Close
+   * the server skipped closed nothing.
    */
-  readonly closes?: true;
+  readonly closes?: { readonly seq: number };
 }
 
 /**
@@ -335,9 +337,12 @@ export class ServerConnection implements ScanSink {
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: QUERY_MARKER, marker: true });
   }
 
-  /** A Close went out: of `statement` (server-side name), or of a portal or the unnamed statement (''). */
-  noteClose(statement: string): void {
-    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: NO_PARSE, closes: true });
+  /**
+   * A Close went out: of `statement` (server-side name; `seq` is handed back with its
+   * completion), or of a portal or the unnamed statement ('').
+   */
+  noteClose(statement: string, seq: number): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: NO_PARSE, closes: { seq } });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -588,9 +593,9 @@ export class ServerConnection implements ScanSink {
       if (entry?.contends === true) this.prepared.add(entry.name);
     } else if (type === 0x33 /* 3 CloseComplete */) {
       const entry = this.parseGroups[0]!.shift();
-      if (entry?.closes === true && entry.name !== '') {
+      if (entry?.closes !== undefined && entry.name !== '') {
         this.prepared.delete(entry.name);
-        peer.statementClosed(entry.name);
+        peer.statementClosed(entry.name, entry.closes.seq);
       }
     } else if (type === 0x45 /* E */) {
       this.skipToSync(peer, frame);
@@ -626,7 +631,7 @@ export class ServerConnection implements ScanSink {
       for (const entry of lost) {
         if (entry.marker || entry.closes) continue; // (a Close skipped closed nothing)
         if (entry.contends !== true) this.prepared.delete(entry.name);
-        peer.statementLost(entry.name, entry.parse);
+        peer.statementLost(entry.name, entry.parse, entry.injected);
       }
       if (lost.at(-1)?.marker !== true || this.parseGroups.length === 1) break;
       this.parseGroups.shift();
