@@ -311,9 +311,21 @@ export async function environment() {
       pgbench: await firstLine(pgBin('pgbench')),
       pgbouncer: await firstLine(PGBOUNCER_BIN),
       openssl: (await run('openssl', ['version'])).stdout.trim(),
-      pgbastion: pkg.version,
+      pgbastion: `${pkg.version} (${await sourceRevision()})`,
     },
   };
+}
+
+/** The commit the measured code was built from, and whether src/ had changes on top of it. */
+async function sourceRevision(): Promise<string> {
+  try {
+    const head = await run('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+    if (head.status !== 0) return 'commit unknown';
+    const dirty = (await run('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src'])).stdout.trim() !== '';
+    return `commit ${head.stdout.trim()}${dirty ? ', with uncommitted changes in src/' : ''}`;
+  } catch {
+    return 'commit unknown'; // no git on this machine
+  }
 }
 
 export type Environment = Awaited<ReturnType<typeof environment>>;
