@@ -276,6 +276,66 @@ t.test('a replay of the client\'s statement that the server skipped leaves the s
   t.same(await b.sendAndSettle(1, [named('k1'), execute(), sync()]), ['bound', '6', 'done:SELECT 1', 'Z'], 'k1 still exists, as in PostgreSQL');
 });
 
+t.test('after a skipped Close, its statement is prepared again where missing', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 11', 'c2'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), serialize.close({ type: 'S', name: 'c2' }), sync()]), ['parsed', 'E22012', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('c2'), execute(), sync()]), ['bound', '11', 'done:SELECT 1', 'Z'], 'c2 still exists, as in PostgreSQL');
+});
+
+t.test('messages read before a DEALLOCATE still have its statement prepared where missing', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  t.same(await b.sendAndSettle(1, [parse('SELECT 7', 'e1'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  const seen = await b.sendAndSettle(2, [named('e1'), execute(), sync(), query('DEALLOCATE e1')]);
+  t.same(seen, ['bound', '7', 'done:SELECT 1', 'Z', 'done:DEALLOCATE', 'Z'], 'the Bind runs, then the DEALLOCATE');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 8', 'e2'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(2, [parse('SELECT 9', 'e2'), sync(), query('DEALLOCATE e2')]), ['E42P05', 'Z', 'done:DEALLOCATE', 'Z'], 'the Parse of the name in use fails');
+});
+
+t.test('a Close needs no replay of its statement, which could fail where the Close does not', async (t) => {
+  await pgs.query(`CREATE TABLE gone_soon (x int); GRANT SELECT ON gone_soon TO ${SERVER_ROLE}`);
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.sendAndSettle(1, [parse('SELECT x FROM gone_soon', 'g1'), sync()]), ['parsed', 'Z']);
+  await pgs.query('DROP TABLE gone_soon');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [serialize.close({ type: 'S', name: 'g1' }), query('SELECT 1')]), ['closed', 'columns:?column?', '1', 'done:SELECT 1', 'Z'], 'closed; the Query behind it runs');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 2', 'g1'), sync()]), ['parsed', 'Z'], 'the name is free');
+});
+
+t.test('a Parse held behind an inline switch takes a name freed meanwhile, and the connection knows it holds it', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
+  b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), parse('SELECT FROM WHERE', 'm1'), sync()]));
+  await sleep(100);
+  const seen = await b.sendAndSettle(2, [serialize.close({ type: 'S', name: 'm1' }), parse('SELECT 2', 'm1'), sync(), named('m1'), execute(), sync()]);
+  t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'E42601', 'Z', 'closed', 'parsed', 'Z', 'bound', '2', 'done:SELECT 1', 'Z']);
+  t.same(await b.sendAndSettle(1, [named('m1'), execute(), sync()]), ['bound', '2', 'done:SELECT 1', 'Z'], 'no replay of m1 where it exists (42P05)');
+});
+
+t.test('a Bind held behind an inline switch, of a statement whose Parse failed meanwhile, gets 26000', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
+  b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), parse('SELECT FROM WHERE', 'm2'), sync()]));
+  await sleep(100);
+  const seen = await b.sendAndSettle(2, [serialize.bind({ statement: 'm2', portal: '' }), execute(), sync()]);
+  t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'E42601', 'Z', 'E26000', 'Z'], 'not the Parse tried again (42601)');
+});
+
+t.test("a DEALLOCATE of a statement whose Parse failed gets PostgreSQL's 26000 with the client's name", async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  t.same(await b.sendAndSettle(2, [parse('SELEC 1', 'f1'), sync(), query('DEALLOCATE f1')]), ['E42601', 'Z', 'E26000', 'Z']);
+  t.same(messages.slice(1), ['prepared statement "f1" does not exist']);
+});
+
 t.test('a cancel reaches a batch run with a Flush before its Sync', async (t) => {
   const bc = await open(t, 'b');
   const b = rawOf(bc);

@@ -325,6 +325,28 @@ t.test('a cancel reaches a statement still waiting for a server connection', asy
   t.equal(await pinOf(b.c), 'テナント-b', 'and the client carries on');
 });
 
+t.test('a Parse cancelled while waiting for a server connection prepared nothing', async (t) => {
+  const { a, b } = await twoTenants(t);
+  const answers = recordAnswers(b.raw);
+  const named = (statement: string) => serialize.bind({ statement, portal: '' });
+  const settle = async (n: number) => {
+    const end = Date.now() + 5000;
+    while (answers.filter((x) => x === 'Z').length < n && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+  };
+  b.raw.stream.write(Buffer.concat([serialize.parse({ name: 'w1', text: 'SELECT 1', types: [] }), serialize.sync()]));
+  await settle(1);
+  await a.c.query('BEGIN'); // holds the only server connection
+  // A new statement, and a second Parse of w1 (which would have failed with 42P05).
+  b.raw.stream.write(Buffer.concat([serialize.parse({ name: 'w2', text: 'SELECT 2', types: [] }), serialize.parse({ name: 'w1', text: 'SELECT 3', types: [] }), serialize.sync()]));
+  await new Promise((r) => setTimeout(r, 200));
+  await cancel(b.c);
+  await settle(2);
+  await a.c.query('COMMIT');
+  b.raw.stream.write(Buffer.concat([serialize.close({ type: 'S', name: 'w1' }), serialize.sync(), named('w1'), serialize.execute({}), serialize.sync(), named('w2'), serialize.execute({}), serialize.sync()]));
+  await settle(5);
+  t.same(answers, ['Z', 'E 57014', 'Z', 'Z', 'E 26000', 'Z', 'E 26000', 'Z'], 'w1 closed (not replaced by the Parse that never ran), w2 never prepared');
+});
+
 t.test('a cancel while waiting answers every Query the client pipelined, each with its own ReadyForQuery', async (t) => {
   const { a, b } = await twoTenants(t);
   await a.c.query('BEGIN'); // holds the only server connection

@@ -115,8 +115,10 @@ interface Outgoing {
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
-  /** A Close of the `needs` statement: the count of the client's Parses when it came (PreparedStatements.closed). */
-  readonly closeSeq?: number;
+  /** A Close of this statement, and PreparedStatements.seq when it came (see PreparedStatements.closed). */
+  readonly closes?: { readonly stmt: Statement; readonly seq: number };
+  /** With `needs`: PreparedStatements.seq when the message came (see PreparedStatements.replayable). */
+  readonly at?: number;
   /** The SQL of a client's own Query or Parse, as it wrote it, that a settings switch may ride with (inline-switch.ts). */
   readonly own?: string;
 }
@@ -744,10 +746,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const stmt = this.statements.get(name);
     if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
     const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
-    // A Close is prepared first where missing too, so that what follows it in the pipeline
-    // (a Bind: 26000; a Parse of the name: success) meets the server state PostgreSQL's
-    // would be in. The name is free once it completes (statementClosed).
-    if (type === C) return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, closeSeq: this.statements.seq });
+    if (type === C) {
+      // The name is free once the Close completes (statementClosed). It is not prepared first
+      // where missing (a replay could fail where the Close would not, e.g. after a migration),
+      // and messages read after it do not have it prepared either: a Bind gets 26000 and a
+      // Parse of the name succeeds, as in PostgreSQL.
+      this.statements.closing(stmt);
+      return this.queueOrWrite({ bytes: renamed, type, needs: null, defines: null, closes: { stmt, seq: this.statements.seq } });
+    }
     this.send(renamed, type, stmt);
   }
 
@@ -822,6 +828,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.statements.closed(serverName, seq);
   }
 
+  closeSkipped(serverName: string, target: Buffer): void {
+    this.statements.closeSkippedFor(serverName, target);
+  }
+
   /**
    * COPY IN started. When an Execute started it, the Syncs already sent behind that Execute
    * are ignored by the server: they will get no ReadyForQuery, so stop waiting for them.
@@ -889,7 +899,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
   private send(bytes: Buffer, type: number, needs: Statement | null = null, defines: Statement | null = null, ddl?: readonly DdlStatement[], own?: string): void {
-    this.queueOrWrite({ bytes, type, needs, defines, ...(ddl && ddl.length > 0 ? { ddl } : {}), ...(own !== undefined ? { own } : {}) });
+    this.queueOrWrite({ bytes, type, needs, defines, at: this.statements.seq, ...(ddl && ddl.length > 0 ? { ddl } : {}), ...(own !== undefined ? { own } : {}) });
   }
 
   private queueOrWrite(out: Outgoing): void {
@@ -1001,9 +1011,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // After an error in the open batch the server skips everything up to its Sync: a Parse
     // written now creates nothing (and no replay is worth writing).
     const skipping = this.ledger.skipping !== null;
-    // (Not a statement closed or lost since the message came: the server answers for it as
-    // PostgreSQL would, without it. A DEALLOCATE's has been forgotten as it came.)
-    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping && (out.deallocates !== undefined || this.statements.holds(out.needs))) {
+    // (See PreparedStatements.replayable. A DEALLOCATE's statement was forgotten as it came.)
+    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping && (out.deallocates !== undefined || this.statements.replayable(out.needs, out.at ?? 0))) {
       server.write(out.needs.parse);
       server.noteParse(true, out.needs.serverName, out.needs.parse);
       server.prepared.add(out.needs.serverName);
@@ -1030,7 +1039,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
       if (skipping) this.statementLost(name, out.bytes, false);
       else {
-        server.noteParse(false, name, out.bytes);
+        server.noteParse(false, name, out.bytes, out.defines !== null);
         if (out.defines) server.prepared.add(out.defines.serverName);
         if (name === '' && this.transactionMode) this.unnamedOnServer = true;
       }
@@ -1076,7 +1085,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     } else if (out.type === C) {
       // Its CloseComplete frees a statement's name; skipped (after an error), it closes nothing.
       const statement = out.bytes[5] === 0x53; /* S */
-      if (!skipping) server.noteClose(statement && out.closeSeq !== undefined ? out.needs!.serverName : '', out.closeSeq ?? 0);
+      if (skipping) {
+        if (out.closes) this.statements.closeSkipped(out.closes.stmt);
+      } else server.noteClose(out.closes?.stmt.serverName ?? '', out.closes?.stmt.parse ?? null, out.closes?.seq ?? 0);
       if (!statement && this.ddl.tracksPortals) this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
     }
     this.writeOrWait(server, out.bytes);
@@ -1236,6 +1247,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const queued = this.queued;
     this.queued = [];
     for (const out of queued) {
+      // A Parse that never went out created nothing.
+      if (out.type === P) this.statementLost(out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5)), out.bytes, false);
       if (out.type === 0) continue;
       this.lostTransaction ??= failure; // one already pending (a batch cut short) goes first
       this.answerLostTransaction(out.type);

@@ -59,8 +59,16 @@ export class PreparedStatements {
    * the Close gets the server's "does not exist" for it after the Close completed.
    */
   private retired: Map<string, string> | null = null;
-  /** Counts the Parses registered here, in the order the client sent them (a Close notes it: see closed). */
+  /**
+   * The client's Parses of named statements, Closes and DEALLOCATEs, counted in the order it
+   * sent them: a Close notes the count (see closed), so do messages that may replay a
+   * statement (see replayable).
+   */
   seq = 0;
+  /** Statements the server's answers ended (a Parse lost, a Close completed): never replayed again. */
+  private readonly gone = new WeakSet<Statement>();
+  /** Statements a Close or DEALLOCATE was read for, with the count then: not replayed for messages read after it. */
+  private readonly ending = new WeakMap<Statement, number>();
 
   has(name: string): boolean {
     return this.byName?.has(name) ?? false;
@@ -90,23 +98,48 @@ export class PreparedStatements {
     return this.byName?.get(name);
   }
 
-  /** Whether a client name still stands for `stmt` (not closed, lost or deallocated since). */
-  holds(stmt: Statement): boolean {
-    const name = this.byServer?.get(stmt.serverName);
-    return name !== undefined && this.byName!.get(name) === stmt;
+  /**
+   * Whether a message read when the count was `at` may still have `stmt` prepared again
+   * where it is missing: not once the server's answers ended it (the server answers for it
+   * as PostgreSQL would, without it), nor when a Close or DEALLOCATE of it was read before
+   * the message. A message read before those still gets it (they are queued in order).
+   */
+  replayable(stmt: Statement, at: number): boolean {
+    return !this.gone.has(stmt) && (this.ending.get(stmt) ?? Infinity) > at;
   }
 
-  /** SQL DEALLOCATE of `name` (freed as it is sent). */
+  /** A Close of `stmt` was read (the name is freed when it completes: closed). */
+  closing(stmt: Statement): void {
+    if (!this.ending.has(stmt)) this.ending.set(stmt, ++this.seq);
+  }
+
+  /** The server skipped a Close of `stmt`: it stays, to be prepared again where used. */
+  closeSkipped(stmt: Statement): void {
+    this.ending.delete(stmt);
+  }
+
+  /** closeSkipped for the statement the client's name for `serverName` stands for, if `target` is its Parse. */
+  closeSkippedFor(serverName: string, target: Buffer): void {
+    const name = this.byServer?.get(serverName);
+    const stmt = name === undefined ? undefined : this.byName!.get(name);
+    if (stmt?.parse === target) this.closeSkipped(stmt);
+  }
+
+  /** SQL DEALLOCATE of `name`: freed as it is read (the server's answer is not followed). */
   forget(name: string): void {
     const stmt = this.byName?.get(name);
     if (stmt === undefined) return;
+    this.closing(stmt);
     this.byName!.delete(name);
     this.byServer!.delete(stmt.serverName);
     this.contenders?.delete(stmt.serverName);
+    this.retire(stmt.serverName, name);
   }
 
   /** DEALLOCATE ALL: every name is free again (their server-side copies go with the connection's). */
   clear(): void {
+    for (const stmt of this.byName?.values() ?? []) this.closing(stmt);
+    for (const queue of this.contenders?.values() ?? []) for (const c of queue.values()) this.closing(c.stmt);
     this.byName = null;
     this.byServer = null;
     this.contenders = null;
@@ -124,8 +157,11 @@ export class PreparedStatements {
    */
   lost(serverName: string, parse: Buffer): void {
     const queue = this.contenders?.get(serverName);
-    if (queue?.delete(parse)) {
-      if (queue.size === 0) this.contenders!.delete(serverName);
+    const contender = queue?.get(parse);
+    if (contender !== undefined) {
+      this.gone.add(contender.stmt);
+      queue!.delete(parse);
+      if (queue!.size === 0) this.contenders!.delete(serverName);
       return;
     }
     const name = this.byServer?.get(serverName);
@@ -143,6 +179,11 @@ export class PreparedStatements {
     const name = this.byServer?.get(serverName);
     if (name === undefined || this.byName!.get(name)!.seq > seq) return;
     this.free(name, serverName);
+    this.retire(serverName, name);
+  }
+
+  /** Errors may still quote `serverName` for a while: keep the client's name for it (see retired). */
+  private retire(serverName: string, name: string): void {
     const retired = (this.retired ??= new Map());
     retired.set(serverName, name);
     if (retired.size > MAX_RETIRED) retired.delete(retired.keys().next().value!);
@@ -150,6 +191,7 @@ export class PreparedStatements {
 
   /** The statement `name` stands for (as `serverName`) is gone: the next contender takes the name, or it is free. */
   private free(name: string, serverName: string): void {
+    this.gone.add(this.byName!.get(name)!);
     const queue = this.contenders?.get(serverName);
     const next = queue?.values().next().value;
     if (next === undefined) {

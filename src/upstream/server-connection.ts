@@ -48,6 +48,8 @@ export interface ServerPeer {
   statementLost(serverName: string, parse: Buffer, injected: boolean): void;
   /** A Close of this server-side statement name completed; `seq` is what the peer noted with it (noteClose). */
   statementClosed(serverName: string, seq: number): void;
+  /** A Close of `serverName`, meant for the statement `target` parsed, was skipped (an error before it in its batch): it closed nothing. */
+  closeSkipped(serverName: string, target: Buffer): void;
   /**
    * The server skips to the next Sync past a Query written inside an extended-protocol
    * batch (see markQuery): that Query gets no ReadyForQuery. Called before the error is relayed.
@@ -129,16 +131,17 @@ interface ParseEntry {
   readonly parse: Buffer;
   /** Written by markQuery: a Query follows it. */
   readonly marker?: true;
+  /** The client's Parse of one of its statements under the server-side name `name`: its success makes the name held here. */
+  readonly defines?: true;
   /**
-   * The client's Parse of a name this connection already held (or was about to): its
-   * failure (42P05, a syntax error) or skip removes nothing, and its success (the statement
-   * before it having failed meanwhile) makes the name held again.
+   * Such a Parse of a name this connection already held (or was about to): its failure
+   * (42P05, a syntax error) or skip removes nothing.
    */
   readonly contends?: true;
   /**
-   * A Close, answered by CloseComplete instead: of the statement `name` (server-side), with
-   * what the peer noted with it, or of a portal or the unnamed statement (name ''). A Close
-   * the server skipped closed nothing.
+   * A Close, answered by CloseComplete instead: of the statement `name` (server-side; `parse`
+   * is the Parse of the statement meant), with what the peer noted with it, or of a portal or
+   * the unnamed statement (name ''). A Close the server skipped closed nothing.
    */
   readonly closes?: { readonly seq: number };
 }
@@ -318,10 +321,11 @@ export class ServerConnection implements ScanSink {
   }
 
   /** `parse`, a Parse of `name`, went out (`injected`: by the proxy, not the client). */
-  noteParse(injected: boolean, name: string, parse: Buffer): void {
+  noteParse(injected: boolean, name: string, parse: Buffer, defines = false): void {
     const group = this.parseGroups[this.parseGroups.length - 1]!;
-    if (!injected && name !== '' && this.prepared.has(name)) group.push({ injected, name, parse, contends: true });
-    else group.push({ injected, name, parse });
+    if (!defines) group.push({ injected, name, parse });
+    else if (this.prepared.has(name)) group.push({ injected, name, parse, defines, contends: true });
+    else group.push({ injected, name, parse, defines });
   }
 
   /**
@@ -338,11 +342,12 @@ export class ServerConnection implements ScanSink {
   }
 
   /**
-   * A Close went out: of `statement` (server-side name; `seq` is handed back with its
-   * completion), or of a portal or the unnamed statement ('').
+   * A Close went out: of `statement` (server-side name) meant for the statement `target`
+   * parsed (`seq` is handed back with its completion), or of a portal or the unnamed
+   * statement ('', no target).
    */
-  noteClose(statement: string, seq: number): void {
-    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: NO_PARSE, closes: { seq } });
+  noteClose(statement: string, target: Buffer | null, seq: number): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: target ?? NO_PARSE, closes: { seq } });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -590,7 +595,8 @@ export class ServerConnection implements ScanSink {
     if (type === 0x31 /* 1 ParseComplete */) {
       const entry = this.parseGroups[0]!.shift();
       if (entry?.injected === true) return; // answers a Parse the proxy injected
-      if (entry?.contends === true) this.prepared.add(entry.name);
+      // (Also after a Close of the name that found nothing, pipelined ahead of this Parse.)
+      if (entry?.defines === true) this.prepared.add(entry.name);
     } else if (type === 0x33 /* 3 CloseComplete */) {
       const entry = this.parseGroups[0]!.shift();
       if (entry?.closes !== undefined && entry.name !== '') {
@@ -629,7 +635,11 @@ export class ServerConnection implements ScanSink {
     for (;;) {
       const lost = this.parseGroups[0]!.splice(0);
       for (const entry of lost) {
-        if (entry.marker || entry.closes) continue; // (a Close skipped closed nothing)
+        if (entry.marker) continue;
+        if (entry.closes) {
+          if (entry.name !== '') peer.closeSkipped(entry.name, entry.parse);
+          continue;
+        }
         if (entry.contends !== true) this.prepared.delete(entry.name);
         peer.statementLost(entry.name, entry.parse, entry.injected);
       }
