@@ -34,38 +34,15 @@ export function readCStrings(frame: Buffer, start: number): string[] {
   return out;
 }
 
-/**
- * An ErrorResponse/NoticeResponse with its position field (P, 1-based, in characters of the
- * query text) moved `by` characters back: the client's text began that far into what the
- * server ran. A position that would fall before the client's text is dropped.
- */
-export function shiftPosition(frame: Buffer, by: number): Buffer {
-  if (by === 0) return frame;
-  const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
-  let pos = 5;
-  let found = false;
-  while (pos < frame.length && frame[pos] !== 0) {
-    const end = frame.indexOf(0, pos + 1);
-    if (end < 0) return frame;
-    if (frame[pos] === 0x50 /* P */ && !found) {
-      found = true;
-      const moved = Number(frame.toString('latin1', pos + 1, end)) - by;
-      if (Number.isInteger(moved) && moved >= 1) parts.push(Buffer.from(`P${moved}\0`, 'latin1'));
-    } else parts.push(frame.subarray(pos, end + 1));
-    pos = end + 1;
-  }
-  if (!found) return frame;
-  parts.push(Buffer.from([0]));
-  const out = Buffer.concat(parts);
-  out.writeInt32BE(out.length - 1, 1);
-  return out;
-}
+/** What an editFields `edit` returns to leave a field out. */
+export const DROP_FIELD: unique symbol = Symbol('drop field');
 
 /**
  * An ErrorResponse/NoticeResponse with each field's text passed through `edit` with its
- * code (which returns null to keep it): `frame` itself when no field changed.
+ * code, which returns the new text, null to keep it, or DROP_FIELD to leave the field out:
+ * `frame` itself when no field changed.
  */
-export function editFields(frame: Buffer, edit: (code: number, text: string) => string | null): Buffer {
+export function editFields(frame: Buffer, edit: (code: number, text: string) => string | null | typeof DROP_FIELD): Buffer {
   const parts: Buffer[] = [frame.subarray(0, 1), Buffer.alloc(4)];
   let pos = 5;
   let changed = false;
@@ -76,7 +53,7 @@ export function editFields(frame: Buffer, edit: (code: number, text: string) => 
     if (edited === null) parts.push(frame.subarray(pos, end + 1));
     else {
       changed = true;
-      parts.push(frame.subarray(pos, pos + 1), Buffer.from(`${edited}\0`, 'utf8'));
+      if (edited !== DROP_FIELD) parts.push(frame.subarray(pos, pos + 1), Buffer.from(`${edited}\0`, 'utf8'));
     }
     pos = end + 1;
   }
@@ -85,4 +62,20 @@ export function editFields(frame: Buffer, edit: (code: number, text: string) => 
   const out = Buffer.concat(parts);
   out.writeInt32BE(out.length - 1, 1);
   return out;
+}
+
+/**
+ * An ErrorResponse/NoticeResponse with its position field (P, 1-based, in characters of the
+ * query text) moved `by` characters back: the client's text began that far into what the
+ * server ran. A position that would fall before the client's text is dropped.
+ */
+export function shiftPosition(frame: Buffer, by: number): Buffer {
+  if (by === 0) return frame;
+  let found = false;
+  return editFields(frame, (code, text) => {
+    if (code !== 0x50 /* P */ || found) return null;
+    found = true;
+    const moved = Number(text) - by;
+    return Number.isInteger(moved) && moved >= 1 ? String(moved) : DROP_FIELD;
+  });
 }
