@@ -19,6 +19,10 @@ type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const parse = (text: string, name = '') => serialize.parse({ name, text, types: [] });
 const bind = () => serialize.bind({ statement: '', portal: '' });
+/** Bind of the named statement `statement` to the unnamed portal. */
+const named = (statement: string) => serialize.bind({ statement, portal: '' });
+/** Close of the named statement `name`. */
+const close = (name: string) => serialize.close({ type: 'S', name });
 const execute = () => serialize.execute({ portal: '' });
 const query = (sql: string) => serialize.query(sql);
 const flush = () => serialize.flush();
@@ -173,7 +177,6 @@ t.test('a Parse written after the batch\'s error came back creates nothing, and 
 
 t.test('a name whose Parse fails is free for a Parse pipelined behind it, as in PostgreSQL', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   const seen = await b.sendAndSettle(2, [parse('SELEC 1', 'r1'), sync(), parse('SELECT 7', 'r1'), named('r1'), execute(), sync()]);
   t.same(seen, ['E42601', 'Z', 'parsed', 'bound', '7', 'done:SELECT 1', 'Z'], 'not 42P05: the first Parse created nothing');
   t.same(await b.sendAndSettle(1, [named('r1'), execute(), sync()]), ['bound', '7', 'done:SELECT 1', 'Z'], 'r1 is the second one, held by that connection');
@@ -200,8 +203,6 @@ t.test('a Close skipped after an error closes nothing; one that completes frees 
   const b = rawOf(await open(t, 'b'));
   const messages: string[] = [];
   b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
-  const close = (name: string) => serialize.close({ type: 'S', name });
   t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'c1'), sync()]), ['parsed', 'Z']);
   t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), close('c1'), sync()]), ['parsed', 'E22012', 'Z']);
   await otherTenantGetsTheConnection(t);
@@ -223,8 +224,6 @@ t.test('a Close, then a Parse or a Bind of its name, where the connection does n
   const b = rawOf(await open(t, 'b'));
   const messages: string[] = [];
   b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
-  const close = (name: string) => serialize.close({ type: 'S', name });
   t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'n1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   const reparsed = await b.sendAndSettle(1, [close('n1'), parse('SELECT 4', 'n1'), named('n1'), execute(), sync()]);
@@ -237,12 +236,11 @@ t.test('a Close, then a Parse or a Bind of its name, where the connection does n
 
 t.test('work held back behind an inline switch meets the Close before it as completed', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'h1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
   // The batch runs 0.3 s; the Parse of h1 after it is read meanwhile and held until its ReadyForQuery.
-  b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), serialize.close({ type: 'S', name: 'h1' }), sync()]));
+  b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), close('h1'), sync()]));
   await sleep(100);
   const seen = await b.sendAndSettle(2, [parse('SELECT 4', 'h1'), named('h1'), execute(), sync()]);
   t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'closed', 'Z', 'parsed', 'bound', '4', 'done:SELECT 1', 'Z'], 'h1 was closed first: not 42P05');
@@ -250,8 +248,6 @@ t.test('work held back behind an inline switch meets the Close before it as comp
 
 t.test('a Close closes what held the name where it stands in the pipeline', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
-  const close = (name: string) => serialize.close({ type: 'S', name });
   // The first Parse fails: the Close finds nothing, and the Parse behind it takes the name.
   const first = await b.sendAndSettle(2, [parse('SELEC 1', 'q1'), sync(), close('q1'), parse('SELECT 2', 'q1'), sync()]);
   t.same(first, ['E42601', 'Z', 'closed', 'parsed', 'Z']);
@@ -269,7 +265,6 @@ t.test('a Close closes what held the name where it stands in the pipeline', asyn
 
 t.test('a replay of the client\'s statement that the server skipped leaves the statement the client\'s', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   t.same(await b.sendAndSettle(1, [parse('SELECT 6', 'k1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   t.same(await b.sendAndSettle(1, [parse('SELEC'), named('k1'), execute(), sync()]), ['E42601', 'Z'], 'the Bind (and the replay before it) skipped');
@@ -278,17 +273,15 @@ t.test('a replay of the client\'s statement that the server skipped leaves the s
 
 t.test('after a skipped Close, its statement is prepared again where missing', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   t.same(await b.sendAndSettle(1, [parse('SELECT 11', 'c2'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
-  t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), serialize.close({ type: 'S', name: 'c2' }), sync()]), ['parsed', 'E22012', 'Z']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), close('c2'), sync()]), ['parsed', 'E22012', 'Z']);
   await freshServerConnection();
   t.same(await b.sendAndSettle(1, [named('c2'), execute(), sync()]), ['bound', '11', 'done:SELECT 1', 'Z'], 'c2 still exists, as in PostgreSQL');
 });
 
 t.test('messages read before a DEALLOCATE still have its statement prepared where missing', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   t.same(await b.sendAndSettle(1, [parse('SELECT 7', 'e1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   const seen = await b.sendAndSettle(2, [named('e1'), execute(), sync(), query('DEALLOCATE e1')]);
@@ -304,17 +297,16 @@ t.test('a Close needs no replay of its statement, which could fail where the Clo
   t.same(await b.sendAndSettle(1, [parse('SELECT x FROM gone_soon', 'g1'), sync()]), ['parsed', 'Z']);
   await pgs.query('DROP TABLE gone_soon');
   await freshServerConnection();
-  t.same(await b.sendAndSettle(1, [serialize.close({ type: 'S', name: 'g1' }), query('SELECT 1')]), ['closed', 'columns:?column?', '1', 'done:SELECT 1', 'Z'], 'closed; the Query behind it runs');
+  t.same(await b.sendAndSettle(1, [close('g1'), query('SELECT 1')]), ['closed', 'columns:?column?', '1', 'done:SELECT 1', 'Z'], 'closed; the Query behind it runs');
   t.same(await b.sendAndSettle(1, [parse('SELECT 2', 'g1'), sync()]), ['parsed', 'Z'], 'the name is free');
 });
 
 t.test('a Parse held behind an inline switch takes a name freed meanwhile, and the connection knows it holds it', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const named = (statement: string) => serialize.bind({ statement, portal: '' });
   await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
   b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), parse('SELECT FROM WHERE', 'm1'), sync()]));
   await sleep(100);
-  const seen = await b.sendAndSettle(2, [serialize.close({ type: 'S', name: 'm1' }), parse('SELECT 2', 'm1'), sync(), named('m1'), execute(), sync()]);
+  const seen = await b.sendAndSettle(2, [close('m1'), parse('SELECT 2', 'm1'), sync(), named('m1'), execute(), sync()]);
   t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'E42601', 'Z', 'closed', 'parsed', 'Z', 'bound', '2', 'done:SELECT 1', 'Z']);
   t.same(await b.sendAndSettle(1, [named('m1'), execute(), sync()]), ['bound', '2', 'done:SELECT 1', 'Z'], 'no replay of m1 where it exists (42P05)');
 });
@@ -324,7 +316,7 @@ t.test('a Bind held behind an inline switch, of a statement whose Parse failed m
   await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch
   b.raw.stream.write(Buffer.concat([parse('SELECT pg_sleep(0.3)'), bind(), execute(), parse('SELECT FROM WHERE', 'm2'), sync()]));
   await sleep(100);
-  const seen = await b.sendAndSettle(2, [serialize.bind({ statement: 'm2', portal: '' }), execute(), sync()]);
+  const seen = await b.sendAndSettle(2, [named('m2'), execute(), sync()]);
   t.same(seen, ['parsed', 'bound', '', 'done:SELECT 1', 'E42601', 'Z', 'E26000', 'Z'], 'not the Parse tried again (42601)');
 });
 
