@@ -65,10 +65,13 @@ export class PreparedStatements {
    * statement (see replayable).
    */
   seq = 0;
-  /** Statements the server's answers ended (a Parse lost, a Close completed): never replayed again. */
-  private readonly gone = new WeakSet<Statement>();
+  /**
+   * Statements the server's answers ended (a Parse lost, a Close completed): never replayed
+   * again. Made on first use, as the Maps above (an idle client holds none of these).
+   */
+  private gone: WeakSet<Statement> | null = null;
   /** Statements a Close or DEALLOCATE was read for, with the count then: not replayed for messages read after it. */
-  private readonly ending = new WeakMap<Statement, number>();
+  private ending: WeakMap<Statement, number> | null = null;
 
   has(name: string): boolean {
     return this.byName?.has(name) ?? false;
@@ -105,17 +108,18 @@ export class PreparedStatements {
    * the message. A message read before those still gets it (they are queued in order).
    */
   replayable(stmt: Statement, at: number): boolean {
-    return !this.gone.has(stmt) && (this.ending.get(stmt) ?? Infinity) > at;
+    return !(this.gone?.has(stmt) ?? false) && (this.ending?.get(stmt) ?? Infinity) > at;
   }
 
-  /** A Close of `stmt` was read (the name is freed when it completes: closed). */
+  /** A Close (the name is freed when it completes: closed) or DEALLOCATE of `stmt` was read. */
   closing(stmt: Statement): void {
-    if (!this.ending.has(stmt)) this.ending.set(stmt, ++this.seq);
+    const ending = (this.ending ??= new WeakMap());
+    if (!ending.has(stmt)) ending.set(stmt, ++this.seq);
   }
 
   /** The server skipped a Close of `stmt`: it stays, to be prepared again where used. */
   closeSkipped(stmt: Statement): void {
-    this.ending.delete(stmt);
+    this.ending?.delete(stmt);
   }
 
   /** closeSkipped for the statement the client's name for `serverName` stands for, if `target` is its Parse. */
@@ -159,7 +163,7 @@ export class PreparedStatements {
     const queue = this.contenders?.get(serverName);
     const contender = queue?.get(parse);
     if (contender !== undefined) {
-      this.gone.add(contender.stmt);
+      (this.gone ??= new WeakSet()).add(contender.stmt);
       queue!.delete(parse);
       if (queue!.size === 0) this.contenders!.delete(serverName);
       return;
@@ -191,7 +195,7 @@ export class PreparedStatements {
 
   /** The statement `name` stands for (as `serverName`) is gone: the next contender takes the name, or it is free. */
   private free(name: string, serverName: string): void {
-    this.gone.add(this.byName!.get(name)!);
+    (this.gone ??= new WeakSet()).add(this.byName!.get(name)!);
     const queue = this.contenders?.get(serverName);
     const next = queue?.values().next().value;
     if (next === undefined) {
