@@ -1036,7 +1036,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
-      const name = out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
+      const name = parsedName(out);
       if (skipping) this.statementLost(name, out.bytes, false);
       else {
         server.noteParse(false, name, out.bytes, out.defines !== null);
@@ -1248,7 +1248,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.queued = [];
     for (const out of queued) {
       // A Parse that never went out created nothing.
-      if (out.type === P) this.statementLost(out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5)), out.bytes, false);
+      if (out.type === P) this.statementLost(parsedName(out), out.bytes, false);
       if (out.type === 0) continue;
       this.lostTransaction ??= failure; // one already pending (a batch cut short) goes first
       this.answerLostTransaction(out.type);
@@ -1614,6 +1614,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 /** The 'error' listener of a client's TCP socket once TLS runs over it (`this` is the socket); the TLS socket reports the error. */
 function destroyOnError(this: net.Socket): void {
   this.destroy();
+}
+
+/** The statement a Parse creates on the server: its server-side name, or the name it carries (unnamed: ''). */
+function parsedName(out: Outgoing): string {
+  return out.defines?.serverName ?? out.bytes.toString('utf8', 5, out.bytes.indexOf(0, 5));
 }
 
 /** The bytes of `buf` from `offset` on; EMPTY rather than an empty view that pins `buf`'s memory. */

@@ -73,10 +73,6 @@ export class PreparedStatements {
   /** Statements a Close or DEALLOCATE was read for, with the count then: not replayed for messages read after it. */
   private ending: WeakMap<Statement, number> | null = null;
 
-  has(name: string): boolean {
-    return this.byName?.has(name) ?? false;
-  }
-
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
   define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
