@@ -301,6 +301,37 @@ t.test('a Close needs no replay of its statement, which could fail where the Clo
   t.same(await b.sendAndSettle(1, [parse('SELECT 2', 'g1'), sync()]), ['parsed', 'Z'], 'the name is free');
 });
 
+t.test('a DEALLOCATE needs no replay of its statement either: the Query is answered where that replay would fail', async (t) => {
+  await pgs.query(`CREATE TABLE gone_later (x int); GRANT SELECT ON gone_later TO ${SERVER_ROLE}`);
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.sendAndSettle(1, [parse('SELECT x FROM gone_later', 'g2'), sync()]), ['parsed', 'Z']);
+  await pgs.query('DROP TABLE gone_later');
+  await freshServerConnection();
+  // A failed replay ahead of the Query would make the server skip the Query until a Sync
+  // that never comes: the client would wait for good.
+  t.same(await b.sendAndSettle(1, [query('DEALLOCATE g2')]), ['done:DEALLOCATE', 'Z'], "PostgreSQL's answer");
+  t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'g2'), sync()]), ['parsed', 'Z'], 'the name is free');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('g2'), execute(), sync()]), ['bound', '3', 'done:SELECT 1', 'Z'], 'and stands for the new statement');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(2, [query('BEGIN'), query('SELECT 1/0')]), ['done:BEGIN', 'Z', 'E22012', 'Z']);
+  t.same(await b.sendAndSettle(1, [query('DEALLOCATE g2')]), ['E25P02', 'Z'], 'in a failed transaction, the error PostgreSQL gives');
+  t.same(await b.sendAndSettle(1, [query('ROLLBACK'), query('DEALLOCATE g2')]), ['done:ROLLBACK', 'Z', 'done:DEALLOCATE', 'Z'], 'g2 was not freed');
+});
+
+t.test('a DEALLOCATE the server skipped frees nothing, whether the error came back before it was written or after', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.sendAndSettle(1, [parse('SELECT 21', 'd1'), sync()]), ['parsed', 'Z']);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('DEALLOCATE d1'), sync()]), ['parsed', 'E22012', 'Z'], 'skipped with the batch');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('d1'), execute(), sync()]), ['bound', '21', 'done:SELECT 1', 'Z'], 'd1 still exists (prepared again where missing)');
+  t.same(await b.sendAndSettle(0, [parse('SELECT 1/0'), bind(), execute(), flush()], 'E22012'), ['parsed', 'E22012']);
+  t.same(await b.sendAndSettle(1, [query('DEALLOCATE d1'), sync()]), ['Z'], 'skipped, the error known when it was written');
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('d1'), execute(), sync()]), ['bound', '21', 'done:SELECT 1', 'Z'], 'd1 still exists (prepared again where missing)');
+  t.same(await b.sendAndSettle(2, [query('DEALLOCATE d1'), named('d1'), execute(), sync()]), ['done:DEALLOCATE', 'Z', 'E26000', 'Z'], 'then it goes');
+});
+
 t.test('a Parse held behind an inline switch takes a name freed meanwhile, and the connection knows it holds it', async (t) => {
   const b = rawOf(await open(t, 'b'));
   await otherTenantGetsTheConnection(t); // so that b's next batch takes an inline switch

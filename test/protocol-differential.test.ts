@@ -296,10 +296,9 @@ function outcomes(msgs: Msg[], rep: string[]): { skipped: boolean[]; failed: boo
 }
 
 /**
- * The known differences, all after a message PostgreSQL skipped (an earlier one of its batch
- * failed) whose effect pgbastion applied when the message came: a DEALLOCATE of a named
- * statement (pgbastion forgets it: 26000 later), an unnamed Parse (26000 for the unnamed
- * statement). Null for any other difference.
+ * The known difference, after a message PostgreSQL skipped (an earlier one of its batch
+ * failed) whose effect pgbastion applied when the message came: an unnamed Parse (26000 for
+ * the unnamed statement). Null for any other difference.
  */
 function knownDifference(seq: Sequence, direct: string[], proxied: string[]): string | null {
   let d = 0;
@@ -307,8 +306,6 @@ function knownDifference(seq: Sequence, direct: string[], proxied: string[]): st
   const { skipped } = outcomes(seq.msgs, direct);
   const skippedMsgs = seq.msgs.filter((_, i) => skipped[i]);
   if (proxied[d] !== 'E:26000') return null;
-  if (skippedMsgs.some((m) => m.k === 'Query' && /^DEALLOCATE /i.test(m.sql)))
-    return '(3) DEALLOCATE of a named statement skipped after an error: pgbastion forgets it';
   if (skippedMsgs.some((m) => m.k === 'Parse' && m.name === ''))
     return '(4) a skipped unnamed Parse: pgbastion answers 26000 for the unnamed statement';
   return null;

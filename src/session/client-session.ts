@@ -651,7 +651,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (vetted !== frame) return this.send(vetted, Q);
         const sql = this.vettedSql;
         if (this.transactionMode) {
-          const dealloc = this.deallocate(sql);
+          const dealloc = this.deallocate(sql, true);
           if (dealloc) return this.queueOrWrite(dealloc);
           const sets = trackedSet(sql);
           if (sets) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, sets });
@@ -675,7 +675,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (vetted === frame && name === '' && this.transactionMode) {
           // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
           const sql = this.vettedSql;
-          const dealloc = this.deallocate(sql);
+          const dealloc = this.deallocate(sql, false);
           if (dealloc) {
             this.unnamedParse = null;
             this.unnamedDdl = null;
@@ -780,10 +780,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /**
    * SQL DEALLOCATE of a protocol-level statement this client prepared (drivers free theirs
-   * this way): it names the server-side statement instead, prepared first where missing so
-   * the answer is PostgreSQL's own. DEALLOCATE ALL forgets all of the client's names.
+   * this way): it names the server-side statement instead, with a stand-in prepared first
+   * where missing so the answer is PostgreSQL's own (deallocationStandIn). In a Query the
+   * name is freed when the DEALLOCATE completes, as a Close frees it (one that failed or was
+   * skipped freed nothing); in a Parse, where it runs at some later Execute, as it is read.
+   * DEALLOCATE ALL forgets all of the client's names.
    */
-  private deallocate(sql: string): Outgoing | null {
+  private deallocate(sql: string, inQuery: boolean): Outgoing | null {
     if (DEALLOCATE_ALL.test(sql)) {
       this.statements.clear();
       return null;
@@ -793,8 +796,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const name = m[2] ?? m[3]!;
     const stmt = this.statements.get(name);
     if (!stmt) return null;
-    this.statements.forget(name);
-    return { bytes: serialize.query(`DEALLOCATE "${stmt.serverName}"`), type: Q, needs: stmt, defines: null, deallocates: stmt };
+    const bytes = serialize.query(`DEALLOCATE "${stmt.serverName}"`);
+    if (!inQuery) {
+      this.statements.forget(name);
+      return { bytes, type: Q, needs: stmt, defines: null, deallocates: stmt };
+    }
+    this.statements.closing(stmt);
+    return { bytes, type: Q, needs: stmt, defines: null, deallocates: stmt, closes: { stmt, seq: this.statements.seq } };
   }
 
   // ---- DDL audit: statements recorded once the server has answered them ---------------------
@@ -1011,11 +1019,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // After an error in the open batch the server skips everything up to its Sync: a Parse
     // written now creates nothing (and no replay is worth writing).
     const skipping = this.ledger.skipping !== null;
-    // (See PreparedStatements.replayable. A DEALLOCATE's statement was forgotten as it came.)
-    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping && (out.deallocates !== undefined || this.statements.replayable(out.needs, out.at ?? 0))) {
-      server.write(out.needs.parse);
-      server.noteParse(true, out.needs.serverName, out.needs.parse);
-      server.prepared.add(out.needs.serverName);
+    if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping) {
+      // (See PreparedStatements.replayable. A DEALLOCATE's statement was forgotten as it came.)
+      const parse = out.deallocates !== undefined ? this.deallocationStandIn(server, out.needs.serverName) : this.statements.replayable(out.needs, out.at ?? 0) ? out.needs.parse : null;
+      if (parse !== null) {
+        server.write(parse);
+        server.noteParse(true, out.needs.serverName, parse);
+        server.prepared.add(out.needs.serverName);
+      }
     }
     if (out.usesUnnamed && !this.unnamedOnServer) {
       const parse = out.unnamedParse ?? null;
@@ -1067,14 +1078,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (out.type === Q) {
         // After an error in the batch the server skips the Query: nothing answers it.
         if (!this.ledger.query(now, out.sets)) {
+          if (out.closes) this.statements.closeSkipped(out.closes.stmt);
           this.ddl.skippedQuery(out.ddl ?? [], this.ledger.skipping!);
           return this.writeOrWait(server, out.bytes);
         }
       } else if (out.type === F) this.ledger.functionCall(now);
       // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
       else if (!this.ledger.sync(now)) return this.writeOrWait(server, out.bytes);
+      if (out.closes) server.noteDeallocate(out.closes.stmt.serverName, out.closes.stmt.parse, out.closes.seq);
       server.noteSync();
-      if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
       if (out.type === Q && this.ddl.tracksPortals) this.ddl.queried();
       this.ddl.owed(out.type === Q ? (out.ddl ?? []) : null);
       if (this.ddl.active) server.commandTagsWanted();
@@ -1091,6 +1103,21 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (!statement && this.ddl.tracksPortals) this.ddl.closedPortal(out.bytes.toString('latin1', 6, out.bytes.length - 1));
     }
     this.writeOrWait(server, out.bytes);
+  }
+
+  /**
+   * What to prepare under `serverName` ahead of a DEALLOCATE on a connection that lacks the
+   * statement, so that PostgreSQL frees something and answers as it would have: a statement
+   * that cannot fail to parse (null: nothing). Not the client's own text, which can fail by
+   * now (a table dropped since): the server would then skip the Query up to a Sync that never
+   * comes, and the client wait for good. Nothing in a failed transaction, where the Parse
+   * would fail the same way and the DEALLOCATE alone gets PostgreSQL's 25P02. (With the
+   * client's earlier Queries still unanswered the status may be stale: a Query among them
+   * failing inside a transaction block still makes the server skip the DEALLOCATE.)
+   */
+  private deallocationStandIn(server: ServerConnection, serverName: string): Buffer | null {
+    if (server.txStatus === 'E' && this.ledger.owed === 0) return null;
+    return serialize.parse({ name: serverName, text: 'SELECT', types: [] });
   }
 
   private writeOrWait(server: ServerConnection, bytes: Buffer): void {

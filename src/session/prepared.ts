@@ -125,7 +125,7 @@ export class PreparedStatements {
     if (stmt?.parse === target) this.closeSkipped(stmt);
   }
 
-  /** SQL DEALLOCATE of `name`: freed as it is read (the server's answer is not followed). */
+  /** SQL DEALLOCATE of `name` in a Parse: freed as it is read (the server's answer is not followed). */
   forget(name: string): void {
     const stmt = this.byName?.get(name);
     if (stmt === undefined) return;
@@ -179,7 +179,6 @@ export class PreparedStatements {
     const name = this.byServer?.get(serverName);
     if (name === undefined || this.byName!.get(name)!.seq > seq) return;
     this.free(name, serverName);
-    this.retire(serverName, name);
   }
 
   /** Errors may still quote `serverName` for a while: keep the client's name for it (see retired). */
@@ -189,7 +188,10 @@ export class PreparedStatements {
     if (retired.size > MAX_RETIRED) retired.delete(retired.keys().next().value!);
   }
 
-  /** The statement `name` stands for (as `serverName`) is gone: the next contender takes the name, or it is free. */
+  /**
+   * The statement `name` stands for (as `serverName`) is gone: the next contender takes the
+   * name, or it is free (and retired: messages pipelined behind may still get errors naming it).
+   */
   private free(name: string, serverName: string): void {
     (this.gone ??= new WeakSet()).add(this.byName!.get(name)!);
     const queue = this.contenders?.get(serverName);
@@ -197,6 +199,7 @@ export class PreparedStatements {
     if (next === undefined) {
       this.byName!.delete(name);
       this.byServer!.delete(serverName);
+      this.retire(serverName, name);
     } else {
       queue!.delete(next.stmt.parse);
       if (queue!.size === 0) this.contenders!.delete(serverName);

@@ -144,6 +144,8 @@ interface ParseEntry {
    * the unnamed statement (name ''). A Close the server skipped closed nothing.
    */
   readonly closes?: { readonly seq: number };
+  /** With closes: a Query's SQL DEALLOCATE, answered by no CloseComplete; done at its ReadyForQuery if no error came first. */
+  readonly byQuery?: true;
 }
 
 /**
@@ -348,6 +350,14 @@ export class ServerConnection implements ScanSink {
    */
   noteClose(statement: string, target: Buffer | null, seq: number): void {
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: target ?? NO_PARSE, closes: { seq } });
+  }
+
+  /**
+   * A Query is about to be written that deallocates `statement` (as noteClose): the statement
+   * is gone when the Query's ReadyForQuery comes without an error before it.
+   */
+  noteDeallocate(statement: string, target: Buffer, seq: number): void {
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: target, closes: { seq }, byQuery: true });
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -599,10 +609,7 @@ export class ServerConnection implements ScanSink {
       if (entry?.defines === true) this.prepared.add(entry.name);
     } else if (type === 0x33 /* 3 CloseComplete */) {
       const entry = this.parseGroups[0]!.shift();
-      if (entry?.closes !== undefined && entry.name !== '') {
-        this.prepared.delete(entry.name);
-        peer.statementClosed(entry.name, entry.closes.seq);
-      }
+      if (entry?.closes !== undefined && entry.name !== '') this.statementClosed(peer, entry.name, entry.closes.seq);
     } else if (type === 0x45 /* E */) {
       this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
@@ -613,6 +620,8 @@ export class ServerConnection implements ScanSink {
     } else if (type === 0x47 /* G CopyInResponse */) {
       peer.onCopyIn();
     } else if (type === 0x5a /* Z */) {
+      // What is left of the stretch: DEALLOCATEs that ran (an error would have taken them).
+      for (const entry of this.parseGroups[0]!) if (entry.byQuery === true) this.statementClosed(peer, entry.name, entry.closes!.seq);
       this.endParseGroup();
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       // The client has its reply before the lease is settled (which may hand us on).
@@ -643,7 +652,9 @@ export class ServerConnection implements ScanSink {
         if (entry.contends !== true) this.prepared.delete(entry.name);
         peer.statementLost(entry.name, entry.parse, entry.injected);
       }
-      if (lost.at(-1)?.marker !== true || this.parseGroups.length === 1) break;
+      // (A Query's DEALLOCATE is noted after its marker.)
+      const last = lost.at(-1)?.byQuery === true ? lost.at(-2) : lost.at(-1);
+      if (last?.marker !== true || this.parseGroups.length === 1) break;
       this.parseGroups.shift();
       peer.queryIgnored();
     }
@@ -723,6 +734,11 @@ export class ServerConnection implements ScanSink {
   private noteParameter(frame: Buffer): void {
     const [name, value] = parseParameterStatus(frame);
     this.params.set(name, value);
+  }
+
+  private statementClosed(peer: ServerPeer, name: string, seq: number): void {
+    this.prepared.delete(name);
+    peer.statementClosed(name, seq);
   }
 
   private endParseGroup(): void {
