@@ -317,6 +317,14 @@ t.test('a DEALLOCATE needs no replay of its statement either: the Query is answe
   t.same(await b.sendAndSettle(2, [query('BEGIN'), query('SELECT 1/0')]), ['done:BEGIN', 'Z', 'E22012', 'Z']);
   t.same(await b.sendAndSettle(1, [query('DEALLOCATE g2')]), ['E25P02', 'Z'], 'in a failed transaction, the error PostgreSQL gives');
   t.same(await b.sendAndSettle(1, [query('ROLLBACK'), query('DEALLOCATE g2')]), ['done:ROLLBACK', 'Z', 'done:DEALLOCATE', 'Z'], 'g2 was not freed');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 4', 'g2'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  // The transaction fails in a Query still unanswered when the DEALLOCATE is written.
+  const seen = await b.sendAndSettle(3, [query('BEGIN'), query('SELECT 1/0'), query('DEALLOCATE g2')]);
+  t.same(seen, ['done:BEGIN', 'Z', 'E22012', 'Z', 'E25P02', 'Z'], 'answered, as by PostgreSQL, when the failure was not known yet');
+  t.same(await b.sendAndSettle(1, [query('ROLLBACK')]), ['done:ROLLBACK', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('g2'), execute(), sync()]), ['bound', '4', 'done:SELECT 1', 'Z'], 'g2 still stands for its statement');
 });
 
 t.test('a DEALLOCATE the server skipped frees nothing, whether the error came back before it was written or after', async (t) => {

@@ -780,8 +780,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /**
    * SQL DEALLOCATE of a protocol-level statement this client prepared (drivers free theirs
-   * this way): it names the server-side statement instead, with a stand-in prepared first
-   * where missing so the answer is PostgreSQL's own (deallocationStandIn). In a Query the
+   * this way): it names the server-side statement instead (a stand-in's where the connection
+   * lacks it: deallocateStandIn), so the answer is PostgreSQL's own. In a Query the
    * name is freed when the DEALLOCATE completes, as a Close frees it (one that failed or was
    * skipped freed nothing); in a Parse, where it runs at some later Execute, as it is read.
    * DEALLOCATE ALL forgets all of the client's names.
@@ -1020,11 +1020,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // written now creates nothing (and no replay is worth writing).
     const skipping = this.ledger.skipping !== null;
     if (out.needs && !server.prepared.has(out.needs.serverName) && !skipping) {
-      // (See PreparedStatements.replayable. A DEALLOCATE's statement was forgotten as it came.)
-      const parse = out.deallocates !== undefined ? this.deallocationStandIn(server, out.needs.serverName) : this.statements.replayable(out.needs, out.at ?? 0) ? out.needs.parse : null;
-      if (parse !== null) {
-        server.write(parse);
-        server.noteParse(true, out.needs.serverName, parse);
+      if (out.deallocates !== undefined) out = this.deallocateStandIn(server, out, out.deallocates);
+      else if (this.statements.replayable(out.needs, out.at ?? 0)) {
+        server.write(out.needs.parse);
+        server.noteParse(true, out.needs.serverName, out.needs.parse);
         server.prepared.add(out.needs.serverName);
       }
     }
@@ -1106,18 +1105,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * What to prepare under `serverName` ahead of a DEALLOCATE on a connection that lacks the
-   * statement, so that PostgreSQL frees something and answers as it would have: a statement
-   * that cannot fail to parse (null: nothing). Not the client's own text, which can fail by
-   * now (a table dropped since): the server would then skip the Query up to a Sync that never
-   * comes, and the client wait for good. Nothing in a failed transaction, where the Parse
-   * would fail the same way and the DEALLOCATE alone gets PostgreSQL's 25P02. (With the
-   * client's earlier Queries still unanswered the status may be stale: a Query among them
-   * failing inside a transaction block still makes the server skip the DEALLOCATE.)
+   * A DEALLOCATE (`out`, a Query or a Parse) of `stmt` on a connection that lacks it: a
+   * stand-in, a statement of nothing under a name of its own, is prepared there and `out`
+   * deallocates that instead, so that PostgreSQL answers as it would have (DEALLOCATE, or
+   * 25P02 in a failed transaction). Not the client's own text under its server-side name:
+   * that can fail to parse by now (a table dropped since), and should the DEALLOCATE then
+   * fail (a cancel) the name would hold the wrong statement. Outside a batch a hidden Sync
+   * follows the stand-in, whose replies are not the client's: a Parse failing there (the
+   * transaction failed, maybe in a Query still unanswered) would otherwise make the server
+   * skip the DEALLOCATE up to a Sync that never comes.
    */
-  private deallocationStandIn(server: ServerConnection, serverName: string): Buffer | null {
-    if (server.txStatus === 'E' && this.ledger.owed === 0) return null;
-    return serialize.parse({ name: serverName, text: 'SELECT', types: [] });
+  private deallocateStandIn(server: ServerConnection, out: Outgoing, stmt: Statement): Outgoing {
+    const standIn = this.statements.standInFor(stmt);
+    const parse = serialize.parse({ name: standIn, text: 'SELECT', types: [] });
+    server.write(parse);
+    server.noteParse(true, standIn, parse);
+    if (!this.ledger.unsynced && !server.switchPending) server.writeHiddenSync();
+    const sql = `DEALLOCATE "${standIn}"`;
+    return { ...out, bytes: out.type === Q ? serialize.query(sql) : serialize.parse({ name: '', text: sql, types: [] }) };
   }
 
   private writeOrWait(server: ServerConnection, bytes: Buffer): void {
@@ -1274,8 +1279,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const queued = this.queued;
     this.queued = [];
     for (const out of queued) {
-      // A Parse that never went out created nothing.
+      // A Parse that never went out created nothing; a Close or DEALLOCATE closed nothing.
       if (out.type === P) this.statementLost(parsedName(out), out.bytes, false);
+      if (out.closes) this.statements.closeSkipped(out.closes.stmt);
       if (out.type === 0) continue;
       this.lostTransaction ??= failure; // one already pending (a batch cut short) goes first
       this.answerLostTransaction(out.type);

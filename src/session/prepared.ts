@@ -125,6 +125,17 @@ export class PreparedStatements {
     if (stmt?.parse === target) this.closeSkipped(stmt);
   }
 
+  /**
+   * A fresh server-side name for a stand-in of `stmt` (see ClientSession.deallocateStandIn),
+   * which errors show as the client's name for `stmt`.
+   */
+  standInFor(stmt: Statement): string {
+    const standIn = `${PREFIX}${nextStatement++}`;
+    const name = this.byServer?.get(stmt.serverName);
+    if (name !== undefined) this.retire(standIn, name);
+    return standIn;
+  }
+
   /** SQL DEALLOCATE of `name` in a Parse: freed as it is read (the server's answer is not followed). */
   forget(name: string): void {
     const stmt = this.byName?.get(name);
@@ -169,9 +180,9 @@ export class PreparedStatements {
   }
 
   /**
-   * A Close of `serverName` completed on the server (one it skipped closed nothing, so the
-   * name is not freed when the Close is sent); `seq` was the count of Parses when the client
-   * sent it. Like a lost Parse, it frees the client's name, unless the name now stands for a
+   * A Close or a Query's DEALLOCATE of `serverName` completed on the server (one it skipped or
+   * refused closed nothing, so the name is not freed when it is sent); `seq` was the count of
+   * Parses when the client sent it. Like a lost Parse, it frees the client's name, unless the name now stands for a
    * Parse sent after the Close (a contender that took it when the one before the Close was
    * lost: the Close found nothing to close).
    */

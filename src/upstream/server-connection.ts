@@ -146,7 +146,11 @@ interface ParseEntry {
   readonly closes?: { readonly seq: number };
   /** With closes: a Query's SQL DEALLOCATE, answered by no CloseComplete; done at its ReadyForQuery if no error came first. */
   readonly byQuery?: true;
+  /** Last of its stretch, which a Sync of the proxy's ends: nothing in it is the client's to hear (writeHiddenSync). */
+  readonly hiddenSync?: true;
 }
+
+const SYNC = serialize.sync();
 
 /**
  * markQuery's marker: a Parse of the empty text into the unnamed statement. A Query drops the
@@ -358,6 +362,22 @@ export class ServerConnection implements ScanSink {
    */
   noteDeallocate(statement: string, target: Buffer, seq: number): void {
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: false, name: statement, parse: target, closes: { seq }, byQuery: true });
+  }
+
+  /**
+   * Ends the stretch of what the proxy wrote since the client's last Sync, Query or
+   * FunctionCall (nothing of the client's) with a Sync of its own: its replies, an error
+   * included, are not relayed.
+   */
+  writeHiddenSync(): void {
+    this.write(SYNC);
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: NO_PARSE, hiddenSync: true });
+    this.parseGroups.push([]);
+  }
+
+  /** An inline settings switch is still awaiting its replies. */
+  get switchPending(): boolean {
+    return this.inline !== null;
   }
 
   /** A message that ends with ReadyForQuery (Sync, Query, FunctionCall) went out. */
@@ -611,8 +631,13 @@ export class ServerConnection implements ScanSink {
       const entry = this.parseGroups[0]!.shift();
       if (entry?.closes !== undefined && entry.name !== '') this.statementClosed(peer, entry.name, entry.closes.seq);
     } else if (type === 0x45 /* E */) {
+      if (this.inHiddenStretch()) return this.hiddenStretchFailed();
       this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
+    } else if (type === 0x5a /* Z */ && this.inHiddenStretch()) {
+      this.endParseGroup();
+      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
+      return;
     }
     this.toClient(frame);
     if (type === 0x43 /* C */ || type === 0x49 /* I EmptyQueryResponse */ || type === 0x73 /* s PortalSuspended */) {
@@ -734,6 +759,21 @@ export class ServerConnection implements ScanSink {
   private noteParameter(frame: Buffer): void {
     const [name, value] = parseParameterStatus(frame);
     this.params.set(name, value);
+  }
+
+  /** The replies coming are to a stretch the proxy ended with its own Sync (writeHiddenSync). */
+  private inHiddenStretch(): boolean {
+    const group = this.parseGroups[0]!;
+    return group.length > 0 && group[group.length - 1]!.hiddenSync === true;
+  }
+
+  /** An error in a hidden stretch: its Parses (the proxy's) created nothing; its Sync still answers. */
+  private hiddenStretchFailed(): void {
+    const group = this.parseGroups[0]!;
+    for (const entry of group.splice(0, group.length - 1)) {
+      this.prepared.delete(entry.name);
+      this.peer!.statementLost(entry.name, entry.parse, true);
+    }
   }
 
   private statementClosed(peer: ServerPeer, name: string, seq: number): void {
@@ -859,6 +899,10 @@ export class ServerConnection implements ScanSink {
     this.flushToClient();
     const peer = this.peer;
     this.peer = null;
+    if (peer) {
+      // Closes and DEALLOCATEs never answered closed nothing the client can still reach.
+      for (const group of this.parseGroups) for (const entry of group) if (entry.closes && entry.name !== '') peer.closeSkipped(entry.name, entry.parse);
+    }
     if (peer && err) peer.onServerLost(err);
     if (wasIdle) this.onIdleClose?.();
   }
