@@ -327,6 +327,29 @@ t.test('a DEALLOCATE needs no replay of its statement either: the Query is answe
   t.same(await b.sendAndSettle(1, [named('g2'), execute(), sync()]), ['bound', '4', 'done:SELECT 1', 'Z'], 'g2 still stands for its statement');
 });
 
+t.test('DEALLOCATE where the connection lacks the statement: twice pipelined, as a Parse run twice, inside a batch of a failed transaction', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  t.same(await b.sendAndSettle(1, [parse('SELECT 31', 'h1'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(2, [query('DEALLOCATE h1'), query('DEALLOCATE h1')]), ['done:DEALLOCATE', 'Z', 'E26000', 'Z'], 'the second finds nothing');
+  t.same(messages, ['prepared statement "h1" does not exist'], "in the client's words");
+  t.same(await b.sendAndSettle(1, [parse('SELECT 32', 'h2'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  const twice = await b.sendAndSettle(1, [parse('DEALLOCATE h2'), bind(), execute(), bind(), execute(), sync()]);
+  t.same(twice, ['parsed', 'bound', 'done:DEALLOCATE', 'bound', 'E26000', 'Z'], 'a DEALLOCATE prepared as the unnamed statement, run twice');
+  t.same(messages.at(-1), 'prepared statement "h2" does not exist');
+  t.same(await b.sendAndSettle(1, [parse('SELECT 33', 'h3'), sync()]), ['parsed', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(2, [query('BEGIN'), query('SELECT 1/0')]), ['done:BEGIN', 'Z', 'E22012', 'Z']);
+  const inBatch = await b.sendAndSettle(1, [close('no_such'), query('DEALLOCATE h3')]);
+  t.same(inBatch, ['closed', 'E25P02', 'Z'], 'the Query behind a Close, in the failed transaction, is answered');
+  t.same(await b.sendAndSettle(2, [sync(), query('ROLLBACK')]), ['Z', 'done:ROLLBACK', 'Z']);
+  await freshServerConnection();
+  t.same(await b.sendAndSettle(1, [named('h3'), execute(), sync()]), ['bound', '33', 'done:SELECT 1', 'Z'], 'h3 still exists');
+});
+
 t.test('a DEALLOCATE the server skipped frees nothing, whether the error came back before it was written or after', async (t) => {
   const b = rawOf(await open(t, 'b'));
   t.same(await b.sendAndSettle(1, [parse('SELECT 21', 'd1'), sync()]), ['parsed', 'Z']);

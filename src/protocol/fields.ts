@@ -79,3 +79,8 @@ export function shiftPosition(frame: Buffer, by: number): Buffer {
     return Number.isInteger(moved) && moved >= 1 ? String(moved) : DROP_FIELD;
   });
 }
+
+/** An error that ends the server session: severity FATAL or PANIC. */
+export function endsSession(fields: Readonly<Record<string, string>>): boolean {
+  return fields.S === 'FATAL' || fields.S === 'PANIC' || fields.V === 'FATAL' || fields.V === 'PANIC';
+}

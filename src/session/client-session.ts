@@ -801,8 +801,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.statements.forget(name);
       return { bytes, type: Q, needs: stmt, defines: null, deallocates: stmt };
     }
+    // Behind a Close or DEALLOCATE of it (read, not answered yet) nothing stands in for it:
+    // the server says 26000 where that one succeeded, as PostgreSQL would.
+    const needs = this.statements.isEnding(stmt) ? null : stmt;
     this.statements.closing(stmt);
-    return { bytes, type: Q, needs: stmt, defines: null, deallocates: stmt, closes: { stmt, seq: this.statements.seq } };
+    return { bytes, type: Q, needs, defines: null, deallocates: stmt, closes: { stmt, seq: this.statements.seq } };
   }
 
   // ---- DDL audit: statements recorded once the server has answered them ---------------------
@@ -1113,13 +1116,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * fail (a cancel) the name would hold the wrong statement. Outside a batch a hidden Sync
    * follows the stand-in, whose replies are not the client's: a Parse failing there (the
    * transaction failed, maybe in a Query still unanswered) would otherwise make the server
-   * skip the DEALLOCATE up to a Sync that never comes.
+   * skip the DEALLOCATE up to a Sync that never comes. None in a failed transaction (known
+   * failed: nothing owed), where the DEALLOCATE alone gets 25P02; inside a batch the failing
+   * stand-in would make the server skip it. The stand-in counts among the connection's
+   * statements (MAX_SERVER_STATEMENTS): one left there (its DEALLOCATE never ran) goes with
+   * the next clear.
    */
   private deallocateStandIn(server: ServerConnection, out: Outgoing, stmt: Statement): Outgoing {
+    if (server.txStatus === 'E' && this.ledger.owed === 0) return out;
     const standIn = this.statements.standInFor(stmt);
     const parse = serialize.parse({ name: standIn, text: 'SELECT', types: [] });
     server.write(parse);
     server.noteParse(true, standIn, parse);
+    server.prepared.add(standIn);
     if (!this.ledger.unsynced && !server.switchPending) server.writeHiddenSync();
     const sql = `DEALLOCATE "${standIn}"`;
     return { ...out, bytes: out.type === Q ? serialize.query(sql) : serialize.parse({ name: '', text: sql, types: [] }) };

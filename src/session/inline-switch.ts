@@ -54,6 +54,8 @@
 // - Nothing is shifted: the client's messages are its own, and an error before the switch
 //   completed can only be the switch's (or a cancel or FATAL, which are the client's).
 
+import { endsSession } from '../protocol/fields.js';
+
 /** Client statements longer than this are not copied into an inline switch. */
 export const INLINE_MAX_BYTES = 16 * 1024;
 
@@ -91,7 +93,7 @@ const SWITCH_FAILURES = new Set(['42602', '42704', '42501', '22023', '55P02']);
  * cancel meant for its statement, a FATAL.
  */
 export function switchsOwnError(fields: Readonly<Record<string, string>>, prefixChars: number): boolean {
-  if (fields.S === 'FATAL' || fields.S === 'PANIC' || fields.V === 'FATAL' || fields.V === 'PANIC') return false;
+  if (endsSession(fields)) return false;
   if (fields.C === undefined || !SWITCH_FAILURES.has(fields.C)) return false;
   return fields.P === undefined || Number(fields.P) <= prefixChars;
 }

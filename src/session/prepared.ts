@@ -131,9 +131,15 @@ export class PreparedStatements {
    */
   standInFor(stmt: Statement): string {
     const standIn = `${PREFIX}${nextStatement++}`;
-    const name = this.byServer?.get(stmt.serverName);
+    // (A DEALLOCATE in a Parse forgot the name as it came: it is among the retired.)
+    const name = this.byServer?.get(stmt.serverName) ?? this.retired?.get(stmt.serverName);
     if (name !== undefined) this.retire(standIn, name);
     return standIn;
+  }
+
+  /** A Close or DEALLOCATE of `stmt` was read (closing) and has not failed or been skipped since. */
+  isEnding(stmt: Statement): boolean {
+    return this.ending?.has(stmt) ?? false;
   }
 
   /** SQL DEALLOCATE of `name` in a Parse: freed as it is read (the server's answer is not followed). */

@@ -6,7 +6,7 @@ import type { TLSSocket } from 'node:tls';
 import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { ScramClientSession } from '../auth/scram.js';
-import { parseFields, parseParameterStatus, readCStrings, shiftPosition } from '../protocol/fields.js';
+import { endsSession, parseFields, parseParameterStatus, readCStrings, shiftPosition } from '../protocol/fields.js';
 import { INSPECT_ALL, MessageScanner, inspectTable, type InspectTable, type ScanSink } from '../protocol/scanner.js';
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
@@ -631,7 +631,7 @@ export class ServerConnection implements ScanSink {
       const entry = this.parseGroups[0]!.shift();
       if (entry?.closes !== undefined && entry.name !== '') this.statementClosed(peer, entry.name, entry.closes.seq);
     } else if (type === 0x45 /* E */) {
-      if (this.inHiddenStretch()) return this.hiddenStretchFailed();
+      if (this.inHiddenStretch() && !endsSession(parseFields(frame))) return this.hiddenStretchFailed();
       this.skipToSync(peer, frame);
       return this.toClient(peer.serverError(frame));
     } else if (type === 0x5a /* Z */ && this.inHiddenStretch()) {
@@ -767,7 +767,10 @@ export class ServerConnection implements ScanSink {
     return group.length > 0 && group[group.length - 1]!.hiddenSync === true;
   }
 
-  /** An error in a hidden stretch: its Parses (the proxy's) created nothing; its Sync still answers. */
+  /**
+   * An error (not FATAL: that one is the client's to hear) in a hidden stretch: its Parses
+   * (the proxy's) created nothing; its Sync still answers.
+   */
   private hiddenStretchFailed(): void {
     const group = this.parseGroups[0]!;
     for (const entry of group.splice(0, group.length - 1)) {
