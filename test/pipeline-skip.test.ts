@@ -5,7 +5,8 @@
 // statements. Each case runs on a raw client, then the other tenant must get the connection.
 // Also here, the other ways a batch and what travels with it can be misread: a SET that a
 // Query inside the batch commits, the unnamed statement after a Query or Close, a cancel of
-// a batch run with a Flush, an error in COPY IN, a FunctionCall inside a batch.
+// a batch run with a Flush, an error in COPY IN, a FunctionCall inside a batch, a SQL
+// DEALLOCATE of a statement the connection lacks or the server skipped.
 
 import t from 'tap';
 import pg from 'pg';

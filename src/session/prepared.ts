@@ -188,9 +188,9 @@ export class PreparedStatements {
   /**
    * A Close or a Query's DEALLOCATE of `serverName` completed on the server (one it skipped or
    * refused closed nothing, so the name is not freed when it is sent); `seq` was the count of
-   * Parses when the client sent it. Like a lost Parse, it frees the client's name, unless the name now stands for a
-   * Parse sent after the Close (a contender that took it when the one before the Close was
-   * lost: the Close found nothing to close).
+   * Parses when the client sent it. Like a lost Parse, it frees the client's name, unless the
+   * name now stands for a Parse sent after the Close (a contender that took it when the one
+   * before the Close was lost: the Close found nothing to close).
    */
   closed(serverName: string, seq: number): void {
     const name = this.byServer?.get(serverName);
