@@ -351,6 +351,16 @@ t.test('DEALLOCATE where the connection lacks the statement: twice pipelined, as
   t.same(await b.sendAndSettle(1, [named('h3'), execute(), sync()]), ['bound', '33', 'done:SELECT 1', 'Z'], 'h3 still exists');
 });
 
+t.test('a DEALLOCATE whose server connection died before answering it frees nothing', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  t.same(await b.sendAndSettle(1, [parse('SELECT 41', 'k9'), sync()]), ['parsed', 'Z']);
+  const cut = sleep(300).then(freshServerConnection);
+  const seen = await b.sendAndSettle(2, [query('SELECT pg_sleep(3)'), query('DEALLOCATE k9')]);
+  await cut;
+  t.same(seen.filter((s) => s === 'Z').length, 2, 'both Queries answered (with the loss)');
+  t.same(await b.sendAndSettle(1, [named('k9'), execute(), sync()]), ['bound', '41', 'done:SELECT 1', 'Z'], 'k9 still exists, prepared again where used');
+});
+
 t.test('a DEALLOCATE the server skipped frees nothing, whether the error came back before it was written or after', async (t) => {
   const b = rawOf(await open(t, 'b'));
   t.same(await b.sendAndSettle(1, [parse('SELECT 21', 'd1'), sync()]), ['parsed', 'Z']);
