@@ -29,13 +29,17 @@ const query = (sql: string) => serialize.query(sql);
 const flush = () => serialize.flush();
 const copyData = (text: string) => serialize.copyData(Buffer.from(text));
 const sync = () => serialize.sync();
-/** FunctionCall of `oid` with no arguments. */
-function functionCall(oid: number): Buffer {
-  const b = Buffer.alloc(1 + 4 + 4 + 2 + 2 + 2);
-  b.write('F', 0);
+/** FunctionCall of `oid` with `args` (text format), text result. */
+function functionCall(oid: number, ...args: string[]): Buffer {
+  const values = args.map((a) => Buffer.from(a));
+  const head = Buffer.alloc(1 + 4 + 4 + 2 + 2);
+  head.write('F', 0);
+  head.writeUInt32BE(oid, 5);
+  head.writeUInt16BE(0, 9); // no argument formats: all text
+  head.writeUInt16BE(values.length, 11);
+  const b = Buffer.concat([head, ...values.flatMap((v) => [Buffer.from([0, 0, 0, v.length]), v]), Buffer.from([0, 0])]);
   b.writeInt32BE(b.length - 1, 1);
-  b.writeUInt32BE(oid, 5);
-  return b; // no argument formats, no arguments, text result
+  return b;
 }
 
 const { pgs, proxy } = await tenantLab(t);
@@ -126,6 +130,21 @@ t.test('a FunctionCall inside a batch is refused with 0A000; outside one it is r
   t.same(seen, ['parsed', 'bound', '1', 'done:SELECT 1', 'E0A000', 'Z', 'Z']);
   await otherTenantGetsTheConnection(t);
   t.same(await b.sendAndSettle(1, [query('SELECT 5')]), ['columns:?column?', '5', 'done:SELECT 1', 'Z']);
+});
+
+/** lo_create(oid): one of the large-object functions pgbastion relays through FunctionCall. */
+const LO_CREATE = 715;
+
+t.test('a FunctionCall behind a Query that ends the batch is relayed, or skipped with it', async (t) => {
+  const b = rawOf(await open(t, 'b'));
+  const ok = await b.sendAndSettle(3, [parse('SELECT 1'), bind(), execute(), query('SELECT 2'), functionCall(LO_CREATE, '0'), sync()]);
+  t.same(ok, ['parsed', 'bound', '1', 'done:SELECT 1', 'columns:?column?', '2', 'done:SELECT 1', 'Z', 'fn', 'Z', 'Z'], 'as from PostgreSQL');
+  const failed = await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 2'), functionCall(LO_CREATE, '0'), sync()]);
+  t.same(failed, ['parsed', 'E22012', 'Z'], 'the Query and the FunctionCall skipped');
+  await otherTenantGetsTheConnection(t);
+  t.same(await b.sendAndSettle(0, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 2'), flush()], 'E22012'), ['parsed', 'E22012']);
+  t.same(await b.sendAndSettle(1, [functionCall(LO_CREATE, '0'), sync()]), ['Z'], 'the same when the error was known before the FunctionCall was written (the batch did not end)');
+  await otherTenantGetsTheConnection(t);
 });
 
 t.test('a SET inside a batch takes with the Query that commits it: the next tenant does not inherit it', async (t) => {

@@ -135,7 +135,9 @@ t.test("a Query after the batch's last message ends the batch when it is answere
   const l = new RelayLedger();
   l.extended(false, undefined); // Parse
   l.extended(true, undefined); // Execute
+  t.equal(l.endedByQuery, false, 'no Query yet');
   t.equal(l.query(1, undefined), true);
+  t.equal(l.endedByQuery, true, 'a FunctionCall may follow behind the Query');
   t.equal(l.query(2, undefined), true, 'a second Query, written before the first was answered');
   t.same([l.unsynced, l.owed], [true, 2], 'until an answer, the server may still be skipping to a Sync');
   answer(l);
@@ -146,6 +148,7 @@ t.test("a Query after the batch's last message ends the batch when it is answere
   l.extended(true, undefined);
   l.query(3, undefined);
   l.extended(false, undefined); // Parse after the Query: the batch goes on
+  t.equal(l.endedByQuery, false, 'not behind an extended message');
   answer(l);
   t.same([l.unsynced, l.settled], [true, false], 'a message after the Query keeps the batch open');
   l.sync(4);

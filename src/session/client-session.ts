@@ -1068,10 +1068,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       const now = performance.now();
       // (In COPY IN a Query is the client's protocol error, which the server reports.)
       if (out.type !== S && this.ledger.unsynced && !this.ledger.copyIn) {
-        // Inside an extended-protocol batch. A FunctionCall there is refused: it would need a
-        // marker that keeps the unnamed statement (markQuery's does not), and libpq never
-        // sends one there (PQfn is not allowed in pipeline mode).
-        if (out.type === F) {
+        // Inside an extended-protocol batch. A FunctionCall right behind its extended messages
+        // is refused: it would need a marker that keeps the unnamed statement (markQuery's does
+        // not), and libpq never sends one there (PQfn is not allowed in pipeline mode). Behind
+        // a Query that ends the batch it takes the marker: that Query dropped the unnamed
+        // statement already (or the server skips all three).
+        if (out.type === F && !this.ledger.endedByQuery) {
           const refuse = { code: SqlState.FEATURE_NOT_SUPPORTED, message: 'pgbastion does not relay a fast-path function call inside an extended-protocol batch', detail: 'Send Sync first.' };
           out = { bytes: this.refusals.query(refuse), type: Q, needs: null, defines: null };
         }

@@ -45,6 +45,11 @@ export class RelayLedger {
   /** Tracked SETs of Parses sent since the last Sync. */
   private setsSinceSync: TrackedSet[] = NO_SETS;
 
+  /** A Query was written inside the open batch with no extended-protocol message after it (see closingQueryIn). */
+  get endedByQuery(): boolean {
+    return this.closingQueryIn >= 0;
+  }
+
   /** Nothing owed and no batch open: in transaction mode the connection may go back. */
   get settled(): boolean {
     return this.owed === 0 && !this.unsynced;
