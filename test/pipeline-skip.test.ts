@@ -139,6 +139,8 @@ t.test('a FunctionCall behind a Query that ends the batch is relayed, or skipped
   const b = rawOf(await open(t, 'b'));
   const ok = await b.sendAndSettle(3, [parse('SELECT 1'), bind(), execute(), query('SELECT 2'), functionCall(LO_CREATE, '0'), sync()]);
   t.same(ok, ['parsed', 'bound', '1', 'done:SELECT 1', 'columns:?column?', '2', 'done:SELECT 1', 'Z', 'fn', 'Z', 'Z'], 'as from PostgreSQL');
+  const after = await b.sendAndSettle(3, [parse('SELECT 3'), bind(), execute(), query('SELECT 4'), functionCall(LO_CREATE, '0'), bind(), execute(), sync()]);
+  t.same(after.slice(-5), ['Z', 'fn', 'Z', 'E26000', 'Z'], 'no unnamed statement behind them: the Query dropped it');
   const failed = await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), query('SELECT 2'), functionCall(LO_CREATE, '0'), sync()]);
   t.same(failed, ['parsed', 'E22012', 'Z'], 'the Query and the FunctionCall skipped');
   await otherTenantGetsTheConnection(t);

@@ -1078,6 +1078,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           out = { bytes: this.refusals.query(refuse), type: Q, needs: null, defines: null };
         }
         if (!skipping) server.markQuery();
+        // A FunctionCall keeps the marker's empty unnamed statement, where PostgreSQL has none.
+        if (out.type === F) this.unnamedOnServer = false;
       }
       if (out.type === Q) {
         // After an error in the batch the server skips the Query: nothing answers it.
