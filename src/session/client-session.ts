@@ -1069,17 +1069,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       // (In COPY IN a Query is the client's protocol error, which the server reports.)
       if (out.type !== S && this.ledger.unsynced && !this.ledger.copyIn) {
         // Inside an extended-protocol batch. A FunctionCall right behind its extended messages
-        // is refused: it would need a marker that keeps the unnamed statement (markQuery's does
-        // not), and libpq never sends one there (PQfn is not allowed in pipeline mode). Behind
-        // a Query that ends the batch it takes the marker: that Query dropped the unnamed
-        // statement already (or the server skips all three).
+        // is refused: a marker there could close the client's unnamed portal or replace its
+        // unnamed statement, and libpq never sends one there (PQfn is not allowed in pipeline
+        // mode). Behind a Query that ends the batch it takes a marker that touches nothing.
         if (out.type === F && !this.ledger.endedByQuery) {
           const refuse = { code: SqlState.FEATURE_NOT_SUPPORTED, message: 'pgbastion does not relay a fast-path function call inside an extended-protocol batch', detail: 'Send Sync first.' };
           out = { bytes: this.refusals.query(refuse), type: Q, needs: null, defines: null };
         }
-        if (!skipping) server.markQuery();
-        // A FunctionCall keeps the marker's empty unnamed statement, where PostgreSQL has none.
-        if (out.type === F) this.unnamedOnServer = false;
+        if (!skipping) {
+          if (out.type === F) server.markFunctionCall();
+          else server.markQuery();
+        }
       }
       if (out.type === Q) {
         // After an error in the batch the server skips the Query: nothing answers it.

@@ -186,8 +186,8 @@ export class DdlTracker {
   }
 
   /**
-   * The ReadyForQuery owed first will not come: the server skipped the Query it was owed
-   * for (an error earlier in the batch that Query was written in) and goes on skipping up to
+   * The ReadyForQuery owed first will not come: the server skipped the Query (or FunctionCall)
+   * it was owed for (an error earlier in the batch it was written in) and goes on skipping up to
    * the next Sync, whose ReadyForQuery settles both.
    */
   queryIgnored(): void {

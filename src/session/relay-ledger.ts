@@ -1,7 +1,8 @@
 // What the server still owes one client for the bytes relayed to it, and when the server
 // connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
 // FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it) and a Query
-// the server skips (sent inside an extended-protocol batch that failed before it). An
+// or FunctionCall the server skips (sent inside an extended-protocol batch that failed
+// before it). An
 // extended-protocol batch is open from its first message to its Sync, or to the answer of
 // a Query written after its last message (see closingQueryIn). Per owed
 // ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
@@ -111,8 +112,9 @@ export class RelayLedger {
   }
 
   /**
-   * The ReadyForQuery owed first will not come: it was owed for a Query the server skipped
-   * (written inside a batch that failed before it). Its SET does not take.
+   * The ReadyForQuery owed first will not come: it was owed for a Query (or a FunctionCall
+   * behind one) the server skipped, written inside a batch that failed before it. Its SET
+   * does not take.
    */
   queryIgnored(): void {
     if (this.owed === 0) return;

@@ -51,8 +51,9 @@ export interface ServerPeer {
   /** A Close of `serverName`, meant for the statement `target` parsed, was skipped (an error before it in its batch): it closed nothing. */
   closeSkipped(serverName: string, target: Buffer): void;
   /**
-   * The server skips to the next Sync past a Query written inside an extended-protocol
-   * batch (see markQuery): that Query gets no ReadyForQuery. Called before the error is relayed.
+   * The server skips to the next Sync past a Query (or a FunctionCall behind one) written
+   * inside an extended-protocol batch (see markQuery): it gets no ReadyForQuery. Called before
+   * the error is relayed.
    */
   queryIgnored(): void;
   /**
@@ -158,6 +159,14 @@ const SYNC = serialize.sync();
  * client can see.
  */
 const QUERY_MARKER = serialize.parse({ name: '', text: '', types: [] });
+
+/**
+ * markFunctionCall's marker: a Close of the unnamed portal, answered by CloseComplete. It is
+ * written only behind a Query, which dropped the unnamed portal (exec_simple_query runs in it),
+ * so it closes nothing; unlike QUERY_MARKER it leaves the unnamed statement alone, which a
+ * FunctionCall does not drop.
+ */
+const FUNCTION_CALL_MARKER = serialize.close({ type: 'P', name: '' });
 
 /** The `parse` of a Close's entry (no Parse). */
 const NO_PARSE = Buffer.alloc(0);
@@ -345,6 +354,12 @@ export class ServerConnection implements ScanSink {
   markQuery(): void {
     this.write(QUERY_MARKER);
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: QUERY_MARKER, marker: true });
+  }
+
+  /** markQuery for a FunctionCall written behind a Query that ends the batch (FUNCTION_CALL_MARKER). */
+  markFunctionCall(): void {
+    this.write(FUNCTION_CALL_MARKER);
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: FUNCTION_CALL_MARKER, marker: true });
   }
 
   /**
@@ -629,6 +644,7 @@ export class ServerConnection implements ScanSink {
       if (entry?.defines === true) this.prepared.add(entry.name);
     } else if (type === 0x33 /* 3 CloseComplete */) {
       const entry = this.parseGroups[0]!.shift();
+      if (entry?.marker === true) return; // answers markFunctionCall's Close
       if (entry?.closes !== undefined && entry.name !== '') this.statementClosed(peer, entry.name, entry.closes.seq);
     } else if (type === 0x45 /* E */) {
       if (this.inHiddenStretch() && !endsSession(parseFields(frame))) return this.hiddenStretchFailed();
