@@ -2,9 +2,8 @@
 // connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
 // FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it) and a Query
 // or FunctionCall the server skips (sent inside an extended-protocol batch that failed
-// before it). An
-// extended-protocol batch is open from its first message to its Sync, or to the answer of
-// a Query written after its last message (see closingQueryIn). Per owed
+// before it). An extended-protocol batch is open from its first message to its Sync, or
+// to the answer of a Query written after its last message (see closingQueryIn). Per owed
 // ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
 // SETs it settles. Pure bookkeeping: the session acts on what it says.
 
