@@ -222,7 +222,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('work pipelined behind an inline switch, then a cancel: answered, and the connection goes on', async (t) => {
   // The switch's ReadyForQuery arrives while the cancel is still on its way: the held work
-  // then waits for the cancel, and goes.
+  // then waits for the cancel, and goes. PostgreSQL signals the backend twice; the second
+  // signal, handled only once the backend runs again, can still land on the next statement
+  // (it does with a direct connection too, where libpq also waits for the cancel connection
+  // to close): that statement then fails with 57014, but never runs as the other tenant.
+  let asB = 0;
   for (let i = 0; i < 10; i++) {
     const [a, b] = [await open(t, 'a'), await open(t, 'b')];
     t.equal(await pin(a), 'a');
@@ -233,11 +237,14 @@ t.test('work pipelined behind an inline switch, then a cancel: answered, and the
     await sendCancel(proxy.port, keyOf(b).processID, keyOf(b).secretKey);
     await until(2, 4000);
     t.equal(st.ready, 2, `round ${i}: both queries answered`);
-    t.equal(seen[seen.length - 1], 'b', 'the second one as b');
+    const second = seen[seen.length - 1];
+    t.ok(second === 'b' || second === 'E57014', `the second one as b, or cancelled by the cancel's late signal (${second})`);
+    if (second === 'b') asB++;
     t.equal(await pin(a), 'a', 'and a gets the connection');
     await b.end().catch(() => undefined);
     await a.end().catch(() => undefined);
   }
+  t.ok(asB >= 7, `the second statement ran as b in most rounds (${asB} of 10)`);
 });
 
 t.test('a notice raised while the whole text is parsed reaches the client', async (t) => {
