@@ -64,6 +64,13 @@ async function otherTenantGetsTheConnection(t: Test): Promise<void> {
   await a.end();
 }
 
+/** The message texts of the errors `b` receives from now on. */
+function errorTexts(b: ReturnType<typeof rawOf>): string[] {
+  const messages: string[] = [];
+  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  return messages;
+}
+
 const ddlOf = (table: string) =>
   proxy.audit.lines.filter((l) => l.event === 'ddl' && String(l.statement).includes(table)).map((l) => [l.outcome, l.command_tag ?? l.sqlstate]);
 
@@ -211,8 +218,7 @@ t.test('a name whose Parse fails is free for a Parse pipelined behind it, as in 
 
 t.test("a Parse of a name in use: a syntax error comes before 42P05, and errors name the client's statement", async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const messages: string[] = [];
-  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const messages = errorTexts(b);
   t.same(await b.sendAndSettle(1, [parse('SELECT $1::int', 'd1'), sync()]), ['parsed', 'Z']);
   await otherTenantGetsTheConnection(t);
   t.same(await b.sendAndSettle(1, [parse('SELEC 2', 'd1'), sync()]), ['E42601', 'Z'], "PostgreSQL's order: the text is parsed before the name is checked");
@@ -223,8 +229,7 @@ t.test("a Parse of a name in use: a syntax error comes before 42P05, and errors 
 
 t.test('a Close skipped after an error closes nothing; one that completes frees the name', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const messages: string[] = [];
-  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const messages = errorTexts(b);
   t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'c1'), sync()]), ['parsed', 'Z']);
   t.same(await b.sendAndSettle(1, [parse('SELECT 1/0'), bind(), execute(), close('c1'), sync()]), ['parsed', 'E22012', 'Z']);
   await otherTenantGetsTheConnection(t);
@@ -244,8 +249,7 @@ async function freshServerConnection(): Promise<void> {
 
 t.test('a Close, then a Parse or a Bind of its name, where the connection does not hold the statement yet', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const messages: string[] = [];
-  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const messages = errorTexts(b);
   t.same(await b.sendAndSettle(1, [parse('SELECT 3', 'n1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   const reparsed = await b.sendAndSettle(1, [close('n1'), parse('SELECT 4', 'n1'), named('n1'), execute(), sync()]);
@@ -351,8 +355,7 @@ t.test('a DEALLOCATE needs no replay of its statement either: the Query is answe
 
 t.test('DEALLOCATE where the connection lacks the statement: twice pipelined, as a Parse run twice, inside a batch of a failed transaction', async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const messages: string[] = [];
-  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const messages = errorTexts(b);
   t.same(await b.sendAndSettle(1, [parse('SELECT 31', 'h1'), sync()]), ['parsed', 'Z']);
   await freshServerConnection();
   t.same(await b.sendAndSettle(2, [query('DEALLOCATE h1'), query('DEALLOCATE h1')]), ['done:DEALLOCATE', 'Z', 'E26000', 'Z'], 'the second finds nothing');
@@ -416,8 +419,7 @@ t.test('a Bind held behind an inline switch, of a statement whose Parse failed m
 
 t.test("a DEALLOCATE of a statement whose Parse failed gets PostgreSQL's 26000 with the client's name", async (t) => {
   const b = rawOf(await open(t, 'b'));
-  const messages: string[] = [];
-  b.raw.on('errorMessage', ((m: { message: string }) => messages.push(m.message)) as (m: never) => void);
+  const messages = errorTexts(b);
   t.same(await b.sendAndSettle(2, [parse('SELEC 1', 'f1'), sync(), query('DEALLOCATE f1')]), ['E42601', 'Z', 'E26000', 'Z']);
   t.same(messages.slice(1), ['prepared statement "f1" does not exist']);
 });

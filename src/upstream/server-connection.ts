@@ -130,7 +130,7 @@ interface ParseEntry {
   readonly name: string;
   /** The Parse message written. */
   readonly parse: Buffer;
-  /** Written by markQuery: a Query follows it. */
+  /** Written by markQuery or markFunctionCall: a Query or FunctionCall follows it. */
   readonly marker?: true;
   /** The client's Parse of one of its statements under the server-side name `name`: its success makes the name held here. */
   readonly defines?: true;
@@ -693,7 +693,7 @@ export class ServerConnection implements ScanSink {
         if (entry.contends !== true) this.prepared.delete(entry.name);
         peer.statementLost(entry.name, entry.parse, entry.injected);
       }
-      // (A Query's DEALLOCATE is noted after its marker.)
+      // The last entry a message answers (a Query's DEALLOCATE is noted after its marker).
       const last = lost.at(-1)?.byQuery === true ? lost.at(-2) : lost.at(-1);
       if (last?.marker !== true || this.parseGroups.length === 1) break;
       this.parseGroups.shift();
@@ -785,14 +785,11 @@ export class ServerConnection implements ScanSink {
 
   /**
    * An error (not FATAL: that one is the client's to hear) in a hidden stretch: its Parses
-   * (the proxy's) created nothing; its Sync still answers.
+   * (the proxy's stand-ins, nothing the client knows) created nothing; its Sync still answers.
    */
   private hiddenStretchFailed(): void {
     const group = this.parseGroups[0]!;
-    for (const entry of group.splice(0, group.length - 1)) {
-      this.prepared.delete(entry.name);
-      this.peer!.statementLost(entry.name, entry.parse, true);
-    }
+    for (const entry of group.splice(0, group.length - 1)) this.prepared.delete(entry.name);
   }
 
   private statementClosed(peer: ServerPeer, name: string, seq: number): void {
