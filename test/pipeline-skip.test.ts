@@ -317,22 +317,27 @@ t.test('messages read before a DEALLOCATE still have its statement prepared wher
   t.same(await b.sendAndSettle(2, [parse('SELECT 9', 'e2'), sync(), query('DEALLOCATE e2')]), ['E42P05', 'Z', 'done:DEALLOCATE', 'Z'], 'the Parse of the name in use fails');
 });
 
-t.test('a Close needs no replay of its statement, which could fail where the Close does not', async (t) => {
-  await pgs.query(`CREATE TABLE gone_soon (x int); GRANT SELECT ON gone_soon TO ${SERVER_ROLE}`);
+/**
+ * A raw client of tenant b that prepared `name` reading `table`, since dropped, on a fresh
+ * server connection: replaying its Parse there would fail.
+ */
+async function withBrokenStatement(t: Test, table: string, name: string) {
+  await pgs.query(`CREATE TABLE ${table} (x int); GRANT SELECT ON ${table} TO ${SERVER_ROLE}`);
   const b = rawOf(await open(t, 'b'));
-  t.same(await b.sendAndSettle(1, [parse('SELECT x FROM gone_soon', 'g1'), sync()]), ['parsed', 'Z']);
-  await pgs.query('DROP TABLE gone_soon');
+  t.same(await b.sendAndSettle(1, [parse(`SELECT x FROM ${table}`, name), sync()]), ['parsed', 'Z']);
+  await pgs.query(`DROP TABLE ${table}`);
   await freshServerConnection();
+  return b;
+}
+
+t.test('a Close needs no replay of its statement, which could fail where the Close does not', async (t) => {
+  const b = await withBrokenStatement(t, 'gone_soon', 'g1');
   t.same(await b.sendAndSettle(1, [close('g1'), query('SELECT 1')]), ['closed', 'columns:?column?', '1', 'done:SELECT 1', 'Z'], 'closed; the Query behind it runs');
   t.same(await b.sendAndSettle(1, [parse('SELECT 2', 'g1'), sync()]), ['parsed', 'Z'], 'the name is free');
 });
 
 t.test('a DEALLOCATE needs no replay of its statement either: the Query is answered where that replay would fail', async (t) => {
-  await pgs.query(`CREATE TABLE gone_later (x int); GRANT SELECT ON gone_later TO ${SERVER_ROLE}`);
-  const b = rawOf(await open(t, 'b'));
-  t.same(await b.sendAndSettle(1, [parse('SELECT x FROM gone_later', 'g2'), sync()]), ['parsed', 'Z']);
-  await pgs.query('DROP TABLE gone_later');
-  await freshServerConnection();
+  const b = await withBrokenStatement(t, 'gone_later', 'g2');
   // A failed replay ahead of the Query would make the server skip the Query until a Sync
   // that never comes: the client would wait for good.
   t.same(await b.sendAndSettle(1, [query('DEALLOCATE g2')]), ['done:DEALLOCATE', 'Z'], "PostgreSQL's answer");
