@@ -63,12 +63,51 @@ t.test('COPY IN: Syncs behind its Execute are dropped, a Sync during it is not o
   t.equal(answer(l).askedAt, 4);
 });
 
-t.test('COPY IN from a simple Query drops nothing', async (t) => {
+t.test('COPY IN from a simple Query: its own answer stays owed, Syncs right behind it do not', async (t) => {
   const l = new RelayLedger();
   l.query(1, undefined);
   t.equal(l.copyInStarted(), 0);
-  t.equal(l.owed, 1);
+  t.same([l.owed, l.copyIn], [1, true]);
+
+  const m = new RelayLedger();
+  m.query(1, undefined);
+  m.sync(2);
+  t.equal(m.copyInStarted(), 1, 'read during COPY IN');
+  t.same([m.owed, m.unsynced, m.copyIn], [1, false, true]);
+  t.equal(answer(m).askedAt, 1, "the Query's answer");
 });
+
+// Which Syncs written before the CopyInResponse came will be answered. The count must never
+// be short (the connection would go back while the server still answers); too many keeps the
+// connection with the client.
+const copyCases: [string, (l: RelayLedger) => void, { dropped: number; owed: number; copyIn: boolean }][] = [
+  ['Execute, Sync, Sync: both read in COPY IN', (l) => (l.extended(true, undefined), l.sync(1), l.sync(2)), { dropped: 2, owed: 0, copyIn: true }],
+  ['Execute, Flush, Sync: a Flush changes nothing', (l) => (l.extended(true, undefined), l.extended(false, undefined, true), l.sync(1)), { dropped: 1, owed: 0, copyIn: true }],
+  ['Execute, CopyData, Sync: answered if the data failed the COPY: owed', (l) => (l.extended(true, undefined), l.copyData(), l.sync(1)), { dropped: 0, owed: 1, copyIn: true }],
+  ['Execute, Sync, Parse: the Sync is ignored, the Parse ends the COPY', (l) => (l.extended(true, undefined), l.sync(1), l.extended(false, undefined)), { dropped: 1, owed: 0, copyIn: false }],
+  ['Execute, Sync, CopyDone, Sync: the second is answered; the first stays owed (over-owing is safe)', (l) => (l.extended(true, undefined), l.sync(1), l.copyEnded(), l.sync(2)), { dropped: 0, owed: 2, copyIn: false }],
+  [
+    'two Executes, Sync: the COPY may be the first, then the second ends it and the Sync is answered',
+    (l) => (l.extended(true, undefined), l.extended(false, undefined), l.extended(true, undefined), l.sync(1)),
+    { dropped: 0, owed: 1, copyIn: false },
+  ],
+  ['Execute, Query: the Query ends the COPY; its answer stays owed', (l) => (l.extended(true, undefined), l.query(1, undefined)), { dropped: 0, owed: 1, copyIn: false }],
+  ['Query, CopyData, Sync: owed', (l) => (l.query(1, undefined), l.copyData(), l.sync(2)), { dropped: 0, owed: 2, copyIn: true }],
+  [
+    'earlier work answered: only what follows its answer counts',
+    (l) => (l.extended(true, undefined), l.sync(1), answer(l), l.extended(true, undefined), l.sync(2)),
+    { dropped: 1, owed: 0, copyIn: true },
+  ],
+  ['a FunctionCall then a Sync: nothing dropped', (l) => (l.functionCall(1), l.sync(2)), { dropped: 0, owed: 2, copyIn: false }],
+];
+for (const [name, steps, want] of copyCases) {
+  t.test(`COPY IN began after: ${name}`, async (t) => {
+    const l = new RelayLedger();
+    steps(l);
+    const dropped = l.copyInStarted();
+    t.same({ dropped, owed: l.owed, copyIn: l.copyIn }, want);
+  });
+}
 
 t.test('a FunctionCall is answered like a Sync and closes the pending SETs', async (t) => {
   const l = new RelayLedger();

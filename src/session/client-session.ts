@@ -1018,6 +1018,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** The one place client bytes reach a server connection, with its bookkeeping. */
   private write(server: ServerConnection, out: Outgoing): void {
+    if (this.ledger.copyIn && out.type !== 0 && out.type !== COPY_DONE && out.type !== COPY_FAIL) return this.writeInCopyIn(server, out);
     // (`out` may be replaced below when it names an unnamed statement that is not ours here.)
     // After an error in the open batch the server skips everything up to its Sync: a Parse
     // written now creates nothing (and no replay is worth writing).
@@ -1043,9 +1044,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
     }
     if (out.type === P || out.type === B || out.type === D || out.type === C || out.type === E || out.type === H) {
-      this.ledger.extended(out.type === E, out.type === P ? out.sets : undefined);
+      this.ledger.extended(out.type === E, out.type === P ? out.sets : undefined, out.type === H);
     } else if (out.type === COPY_DONE || out.type === COPY_FAIL) {
       this.ledger.copyEnded();
+    } else if (out.type === 0) {
+      this.ledger.copyData(); // (CopyData, or a message of a type the session does not look into)
     }
     if (out.type === P) {
       if (out.deallocates) server.prepared.delete(out.deallocates.serverName);
@@ -1089,8 +1092,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           return this.writeOrWait(server, out.bytes);
         }
       } else if (out.type === F) this.ledger.functionCall(now);
-      // PostgreSQL ignores a Sync during COPY IN: no ReadyForQuery will answer it.
-      else if (!this.ledger.sync(now)) return this.writeOrWait(server, out.bytes);
+      else this.ledger.sync(now); // (never during COPY IN: see writeInCopyIn)
       if (out.closes) server.noteDeallocate(out.closes.stmt.serverName, out.closes.stmt.parse, out.closes.seq);
       server.noteSync();
       if (out.type === Q && this.ddl.tracksPortals) this.ddl.queried();
@@ -1136,6 +1138,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.ledger.unsynced && !server.switchPending) server.writeHiddenSync();
     const sql = `DEALLOCATE "${standIn}"`;
     return { ...out, bytes: out.type === Q ? serialize.query(sql) : serialize.parse({ name: '', text: sql, types: [] }) };
+  }
+
+  /**
+   * A message other than CopyData, CopyDone and CopyFail while the server is in COPY IN.
+   * PostgreSQL ignores Flush and Sync there. A Sync is not sent at all: should the COPY have
+   * failed already on data the proxy has not heard back about, the server would answer it,
+   * and whether it did cannot be told from the ReadyForQuery that follows (see RelayLedger).
+   * Anything else ends the session here with PostgreSQL's own two errors: it fails the COPY
+   * on such a message and ends the connection ("protocol synchronization was lost"), but
+   * only if the COPY had not already failed, and otherwise runs it.
+   */
+  private writeInCopyIn(server: ServerConnection, out: Outgoing): void {
+    if (out.type === S || this.state === 'closed') return;
+    if (out.type === H) return this.writeOrWait(server, out.bytes);
+    const type = out.type > 0 ? out.type : out.bytes[0]!;
+    const hex = type.toString(16).toUpperCase().padStart(2, '0');
+    this.socket.write(be.errorResponse({ severity: 'ERROR', code: SqlState.PROTOCOL_VIOLATION, message: `unexpected message type 0x${hex} during COPY from stdin` }));
+    this.fatal(SqlState.PROTOCOL_VIOLATION, 'terminating connection because protocol synchronization was lost');
   }
 
   private writeOrWait(server: ServerConnection, bytes: Buffer): void {
@@ -1304,7 +1324,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private flushQueued(server: ServerConnection): void {
     const queued = this.queued;
     this.queued = [];
-    for (const out of queued) this.write(server, out);
+    for (const out of queued) {
+      if (this.state === 'closed') return; // (a message that ended the session: writeInCopyIn)
+      this.write(server, out);
+    }
   }
 
   /** Transaction mode: the server connection goes back once nothing more is owed on it. */

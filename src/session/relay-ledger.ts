@@ -1,11 +1,19 @@
 // What the server still owes one client for the bytes relayed to it, and when the server
 // connection is free to go back to the pool. A ReadyForQuery answers each Query, Sync and
-// FunctionCall sent, except a Sync sent during COPY IN (PostgreSQL ignores it) and a Query
-// or FunctionCall the server skips (sent inside an extended-protocol batch that failed
-// before it). An extended-protocol batch is open from its first message to its Sync, or
-// to the answer of a Query written after its last message (see closingQueryIn). Per owed
-// ReadyForQuery the ledger keeps when it was asked for (query duration) and which tracked
-// SETs it settles. Pure bookkeeping: the session acts on what it says.
+// FunctionCall sent, except a Sync the server reads during COPY IN (PostgreSQL ignores it)
+// and a Query or FunctionCall the server skips (sent inside an extended-protocol batch that
+// failed before it). An extended-protocol batch is open from its first message to its
+// Sync, or to the answer of a Query written after its last message (see closingQueryIn).
+// Per owed ReadyForQuery the ledger keeps when it was asked for (query duration) and which
+// tracked SETs it settles. Pure bookkeeping: the session acts on what it says.
+//
+// The count must never fall short: a ReadyForQuery the ledger did not expect would let the
+// connection go back to the pool while the server still answers this client, and the
+// next client would read those answers as its own. COPY IN is where that can happen, as
+// whether PostgreSQL answers a Sync depends on whether the COPY already failed when it read
+// it. Where the proxy cannot know, it errs on owing too much (the connection then stays
+// with this client, and is closed when the client leaves): see copyInStarted, and the
+// session, which does not send a Sync during a known COPY IN at all.
 
 import type { TrackedSet } from './tracked-set.js';
 
@@ -23,15 +31,27 @@ export class RelayLedger {
   owed = 0;
   /** Extended-protocol messages went out since the last Sync: the server is not done. */
   unsynced = false;
-  /** The server is in COPY IN: it ignores Sync until CopyDone/CopyFail. */
+  /**
+   * The server is (or may still be) in COPY IN: it started (CopyInResponse) and nothing
+   * written since ends it for certain. The session sends no Sync meanwhile.
+   */
   copyIn = false;
   /**
    * The SQLSTATE of an error the open batch met: the server skips everything up to the
    * batch's Sync, not written yet (null: no such error).
    */
   skipping: string | null = null;
-  /** Syncs sent since the last Execute (-1: the last work came from a simple Query). */
-  private syncsAfterExecute = -1;
+  /**
+   * Which COPY a CopyInResponse belongs to, and which Syncs behind it the server ignores:
+   * the "work" (Execute, Query, FunctionCall) written since the last owed answer, per owed
+   * answer the work written before it (times 2, plus 1 when it answers work of its own: a
+   * Query or FunctionCall), what went out since the last work (only Flush and Sync, also
+   * CopyData, or something that ends a COPY IN) and how many Syncs went out right behind it.
+   */
+  private workSinceOwe = 0;
+  private readonly workBefore: number[] = [];
+  private afterWork: 'direct' | 'data' | 'ends-copy' = 'ends-copy';
+  private directSyncs = 0;
   /**
    * Answers to come, up to and including that of the first Query written inside the open
    * batch with no extended-protocol message after it (-1: no such Query). When that answer comes the
@@ -56,19 +76,26 @@ export class RelayLedger {
   }
 
   /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse may carry a tracked SET. */
-  extended(isExecute: boolean, parsedSet: TrackedSet | undefined): void {
+  extended(isExecute: boolean, parsedSet: TrackedSet | undefined, isFlush = false): void {
     this.unsynced = true;
     this.closingQueryIn = -1;
-    if (isExecute) this.syncsAfterExecute = 0;
+    if (isExecute) this.work();
+    else if (!isFlush) this.afterWork = 'ends-copy'; // in COPY IN, PostgreSQL fails the COPY on it
     if (parsedSet) {
       if (this.setsSinceSync === NO_SETS) this.setsSinceSync = [];
       this.setsSinceSync.push(parsedSet);
     }
   }
 
+  /** CopyData went out (or another message the session does not look into). */
+  copyData(): void {
+    if (this.afterWork === 'direct') this.afterWork = 'data';
+  }
+
   /** CopyDone or CopyFail went out: Syncs count again. */
   copyEnded(): void {
     this.copyIn = false;
+    this.afterWork = 'ends-copy';
   }
 
   /**
@@ -80,7 +107,7 @@ export class RelayLedger {
     this.unsynced = false;
     this.skipping = null;
     this.closingQueryIn = -1;
-    if (this.syncsAfterExecute >= 0) this.syncsAfterExecute++;
+    if (this.afterWork === 'direct') this.directSyncs++;
     const sets = this.setsSinceSync;
     this.setsSinceSync = NO_SETS;
     this.owe(now, sets);
@@ -93,15 +120,15 @@ export class RelayLedger {
    */
   query(now: number, set: TrackedSet | undefined): boolean {
     if (this.skipping !== null) return false;
-    this.syncsAfterExecute = -1;
+    this.work();
     if (this.unsynced) {
       // Inside a batch the Query commits the batch's implicit transaction with its own: the
       // batch's SETs take (or fail) with it, not with the Sync.
       const sets = set ? [...this.setsSinceSync, set] : this.setsSinceSync;
       this.setsSinceSync = NO_SETS;
-      this.owe(now, sets);
+      this.owe(now, sets, true);
       if (this.closingQueryIn < 0) this.closingQueryIn = this.owed;
-    } else this.owe(now, set ? [set] : NO_SETS);
+    } else this.owe(now, set ? [set] : NO_SETS, true);
     return true;
   }
 
@@ -122,31 +149,50 @@ export class RelayLedger {
     this.owed--;
     this.askedAt.shift();
     this.setsInFlight.shift();
+    this.workBefore.shift();
   }
 
   /** A FunctionCall went out: answered by a ReadyForQuery, like a Sync it closes the batch's SETs. */
   functionCall(now: number): void {
-    this.syncsAfterExecute = -1;
+    this.work();
+    this.afterWork = 'ends-copy'; // (it starts no COPY)
     const sets = this.setsSinceSync;
     this.setsSinceSync = NO_SETS;
-    this.owe(now, sets);
+    this.owe(now, sets, true);
   }
 
   /**
-   * COPY IN began. When an Execute started it, the Syncs already sent behind that Execute
-   * will get no ReadyForQuery: they are no longer owed. Returns how many were dropped.
+   * COPY IN began. The Syncs written right behind the work that started it (nothing but
+   * Flush and Sync between) were read in COPY IN and get no ReadyForQuery: they are no
+   * longer owed. Returns how many were dropped (always the last ones owed).
+   *
+   * The COPY's work is the first written since the last answer: everything before it was
+   * answered before the CopyInResponse. Only when it is also the last work written is it
+   * known which Syncs follow it directly; otherwise none is dropped, and the later work ends
+   * the COPY (PostgreSQL fails it on any message but CopyData, CopyDone, CopyFail, Flush and
+   * Sync, and ends the connection), so Syncs written from now on are answered (or never). A Sync behind CopyData stays owed
+   * (the server answers it if that data failed the COPY), and so do all Syncs when
+   * something else follows them: owing too much keeps the connection with this client,
+   * which is safe; owing too little is not.
    */
   copyInStarted(): number {
-    this.copyIn = true;
-    let dropped = 0;
-    for (; this.syncsAfterExecute > 0; this.syncsAfterExecute--) {
+    let work = this.workSinceOwe;
+    for (let i = 0; i < this.owed; i++) work += (this.workBefore[i]! >> 1) + (this.workBefore[i]! & 1);
+    this.copyIn = work !== 1 ? work === 0 : this.afterWork !== 'ends-copy';
+    if (work !== 1 || this.owed === 0) return 0;
+    const first = this.workBefore[0]!;
+    // Behind an Execute: every answer owed is a Sync written after it. Behind a Query: the
+    // Query's own answer comes first, then the Syncs.
+    const syncsOwed = first === 2 ? this.owed : first === 1 ? this.owed - 1 : -1;
+    if (syncsOwed <= 0 || syncsOwed !== this.directSyncs) return 0;
+    for (let i = 0; i < syncsOwed; i++) {
       this.owed--;
       this.askedAt.pop();
       this.setsInFlight.pop();
-      this.unsynced = true; // the COPY's own Sync is still to come
-      dropped++;
+      this.workBefore.pop();
     }
-    return dropped;
+    if (first === 2) this.unsynced = true; // the COPY's own Sync is still to come
+    return syncsOwed;
   }
 
   /**
@@ -170,6 +216,7 @@ export class RelayLedger {
       this.closingQueryIn = -1;
       this.unsynced = false;
     }
+    this.workBefore.shift();
     const done = this.setsInFlight.shift();
     if (done && !done.failed) for (const set of done.sets) settle(set);
     return this.askedAt.shift();
@@ -181,16 +228,30 @@ export class RelayLedger {
     this.unsynced = false;
     this.copyIn = false;
     this.skipping = null;
-    this.syncsAfterExecute = -1;
     this.closingQueryIn = -1;
+    this.workSinceOwe = 0;
+    this.afterWork = 'ends-copy';
+    this.directSyncs = 0;
     this.askedAt.length = 0;
     this.setsInFlight.length = 0;
+    this.workBefore.length = 0;
     this.setsSinceSync = NO_SETS;
   }
 
-  private owe(now: number, sets: readonly TrackedSet[]): void {
+  /** An Execute, Query or FunctionCall went out. */
+  private work(): void {
+    this.workSinceOwe++;
+    this.afterWork = 'direct';
+    this.directSyncs = 0;
+  }
+
+  /** `ownWork`: the answer is to a Query or FunctionCall (counted in workSinceOwe by work()). */
+  private owe(now: number, sets: readonly TrackedSet[], ownWork = false): void {
     this.owed++;
     this.askedAt.push(now);
     this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
+    const before = ownWork ? this.workSinceOwe - 1 : this.workSinceOwe;
+    this.workBefore.push(before * 2 + (ownWork ? 1 : 0));
+    this.workSinceOwe = 0;
   }
 }

@@ -10,8 +10,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /**
  * `seen` lists the replies: parsed, bound, closed, nodata, params, columns:<names>, data rows
- * as their values joined by |, done:<tag>, errors as E<SQLSTATE>, fn for a FunctionCallResponse,
- * Z for ReadyForQuery.
+ * as their values joined by |, done:<tag>, copyin for a CopyInResponse, errors as E<SQLSTATE>,
+ * fn for a FunctionCallResponse, Z for ReadyForQuery.
  */
 export function rawOf(c: pg.Client) {
   const raw = (c as unknown as { connection: RawConnection }).connection;
@@ -26,6 +26,7 @@ export function rawOf(c: pg.Client) {
   note('rowDescription', (m: { fields: { name: string }[] }) => `columns:${m.fields.map((f) => f.name).join(',')}`);
   note('dataRow', (m: { fields: (string | null)[] }) => m.fields.join('|'));
   note('commandComplete', (m: { text: string }) => `done:${m.text}`);
+  note('copyInResponse', () => 'copyin');
   // (pg-protocol has no FunctionCallResponse: it reports the message as an invalid one.)
   note('errorMessage', (m: { code: string; message: string }) => (m.message === 'received invalid response: 56' ? 'fn' : `E${m.code}`));
   raw.on('readyForQuery', (() => {

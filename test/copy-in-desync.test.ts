@@ -1,0 +1,119 @@
+// COPY IN must not let a client make the proxy hand its server connection on early. During
+// COPY IN PostgreSQL ignores a Sync, unless the COPY already failed on data it read before
+// that Sync, and then it answers it; and it fails the COPY on any other message, which is
+// then not run. A proxy that guesses wrong expects one ReadyForQuery fewer than the server
+// sends, gives the connection to the next client while the server is still answering the
+// first, and the next client reads the first one's answers as its own. Each case here is
+// an attack on a pool of ONE server connection, with the other tenant's query waiting for
+// it, and checks that this query gets exactly its own answer.
+
+import t from 'tap';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
+
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+await pgs.query(`CREATE TABLE copied (x int); GRANT ALL ON copied TO ${SERVER_ROLE}`);
+const proxy = await startProxy(t, pgs, {
+  users: [
+    { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+    { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
+  ],
+  extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 10000 } },
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const { query, parse, bind, execute, sync } = serialize;
+const copyData = (text: string) => serialize.copyData(Buffer.from(text));
+const copyDone = () => serialize.copyDone();
+const COPY = 'COPY copied FROM STDIN';
+/** What tenant b's query must get: its own row, under its own pin, and nothing else. */
+const B_ANSWER = ['columns:?column?', 'b:b', 'done:SELECT 1', 'Z'];
+
+type Teardown = { teardown(f: () => unknown): void };
+
+async function connect(t: Teardown, user: string, password: string) {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password, database: 'postgres' });
+  await c.connect();
+  c.on('error', () => {}); // (the attacker's session may be ended)
+  t.teardown(() => c.end().catch(() => {}));
+  return rawOf(c);
+}
+
+/**
+ * Tenant a holds the connection in COPY IN (`start`, answered up to `startReply`), tenant b
+ * queues behind it, then a writes `attack` in one write. Returns what a got for the attack,
+ * and b's answer.
+ */
+async function attack(t: Teardown, start: Buffer[], startReply: string, attackMessages: Buffer[], attackReply: string) {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  await a.sendAndSettle(0, start, startReply);
+  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
+  await sleep(50); // b waits for the one connection
+  const aGot = await a.sendAndSettle(0, attackMessages, attackReply);
+  return { aGot, bGot: await bAnswer, a, b };
+}
+
+t.test('during COPY IN: failing data, a Sync and a Query in one write end the session', async (t) => {
+  const { aGot, bGot } = await attack(t, [query(COPY)], 'copyin', [copyData('notanint\n'), sync(), query("SELECT 'from-a'")], 'E08P01');
+  // PostgreSQL would run that Query if the data failed first, and otherwise fail the COPY
+  // on it and end the connection: the proxy does not guess, it ends the session as the second.
+  t.same(aGot, ['E08P01', 'E08P01'], 'unexpected message type 0x51 during COPY from stdin; protocol synchronization was lost');
+  t.same(bGot, B_ANSWER);
+});
+
+t.test('a Sync during COPY IN is not sent: good data, a Sync, CopyDone get one ReadyForQuery', async (t) => {
+  const { aGot, bGot } = await attack(t, [query(COPY)], 'copyin', [copyData('1\n'), sync(), copyDone()], 'Z');
+  t.same(aGot, ['done:COPY 1', 'Z'], 'as from PostgreSQL, which ignores the Sync');
+  t.same(bGot, B_ANSWER);
+});
+
+t.test('once the COPY is known to have failed, a Sync and a Query are answered', async (t) => {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  await a.sendAndSettle(0, [query(COPY)], 'copyin');
+  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
+  await sleep(50);
+  t.same(await a.send(1, copyData('notanint\n')), ['E22P02', 'Z']);
+  // (The connection may have gone to b meanwhile: a's work then waits for it.)
+  t.same(await a.send(2, sync(), query("SELECT 'a:' || current_setting('app.tenant_id')")), ['Z', 'columns:?column?', 'a:a', 'done:SELECT 1', 'Z']);
+  t.same(await bAnswer, B_ANSWER);
+});
+
+t.test('pipelined before the COPY began: Parse/Bind/Execute of COPY, failing data, Sync, Query', async (t) => {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  // a holds the connection first (a transaction), so that b queues behind all of it.
+  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
+  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
+  await sleep(50);
+  const got = await a.send(3, query('COMMIT'), parse({ text: COPY }), bind({}), execute({}), copyData('notanint\n'), sync(), query("SELECT 'a-after'"));
+  // The Sync comes behind failing data: the server answers it (it was skipping to a Sync).
+  t.same(got, ['done:COMMIT', 'Z', 'parsed', 'bound', 'copyin', 'E22P02', 'Z', 'columns:?column?', 'a-after', 'done:SELECT 1', 'Z']);
+  t.same(await bAnswer, B_ANSWER);
+});
+
+t.test('pipelined before the COPY began: work behind its Execute ends the COPY (and the server connection)', async (t) => {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
+  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
+  await sleep(50);
+  await a.send(2, query('COMMIT'), parse({ text: COPY }), bind({}), execute({}), parse({ text: "SELECT 'a-after'" }), bind({}), execute({}), sync());
+  // PostgreSQL fails the COPY on the Parse and ends the connection; the proxy relays that
+  // FATAL as an ERROR (the client's connection outlives a server connection) and answers the Sync.
+  t.same(a.seen, ['done:COMMIT', 'Z', 'parsed', 'bound', 'copyin', 'E08P01', 'E08P01', 'Z']);
+  t.same(await bAnswer, B_ANSWER);
+});
+
+t.test("libpq's extended COPY: the Sync behind the Execute is ignored, the one after CopyDone answered", async (t) => {
+  const { aGot, bGot, a } = await attack(t, [parse({ text: COPY }), bind({}), execute({}), sync()], 'copyin', [copyData('2\n'), copyDone(), sync()], 'Z');
+  t.same(aGot, ['done:COPY 1', 'Z']);
+  t.same(bGot, B_ANSWER);
+  t.same(await a.send(1, query("SELECT 'a:' || current_setting('app.tenant_id')")), ['columns:?column?', 'a:a', 'done:SELECT 1', 'Z'], 'a is served next, with its own pin');
+});
