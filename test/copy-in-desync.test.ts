@@ -18,6 +18,10 @@ const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
 await createServerRole(pgs);
 await pgs.query(`CREATE TABLE copied (x int); GRANT ALL ON copied TO ${SERVER_ROLE}`);
+// A COPY into slow_fail fails after its CopyInResponse went out, before it reads any data.
+await pgs.query(`CREATE TABLE slow_fail (x int); GRANT ALL ON slow_fail TO ${SERVER_ROLE};
+  CREATE FUNCTION slow_fail() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.5); RAISE EXCEPTION 'slow_fail'; END $$;
+  CREATE TRIGGER slow_fail BEFORE INSERT ON slow_fail FOR EACH STATEMENT EXECUTE FUNCTION slow_fail()`);
 const proxy = await startProxy(t, pgs, {
   users: [
     { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
@@ -116,4 +120,102 @@ t.test("libpq's extended COPY: the Sync behind the Execute is ignored, the one a
   t.same(aGot, ['done:COPY 1', 'Z']);
   t.same(bGot, B_ANSWER);
   t.same(await a.send(1, query("SELECT 'a:' || current_setting('app.tenant_id')")), ['columns:?column?', 'a:a', 'done:SELECT 1', 'Z'], 'a is served next, with its own pin');
+});
+
+// Where the proxy cannot tell how many replies will come, the connection stays with the
+// client that caused it (sticky, "replies in doubt") and is closed when it leaves: the
+// client gets what PostgreSQL sends, and the other tenant waits for a fresh connection.
+
+/** b's query, waited for as long as a keeps the connection. */
+function bQuery(b: ReturnType<typeof rawOf>): Promise<string[]> {
+  b.seen.length = 0;
+  const want = b.st.ready + 1;
+  b.raw.stream.write(query("SELECT 'b:' || current_setting('app.tenant_id')"));
+  return b.until(want, 20000).then(() => [...b.seen]);
+}
+
+/** a's session: what it gets must be what PostgreSQL sends; b must not be served meanwhile. */
+async function afterDoubt(t: { same: (a: unknown, b: unknown, m?: string) => void; equal: (a: unknown, b: unknown, m?: string) => void }, a: ReturnType<typeof rawOf>, bAnswer: Promise<string[]>) {
+  let bDone = false;
+  void bAnswer.then(() => (bDone = true));
+  const a12 = await a.send(3, query("SELECT 'a1'"), query("SELECT 'a2' FROM pg_sleep(0.1)"), sync());
+  t.same(a12, ['columns:?column?', 'a1', 'done:SELECT 1', 'Z', 'columns:?column?', 'a2', 'done:SELECT 1', 'Z', 'Z'], 'both Queries run, the Sync answered');
+  t.same(await a.send(1, query("SELECT 'a3:' || current_setting('app.tenant_id')")), ['columns:?column?', 'a3:a', 'done:SELECT 1', 'Z'], "a's own answer, with its own pin");
+  t.equal(bDone, false, 'b is not served on that connection');
+}
+
+/** How many sessions the proxy made sticky for replies in doubt so far. */
+const doubts = () => proxy.log.lines.filter((l) => l.msg === 'client is now sticky to its server connection' && l.reason === 'replies in doubt').length;
+
+/** Ends a's session; b then gets a fresh connection and exactly its own answer. */
+async function thenB(t: { same: (a: unknown, b: unknown, m?: string) => void }, a: ReturnType<typeof rawOf>, bAnswer: Promise<string[]>, doubtsBefore: number) {
+  t.same(doubts(), doubtsBefore + 1, "a's session was made sticky, once");
+  a.raw.stream.write(serialize.end());
+  t.same(await bAnswer, B_ANSWER);
+}
+
+for (const form of ['extended', 'simple'] as const) {
+  t.test(`a COPY that fails before reading anything answers the Syncs behind it (${form} protocol)`, async (t) => {
+    const a = await connect(t, 'tenant_a', 'pw-a');
+    const b = await connect(t, 'tenant_b', 'pw-b');
+    const d0 = doubts();
+    t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
+    const bAnswer = bQuery(b);
+    await sleep(50);
+    // FREEZE on a table not created in this transaction: 55000 right after CopyInResponse.
+    const copy = 'COPY copied FROM STDIN (FREEZE)';
+    const start = form === 'extended' ? [parse({ text: copy }), bind({}), execute({})] : [query(copy)];
+    const got = await a.send(form === 'extended' ? 3 : 4, query('COMMIT'), ...start, sync(), sync());
+    const began = form === 'extended' ? ['parsed', 'bound', 'copyin', 'E55000', 'Z', 'Z'] : ['copyin', 'E55000', 'Z', 'Z', 'Z'];
+    t.same(got, ['done:COMMIT', 'Z', ...began], 'as from PostgreSQL');
+    await afterDoubt(t, a, bAnswer);
+    await thenB(t, a, bAnswer, d0);
+  });
+}
+
+for (const after of ['Queries', 'a Sync and a Query'] as const) {
+  t.test(`statement_timeout raised at CopyData inside a batch: no skip to Sync (then ${after})`, async (t) => {
+    const a = await connect(t, 'tenant_a', 'pw-a');
+    const b = await connect(t, 'tenant_b', 'pw-b');
+    const d0 = doubts();
+    t.same(await a.send(1, query('SET statement_timeout = 200')), ['done:SET', 'Z']);
+    await a.sendAndSettle(0, [parse({ text: 'SELECT 1' }), bind({}), serialize.flush()], 'bound');
+    const bAnswer = bQuery(b);
+    await sleep(400); // the timeout expires while the server waits for the batch's next message
+    if (after === 'Queries') {
+      t.same(await a.send(1, copyData('x')), ['E57014', 'Z'], 'PostgreSQL answers the error with ReadyForQuery at once');
+      await afterDoubt(t, a, bAnswer);
+    } else {
+      const got = await a.send(3, copyData('x'), sync(), query("SELECT 'a1'"));
+      t.same(got, ['E57014', 'Z', 'Z', 'columns:?column?', 'a1', 'done:SELECT 1', 'Z']);
+      t.same(await a.send(1, query("SELECT 'a3:' || current_setting('app.tenant_id')")), ['columns:?column?', 'a3:a', 'done:SELECT 1', 'Z']);
+    }
+    await thenB(t, a, bAnswer, d0);
+  });
+}
+
+t.test('a COPY that fails late, with work written after its CopyInResponse: that work stays with the client', async (t) => {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  const d0 = doubts();
+  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
+  const bAnswer = bQuery(b);
+  await sleep(50);
+  a.seen.length = 0;
+  const ready = a.st.ready;
+  a.raw.stream.write(Buffer.concat([query('COMMIT'), parse({ text: 'COPY slow_fail FROM STDIN' }), bind({}), execute({}), sync(), sync()]));
+  while (!a.seen.includes('copyin')) await sleep(2);
+  // Written while the server sleeps in the trigger: it then answers both Syncs (the COPY
+  // failed before reading them), ignores the CopyDone, runs this Query and answers it.
+  // (A Query alone, during COPY IN, would end the session: see the first test.)
+  a.raw.stream.write(Buffer.concat([copyDone(), query("SELECT 'a1:' || current_setting('app.tenant_id')")]));
+  await a.until(ready + 4);
+  // (Once in doubt the replies go to the client as they come: the ParseComplete of the
+  // marker the proxy wrote in front of the Query can show too.)
+  t.same(
+    a.seen.filter((r) => r !== 'parsed'),
+    ['done:COMMIT', 'Z', 'bound', 'copyin', 'EP0001', 'Z', 'Z', 'columns:?column?', 'a1:a', 'done:SELECT 1', 'Z'],
+  );
+  t.same(await a.send(1, query("SELECT 'a3:' || current_setting('app.tenant_id')")), ['columns:?column?', 'a3:a', 'done:SELECT 1', 'Z']);
+  await thenB(t, a, bAnswer, d0);
 });

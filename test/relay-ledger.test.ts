@@ -204,3 +204,50 @@ t.test("a Query after the batch's last message ends the batch when it is answere
   answer(l);
   t.equal(l.settled, true);
 });
+
+t.test('in doubt: where the count may have fallen short, the ledger says so', async (t) => {
+  const fresh = () => new RelayLedger();
+  let l = fresh();
+  l.extended(true, undefined);
+  l.sync(1);
+  l.copyInStarted(); // the Sync was dropped as read in COPY IN
+  l.errored(); // but the COPY failed first: the server answers it
+  t.equal(l.inDoubt, true, 'a COPY that failed after Syncs were dropped for it');
+
+  l = fresh();
+  l.extended(true, undefined);
+  l.sync(1);
+  l.copyInStarted();
+  l.copyEnded();
+  l.sync(2);
+  answer(l); // the COPY's Sync: it got as far as the CopyDone
+  l.errored();
+  t.equal(l.inDoubt, false, 'an error after the COPY was answered');
+
+  l = fresh();
+  l.extended(false, undefined); // Parse, Bind (a batch open)
+  l.copyData(); // outside COPY IN
+  l.errored(); // an expired statement_timeout raised at it: no skip to Sync
+  t.equal(l.inDoubt, true, 'an error behind a copy message inside a batch');
+
+  l = fresh();
+  l.extended(false, undefined);
+  l.copyEnded(); // a CopyDone outside COPY IN, inside a batch
+  l.sync(1);
+  answer(l); // answered behind it: that error did not happen
+  l.extended(true, undefined);
+  l.errored();
+  t.equal(l.inDoubt, false, 'a later error, in a later batch');
+
+  l = fresh();
+  l.query(1, undefined);
+  l.copyData(); // outside a batch: no statement timeout is armed while the server waits
+  l.errored();
+  t.equal(l.inDoubt, false, 'copy messages outside a batch');
+
+  l = fresh();
+  answer(l);
+  t.equal(l.inDoubt, true, 'a ReadyForQuery with nothing owed');
+  l.reset();
+  t.equal(l.inDoubt, false, 'a new server connection starts clean');
+});

@@ -893,6 +893,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   serverError(frame: Buffer): Buffer {
     this.ledger.errored();
+    this.keepIfInDoubt();
     // The server is going away (terminated backend, shutdown): in transaction mode the
     // client's connection outlives it, so the client hears an ERROR, not a FATAL.
     if (this.transactionMode && this.sticky === null && isFatal(frame)) {
@@ -1160,6 +1161,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private writeOrWait(server: ServerConnection, bytes: Buffer): void {
     if (!server.write(bytes)) this.waitForServerDrain();
+  }
+
+  /**
+   * The ledger may count fewer replies than the server will send (RelayLedger.inDoubt): the
+   * server connection must never go to another client, who would read them. It stays with
+   * this one (sticky) and is closed, not reset, when the client leaves.
+   */
+  private keepIfInDoubt(): void {
+    if (!this.ledger.inDoubt || !this.transactionMode || this.sticky !== null) return;
+    this.log('warn', {}, 'lost count of the replies owed: the server connection stays with this client');
+    this.makeSticky('replies in doubt');
   }
 
   private makeSticky(reason: string): void {
@@ -1509,6 +1521,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   onServerReady(status: TxStatus): void {
     const askedAt = this.ledger.answered(this.settle);
+    if (this.ledger.inDoubt) this.keepIfInDoubt();
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready(status);
     if (status === 'I') {
@@ -1658,7 +1671,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && this.ledger.settled && server.txStatus === 'I' && this.scanner.atBoundary;
+      const clean = server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && server.txStatus === 'I' && this.scanner.atBoundary;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;

@@ -13,7 +13,12 @@
 // whether PostgreSQL answers a Sync depends on whether the COPY already failed when it read
 // it. Where the proxy cannot know, it errs on owing too much (the connection then stays
 // with this client, and is closed when the client leaves): see copyInStarted, and the
-// session, which does not send a Sync during a known COPY IN at all.
+// session, which does not send a Sync during a known COPY IN at all. Where the count may
+// have fallen short after all, the ledger says so (inDoubt) and the session keeps the
+// connection to this client for good: a COPY that failed before reading the Syncs dropped
+// for it, an error raised at a copy message outside COPY IN (an expired statement_timeout
+// is raised at whatever message comes next, and after CopyData the server does not skip to
+// a Sync), and as a last tripwire any ReadyForQuery with nothing owed.
 
 import type { TrackedSet } from './tracked-set.js';
 
@@ -41,6 +46,8 @@ export class RelayLedger {
    * batch's Sync, not written yet (null: no such error).
    */
   skipping: string | null = null;
+  /** The count may be short (see above): the connection must not serve another client. */
+  inDoubt = false;
   /**
    * Which COPY a CopyInResponse belongs to, and which Syncs behind it the server ignores:
    * the "work" (Execute, Query, FunctionCall) written since the last owed answer, per owed
@@ -52,6 +59,16 @@ export class RelayLedger {
   private readonly workBefore: number[] = [];
   private afterWork: 'direct' | 'data' | 'ends-copy' = 'ends-copy';
   private directSyncs = 0;
+  /** Syncs were dropped at the CopyInResponse and nothing was answered since. */
+  private copyDropped = false;
+  /** Answers owed and answers come (or known skipped) so far, to tell which came after what. */
+  private owedTotal = 0;
+  private answeredTotal = 0;
+  /**
+   * A copy message went out inside an open batch, outside COPY IN, before the answer owed
+   * with this number: an error until then may be one the server raised at it (see above).
+   */
+  private strayCopyBefore = -1;
   /**
    * Answers to come, up to and including that of the first Query written inside the open
    * batch with no extended-protocol message after it (-1: no such Query). When that answer comes the
@@ -90,12 +107,18 @@ export class RelayLedger {
   /** CopyData went out (or another message the session does not look into). */
   copyData(): void {
     if (this.afterWork === 'direct') this.afterWork = 'data';
+    this.strayCopy();
   }
 
   /** CopyDone or CopyFail went out: Syncs count again. */
   copyEnded(): void {
+    this.strayCopy();
     this.copyIn = false;
     this.afterWork = 'ends-copy';
+  }
+
+  private strayCopy(): void {
+    if (!this.copyIn && this.unsynced) this.strayCopyBefore = this.owedTotal;
   }
 
   /**
@@ -147,6 +170,7 @@ export class RelayLedger {
     // (When that was the Query closing the batch, the server is still skipping to the Sync.)
     if (this.closingQueryIn > 0) this.closingQueryIn = this.closingQueryIn === 1 ? -1 : this.closingQueryIn - 1;
     this.owed--;
+    this.answeredTotal++;
     this.askedAt.shift();
     this.setsInFlight.shift();
     this.workBefore.shift();
@@ -176,6 +200,7 @@ export class RelayLedger {
    * which is safe; owing too little is not.
    */
   copyInStarted(): number {
+    this.strayCopyBefore = -1; // copy messages written so far went to this COPY
     let work = this.workSinceOwe;
     for (let i = 0; i < this.owed; i++) work += (this.workBefore[i]! >> 1) + (this.workBefore[i]! & 1);
     this.copyIn = work !== 1 ? work === 0 : this.afterWork !== 'ends-copy';
@@ -192,14 +217,19 @@ export class RelayLedger {
       this.workBefore.pop();
     }
     if (first === 2) this.unsynced = true; // the COPY's own Sync is still to come
+    // (Unless the COPY fails before it reads anything: then the server answers them. See errored.)
+    this.copyDropped = true;
     return syncsOwed;
   }
 
   /**
    * The server sent an ErrorResponse: the tracked SETs of the current batch did not take. An
-   * error also ends COPY IN (the client then sends only Sync, or nothing after a Query).
+   * error also ends COPY IN (the client then sends only Sync, or nothing after a Query). It
+   * puts the count in doubt when it may have made the server answer Syncs dropped for a COPY,
+   * or not skip to a Sync (raised at a copy message: see the header).
    */
   errored(): void {
+    if (this.copyDropped || this.answeredTotal <= this.strayCopyBefore) this.inDoubt = true;
     this.copyIn = false;
     const current = this.setsInFlight[0];
     if (current) current.failed = true;
@@ -211,7 +241,11 @@ export class RelayLedger {
    * object per answer: this runs once per transaction.)
    */
   answered(settle: (set: TrackedSet) => void): number | undefined {
-    if (this.owed > 0) this.owed--;
+    this.copyDropped = false;
+    if (this.owed > 0) {
+      this.owed--;
+      this.answeredTotal++;
+    } else this.inDoubt = true; // one more than counted: the count fell short somewhere
     if (this.closingQueryIn > 0 && --this.closingQueryIn === 0) {
       this.closingQueryIn = -1;
       this.unsynced = false;
@@ -228,6 +262,9 @@ export class RelayLedger {
     this.unsynced = false;
     this.copyIn = false;
     this.skipping = null;
+    this.inDoubt = false;
+    this.copyDropped = false;
+    this.strayCopyBefore = -1;
     this.closingQueryIn = -1;
     this.workSinceOwe = 0;
     this.afterWork = 'ends-copy';
@@ -248,6 +285,7 @@ export class RelayLedger {
   /** `ownWork`: the answer is to a Query or FunctionCall (counted in workSinceOwe by work()). */
   private owe(now: number, sets: readonly TrackedSet[], ownWork = false): void {
     this.owed++;
+    this.owedTotal++;
     this.askedAt.push(now);
     this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
     const before = ownWork ? this.workSinceOwe - 1 : this.workSinceOwe;
