@@ -251,3 +251,24 @@ t.test('in doubt: where the count may have fallen short, the ledger says so', as
   l.reset();
   t.equal(l.inDoubt, false, 'a new server connection starts clean');
 });
+
+t.test('in doubt: a bare ReadyForQuery (nothing before it) taken as the answer to a Query or FunctionCall', async (t) => {
+  const bare = (l: RelayLedger) => l.answered(() => {}, true);
+  let l = new RelayLedger();
+  l.sync(1);
+  bare(l);
+  t.equal(l.inDoubt, false, 'a Sync may be answered by ReadyForQuery alone');
+  l.query(2, undefined);
+  l.answered(() => {}, false);
+  t.equal(l.inDoubt, false, 'a Query answered after replies of its own');
+  l.sync(3);
+  l.query(4, undefined);
+  bare(l);
+  t.equal(l.inDoubt, false, "the Sync's");
+  bare(l);
+  t.equal(l.inDoubt, true, "the Query's cannot be bare: one ReadyForQuery more than counted came before");
+  l = new RelayLedger();
+  l.functionCall(1);
+  bare(l);
+  t.equal(l.inDoubt, true, 'nor can a FunctionCall');
+});

@@ -1519,8 +1519,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', this.revoked);
   }
 
-  onServerReady(status: TxStatus): void {
-    const askedAt = this.ledger.answered(this.settle);
+  onServerReady(status: TxStatus, bare: boolean): void {
+    const askedAt = this.ledger.answered(this.settle, bare);
     if (this.ledger.inDoubt) this.keepIfInDoubt();
     if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
     this.ddl.ready(status);

@@ -18,7 +18,8 @@
 // connection to this client for good: a COPY that failed before reading the Syncs dropped
 // for it, an error raised at a copy message outside COPY IN (an expired statement_timeout
 // is raised at whatever message comes next, and after CopyData the server does not skip to
-// a Sync), and as a last tripwire any ReadyForQuery with nothing owed.
+// a Sync), and as tripwires any ReadyForQuery with nothing owed, or with nothing before it
+// where it would answer a Query.
 
 import type { TrackedSet } from './tracked-set.js';
 
@@ -238,11 +239,15 @@ export class RelayLedger {
   /**
    * A ReadyForQuery arrived. Returns when it was asked for (undefined if none was owed); the
    * tracked SETs it settles, unless the server refused one of them, go to `settle`. (No
-   * object per answer: this runs once per transaction.)
+   * object per answer: this runs once per transaction.) `bare`: no other reply came since
+   * the last one. A Query or FunctionCall always has one of its own (CommandComplete,
+   * EmptyQueryResponse, FunctionCallResponse, ErrorResponse): a bare ReadyForQuery taken for
+   * its answer means the count is one short, caught before the connection could go back.
    */
-  answered(settle: (set: TrackedSet) => void): number | undefined {
+  answered(settle: (set: TrackedSet) => void, bare = false): number | undefined {
     this.copyDropped = false;
     if (this.owed > 0) {
+      if (bare && (this.workBefore[0]! & 1) === 1) this.inDoubt = true;
       this.owed--;
       this.answeredTotal++;
     } else this.inDoubt = true; // one more than counted: the count fell short somewhere

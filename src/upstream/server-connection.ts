@@ -34,8 +34,11 @@ const TRANSITIONS: Record<ServerState, readonly ServerState[]> = {
 /** What a leased server connection relays to: the client session. */
 export interface ServerPeer {
   readonly socket: net.Socket;
-  /** ReadyForQuery seen (already forwarded). */
-  onServerReady(status: TxStatus): void;
+  /**
+   * ReadyForQuery seen (already forwarded). `bare`: nothing else was relayed since the last
+   * one, which answers a Sync but never a Query or FunctionCall (see RelayLedger.answered).
+   */
+  onServerReady(status: TxStatus, bare: boolean): void;
   /** The connection died under the client. */
   onServerLost(err: UpstreamError): void;
   /** The ErrorResponse to relay for `frame` (the peer may swap in its own). */
@@ -209,6 +212,8 @@ export class ServerConnection implements ScanSink {
   private peer: ServerPeer | null = null;
   /** Server → client bytes of one read (toClient, flushToClient). */
   private readonly clientWrites = new CoalescedWrites();
+  /** Something went to the client since the last ReadyForQuery (see ServerPeer.onServerReady). */
+  private relayedSinceReady = false;
   /** Client → server bytes of one batch (beginBatch, endBatch). */
   private readonly serverWrites = new CoalescedWrites();
   private batchDepth = 0;
@@ -586,6 +591,7 @@ export class ServerConnection implements ScanSink {
 
   /** Server → client bytes: slices of one read that follow each other go out as one write. */
   private toClient(bytes: Buffer): void {
+    this.relayedSinceReady = true;
     this.clientWrites.write(this.peer!.socket, bytes);
   }
 
@@ -655,6 +661,7 @@ export class ServerConnection implements ScanSink {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       return;
     }
+    const bare = type === 0x5a && !this.relayedSinceReady;
     this.toClient(frame);
     if (type === 0x43 /* C */ || type === 0x49 /* I EmptyQueryResponse */ || type === 0x73 /* s PortalSuspended */) {
       if (peer.wantsCommandTags) peer.commandComplete(frame);
@@ -667,7 +674,8 @@ export class ServerConnection implements ScanSink {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       // The client has its reply before the lease is settled (which may hand us on).
       this.flushToClient();
-      peer.onServerReady(this.txStatus);
+      this.relayedSinceReady = false;
+      peer.onServerReady(this.txStatus, bare);
     } else if (type === 0x53 /* S */) {
       this.noteParameter(frame);
     }
