@@ -62,7 +62,7 @@ export class RelayLedger {
   private directSyncs = 0;
   /** Syncs were dropped at the CopyInResponse and nothing was answered since. */
   private copyDropped = false;
-  /** Answers owed and answers come (or known skipped) so far, to tell which came after what. */
+  /** Answers owed, and ReadyForQuery come, so far: to tell which came after what. */
   private owedTotal = 0;
   private answeredTotal = 0;
   /**
@@ -171,7 +171,9 @@ export class RelayLedger {
     // (When that was the Query closing the batch, the server is still skipping to the Sync.)
     if (this.closingQueryIn > 0) this.closingQueryIn = this.closingQueryIn === 1 ? -1 : this.closingQueryIn - 1;
     this.owed--;
-    this.answeredTotal++;
+    // (Not an answer: answeredTotal counts ReadyForQuery only. The error this is concluded
+    // from is seen here before errored() looks at the stray-copy window, and may itself be
+    // one raised at a stray copy message, after which the server skipped nothing.)
     this.askedAt.shift();
     this.setsInFlight.shift();
     this.workBefore.shift();
