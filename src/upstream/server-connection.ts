@@ -21,6 +21,9 @@ import { endAndLinger } from '../net/linger.js';
 export type ServerState = 'connecting' | 'login' | 'idle' | 'active' | 'hidden' | 'closed';
 export type TxStatus = 'I' | 'T' | 'E';
 
+/** The tags of the statements an inline switch runs (set-config.ts: SET and RESET, no SELECT inline). */
+const SWITCH_TAG = /^(?:SET|RESET)$/;
+
 /** Legal moves of a server connection; anything else is a bug and throws. */
 const TRANSITIONS: Record<ServerState, readonly ServerState[]> = {
   connecting: ['login', 'closed'],
@@ -737,6 +740,7 @@ export class ServerConnection implements ScanSink {
     const shift = inline.prefixChars ?? 0;
     if (inline.pending > 0) {
       if (type === 0x43 /* C */ || type === 0x31 /* 1 */ || type === 0x32 /* 2 */) {
+        if (type === 0x43 && !SWITCH_TAG.test(frame.toString('latin1', 5, frame.length - 1))) return this.switchOutOfStep(type);
         if (--inline.pending === 0) this.scanner.inspect = this.relayTable(inline.prefixChars !== null);
         return;
       }
@@ -758,6 +762,7 @@ export class ServerConnection implements ScanSink {
       // A warning the client's text raised while the whole string was parsed is the client's;
       // in a batch it can only be the switch's own.
       if (type === 0x4e /* N */ && inline.prefixChars !== null) this.toClient(shiftPosition(frame, shift));
+      else if (type !== 0x4e && type !== 0x41 /* A NotificationResponse */) return this.switchOutOfStep(type);
       return;
     }
     if (type === 0x45 /* E */) {
@@ -777,6 +782,15 @@ export class ServerConnection implements ScanSink {
       if (inline.failed) this.holdExactly(inline.prior, inline.priorKey);
     }
     this.relayMessage(type, frame);
+  }
+
+  /**
+   * A reply no switch statement gives (rows, a ReadyForQuery, another command's tag) came
+   * before the switch was done: replies to an earlier client's work still arriving. The
+   * connection is given up, so that this client hears a lost connection instead of them.
+   */
+  private switchOutOfStep(type: number): void {
+    this.fail(new UpstreamError('protocol', `unexpected reply (${String.fromCharCode(type)}) to a settings switch`));
   }
 
   /** ParameterStatus, in whatever state it arrives: params stays the server's current values. */
