@@ -197,10 +197,11 @@ export class RelayLedger {
    * answered before the CopyInResponse. Only when it is also the last work written is it
    * known which Syncs follow it directly; otherwise none is dropped, and the later work ends
    * the COPY (PostgreSQL fails it on any message but CopyData, CopyDone, CopyFail, Flush and
-   * Sync, and ends the connection), so Syncs written from now on are answered (or never). A Sync behind CopyData stays owed
-   * (the server answers it if that data failed the COPY), and so do all Syncs when
-   * something else follows them: owing too much keeps the connection with this client,
-   * which is safe; owing too little is not.
+   * Sync, and ends the connection), so Syncs written from now on are answered (or never).
+   * A Sync behind CopyData stays owed (the server answers it if that data failed the COPY),
+   * and so do all Syncs when something else follows them: owing too much keeps the
+   * connection with this client, which is safe; owing too little is not. Dropped Syncs are
+   * answered after all if the COPY fails before reading them (see errored).
    */
   copyInStarted(): number {
     this.strayCopyBefore = -1; // copy messages written so far went to this COPY
@@ -220,7 +221,6 @@ export class RelayLedger {
       this.workBefore.pop();
     }
     if (first === 2) this.unsynced = true; // the COPY's own Sync is still to come
-    // (Unless the COPY fails before it reads anything: then the server answers them. See errored.)
     this.copyDropped = true;
     return syncsOwed;
   }
