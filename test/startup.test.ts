@@ -155,8 +155,13 @@ t.test('set_config statements', async (t) => {
   );
   t.equal(
     setConfigSql(new Map([['app.t', '2']]), new Map([['app.t', '1'], ['Statement_Timeout', '1ms']])),
-    `BEGIN; SET LOCAL statement_timeout = 0; RESET "Statement_Timeout"; SET "app"."t" = '2'; COMMIT`,
+    `BEGIN; SET LOCAL statement_timeout = 0; SET "app"."t" = '2'; RESET "Statement_Timeout"; SET LOCAL statement_timeout = 0; COMMIT`,
     "a statement_timeout the previous client left cannot cancel the switch",
+  );
+  t.equal(
+    setConfigSql(new Map([['app.t', '2'], ['statement_timeout', '1'], ['search_path', 'a, b']]), new Map([['app.t', '1']])),
+    `BEGIN; SET LOCAL statement_timeout = 0; SET "app"."t" = '2'; SELECT pg_catalog.set_config('search_path', ${hex('a, b')}, false); SET "statement_timeout" = '1'; SET LOCAL statement_timeout = 0; COMMIT`,
+    "nor can the one being set: it goes last, and the guard again behind it (a reviewer's leak: a slow set_config after it timed out)",
   );
   t.match(setConfigSql(new Map([['app.t', "テナント'\\"]]), new Map()), /^[\x20-\x7e]+$/, 'pure ASCII, whatever the value');
   // The pool's affinity fingerprint: equal exactly when the maps hold the same pairs.

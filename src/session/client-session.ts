@@ -948,8 +948,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     let drained: boolean;
     server.beginBatch();
     try {
-      this.switchSettings(server);
-      this.flushQueued(server);
+      if (this.switchSettings(server)) this.flushQueued(server);
     } finally {
       drained = server.endBatch(); // (also on a throw: a batch left open would hold every later write)
     }
@@ -982,24 +981,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * The client leaves with work held back (for a cancel, or an inline switch): it is written
-   * before the connection is dropped, as a client's bytes before its Terminate reach
-   * PostgreSQL (whether it runs them before it sees the connection close is a race, as it
-   * was for the client). Behind an inline switch whose outcome is unknown, a full switch from
-   * the settings held before goes first: right whether the inline one committed or rolled
-   * back. (Its replies would be read as the hidden statement's, but nobody reads them: the
-   * connection is dropped, having work in flight.)
+   * The client leaves with work held back (for a cancel, or a switch): it is written before
+   * the connection is dropped, as a client's bytes before its Terminate reach PostgreSQL
+   * (whether it runs them before it sees the connection close is a race, as it was for the
+   * client). Except behind a switch whose outcome is unknown, or one that would have to go
+   * out now as a separate statement: should that fail, the work would run with the previous
+   * client's settings, and there is no waiting for it any more. That work is dropped, as if
+   * the connection had closed before it arrived.
    */
   private writeBeforeLeaving(server: ServerConnection): void {
     this.heldFor = null;
+    if (server.switchInFlight) return;
     server.beginBatch();
     try {
-      const before = server.settingsBeforeSwitch;
-      if (before !== null) {
-        const plan = switchPlan(this.params, this.paramsKey, before.settings, before.key);
-        if (plan !== null) server.sendHidden(plan.query);
-      } else this.switchSettings(server);
-      this.flushQueued(server);
+      if (this.switchSettings(server)) this.flushQueued(server);
     } finally {
       server.endBatch();
     }
@@ -1184,8 +1179,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /**
    * Transaction mode: takes a server connection for the client's next transaction. The
-   * client's settings go ahead of its first bytes in the same write (no round trip), and
-   * only when the connection does not already hold exactly them. With an idle connection at
+   * client's settings go ahead of its first bytes (see switchSettings), and only when the
+   * connection does not already hold exactly them. With an idle connection at
    * hand this all happens now, inside the caller; else when the pool hands one over.
    */
   private lease(): void {
@@ -1253,8 +1248,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         server.sendHidden(serialize.query('DEALLOCATE ALL'));
         server.prepared.clear();
       }
-      this.switchSettings(server);
-      this.flushQueued(server);
+      if (this.switchSettings(server)) this.flushQueued(server);
     } finally {
       // (Also on a throw: a batch left open would hold every later write to this connection.)
       if (!endLater) drained = server.endBatch();
@@ -1265,15 +1259,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /**
    * Makes the connection hold exactly the client's settings, ahead of the queued work. A
    * lone Query of the client's own, or a whole extended-protocol batch, takes the switch
-   * inline when it can (inline-switch.ts); else the switch is a hidden Query of its own in
-   * the same write.
+   * inline when it can (inline-switch.ts); else the switch is a hidden Query of its own,
+   * and the work waits for its ReadyForQuery. Returns whether the work may be written now.
    */
-  private switchSettings(server: ServerConnection): void {
+  private switchSettings(server: ServerConnection): boolean {
     const plan = switchPlan(this.params, this.paramsKey, server.applied, server.appliedKey);
     if (plan === null) {
       // Nothing to do, though the keys may differ in the case of a name: record the client's.
       if (server.appliedKey !== this.paramsKey) server.holdExactly(this.params, this.paramsKey);
-      return;
+      return true;
     }
     const inline = plan.inline !== null && this.sticky === null && server.txStatus === 'I' ? plan.inline : null;
     const only = this.queued.length === 1 ? this.queued[0]! : null;
@@ -1281,7 +1275,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.rt.metrics.settingsSwitches.inline.inc();
       this.queued[0] = { ...only, bytes: inlineQuery(inline.prefix, only.bytes) };
       server.expectInline(inline.prefix.length, inline.statements, this.params, this.paramsKey);
-      return;
+      return true;
     }
     if (inline !== null && this.transactionMode && batchTakesInlineSwitch(this.queued)) {
       this.rt.metrics.settingsSwitches.inline.inc();
@@ -1289,11 +1283,18 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       server.expectInline(null, inline.statements, this.params, this.paramsKey);
       // The switch took the unnamed statement: the client's is prepared again where used.
       this.unnamedOnServer = false;
-      return;
+      return true;
     }
+    // The work waits for this one's ReadyForQuery (onSwitchDone): should it fail, work
+    // already behind it would run with the previous client's settings (switchInFlight).
     this.rt.metrics.settingsSwitches.separate.inc();
-    server.sendHidden(plan.query);
+    server.sendHidden(plan.query, true);
     server.holdExactly(this.params, this.paramsKey);
+    return false;
+  }
+
+  onSwitchDone(): void {
+    if (this.server !== null) this.writeHeld(this.server);
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */
@@ -1569,6 +1570,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         const failure = { message: 'server connection lost; the transaction was rolled back', detail: err.message };
         if (held) this.answerQueued(failure);
         else this.lostTransaction = failure;
+      } else if (held && err.failure === 'settings') {
+        // The work waited for its settings switch, which failed: it did not run. It fails
+        // rather than trying again elsewhere, where the same switch may fail the same way.
+        this.answerQueued({ code: err.fields?.C ?? SqlState.CONNECTION_FAILURE, message: err.message, detail: 'the work was not run' });
       } else if (held && !this.leasing) this.lease();
       return;
     }

@@ -110,12 +110,25 @@ function switchStatements(wanted: ReadonlyMap<string, string>, held: ReadonlyMap
   }
   if (calls.length > 0) statements.push(`SELECT ${calls.join(', ')}`);
   if (statements.length === 0) return null;
-  // A statement_timeout the previous client left must not cancel this one. Only that
-  // client's own settings can have left one, and they are in `held` (a sticky client's
-  // connection is DISCARDed on release), so the usual switch of pins needs no extra statement.
-  const guardTimeout = heldValue(held, 'statement_timeout') !== undefined;
+  // No statement_timeout may cancel the switch: neither one the previous client left (only
+  // its own settings can have, and they are in `held`: a sticky client's connection is
+  // DISCARDed on release) nor the one being set, which would cover the statements after it.
+  // So the timeout's own statements go last, and the guard is set again behind them (a
+  // SET LOCAL outlasts a later SET only until the commit, where the SET's value stays).
+  // The usual switch of pins needs none of this.
+  const timeoutLast = statements.filter((s) => TIMEOUT_STATEMENT.test(s));
+  const guardTimeout = heldValue(held, 'statement_timeout') !== undefined || timeoutLast.length > 0;
+  if (timeoutLast.length > 0) {
+    const rest = statements.filter((s) => !TIMEOUT_STATEMENT.test(s));
+    statements.length = 0;
+    statements.push(...rest, ...timeoutLast, GUARD_TIMEOUT);
+  }
   return { statements, inlineable: inlineable && calls.length === 0 && !guardTimeout, guardTimeout };
 }
+
+const GUARD_TIMEOUT = 'SET LOCAL statement_timeout = 0';
+/** A SET or RESET of statement_timeout (names are quoted by quoteGucName; case may vary). */
+const TIMEOUT_STATEMENT = /^(?:SET|RESET) "?statement_timeout"?(?: |$)/i;
 
 /**
  * The statement that turns `held` into `wanted`, or null when they already agree (then no
@@ -127,7 +140,7 @@ export function setConfigSql(wanted: ReadonlyMap<string, string>, held: Readonly
 }
 
 function inTransaction(sw: SwitchStatements): string {
-  return ['BEGIN', ...(sw.guardTimeout ? ['SET LOCAL statement_timeout = 0'] : []), ...sw.statements, 'COMMIT'].join('; ');
+  return ['BEGIN', ...(sw.guardTimeout ? [GUARD_TIMEOUT] : []), ...sw.statements, 'COMMIT'].join('; ');
 }
 
 /**

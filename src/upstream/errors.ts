@@ -1,8 +1,11 @@
 // Errors of the upstream layer, with predicates the session uses to choose between
 // "tell the client and go on" and "close".
 
-/** `standby`: reachable, but in recovery while upstream.require_primary is set. */
-export type UpstreamFailure = 'unreachable' | 'login' | 'protocol' | 'lost' | 'timeout' | 'standby';
+/**
+ * `standby`: reachable, but in recovery while upstream.require_primary is set. `settings`:
+ * a switch of the client's settings failed on the connection.
+ */
+export type UpstreamFailure = 'unreachable' | 'login' | 'protocol' | 'lost' | 'timeout' | 'standby' | 'settings';
 
 export class UpstreamError extends Error {
   constructor(

@@ -37,6 +37,8 @@ const TRANSITIONS: Record<ServerState, readonly ServerState[]> = {
 /** What a leased server connection relays to: the client session. */
 export interface ServerPeer {
   readonly socket: net.Socket;
+  /** A separate settings switch completed: work held behind it may go now (see switchInFlight). */
+  onSwitchDone(): void;
   /**
    * ReadyForQuery seen (already forwarded). `bare`: nothing else was relayed since the last
    * one, which answers a Sync but never a Query or FunctionCall (see RelayLedger.answered).
@@ -239,6 +241,9 @@ export class ServerConnection implements ScanSink {
   private parseGroups: ParseEntry[][] = [[]];
   /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
   private pipelinedHidden = 0;
+  /** Which of the pipelined hidden statements, in order, are settings switches. */
+  private readonly hiddenIsSwitch: boolean[] = [];
+  private hiddenSwitches = 0;
   private pipelinedError: Record<string, string> | null = null;
   /** Set from the write of a Query carrying an inline switch until its ReadyForQuery. */
   private inline: InlineSwitch | null = null;
@@ -303,16 +308,14 @@ export class ServerConnection implements ScanSink {
   }
 
   /**
-   * A Query carrying an inline switch is in flight: until its ReadyForQuery nobody knows
-   * whether the connection holds the new settings, so nothing else may be written behind it.
+   * A Query carrying an inline switch, or a separate switch, is in flight: until its
+   * ReadyForQuery nobody knows whether the connection holds the new settings, so nothing else
+   * may be written behind it. (Behind a failed separate switch the client's work would run
+   * with the previous client's settings: its BEGIN block is left aborted, but work starting
+   * with ROLLBACK leaves that block.)
    */
   get switchInFlight(): boolean {
-    return this.inline !== null;
-  }
-
-  /** While switchInFlight: the settings the connection held before that switch. */
-  get settingsBeforeSwitch(): { readonly settings: ReadonlyMap<string, string>; readonly key: string } | null {
-    return this.inline === null ? null : { settings: this.inline.prior, key: this.inline.priorKey };
+    return this.inline !== null || this.hiddenSwitches > 0;
   }
 
   get isClosed(): boolean {
@@ -516,8 +519,10 @@ export class ServerConnection implements ScanSink {
    * connection is closed and the client told, since what follows it would run without the
    * settings it was meant to hold.
    */
-  sendHidden(query: Buffer): void {
+  sendHidden(query: Buffer, isSwitch = false): void {
     this.pipelinedHidden++;
+    this.hiddenIsSwitch.push(isSwitch);
+    if (isSwitch) this.hiddenSwitches++;
     this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
     this.write(query);
@@ -721,11 +726,14 @@ export class ServerConnection implements ScanSink {
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.endParseGroup();
       this.pipelinedHidden--;
+      const wasSwitch = this.hiddenIsSwitch.shift() === true;
+      if (wasSwitch) this.hiddenSwitches--;
       if (this.pipelinedError) {
         const fields = this.pipelinedError;
-        return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
+        return this.fail(new UpstreamError('settings', `could not apply session settings: ${fields.M ?? ''}`, fields));
       }
       if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = this.relayTable();
+      if (wasSwitch && this.hiddenSwitches === 0) this.peer?.onSwitchDone();
     }
   }
 
@@ -752,7 +760,7 @@ export class ServerConnection implements ScanSink {
         // is the client's to hear, and the connection keeps its settings.
         const fields = parseFields(frame);
         if (switchsOwnError(fields, inline.prefixChars ?? Infinity)) {
-          return this.fail(new UpstreamError('protocol', `could not apply session settings: ${fields.M ?? ''}`, fields));
+          return this.fail(new UpstreamError('settings', `could not apply session settings: ${fields.M ?? ''}`, fields));
         }
         inline.pending = 0;
         inline.failed = true;
