@@ -45,6 +45,9 @@ const FORMS = [
   "ALTER DATABASE postgres SET app.tenant_id = 'b'",
   "DO $$BEGIN PERFORM set_config('app.tenant_id', 'b', false); END$$",
   "UPDATE pg_settings SET setting = 'b' WHERE name = 'app.tenant_id'",
+  // built-ins granted to PUBLIC that run SQL given as text
+  "SELECT query_to_xml('SELECT set_config(''app.tenant_id'', ''b'', false)', true, false, '')",
+  "SELECT * FROM ts_stat('SELECT to_tsvector(set_config(''app.tenant_id'', ''b'', false))')",
 ];
 const variants = (sql: string) => [sql, sql.toUpperCase(), sql.replace(/(\w)(\w*)/g, (_m, a: string, b: string) => a.toUpperCase() + b.toLowerCase())];
 

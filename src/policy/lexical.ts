@@ -15,25 +15,26 @@ import type { PinnedNames } from './pinned.js';
  *   prepare listen declare load   sticky statements
  * and these as substrings, because they are identifiers (quotable) or parts of one:
  *   set_config pg_settings advisory (pg_advisory_lock, pg_try_advisory_lock...) temp (pg_temp, TEMPORARY)
+ *   query_to_xml ts_stat ts_rewrite   built-ins that run SQL given as text (walk.ts SQL_RUNNERS)
  *   u&                    a U&"..." identifier can spell any of the above with \XXXX escapes
  * The pinned names themselves are not triggers: mentioning one is harmless without one of the
  * verbs above. A false positive only costs one parse (then a cache hit).
  */
 const TRIGGERS =
-  /(?<![a-z_])(?:set|reset|discard|do|create|alter|prepare|listen|declare|load)(?![a-z0-9_])|set_config|pg_settings|advisory|temp|u&/i;
+  /(?<![a-z_])(?:set|reset|discard|do|create|alter|prepare|listen|declare|load)(?![a-z0-9_])|set_config|pg_settings|advisory|temp|query_to_xml|ts_stat|ts_rewrite|u&/i;
 
 /** False when `sql` certainly neither tampers with a pinned variable nor leaves session state. */
 export function mayMatter(sql: string): boolean {
   return TRIGGERS.test(sql);
 }
 
-/** Forms that change variables whatever their name: set_config, pg_settings, RESET (ALL), DISCARD (ALL). */
-const OPAQUE_RISK = /set_config|pg_settings|u&|(?<![a-z0-9_$])(?:reset|discard)(?![a-z0-9_$])/;
+/** Forms that change variables whatever their name: set_config, pg_settings, SQL run from text, RESET (ALL), DISCARD (ALL). */
+const OPAQUE_RISK = /set_config|pg_settings|query_to_xml|ts_stat|ts_rewrite|u&|(?<![a-z0-9_$])(?:reset|discard)(?![a-z0-9_$])/;
 
 /**
  * For SQL this module cannot parse: the pinned variable it might change, or null. Refuses
  * when the text mentions a pinned name (whole, or all its parts as words: `"app"."tenant_id"`),
- * set_config, pg_settings, RESET, DISCARD or a U& escape. Dynamic SQL assembled at run time
+ * set_config, pg_settings, a built-in that runs SQL from text, RESET, DISCARD or a U& escape. Dynamic SQL assembled at run time
  * (`'SE' || 'T'`, chr(), format(), decode()) can still get past it: see the limits listed in
  * classify.ts.
  */

@@ -16,6 +16,12 @@ export interface WalkEnv {
 const SET_CONFIG_NAMES: ReadonlySet<string> = new Set(['set_config', 'set_config_by_name']);
 
 /** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
+/**
+ * Built-ins (granted to PUBLIC) that run a query given as text. (table_to_xml and the like
+ * run a plain SELECT of a table or view named: an existing view's code, see classify.ts.)
+ */
+const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmlschema', 'query_to_xml_and_xmlschema', 'ts_stat', 'ts_rewrite']);
+
 const SESSION_LOCKS: ReadonlySet<string> = new Set([
   'pg_advisory_lock',
   'pg_advisory_lock_shared',
@@ -199,6 +205,7 @@ class Walk {
       this.stick('advisory lock');
       return;
     }
+    if (SQL_RUNNERS.has(name)) return this.sqlRunner(name, o);
     if (name !== 'set_config') return; // any schema: a same-named function elsewhere errs towards refusing
     const args = Array.isArray(o.args) ? (o.args as unknown[]) : [];
     const target = o.func_variadic === true ? undefined : argument(args, 0, 'setting_name');
@@ -218,6 +225,19 @@ class Walk {
       return;
     }
     if (!isTrue(argument(args, 2, 'is_local'))) this.stick('set_config');
+  }
+
+  /**
+   * A built-in that runs SQL it is given as text (query_to_xml('SELECT set_config(…)', …)):
+   * the text is data here, whatever it holds, and can be assembled at run time. Refused
+   * while variables are pinned, as an opaque set_config is.
+   */
+  private sqlRunner(name: string, o: Obj): void {
+    const first = this.pins.first;
+    if (first === null) return;
+    // ts_rewrite(query, target, substitute) runs nothing; ts_rewrite(query, select) does.
+    if (name === 'ts_rewrite' && (!Array.isArray(o.args) || o.args.length !== 2)) return;
+    this.refuseWith(first, pinnedDetail(`${name}(), which runs SQL given as text,`, first, 'could change'));
   }
 
   /** An identifier or name-list element: set_config named outside a call, or a pg_temp schema. */
