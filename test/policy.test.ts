@@ -124,6 +124,18 @@ const refused: Refused[] = [
   ['SET app.tenant_id = system_user', undefined, 'does not parse here'],
 ];
 
+// Other clients' protocol-level statements, on server connections they share (a reviewer's
+// finding: run and dropped through SQL): [sql, message the refusal must give]
+const othersStatements: [string, string][] = [
+  ['EXECUTE pgbastion_d4874ec2_s1', 'permission denied for prepared statement "pgbastion_d4874ec2_s1"'],
+  ['EXECUTE "pgbastion_d4874ec2_s1"(1, 2)', 'permission denied for prepared statement "pgbastion_d4874ec2_s1"'],
+  ['EXECUTE U&"pgbastion\\005fd4874ec2_s1"', 'permission denied for prepared statement "pgbastion_d4874ec2_s1"'],
+  ['DEALLOCATE PREPARE pgbastion_d4874ec2_s1', 'permission denied for prepared statement "pgbastion_d4874ec2_s1"'],
+  ['PREPARE pgbastion_x AS SELECT 1', 'permission denied for prepared statement "pgbastion_x"'],
+  ["DO $$BEGIN EXECUTE 'DEALLOCATE pgbastion_d4874ec2_s1'; END$$", 'permission denied for the prepared statements of other clients'],
+  ["CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$BEGIN EXECUTE 'DEALLOCATE pgbastion_d4874ec2_s1'; END$$", 'permission denied for the prepared statements of other clients'],
+];
+
 // Escape spellings whose meaning depends on the case of the escape letters: as written only.
 const refusedExact: Refused[] = [
   ["SELECT set_config(E'app.tenant\\x5fid', 'b', false)"],
@@ -145,6 +157,8 @@ const allowed: [string, string | null][] = [
   ['', null],
   [';', null],
   ['SET LOCAL statement_timeout = 5', null],
+  ["SELECT 'pgbastion'", null],
+  ['EXECUTE my_statement', null],
   ["SELECT ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", null], // runs nothing
   ["SET LOCAL app.other = 'x'", null],
   ['SET TRANSACTION ISOLATION LEVEL SERIALIZABLE', null],
@@ -232,6 +246,13 @@ t.test('refused forms, in every spelling', async (t) => {
     for (const s of spellings(sql)) check(s, variable, s === sql ? detail : undefined);
   }
   for (const [sql, variable, detail] of refusedExact) check(sql, variable, detail);
+  for (const [sql, message] of othersStatements) {
+    for (const classifier of [policy, new PolicyClassifier([])]) {
+      const v = classifier.classify(sql);
+      t.equal(v.refuse?.message, message, sql);
+      t.equal(v.refuse?.variable, null, 'no variable');
+    }
+  }
 });
 
 t.test('allowed forms', async (t) => {

@@ -2,8 +2,8 @@
 // answers, so every refusal carries the same message shape (SQLSTATE 42501 is the caller's).
 
 export interface Refusal {
-  /** The pinned variable the statement would change (lower-case). */
-  readonly variable: string;
+  /** The pinned variable the statement would change (lower-case); null for statementsRefusal. */
+  readonly variable: string | null;
   /** `permission denied to set parameter "<variable>"`, as PostgreSQL words it. */
   readonly message: string;
   /** Which form was refused and why. */
@@ -22,6 +22,14 @@ export const ALLOW: PolicyVerdict = Object.freeze({ refuse: null, sticky: null }
 
 export function refusal(variable: string, detail: string): Refusal {
   return Object.freeze({ variable, message: `permission denied to set parameter "${variable}"`, detail });
+}
+
+/**
+ * Not a pinned variable: the protocol-level prepared statements pgbastion made for other
+ * clients, which share server connections in transaction mode.
+ */
+export function statementsRefusal(message: string, detail: string): Refusal {
+  return Object.freeze({ variable: null, message, detail });
 }
 
 export type Effect = 'would change' | 'would reset' | 'could change';

@@ -4,7 +4,7 @@
 
 import { opaqueRisk } from './lexical.js';
 import type { PinnedNames } from './pinned.js';
-import { pinnedDetail, refusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
+import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
 export interface WalkEnv {
   readonly pins: PinnedNames;
@@ -21,6 +21,10 @@ const SET_CONFIG_NAMES: ReadonlySet<string> = new Set(['set_config', 'set_config
  * run a plain SELECT of a table or view named: an existing view's code, see classify.ts.)
  */
 const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmlschema', 'query_to_xml_and_xmlschema', 'ts_stat', 'ts_rewrite']);
+
+/** prepared.ts names every statement it prepares on a server connection this way. */
+const PROXY_STATEMENT_PREFIX = 'pgbastion_';
+const OTHERS_STATEMENTS = /pgbastion_/i;
 
 const SESSION_LOCKS: ReadonlySet<string> = new Set([
   'pg_advisory_lock',
@@ -156,7 +160,12 @@ class Walk {
         this.functionBody(o);
         return null;
       case 'PrepareStmt':
+        this.statementName(o);
         this.stick('PREPARE');
+        return null;
+      case 'ExecuteStmt':
+      case 'DeallocateStmt':
+        this.statementName(o);
         return null;
       case 'ListenStmt':
         this.stick('LISTEN');
@@ -197,6 +206,14 @@ class Walk {
     else if (lower === 'role') this.stick('SET ROLE');
     else if (lower === 'session_authorization') this.stick('SET SESSION AUTHORIZATION');
     else this.stick('SET');
+  }
+
+  /** SQL PREPARE, EXECUTE or DEALLOCATE of a name: not one of the statements pgbastion made for other clients. */
+  private statementName(o: Obj): void {
+    const name = str(o.name);
+    if (name.toLowerCase().startsWith(PROXY_STATEMENT_PREFIX)) {
+      this.refuse ??= statementsRefusal(`permission denied for prepared statement "${name}"`, 'Names that start with pgbastion_ are the statements pgbastion prepares for its clients, on server connections they share.');
+    }
   }
 
   private funcCall(o: Obj): void {
@@ -266,6 +283,7 @@ class Walk {
    */
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
+    if (this.othersStatements(body, 'a DO block')) return;
     const risk = opaqueRisk(body, this.pins);
     if (risk !== null) {
       this.refuseWith(risk, pinnedDetail('a DO block', risk, 'could change', ' (its body mentions it and cannot be analysed)'));
@@ -288,14 +306,22 @@ class Walk {
       const stmts = this.env.parse(body[0]!);
       if (stmts !== null) {
         const inner = inspect(stmts, this.env, true).refuse;
-        if (inner !== null) this.refuseWith(inner.variable, `${what} body: ${inner.detail}`);
+        if (inner !== null) this.refuse ??= Object.freeze({ ...inner, detail: `${what} body: ${inner.detail}` });
         return;
       }
     }
+    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     const risk = opaqueRisk(body.join('\n'), this.pins);
     if (risk !== null) {
       this.refuseWith(risk, pinnedDetail(`${what} (LANGUAGE ${language})`, risk, 'could change', ' (its body mentions it and cannot be analysed)'));
     }
+  }
+
+  /** Procedural code that names pgbastion's statements (text only: it cannot be analysed). */
+  private othersStatements(body: string, what: string): boolean {
+    if (!OTHERS_STATEMENTS.test(body)) return false;
+    this.refuse ??= statementsRefusal(`permission denied for the prepared statements of other clients`, `${what} mentions a pgbastion_ name, and cannot be analysed.`);
+    return true;
   }
 }
 
