@@ -90,12 +90,7 @@ t.test('once the COPY is known to have failed, a Sync and a Query are answered',
 });
 
 t.test('pipelined before the COPY began: Parse/Bind/Execute of COPY, failing data, Sync, Query', async (t) => {
-  const a = await connect(t, 'tenant_a', 'pw-a');
-  const b = await connect(t, 'tenant_b', 'pw-b');
-  // a holds the connection first (a transaction), so that b queues behind all of it.
-  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
-  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
-  await sleep(50);
+  const { a, bAnswer } = await aHoldsBWaits(t);
   const got = await a.send(3, query('COMMIT'), parse({ text: COPY }), bind({}), execute({}), copyData('notanint\n'), sync(), query("SELECT 'a-after'"));
   // The Sync comes behind failing data: the server answers it (it was skipping to a Sync).
   t.same(got, ['done:COMMIT', 'Z', 'parsed', 'bound', 'copyin', 'E22P02', 'Z', 'columns:?column?', 'a-after', 'done:SELECT 1', 'Z']);
@@ -103,11 +98,7 @@ t.test('pipelined before the COPY began: Parse/Bind/Execute of COPY, failing dat
 });
 
 t.test('pipelined before the COPY began: work behind its Execute ends the COPY (and the server connection)', async (t) => {
-  const a = await connect(t, 'tenant_a', 'pw-a');
-  const b = await connect(t, 'tenant_b', 'pw-b');
-  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
-  const bAnswer = b.send(1, query("SELECT 'b:' || current_setting('app.tenant_id')"));
-  await sleep(50);
+  const { a, bAnswer } = await aHoldsBWaits(t);
   await a.send(2, query('COMMIT'), parse({ text: COPY }), bind({}), execute({}), parse({ text: "SELECT 'a-after'" }), bind({}), execute({}), sync());
   // PostgreSQL fails the COPY on the Parse and ends the connection; the proxy relays that
   // FATAL as an ERROR (the client's connection outlives a server connection) and answers the Sync.
@@ -134,6 +125,20 @@ function bQuery(b: ReturnType<typeof rawOf>): Promise<string[]> {
   return b.until(want, 20000).then(() => [...b.seen]);
 }
 
+/**
+ * a holds the one connection (a transaction open), so that b's query queues behind
+ * everything a sends next. `d0`: the sticky sessions for replies in doubt so far.
+ */
+async function aHoldsBWaits(t: Teardown & { same: (a: unknown, b: unknown, m?: string) => void }) {
+  const a = await connect(t, 'tenant_a', 'pw-a');
+  const b = await connect(t, 'tenant_b', 'pw-b');
+  const d0 = doubts();
+  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
+  const bAnswer = bQuery(b);
+  await sleep(50);
+  return { a, bAnswer, d0 };
+}
+
 /** a's session: what it gets must be what PostgreSQL sends; b must not be served meanwhile. */
 async function afterDoubt(t: { same: (a: unknown, b: unknown, m?: string) => void; equal: (a: unknown, b: unknown, m?: string) => void }, a: ReturnType<typeof rawOf>, bAnswer: Promise<string[]>) {
   let bDone = false;
@@ -156,12 +161,7 @@ async function thenB(t: { same: (a: unknown, b: unknown, m?: string) => void }, 
 
 for (const form of ['extended', 'simple'] as const) {
   t.test(`a COPY that fails before reading anything answers the Syncs behind it (${form} protocol)`, async (t) => {
-    const a = await connect(t, 'tenant_a', 'pw-a');
-    const b = await connect(t, 'tenant_b', 'pw-b');
-    const d0 = doubts();
-    t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
-    const bAnswer = bQuery(b);
-    await sleep(50);
+    const { a, bAnswer, d0 } = await aHoldsBWaits(t);
     // FREEZE on a table not created in this transaction: 55000 right after CopyInResponse.
     const copy = 'COPY copied FROM STDIN (FREEZE)';
     const start = form === 'extended' ? [parse({ text: copy }), bind({}), execute({})] : [query(copy)];
@@ -200,12 +200,7 @@ for (const after of ['Queries', 'a Sync and a Query', 'a Query and a Sync, in th
 }
 
 t.test('a COPY that fails late, with work written after its CopyInResponse: that work stays with the client', async (t) => {
-  const a = await connect(t, 'tenant_a', 'pw-a');
-  const b = await connect(t, 'tenant_b', 'pw-b');
-  const d0 = doubts();
-  t.same(await a.send(1, query('BEGIN')), ['done:BEGIN', 'Z']);
-  const bAnswer = bQuery(b);
-  await sleep(50);
+  const { a, bAnswer, d0 } = await aHoldsBWaits(t);
   a.seen.length = 0;
   const ready = a.st.ready;
   a.raw.stream.write(Buffer.concat([query('COMMIT'), parse({ text: 'COPY slow_fail FROM STDIN' }), bind({}), execute({}), sync(), sync()]));
