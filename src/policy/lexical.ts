@@ -29,15 +29,18 @@ export function mayMatter(sql: string): boolean {
   return TRIGGERS.test(sql);
 }
 
-/** Forms that change variables whatever their name: set_config, pg_settings, SQL run from text, RESET (ALL), DISCARD (ALL). */
+/**
+ * Forms that change variables whatever their name: set_config, pg_settings, SQL run from
+ * text, RESET (ALL), DISCARD (ALL).
+ */
 const OPAQUE_RISK = /set_config|pg_settings|query_to_xml|ts_stat|ts_rewrite|u&|(?<![a-z0-9_$])(?:reset|discard)(?![a-z0-9_$])/;
 
 /**
  * For SQL this module cannot parse: the pinned variable it might change, or null. Refuses
  * when the text mentions a pinned name (whole, or all its parts as words: `"app"."tenant_id"`),
- * set_config, pg_settings, a built-in that runs SQL from text, RESET, DISCARD or a U& escape. Dynamic SQL assembled at run time
- * (`'SE' || 'T'`, chr(), format(), decode()) can still get past it: see the limits listed in
- * classify.ts.
+ * set_config, pg_settings, a built-in that runs SQL from text, RESET, DISCARD or a U&
+ * escape. Dynamic SQL assembled at run time (`'SE' || 'T'`, chr(), format(), decode()) can
+ * still get past it: see the limits listed in classify.ts.
  */
 export function opaqueRisk(text: string, pins: PinnedNames): string | null {
   if (pins.first === null) return null;

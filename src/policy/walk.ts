@@ -15,7 +15,6 @@ export interface WalkEnv {
 /** Names that reach set_config_by_name(): the SQL function and its C symbol (LANGUAGE internal). */
 const SET_CONFIG_NAMES: ReadonlySet<string> = new Set(['set_config', 'set_config_by_name']);
 
-/** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
 /**
  * Built-ins (granted to PUBLIC) that run a query given as text. (table_to_xml and the like
  * run a plain SELECT of a table or view named: an existing view's code, see classify.ts.)
@@ -26,6 +25,7 @@ const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmls
 const PROXY_STATEMENT_PREFIX = 'pgbastion_';
 const OTHERS_STATEMENTS = /pgbastion_/i;
 
+/** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
 const SESSION_LOCKS: ReadonlySet<string> = new Set([
   'pg_advisory_lock',
   'pg_advisory_lock_shared',
