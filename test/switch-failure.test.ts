@@ -5,8 +5,24 @@
 
 import t from 'tap';
 import pg from 'pg';
+import { serialize } from 'pg-protocol';
 import { SERVER_ROLE } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A search_path that set_config() takes tens of milliseconds to apply. */
+const LONG_PATH = Array.from({ length: 150_000 }, (_, i) => `s${i}`).join(', ');
+const STEAL = "ROLLBACK; INSERT INTO public.loot SELECT current_setting('app.tenant_id') || ':' || coalesce((SELECT string_agg(body, ',') FROM public.notes), '')";
+
+/**
+ * From now on server connections start with a statement_timeout a switch to LONG_PATH
+ * outlasts (`fail`), or without one.
+ */
+async function switchesToLongPath(outcome: 'fail' | 'succeed'): Promise<void> {
+  await pgs.query(`ALTER ROLE ${SERVER_ROLE} ${outcome === 'fail' ? "SET statement_timeout = '10ms'" : 'RESET statement_timeout'}`);
+  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
+}
 
 const { pgs, proxy } = await tenantLab(t);
 await pgs.query(`INSERT INTO notes VALUES ('b', 'b-secret'); CREATE TABLE loot (body text); GRANT ALL ON loot TO ${SERVER_ROLE}`);
@@ -22,18 +38,12 @@ async function client(user: string, password: string) {
 t.test("a switch that fails: the client's work behind it does not run, under the other tenant's pin or at all", async (t) => {
   const a = await client('tenant_a', 'pw-a');
   const b = await client('tenant_b', 'pw-b');
-  // a's own setting, applied on every switch to a: a search_path long enough that
-  // set_config() of it takes tens of milliseconds.
-  const path = Array.from({ length: 150_000 }, (_, i) => `s${i}`).join(', ');
-  await a.query(`SET search_path = '${path}'`);
-  // From now on server connections start with a statement_timeout the switch outlasts.
-  await pgs.query(`ALTER ROLE ${SERVER_ROLE} SET statement_timeout = '10ms'`);
-  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
+  await a.query(`SET search_path = '${LONG_PATH}'`); // a's own setting, applied on every switch to a
+  await switchesToLongPath('fail');
   t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], "b's pin on a new connection");
   const failures: string[] = [];
   for (let i = 0; i < 3; i++) {
-    const steal = "ROLLBACK; INSERT INTO public.loot SELECT current_setting('app.tenant_id') || ':' || coalesce((SELECT string_agg(body, ',') FROM public.notes), '')";
-    failures.push(await a.query(steal).then(() => 'ran', (e: { code?: string; message: string }) => `${e.code} ${e.message}`));
+    failures.push(await a.query(STEAL).then(() => 'ran', (e: { code?: string; message: string }) => `${e.code} ${e.message}`));
     t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], 'b goes on');
   }
   // (The timeout's cancel can be reported as "due to user request": PostgreSQL signals the
@@ -41,3 +51,45 @@ t.test("a switch that fails: the client's work behind it does not run, under the
   for (const f of failures) t.match(f, /^57014 could not apply session settings: canceling statement due to /, 'a hears its switch failed');
   t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a's work never ran");
 });
+
+t.test('a client that leaves while its switch runs: the connection is not handed on behind it', async (t) => {
+  // (A reviewer's leak: the connection went back "clean" with the switch still running, and
+  // a second client with the same settings wrote its work right behind it.)
+  await pgs.query('DELETE FROM loot');
+  await switchesToLongPath('succeed');
+  const a1 = await client('tenant_a', 'pw-a');
+  const a2 = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a1.query(`SET search_path = '${LONG_PATH}'`);
+  await a2.query(`SET search_path = '${LONG_PATH}'`);
+  await switchesToLongPath('fail');
+  await b.query('BEGIN'); // b holds the one connection, with b's pin
+  const [r1, r2] = [rawOf(a1), rawOf(a2)];
+  r1.raw.stream.write(serialize.query('SELECT 1'));
+  await sleep(100);
+  r2.raw.stream.write(serialize.query(STEAL));
+  await sleep(100);
+  r1.raw.stream.write(serialize.end()); // read once a1 gets the connection and its switch is sent
+  await sleep(100);
+  await b.query('COMMIT');
+  await r2.until(1, 5000);
+  await sleep(300);
+  t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a2's work did not run under b's pin");
+  t.match(r2.seen[0] ?? '', /^E/, 'a2 hears an error');
+});
+
+t.test('Parse/Bind/Execute and Flush held behind a switch that fails: the error comes at once', async (t) => {
+  await switchesToLongPath('succeed');
+  const a = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a.query(`SET search_path = '${LONG_PATH}'`);
+  await switchesToLongPath('fail');
+  await b.query('SELECT 1');
+  const r = rawOf(a);
+  r.raw.stream.write(Buffer.concat([serialize.parse({ text: 'SELECT 1' }), serialize.bind(), serialize.execute(), serialize.flush()]));
+  const until = Date.now() + 3000;
+  while (r.seen.length === 0 && Date.now() < until) await sleep(5);
+  t.match(r.seen, [/^E57014$/], 'the client waiting on its Flush hears the error, before any Sync');
+  t.same(await r.sendAndSettle(1, [serialize.sync()]), ['Z'], 'its Sync then gets ReadyForQuery alone');
+});
+

@@ -545,8 +545,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   message(type: number, frame: Buffer): void {
     if (type === 0x58 /* X Terminate */) {
       // Work sent before it in the same read goes out as if leased at once (flushed now: the
-      // connection is dropped next). Statements held back (for a cancel, an inline switch)
-      // still go out too: the client sent them before leaving.
+      // connection is dropped next). Statements held back for a cancel still go out too: the
+      // client sent them before leaving. Work waiting for a settings switch goes with the
+      // client, as work waiting for a server connection does (writeBeforeLeaving).
       if (this.leaseAfterRead) {
         this.leaseForRead();
         this.server?.flushBatch();
@@ -986,8 +987,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * (whether it runs them before it sees the connection close is a race, as it was for the
    * client). Except behind a switch whose outcome is unknown, or one that would have to go
    * out now as a separate statement: should that fail, the work would run with the previous
-   * client's settings, and there is no waiting for it any more. That work is dropped, as if
-   * the connection had closed before it arrived.
+   * client's settings, and there is no waiting for it any more. That work is dropped, as work
+   * still waiting for a server connection is when its client leaves; the connection, a hidden
+   * statement still running on it, is not handed on (finish).
    */
   private writeBeforeLeaving(server: ServerConnection): void {
     this.heldFor = null;
@@ -1248,7 +1250,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         server.sendHidden(serialize.query('DEALLOCATE ALL'));
         server.prepared.clear();
       }
-      if (this.switchSettings(server)) this.flushQueued(server);
+      // (Behind a switch still in flight, the work waits for onSwitchDone too.)
+      if (server.switchInFlight) this.pauseToWait();
+      else if (this.switchSettings(server)) this.flushQueued(server);
     } finally {
       // (Also on a throw: a batch left open would hold every later write to this connection.)
       if (!endLater) drained = server.endBatch();
@@ -1573,7 +1577,14 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       } else if (held && err.failure === 'settings') {
         // The work waited for its settings switch, which failed: it did not run. It fails
         // rather than trying again elsewhere, where the same switch may fail the same way.
-        this.answerQueued({ code: err.fields?.C ?? SqlState.CONNECTION_FAILURE, message: err.message, detail: 'the work was not run' });
+        const failure = { code: err.fields?.C ?? SqlState.CONNECTION_FAILURE, message: err.message, detail: 'the work was not run' };
+        this.answerQueued(failure);
+        if (this.lostTransaction === failure) {
+          // Parse/Bind/Execute still without a Sync: the client may be waiting on a Flush.
+          // As PostgreSQL after an error, it hears the error now; its Sync then gets ReadyForQuery alone.
+          this.socket.write(be.errorResponse({ severity: 'ERROR', code: failure.code, message: failure.message, detail: failure.detail }));
+          this.lostTransaction = { ...failure, reported: true };
+        }
       } else if (held && !this.leasing) this.lease();
       return;
     }
@@ -1676,7 +1687,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && server.txStatus === 'I' && this.scanner.atBoundary;
+      // (A hidden statement still running, such as a settings switch the client's work was
+      // waiting for, is not clean either: the next client's work would run behind it.)
+      const clean =
+        server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && !server.runningHidden && server.txStatus === 'I' && this.scanner.atBoundary;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
