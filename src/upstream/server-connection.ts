@@ -723,15 +723,17 @@ export class ServerConnection implements ScanSink {
     else if (type === 0x53 /* S */) {
       this.noteParameter(frame);
     } else if (type === 0x5a /* Z */) {
-      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       this.endParseGroup();
       this.pipelinedHidden--;
       const wasSwitch = this.hiddenIsSwitch.shift() === true;
       if (wasSwitch) this.hiddenSwitches--;
       if (this.pipelinedError) {
+        // (Its status, E after a failure inside the switch's BEGIN block, is not the
+        // client's: the session still sees the connection as it was, idle.)
         const fields = this.pipelinedError;
         return this.fail(new UpstreamError('settings', `could not apply session settings: ${fields.M ?? ''}`, fields));
       }
+      this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
       if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = this.relayTable();
       if (wasSwitch && this.hiddenSwitches === 0) this.peer?.onSwitchDone();
     }
