@@ -454,6 +454,8 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
     (e: Error & { code?: string; detail?: string }) => e,
   );
   t.equal(err?.code, '08006', 'the client gets an error for its statement');
+  // (The switch failed inside its BEGIN block, status E: not a transaction of the client's.)
+  t.equal(err?.message, 'server connection lost; the statement was not run', 'not "the transaction was rolled back"');
   t.match(err?.detail ?? '', /could not apply session settings: invalid configuration parameter name "plpgsql.tenant"/, 'saying why');
   t.same((await pgs.query<{ who: string }>('SELECT who FROM ran ORDER BY who')).rows, [{ who: 'a' }], 'its INSERT never ran');
   t.same((await p.query("SELECT current_setting('plpgsql.tenant') AS v")).rows, [{ v: 'x' }], 'its next statement runs, on a fresh server connection');

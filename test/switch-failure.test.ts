@@ -43,12 +43,12 @@ t.test("a switch that fails: the client's work behind it does not run, under the
   t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], "b's pin on a new connection");
   const failures: string[] = [];
   for (let i = 0; i < 3; i++) {
-    failures.push(await a.query(STEAL).then(() => 'ran', (e: { code?: string; message: string }) => `${e.code} ${e.message}`));
+    failures.push(await a.query(STEAL).then(() => 'ran', (e: { code?: string; detail?: string }) => `${e.code} ${e.detail}`));
     t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], 'b goes on');
   }
   // (The timeout's cancel can be reported as "due to user request": PostgreSQL signals the
   // backend's process group too.)
-  for (const f of failures) t.match(f, /^57014 could not apply session settings: canceling statement due to /, 'a hears its switch failed');
+  for (const f of failures) t.match(f, /^08006 could not apply session settings: canceling statement due to /, 'a hears its switch failed');
   t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a's work never ran");
 });
 
@@ -89,7 +89,7 @@ t.test('Parse/Bind/Execute and Flush held behind a switch that fails: the error 
   r.raw.stream.write(Buffer.concat([serialize.parse({ text: 'SELECT 1' }), serialize.bind(), serialize.execute(), serialize.flush()]));
   const until = Date.now() + 3000;
   while (r.seen.length === 0 && Date.now() < until) await sleep(5);
-  t.match(r.seen, [/^E57014$/], 'the client waiting on its Flush hears the error, before any Sync');
+  t.match(r.seen, [/^E08006$/], 'the client waiting on its Flush hears the error, before any Sync');
   t.same(await r.sendAndSettle(1, [serialize.sync()]), ['Z'], 'its Sync then gets ReadyForQuery alone');
 });
 

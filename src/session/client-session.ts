@@ -1577,7 +1577,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       } else if (held && err.failure === 'settings') {
         // The work waited for its settings switch, which failed: it did not run. It fails
         // rather than trying again elsewhere, where the same switch may fail the same way.
-        const failure = { code: err.fields?.C ?? SqlState.CONNECTION_FAILURE, message: err.message, detail: 'the work was not run' };
+        const failure = { code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the statement was not run', detail: err.message };
         this.answerQueued(failure);
         if (this.lostTransaction === failure) {
           // Parse/Bind/Execute still without a Sync: the client may be waiting on a Flush.
