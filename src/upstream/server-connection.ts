@@ -239,11 +239,11 @@ export class ServerConnection implements ScanSink {
    * in the order their ParseComplete or CloseComplete will come.
    */
   private parseGroups: ParseEntry[][] = [[]];
-  /** Hidden statements written ahead of client bytes whose replies are still to swallow. */
-  private pipelinedHidden = 0;
-  /** Which of the pipelined hidden statements, in order, are settings switches. */
-  private readonly hiddenIsSwitch: boolean[] = [];
-  private hiddenSwitches = 0;
+  /**
+   * Hidden statements written ahead of client bytes whose replies are still to swallow, in
+   * order: true for a settings switch.
+   */
+  private readonly pipelinedHidden: boolean[] = [];
   private pipelinedError: Record<string, string> | null = null;
   /** Set from the write of a Query carrying an inline switch until its ReadyForQuery. */
   private inline: InlineSwitch | null = null;
@@ -304,7 +304,7 @@ export class ServerConnection implements ScanSink {
 
   /** A pipelined hidden statement is still running ahead of the client's bytes. */
   get runningHidden(): boolean {
-    return this.pipelinedHidden > 0;
+    return this.pipelinedHidden.length > 0;
   }
 
   /**
@@ -315,7 +315,7 @@ export class ServerConnection implements ScanSink {
    * with ROLLBACK leaves that block.)
    */
   get switchInFlight(): boolean {
-    return this.inline !== null || this.hiddenSwitches > 0;
+    return this.inline !== null || this.pipelinedHidden.includes(true);
   }
 
   get isClosed(): boolean {
@@ -326,7 +326,7 @@ export class ServerConnection implements ScanSink {
   attach(peer: ServerPeer): void {
     this.move('active');
     this.peer = peer;
-    this.scanner.inspect = this.pipelinedHidden > 0 || this.inline !== null ? INSPECT_ALL : this.relayTable();
+    this.scanner.inspect = this.pipelinedHidden.length > 0 || this.inline !== null ? INSPECT_ALL : this.relayTable();
   }
 
   /** Takes the connection back from its client (it is then reset or closed by the pool). */
@@ -520,9 +520,7 @@ export class ServerConnection implements ScanSink {
    * settings it was meant to hold.
    */
   sendHidden(query: Buffer, isSwitch = false): void {
-    this.pipelinedHidden++;
-    this.hiddenIsSwitch.push(isSwitch);
-    if (isSwitch) this.hiddenSwitches++;
+    this.pipelinedHidden.push(isSwitch);
     this.noteSync();
     this.scanner.inspect = INSPECT_ALL;
     this.write(query);
@@ -629,7 +627,7 @@ export class ServerConnection implements ScanSink {
   message(type: number, frame: Buffer): void {
     switch (this.state) {
       case 'active':
-        if (this.pipelinedHidden > 0) return this.pipelinedHiddenMessage(type, frame);
+        if (this.pipelinedHidden.length > 0) return this.pipelinedHiddenMessage(type, frame);
         if (this.inline !== null) return this.inlineMessage(type, frame);
         return this.relayMessage(type, frame);
       case 'hidden':
@@ -724,9 +722,7 @@ export class ServerConnection implements ScanSink {
       this.noteParameter(frame);
     } else if (type === 0x5a /* Z */) {
       this.endParseGroup();
-      this.pipelinedHidden--;
-      const wasSwitch = this.hiddenIsSwitch.shift() === true;
-      if (wasSwitch) this.hiddenSwitches--;
+      const wasSwitch = this.pipelinedHidden.shift() === true;
       if (this.pipelinedError) {
         // (Its status, E after a failure inside the switch's BEGIN block, is not the
         // client's: the session still sees the connection as it was, idle.)
@@ -734,8 +730,8 @@ export class ServerConnection implements ScanSink {
         return this.fail(new UpstreamError('settings', `could not apply session settings: ${fields.M ?? ''}`, fields));
       }
       this.txStatus = String.fromCharCode(frame[5]!) as TxStatus;
-      if (this.pipelinedHidden === 0 && this.inline === null) this.scanner.inspect = this.relayTable();
-      if (wasSwitch && this.hiddenSwitches === 0) this.peer?.onSwitchDone();
+      if (this.pipelinedHidden.length === 0 && this.inline === null) this.scanner.inspect = this.relayTable();
+      if (wasSwitch && !this.pipelinedHidden.includes(true)) this.peer?.onSwitchDone();
     }
   }
 
