@@ -160,11 +160,13 @@ export class Pool {
 
   /**
    * Returns a connection. `reset` is the housekeeping statement that makes it clean for the
-   * next client (null: already clean). A connection that is not reusable is closed.
+   * next client (null: already clean). A connection that is not reusable is closed, and so
+   * is one with a hidden statement still running (a settings switch its client's work was
+   * waiting for): the next client's work would run behind it, whatever it does.
    */
   release(conn: ServerConnection, reusable: boolean, reset: string | null): void {
     conn.detach();
-    if (!reusable || conn.isClosed || this.closed) return this.drop(conn);
+    if (!reusable || conn.isClosed || conn.runningHidden || this.closed) return this.drop(conn);
     const pending = conn.cancelling;
     if (pending) {
       // A cancel aimed at the last client's statement could still interrupt the next one.

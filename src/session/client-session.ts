@@ -989,7 +989,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * out now as a separate statement: should that fail, the work would run with the previous
    * client's settings, and there is no waiting for it any more. That work is dropped, as work
    * still waiting for a server connection is when its client leaves; the connection, a hidden
-   * statement still running on it, is not handed on (finish).
+   * statement still running on it, is not handed on (Pool.release).
    */
   private writeBeforeLeaving(server: ServerConnection): void {
     this.heldFor = null;
@@ -1250,9 +1250,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         server.sendHidden(serialize.query('DEALLOCATE ALL'));
         server.prepared.clear();
       }
-      // (Behind a switch still in flight, the work waits for onSwitchDone too.)
-      if (server.switchInFlight) this.pauseToWait();
-      else if (this.switchSettings(server)) this.flushQueued(server);
+      if (this.switchSettings(server)) this.flushQueued(server);
     } finally {
       // (Also on a throw: a batch left open would hold every later write to this connection.)
       if (!endLater) drained = server.endBatch();
@@ -1687,10 +1685,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      // (A hidden statement still running, such as a settings switch the client's work was
-      // waiting for, is not clean either: the next client's work would run behind it.)
-      const clean =
-        server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && !server.runningHidden && server.txStatus === 'I' && this.scanner.atBoundary;
+      const clean = server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && server.txStatus === 'I' && this.scanner.atBoundary;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
