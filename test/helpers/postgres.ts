@@ -110,6 +110,26 @@ export async function startPostgres(opts: { settings?: Record<string, string>; s
     execFileSync(initCmd, initArgs, { stdio: 'pipe' });
   }
 
+  // The port freePort found can be taken before the postmaster binds it (test files run in
+  // parallel): then it exits at once, and it starts again on another port.
+  for (let attempt = 1; ; attempt++) {
+    const started = await launch(dataDir, root, opts.settings);
+    if (started.ready) return serverOf(started, dataDir, root);
+    if (attempt < 3 && started.log.includes('could not create any TCP/IP sockets')) continue;
+    throw new Error(`postgres exited during start:\n${started.log}`);
+  }
+}
+
+interface Launched {
+  readonly ready: boolean;
+  readonly port: number;
+  readonly child: ReturnType<typeof spawn>;
+  readonly exited: Promise<void>;
+  readonly log: string;
+}
+
+/** Starts the postmaster on a free port; ready when a login succeeds (not ready: it exited). */
+async function launch(dataDir: string, root: string, extra: Record<string, string> | undefined): Promise<Launched> {
   const port = await freePort();
   const settings: Record<string, string> = {
     listen_addresses: "'127.0.0.1'",
@@ -121,7 +141,7 @@ export async function startPostgres(opts: { settings?: Record<string, string>; s
     max_connections: '200',
     password_encryption: "'scram-sha-256'",
     log_min_messages: 'warning',
-    ...opts.settings,
+    ...extra,
   };
   const [cmd, args] = pgCommand(pgBin('postgres'), ['-D', dataDir, ...Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${v.replace(/^'|'$/g, '')}`])]);
   const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -133,26 +153,35 @@ export async function startPostgres(opts: { settings?: Record<string, string>; s
     if (log.length > 100_000) log = log.slice(-50_000);
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-
-  const connect = (database = 'postgres') =>
-    new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password: SUPERUSER_PASSWORD, database });
-
-  // Ready when a login succeeds.
   const deadline = Date.now() + 30_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`postgres exited during start:\n${log}`);
-    const c = connect();
+    if (child.exitCode !== null) {
+      running.delete(child);
+      return { ready: false, port, child, exited, log };
+    }
+    // (Whatever holds the port may answer: a server that never replies, or another test's
+    // PostgreSQL, whose data directory is not ours.)
+    const c = new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password: SUPERUSER_PASSWORD, database: 'postgres', connectionTimeoutMillis: 2000 });
     try {
       await c.connect();
+      const ours = (await c.query("SELECT current_setting('data_directory') AS d")).rows[0].d === dataDir;
       await c.end();
-      break;
+      if (ours) return { ready: true, port, child, exited, log };
+      throw new Error('another server');
     } catch {
       await c.end().catch(() => {});
       if (Date.now() > deadline) throw new Error(`postgres did not become ready:\n${log}`);
       await new Promise((r) => setTimeout(r, 100));
     }
   }
+}
 
+const connectTo = (port: number, database = 'postgres') =>
+  new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password: SUPERUSER_PASSWORD, database });
+
+function serverOf(started: Launched, dataDir: string, root: string): PgServer {
+  const { port, child, exited } = started;
+  const connect = (database?: string) => connectTo(port, database);
   let stopped = false;
   return {
     host: '127.0.0.1',
