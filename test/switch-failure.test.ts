@@ -93,3 +93,21 @@ t.test('Parse/Bind/Execute and Flush held behind a switch that fails: the error 
   t.same(await r.sendAndSettle(1, [serialize.sync()]), ['Z'], 'its Sync then gets ReadyForQuery alone');
 });
 
+
+t.test("the client's own statement_timeout does not cancel its switch (it is set last, behind a guard)", async (t) => {
+  await switchesToLongPath('succeed');
+  const a = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a.query(`SET search_path = '${LONG_PATH}'`);
+  await a.query("SET statement_timeout = '1ms'"); // shorter than set_config() of LONG_PATH in the switch
+  for (let i = 0; i < 3; i++) {
+    t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }]);
+    // a's statement itself may run out of its 1 ms (PostgreSQL resolves the long search_path
+    // when a statement first uses it): that is its own 57014, not the switch's failure.
+    const r = await a.query('SELECT 1 AS one').then(
+      () => 'ran',
+      (e: { code?: string; detail?: string }) => `${e.code} ${e.detail}`,
+    );
+    t.match(r, /^(?:ran|57014 undefined)$/, `the switch went through (${r})`);
+  }
+});
