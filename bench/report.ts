@@ -7,7 +7,7 @@ import { pgBin } from '../test/helpers/postgres.js';
 import type { Options, ScenarioId } from './options.js';
 import { THREADS } from './pgbench.js';
 import { run } from './proc.js';
-import { PINS_OFF, PINS_ON, PINS_ON_AFFINITY, S7_AFFINITY_MS, S7_EXTENDED_SUFFIX, runNotes, S1_WORKERS, S1_WORKERS_TARGET, SCENARIOS, type Sample } from './scenarios.js';
+import { PINS_OFF, PINS_ON, PINS_ON_AFFINITY, S7_AFFINITY_MS, S7_BLOCK_SUFFIX, S7_EXTENDED_SUFFIX, runNotes, S1_WORKERS, S1_WORKERS_TARGET, SCENARIOS, type Sample } from './scenarios.js';
 import { BARE_PIPE, PGBOUNCER_BIN, POOL_MODE, POOL_SIZE, ROOT } from './targets.js';
 
 const BENCH_DIR = path.join(ROOT, 'bench');
@@ -241,6 +241,7 @@ function notes(r: Row): string {
   if (r.scenario === 'S7') {
     const inline = r.inlineShare == null ? '' : ` (${Math.round(100 * r.inlineShare)} % inline)`;
     parts.push(`p99 ${fmt(r.p99Ms, 2)} ms; ${fmt(r.switchesPerTx, 2)} switches/tx${r.switchesPerTx ? inline : ''}`);
+    if (r.target === PINS_ON && r.case.endsWith(S7_BLOCK_SUFFIX)) parts.push('no target');
   }
   if (r.target === S1_WORKERS_TARGET) {
     parts.push(

@@ -69,6 +69,8 @@ export const PINS_ON_AFFINITY = `pgbastion pins on, affinity_ms ${S7_AFFINITY_MS
 const S7_CLIENTS_PER_TENANT = 4;
 /** The S7 case over the extended protocol ends its name with this. */
 export const S7_EXTENDED_SUFFIX = ', extended protocol';
+/** The S7 case whose transactions are BEGIN; SELECT; COMMIT ends its name with this. */
+export const S7_BLOCK_SUFFIX = ', BEGIN … COMMIT';
 /** S7's case label; the target applies to the first, one tenant per client. */
 export const s7Case = (clients: number, tenants: number) => (tenants === clients ? `${tenants} tenants` : `${tenants} tenants × ${clients / tenants} clients`);
 
@@ -329,13 +331,15 @@ const S7: Scenario = {
     "server connection last used by another tenant first switches it: `SET \"app\".\"tenant_id\" = '<k>'; ` goes in front of the client's statement in its own Query (the inline switch; the separate `BEGIN; SET …; COMMIT` Query is for other statements), and the classifier " +
     'checks each statement for the pinned name. "pins off": no pins, no pinned variables (the classifier still runs, as it ' +
     `always does). "affinity_ms ${S7_AFFINITY_MS}": pins on with pool.affinity_ms ${S7_AFFINITY_MS}. Cases: ${o.clients} tenants (one per client; the target ` +
-    `applies to it, with the default pool.affinity_ms 0), ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients, and ` +
-    `${o.clients} tenants with \`-M extended\` (pins off and on only: the switch rides ahead of the Parse/Bind/Describe/Execute/Sync batch as Parse/Bind/Execute of the SET). ` +
+    `applies to it, with the default pool.affinity_ms 0), ${Math.floor(o.clients / S7_CLIENTS_PER_TENANT)} tenants × ${S7_CLIENTS_PER_TENANT} clients, ` +
+    `${o.clients} tenants with \`-M extended\` (pins off and on only: the switch rides ahead of the Parse/Bind/Describe/Execute/Sync batch as Parse/Bind/Execute of the SET), ` +
+    `and ${o.clients} tenants whose transactions are \`BEGIN; SELECT … \\gset; COMMIT;\` (three Queries; pins off and on only, no target): a BEGIN cannot take the ` +
+    'inline switch, so a lease that needs one sends the separate `BEGIN; SET …; COMMIT` Query first and holds the client\'s BEGIN until its ReadyForQuery, one more round trip to the server. ' +
     'TPS are the sums over the processes; the figure is pins on / pins off. p50/p99 from the per-transaction logs; switches per ' +
     'transaction from pgbastion_settings_switches_total / pgbastion_transactions_total on /metrics, and the share of them with form="inline".',
   run: async (ctx) => {
     const clients = ctx.opts.clients;
-    const script = await prepareTenants(ctx, clients);
+    const { select, block } = await prepareTenants(ctx, clients);
     const users = (pinned: boolean): BastionUser[] =>
       Array.from({ length: clients }, (_, k) => ({ name: `tenant_${k}`, ...(pinned ? { pins: { [PINNED_VARIABLE]: String(k) } } : {}) }));
     const off = await ctx.lab.pgbastionWith({ name: PINS_OFF, key: 'pgbastion-pins-off', tls: false, users: users(false), pinning: [] });
@@ -350,20 +354,21 @@ const S7: Scenario = {
     });
     // Process j logs in as tenant_(j % tenants): one tenant per client, then several clients
     // per tenant; then one tenant per client again over the extended protocol (most drivers),
-    // pins off and on only.
+    // and with transaction blocks (the separate switch), pins off and on only.
     const cases = [
-      { tenants: clients, extended: false, targets: [off, on, affine] },
-      { tenants: Math.max(1, Math.floor(clients / S7_CLIENTS_PER_TENANT)), extended: false, targets: [off, on, affine] },
-      { tenants: clients, extended: true, targets: [off, on] },
+      { tenants: clients, extended: false, script: select, suffix: '', targets: [off, on, affine] },
+      { tenants: Math.max(1, Math.floor(clients / S7_CLIENTS_PER_TENANT)), extended: false, script: select, suffix: '', targets: [off, on, affine] },
+      { tenants: clients, extended: true, script: select, suffix: S7_EXTENDED_SUFFIX, targets: [off, on] },
+      { tenants: clients, extended: false, script: block, suffix: S7_BLOCK_SUFFIX, targets: [off, on] },
     ];
-    for (const { tenants, extended, targets } of cases) {
+    for (const { tenants, extended, script, suffix, targets } of cases) {
       const protocol = extended ? ['-M', 'extended'] : [];
       const jobs = (t: Target, seconds: number, extra: string[] = []) =>
         Array.from({ length: clients }, (_, j) =>
           pgbenchJob(t, seconds, ['-c', '1', '-j', '1', ...protocol, '-f', script, '-D', `tenant=${j % tenants}`, ...extra], `tenant_${j % tenants}`),
         );
       const once = async (t: Target, round: number): Promise<RunFigures> => {
-        const prefix = path.join(ctx.dir, `s7-${tenants}${extended ? '-x' : ''}-${round}-${t.key}`);
+        const prefix = path.join(ctx.dir, `s7-${tenants}${extended ? '-x' : ''}${script === block ? '-b' : ''}-${round}-${t.key}`);
         const counts = () => Promise.all([t.counter!(SWITCHES), t.counter!(TRANSACTIONS), t.counter!(INLINE_SWITCHES)]);
         const [switches0, tx0, inline0] = await counts();
         const m = await measure(t, jobs(t, ctx.opts.duration, ['-l', `--log-prefix=${prefix}`]));
@@ -378,13 +383,16 @@ const S7: Scenario = {
           inlineShare: switches > 0 ? (inline1 - inline0) / switches : null,
         };
       };
-      await inRounds(ctx, 'S7', s7Case(clients, tenants) + (extended ? S7_EXTENDED_SUFFIX : ''), targets, jobs, once);
+      await inRounds(ctx, 'S7', s7Case(clients, tenants) + suffix, targets, jobs, once);
     }
   },
 };
 
-/** Creates tenant_accounts with RLS and returns the pgbench script reading one row of tenant :tenant. */
-async function prepareTenants(ctx: Context, tenants: number): Promise<string> {
+/**
+ * Creates tenant_accounts with RLS and writes the pgbench scripts reading one row of tenant
+ * :tenant: as one statement (`select`), and inside BEGIN … COMMIT (`block`).
+ */
+async function prepareTenants(ctx: Context, tenants: number): Promise<{ select: string; block: string }> {
   const rows = 100_000 * ctx.opts.scale;
   await ctx.lab.pgs.query(
     `CREATE TABLE tenant_accounts (tenant int NOT NULL, aid int PRIMARY KEY, abalance int NOT NULL);
@@ -398,14 +406,14 @@ async function prepareTenants(ctx: Context, tenants: number): Promise<string> {
     DATABASE,
   );
   // aid = j * tenants + k with j >= 1 has aid % tenants = k and stays within 1..rows.
-  const script = path.join(ctx.dir, 'tenant-select.sql');
-  writeFileSync(
-    script,
-    `\\set aid random(1, ${Math.floor(rows / tenants) - 1}) * ${tenants} + :tenant\n` +
-      // \gset fails the client unless exactly one row comes back: the pin (or its absence) must show the tenant's row.
-      'SELECT abalance FROM tenant_accounts WHERE aid = :aid \\gset\n',
-  );
-  return script;
+  const pick = `\\set aid random(1, ${Math.floor(rows / tenants) - 1}) * ${tenants} + :tenant\n`;
+  // \gset fails the client unless exactly one row comes back: the pin (or its absence) must show the tenant's row.
+  const read = 'SELECT abalance FROM tenant_accounts WHERE aid = :aid \\gset\n';
+  const select = path.join(ctx.dir, 'tenant-select.sql');
+  writeFileSync(select, pick + read);
+  const block = path.join(ctx.dir, 'tenant-block.sql');
+  writeFileSync(block, `${pick}BEGIN;\n${read}COMMIT;\n`);
+  return { select, block };
 }
 
 export const SCENARIOS: readonly Scenario[] = [S1, S2, S3, S4, S5, S6, S7];
