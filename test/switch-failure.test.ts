@@ -52,6 +52,35 @@ t.test("a switch that fails: the client's work behind it does not run, under the
   t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a's work never ran");
 });
 
+t.test('a lone BEGIN goes out with a failing switch; work behind it, in the same write or later, never runs', async (t) => {
+  await switchesToLongPath('succeed');
+  const a = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a.query(`SET search_path = '${LONG_PATH}'`);
+  await switchesToLongPath('fail');
+  const r = rawOf(a);
+  let replies = 0;
+  for (const together of [true, false]) {
+    await pgs.query('DELETE FROM loot');
+    t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], "b's pin");
+    r.seen.length = 0;
+    if (together) {
+      // Two Queries in one write: the BEGIN is not alone, both wait for the switch.
+      r.raw.stream.write(Buffer.concat([serialize.query('BEGIN'), serialize.query(STEAL)]));
+    } else {
+      // The BEGIN goes with the switch (which takes tens of ms to time out); the rest comes while it runs.
+      r.raw.stream.write(serialize.query('BEGIN'));
+      await sleep(5);
+      r.raw.stream.write(serialize.query(STEAL));
+    }
+    replies += 2;
+    await r.until(replies, 5000);
+    await sleep(300);
+    t.same(r.seen, ['E08006', 'Z', 'E08006', 'Z'], `${together ? 'together' : 'apart'}: both fail`);
+    t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a's work never ran under b's pin");
+  }
+});
+
 t.test('a client that leaves while its switch runs: the connection is not handed on behind it', async (t) => {
   // (A reviewer's leak: the connection went back "clean" with the switch still running, and
   // a second client with the same settings wrote its work right behind it.)

@@ -36,7 +36,7 @@ import { Refusals } from './refusal.js';
 import { PreparedStatements, bindStatementName, mentionsServerName, replaceCString, statementTarget, type Statement } from './prepared.js';
 import { RelayLedger } from './relay-ledger.js';
 import { mergesWithCurrent, setConfigSql, settingsKey, switchPlan } from './set-config.js';
-import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, portalName, takesInlineSwitch } from './inline-switch.js';
+import { INLINE_MAX_BYTES, batchTakesInlineSwitch, inlineQuery, opensBlockOnly, portalName, takesInlineSwitch } from './inline-switch.js';
 import { TextLru } from '../cache/text-lru.js';
 import type { ClientOrigin } from '../upstream/dial.js';
 
@@ -1289,10 +1289,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
     // The work waits for this one's ReadyForQuery (onSwitchDone): should it fail, work
     // already behind it would run with the previous client's settings (switchInFlight).
+    // A lone BEGIN goes with it: nothing of the client's can run in its block if it fails.
     this.rt.metrics.settingsSwitches.separate.inc();
     server.sendHidden(plan.query, true);
     server.holdExactly(this.params, this.paramsKey);
-    return false;
+    return only?.type === Q && only.own !== undefined && server.txStatus === 'I' && opensBlockOnly(only.own);
   }
 
   onSwitchDone(): void {

@@ -54,6 +54,18 @@
 // - Nothing is shifted: the client's messages are its own, and an error before the switch
 //   completed can only be the switch's (or a cancel or FATAL, which are the client's).
 
+// A transaction block cannot take the inline switch: a later ROLLBACK would undo it. So a
+// client's BEGIN gets the separate switch, `BEGIN; SET …; COMMIT` as a Query of its own, and
+// work behind a separate switch waits for its ReadyForQuery (should it fail, work starting
+// with ROLLBACK would leave its aborted block and run with the previous client's settings).
+// A Query that is one BEGIN or START TRANSACTION and nothing else (opensBlockOnly) goes out
+// with the switch instead, saving that round trip, because it cannot run anything of the
+// client's whatever the switch's outcome:
+// - the switch failed inside its block: the BEGIN meets the aborted block and fails (25P02);
+// - the switch's COMMIT failed (its transaction is over): the BEGIN opens a block, empty;
+// and either way the connection is given up at the switch's ReadyForQuery, before anything
+// else of the client's is written (ServerConnection.switchInFlight holds it back).
+
 import { endsSession } from '../protocol/fields.js';
 
 /** Client statements longer than this are not copied into an inline switch. */
@@ -61,9 +73,20 @@ export const INLINE_MAX_BYTES = 16 * 1024;
 
 const INLINE_FIRST_WORD = /^\s*(?:select|insert|update|delete|merge|with|values|table)(?![a-z0-9_$])/i;
 
+const BLOCK_FIRST_WORD = /^\s*(?:begin|start\s+transaction)(?![a-z0-9_$])/i;
+
 /** Whether a switch may ride ahead of `sql` in one Query (see the module comment). */
 export function takesInlineSwitch(sql: string): boolean {
-  if (!INLINE_FIRST_WORD.test(sql)) return false;
+  return INLINE_FIRST_WORD.test(sql) && oneStatement(sql);
+}
+
+/** Whether `sql` is one BEGIN or START TRANSACTION alone, which may follow a separate switch at once. */
+export function opensBlockOnly(sql: string): boolean {
+  return BLOCK_FIRST_WORD.test(sql) && oneStatement(sql);
+}
+
+/** No `;` but at the end: a `;` anywhere else, even inside a string or comment, rules a text out. */
+function oneStatement(sql: string): boolean {
   const semicolon = sql.indexOf(';');
   return semicolon < 0 || sql.slice(semicolon + 1).trim() === '';
 }
