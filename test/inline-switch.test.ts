@@ -4,7 +4,6 @@
 // switch), syntax errors, cancels, and work pipelined behind a failing switch, with every
 // row checked against the tenant that asked.
 
-import net from 'node:net';
 import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
@@ -14,6 +13,7 @@ import { slowCancelForwarder } from './helpers/balancer.js';
 import { sendCancel } from './helpers/cancel.js';
 import { SERVER_ROLE, SERVER_ROLE_PASSWORD, startProxy } from './helpers/proxy.js';
 import { TENANTS, tenantLab } from './helpers/tenant-lab.js';
+import { upstreamTap } from './helpers/upstream-tap.js';
 
 t.test('takesInlineSwitch: one statement that can neither end nor begin a transaction', async (t) => {
   const cases: [string, boolean][] = [
@@ -142,42 +142,17 @@ t.test("the switch rides in the client's Query, and only when it must", async (t
   t.equal(await pin(b), 'b', 'which the ROLLBACK did not undo');
 });
 
-/** A forwarder to 127.0.0.1:`port` keeping every chunk the proxy writes (on loopback a write of a few bytes arrives as one). */
-async function recordingForwarder(t: Test, port: number): Promise<{ port: number; chunks: Buffer[] }> {
-  const chunks: Buffer[] = [];
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((client) => {
-    const upstream = net.connect(port, '127.0.0.1');
-    sockets.add(client).add(upstream);
-    client.on('data', (d: Buffer) => {
-      chunks.push(d);
-      upstream.write(d);
-    });
-    upstream.pipe(client);
-    for (const [s, other] of [[client, upstream], [upstream, client]] as const) {
-      s.on('error', () => other.destroy());
-      s.on('close', () => other.destroy());
-    }
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  t.teardown(() => {
-    for (const s of sockets) s.destroy();
-    return new Promise((r) => server.close(r));
-  });
-  return { port: (server.address() as net.AddressInfo).port, chunks };
-}
-
 t.test('a lone BEGIN goes out in the same write as the separate switch it needs, not a round trip later', async (t) => {
-  const fwd = await recordingForwarder(t, pgs.port);
+  const tap = await upstreamTap(t, pgs.port);
   const own = await startProxy(t, pgs, {
     users: TENANTS,
-    extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, upstreams: [{ host: '127.0.0.1', port: fwd.port }] },
+    extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, upstreams: [{ host: '127.0.0.1', port: tap.port }] },
   });
   const [a, b] = [await open(t, 'a', { port: own.port }), await open(t, 'b', { port: own.port })];
-  const switchTo = (who: string) => fwd.chunks.filter((c) => c.includes(`SET "app"."tenant_id" = '${who}'`));
+  const switchTo = (who: string) => tap.sent.filter((c) => c.includes(`SET "app"."tenant_id" = '${who}'`));
   for (const begin of ['BEGIN', 'START TRANSACTION ISOLATION LEVEL REPEATABLE READ']) {
     t.equal(await pin(a), 'a');
-    fwd.chunks.length = 0;
+    tap.sent.length = 0;
     await b.query(begin);
     t.equal(switchTo('b').length, 1, `${begin}: one switch`);
     t.ok(switchTo('b')[0]?.includes(serialize.query(begin)), `${begin}: it went out with the switch`);
@@ -187,7 +162,7 @@ t.test('a lone BEGIN goes out in the same write as the separate switch it needs,
   }
   // Not alone: the BEGIN and what follows wait for the switch's ReadyForQuery.
   t.equal(await pin(a), 'a');
-  fwd.chunks.length = 0;
+  tap.sent.length = 0;
   const { raw, seen, until } = rawOf(b);
   raw.stream.write(Buffer.concat([serialize.query('BEGIN'), serialize.query('SELECT 1')]));
   await until(2, 5000);
