@@ -7,6 +7,7 @@ import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { SERVER_ROLE } from './helpers/proxy.js';
+import { cancelClient } from './helpers/cancel.js';
 import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
@@ -79,6 +80,32 @@ t.test('a lone BEGIN goes out with a failing switch; work behind it, in the same
     t.same(r.seen, ['E08006', 'Z', 'E08006', 'Z'], `${together ? 'together' : 'apart'}: both fail`);
     t.same((await pgs.query('SELECT body FROM loot')).rows, [], "a's work never ran under b's pin");
   }
+});
+
+t.test('a cancel while the work waits behind its switch: the work is not sent, the client hears 57014', async (t) => {
+  await pgs.query('DELETE FROM loot');
+  await switchesToLongPath('succeed'); // the switch to a's LONG_PATH takes tens of ms, and succeeds
+  const a = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a.query(`SET search_path = '${LONG_PATH}'`);
+  let cancelled = 0;
+  for (let i = 0; i < 3; i++) {
+    t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], "b's pin");
+    const work = a.query("INSERT INTO public.loot VALUES ('not cancelled')").then(
+      () => 'ran',
+      (e: { code?: string; detail?: string }) => `${e.code} ${e.detail}`,
+    );
+    await sleep(3);
+    await cancelClient(proxy.port, a);
+    const r = await work;
+    if (r === 'ran') continue; // the switch was done before the cancel came: nothing to cancel
+    cancelled++;
+    t.equal(r, '57014 cancelled while its session settings were being applied');
+  }
+  t.ok(cancelled > 0, `cancelled while held: ${cancelled} of 3`);
+  t.equal((await pgs.query('SELECT count(*)::int AS n FROM loot')).rows[0].n, 3 - cancelled, 'a cancelled INSERT never ran');
+  t.same((await a.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'a' }], 'a goes on, with its pin');
+  t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], 'and b with its own: the connection went back');
 });
 
 t.test('a client that leaves while its switch runs: the connection is not handed on behind it', async (t) => {

@@ -1297,7 +1297,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   onSwitchDone(): void {
-    if (this.server !== null) this.writeHeld(this.server);
+    const server = this.server;
+    if (server === null) return;
+    if (this.queued.length > 0) return this.writeHeld(server);
+    // The work behind it was cancelled meanwhile (cancelWaiting), or went with it (a lone BEGIN).
+    this.resumeAfterWait();
+    this.releaseIfDone(server.txStatus);
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */
@@ -1629,10 +1634,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     return { endpoint: s.endpoint, transport: s.transport, processId: s.processId, secretKey: s.secretKey, delivering };
   }
 
-  /** Work still waiting for a server connection is cancelled here, as PostgreSQL would have. */
+  /**
+   * Work not sent yet is cancelled here, as PostgreSQL would have cancelled it running: work
+   * waiting for a server connection, or held behind a separate settings switch (which the
+   * cancel must not hit: cancelTarget). The switch goes on; the connection then goes back.
+   */
   cancelWaiting(): boolean {
-    if (this.server !== null || !this.leasing || this.queued.length === 0) return false;
-    this.answerQueued({ code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail: 'cancelled while waiting for a server connection' });
+    const server = this.server;
+    const notSent = server === null ? this.leasing : server.switchInFlight && this.ledger.settled;
+    if (!notSent || this.queued.length === 0) return false;
+    const detail = server === null ? 'cancelled while waiting for a server connection' : 'cancelled while its session settings were being applied';
+    this.answerQueued({ code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail });
     // Read on: a Sync still to come is answered here; new work queues (and pauses) again.
     this.resumeAfterWait();
     return true;
