@@ -14,7 +14,7 @@ import { serialize } from 'pg-protocol';
 import { cancelClient } from './helpers/cancel.js';
 import { SERVER_ROLE } from './helpers/proxy.js';
 import { rawOf } from './helpers/raw-client.js';
-import { tenantLab } from './helpers/tenant-lab.js';
+import { tenantClient, tenantLab } from './helpers/tenant-lab.js';
 
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
@@ -47,13 +47,7 @@ await pgs.query(`GRANT CREATE ON SCHEMA public TO ${SERVER_ROLE}`);
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
-  c.on('error', () => undefined);
-  await c.connect();
-  t.teardown(() => c.end().catch(() => undefined));
-  return c;
-}
+const open = (t: Test, who: 'a' | 'b'): Promise<pg.Client> => tenantClient(t, proxy.port, who);
 
 
 /** The other tenant runs a statement: it can only when the pool's one connection went back. */

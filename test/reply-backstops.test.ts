@@ -13,7 +13,7 @@ import t from 'tap';
 import pg from 'pg';
 import { readyForQuery } from '../src/protocol/backend.js';
 import { startProxy } from './helpers/proxy.js';
-import { TENANTS, tenantLab } from './helpers/tenant-lab.js';
+import { TENANTS, tenantClient, tenantLab } from './helpers/tenant-lab.js';
 import { upstreamTap } from './helpers/upstream-tap.js';
 
 const { pgs } = await tenantLab(t);
@@ -41,13 +41,7 @@ const dataRow = (value: string) => {
 };
 const commandComplete = (tag: string) => message('C', cstring(tag));
 
-async function open(t: Test, who: 'a' | 'b'): Promise<pg.Client> {
-  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
-  c.on('error', () => undefined);
-  await c.connect();
-  t.teardown(() => c.end().catch(() => undefined));
-  return c;
-}
+const open = (t: Test, who: 'a' | 'b'): Promise<pg.Client> => tenantClient(t, proxy.port, who);
 type Test = Parameters<Parameters<typeof t.test>[1]>[0];
 
 const pid = async (c: pg.Client) => (await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;

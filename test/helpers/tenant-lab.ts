@@ -2,6 +2,7 @@
 // follows app.tenant_id: the setting the inline-switch tests attack.
 
 import type { Test } from 'tap';
+import pg from 'pg';
 import { freePort, startPostgres, type PgServer } from './postgres.js';
 import { createServerRole, SERVER_ROLE, startProxy, type RunningProxy } from './proxy.js';
 
@@ -27,4 +28,13 @@ export async function tenantLab(t: Test): Promise<{ pgs: PgServer; proxy: Runnin
     extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 }, metrics: { host: '127.0.0.1', port: metricsPort } },
   });
   return { pgs, proxy, metricsPort };
+}
+
+/** A logged-in client of tenant `who` on the proxy at 127.0.0.1:`port`, ended in teardown. */
+export async function tenantClient(t: Test, port: number, who: 'a' | 'b'): Promise<pg.Client> {
+  const c = new pg.Client({ host: '127.0.0.1', port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+  c.on('error', () => undefined);
+  await c.connect();
+  t.teardown(() => c.end().catch(() => undefined));
+  return c;
 }
