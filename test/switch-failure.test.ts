@@ -108,6 +108,31 @@ t.test('a cancel while the work waits behind its switch: the work is not sent, t
   t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], 'and b with its own: the connection went back');
 });
 
+t.test('Parse/Bind/Execute and Flush held behind a switch, cancelled: the error comes at once, before any Sync', async (t) => {
+  // (A reviewer's finding: the client waiting on its Flush heard nothing until its Sync.)
+  await switchesToLongPath('succeed');
+  const a = await client('tenant_a', 'pw-a');
+  const b = await client('tenant_b', 'pw-b');
+  await a.query(`SET search_path = '${LONG_PATH}'`);
+  const r = rawOf(a);
+  let cancelled = 0;
+  for (let i = 0; i < 3; i++) {
+    t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], "b's pin");
+    r.seen.length = 0;
+    r.raw.stream.write(Buffer.concat([serialize.parse({ text: "SELECT 'work'" }), serialize.bind(), serialize.execute(), serialize.flush()]));
+    await sleep(3);
+    await cancelClient(proxy.port, a);
+    const until = Date.now() + 2000;
+    while (r.seen.length < 3 && !r.seen.includes('E57014') && Date.now() < until) await sleep(5);
+    const beforeSync = [...r.seen];
+    t.same(await r.sendAndSettle(1, [serialize.sync()]), ['Z'], 'its Sync gets ReadyForQuery alone');
+    if (beforeSync.includes('work')) continue; // the switch was done before the cancel came
+    cancelled++;
+    t.same(beforeSync, ['E57014'], 'the client waiting on its Flush hears the cancel, before any Sync');
+  }
+  t.ok(cancelled > 0, `cancelled while held: ${cancelled} of 3`);
+});
+
 t.test('a client that leaves while its switch runs: the connection is not handed on behind it', async (t) => {
   // (A reviewer's leak: the connection went back "clean" with the switch still running, and
   // a second client with the same settings wrote its work right behind it.)

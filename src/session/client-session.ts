@@ -1327,18 +1327,26 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /**
    * Answers the queued work with `failure`: an ERROR and ReadyForQuery for each Query, Sync
    * and FunctionCall, as PostgreSQL answers work it did not run. Work after the last of
-   * those (Parse/Bind/Execute still without a Sync) leaves `failure` for its Sync to come.
+   * those (Parse/Bind/Execute still without a Sync) hears the error now, as PostgreSQL sends
+   * one at once (the client may be waiting on a Flush); its Sync then gets ReadyForQuery alone.
    */
   private answerQueued(failure: LostWork): void {
     const queued = this.queued;
     this.queued = [];
+    let cutShort = false;
     for (const out of queued) {
       // A Parse that never went out created nothing; a Close or DEALLOCATE closed nothing.
       if (out.type === P) this.statementLost(parsedName(out), out.bytes, false);
       if (out.closes) this.statements.closeSkipped(out.closes.stmt);
       if (out.type === 0) continue;
       this.lostTransaction ??= failure; // one already pending (a batch cut short) goes first
+      cutShort = out.type !== Q && out.type !== S && out.type !== F;
       this.answerLostTransaction(out.type);
+    }
+    const left = this.lostTransaction;
+    if (cutShort && left !== null && left.reported !== true) {
+      this.socket.write(be.errorResponse({ severity: 'ERROR', code: left.code ?? SqlState.CONNECTION_FAILURE, message: left.message, detail: left.detail }));
+      this.lostTransaction = { ...left, reported: true };
     }
   }
 
@@ -1581,14 +1589,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       } else if (held && err.failure === 'settings') {
         // The work waited for its settings switch, which failed: it did not run. It fails
         // rather than trying again elsewhere, where the same switch may fail the same way.
-        const failure = { code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the statement was not run', detail: err.message };
-        this.answerQueued(failure);
-        if (this.lostTransaction === failure) {
-          // Parse/Bind/Execute still without a Sync: the client may be waiting on a Flush.
-          // As PostgreSQL after an error, it hears the error now; its Sync then gets ReadyForQuery alone.
-          this.socket.write(be.errorResponse({ severity: 'ERROR', code: failure.code, message: failure.message, detail: failure.detail }));
-          this.lostTransaction = { ...failure, reported: true };
-        }
+        this.answerQueued({ code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the statement was not run', detail: err.message });
       } else if (held && !this.leasing) this.lease();
       return;
     }
