@@ -127,3 +127,41 @@ t.test('bad lengths fail before anything is allocated', async (t) => {
   ok.writeInt32BE(1024, 1);
   t.doesNotThrow(() => new MessageScanner(INSPECT_ALL, 1024, { pass: () => {}, message: () => {} }).feed(ok), 'exactly the maximum is fine');
 });
+
+t.test('pass-through says whether it starts a message, wherever the chunks are split', async (t) => {
+  // (The session drops a stray CopyData whole; passing on the rest of one whose start it
+  // dropped would hand the server its data as messages: the flag must be exact.)
+  const parts = [frontend.copyData!, frontend.query!, serialize.copyData(Buffer.alloc(300, 0x51)), frontend.copyDone!, frontend.copyData!, frontend.copyData!, frontend.sync!];
+  const stream = Buffer.concat(parts);
+  const starts = new Set<number>();
+  let at = 0;
+  for (const p of parts) {
+    starts.add(at);
+    at += p.length;
+  }
+  const clientTable = inspectTable('XQPSFBDCEHcf'); // the session's: CopyData passes through
+  let wrong = 0;
+  const splits: number[][] = [];
+  for (let i = 0; i <= stream.length; i++) splits.push([i]);
+  for (let i = 0; i <= stream.length; i += 7) for (let j = i; j <= stream.length; j += 5) splits.push([i, j]);
+  for (const cut of splits) {
+    let offset = 0;
+    const sink: ScanSink = {
+      pass(b, startsMessage) {
+        if (startsMessage !== starts.has(offset)) wrong++;
+        offset += b.length;
+      },
+      message(_type, frame) {
+        offset += frame.length;
+      },
+    };
+    const scanner = new MessageScanner(clientTable, 1 << 20, sink);
+    let from = 0;
+    for (const c of [...cut, stream.length]) {
+      scanner.feed(stream.subarray(from, c));
+      from = c;
+    }
+    if (offset !== stream.length) wrong++;
+  }
+  t.equal(wrong, 0, `${splits.length} ways to split the stream, every pass-through flagged right`);
+});

@@ -3,9 +3,12 @@
 
 import { SqlState } from './sqlstate.js';
 
-/** Receives what the scanner finds. `pass` bytes are forwarded untouched; `message` gets whole frames. */
+/**
+ * Receives what the scanner finds. `pass` bytes are forwarded untouched (`startsMessage`: they
+ * begin with a message's type byte, not in the middle of one); `message` gets whole frames.
+ */
 export interface ScanSink {
-  pass(bytes: Buffer): void;
+  pass(bytes: Buffer, startsMessage: boolean): void;
   message(type: number, frame: Buffer): void;
 }
 
@@ -55,6 +58,7 @@ export class MessageScanner {
     const n = chunk.length;
     let pos = 0;
     let passStart = 0;
+    let runStartsMessage = this.atBoundary;
     while (pos < n) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - pos);
@@ -68,6 +72,7 @@ export class MessageScanner {
         this.partialLen += take;
         pos += take;
         passStart = pos;
+        runStartsMessage = true; // (when the partial is still not whole, nothing follows in this chunk)
         if (this.partialLen === this.partial.length) this.emitPartial();
         continue;
       }
@@ -79,12 +84,13 @@ export class MessageScanner {
           pos += HEADER;
           continue;
         }
-        if (pos > passStart) this.sink.pass(chunk.subarray(passStart, pos));
+        if (pos > passStart) this.sink.pass(chunk.subarray(passStart, pos), runStartsMessage);
         const total = len + 1;
         if (n - pos >= total) {
           const frame = chunk.subarray(pos, pos + total);
           pos += total;
           passStart = pos;
+          runStartsMessage = true;
           this.sink.message(type, frame);
         } else {
           this.partial = Buffer.allocUnsafe(total);
@@ -95,7 +101,7 @@ export class MessageScanner {
         continue;
       }
       // A header split across chunks: flush what precedes it and hold its bytes back.
-      if (this.headerLen === 0 && pos > passStart) this.sink.pass(chunk.subarray(passStart, pos));
+      if (this.headerLen === 0 && pos > passStart) this.sink.pass(chunk.subarray(passStart, pos), runStartsMessage);
       const take = Math.min(HEADER - this.headerLen, n - pos);
       const header = (this.header ??= Buffer.alloc(HEADER));
       chunk.copy(header, this.headerLen, pos, pos + take);
@@ -107,16 +113,18 @@ export class MessageScanner {
       const type = header[0]!;
       const len = this.checkLength(header.readInt32BE(1));
       if (this.inspect[type] === 0) {
-        this.sink.pass(Buffer.from(header));
-        this.remaining = len - 4;
+        this.remaining = len - 4; // (first: the sink may ask atBoundary)
+        runStartsMessage = false;
+        this.sink.pass(Buffer.from(header), true);
       } else {
+        runStartsMessage = true; // (the partial it starts ends the chunk, or completes into a boundary)
         this.partial = Buffer.allocUnsafe(len + 1);
         header.copy(this.partial, 0);
         this.partialLen = HEADER;
         if (len === 4) this.emitPartial();
       }
     }
-    if (pos > passStart) this.sink.pass(chunk.subarray(passStart, pos));
+    if (pos > passStart) this.sink.pass(chunk.subarray(passStart, pos), runStartsMessage);
   }
 
   private emitPartial(): void {

@@ -76,6 +76,7 @@ const D = 0x44;
 const C = 0x43;
 const E = 0x45;
 const H = 0x48;
+const COPY_DATA = 0x64;
 const COPY_DONE = 0x63;
 const COPY_FAIL = 0x66;
 /** Prepared statements a server connection may hold before the next lease deallocates them all. */
@@ -213,6 +214,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private leaseAfterRead = false;
   /** The server connection whose write batch onData closes when its read is done. */
   private batched: ServerConnection | null = null;
+  /**
+   * Stray copy messages: CopyData, CopyDone or CopyFail outside a COPY (one that already
+   * failed, or none), and a Flush with nothing before it, are ignored by PostgreSQL. With
+   * nothing else of the client's on its way they are dropped here: leasing a server connection
+   * for them would hold it with no reply ever to give it back, outside any transaction (where
+   * PostgreSQL's idle_in_transaction_session_timeout would end it). `droppingStray`: the next
+   * pass-through bytes continue a dropped CopyData (never pass on the rest of a message whose
+   * start was dropped: its data would reach the server as messages no check saw).
+   */
+  private droppingStray = false;
   /** The client socket was paused because its work has to wait (pauseToWait). */
   private pausedToWait = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
@@ -525,8 +536,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   // ---- ScanSink: typed messages during auth and relay ---------------------------------
 
-  pass(bytes: Buffer): void {
+  pass(bytes: Buffer, startsMessage: boolean): void {
     if (this.state === 'ready') {
+      if (this.droppingStray || (startsMessage && bytes[0] === COPY_DATA && this.nothingOnItsWay())) {
+        this.droppingStray = !this.scanner.atBoundary;
+        return;
+      }
       if (this.lostTransaction === null) this.send(bytes, 0);
     } else if (this.state === 'connecting') {
       this.queued.push({ bytes, type: 0, needs: null, defines: null });
@@ -543,6 +558,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   message(type: number, frame: Buffer): void {
+    this.droppingStray = false;
     if (type === 0x58 /* X Terminate */) {
       // Work sent before it in the same read goes out as if leased at once (flushed now: the
       // connection is dropped next). Statements held back for a cancel still go out too: the
@@ -708,9 +724,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       case D:
       case C:
         return this.sendNaming(frame, type, this.transactionMode ? statementTarget(frame) : null);
+      case COPY_DONE:
+      case COPY_FAIL:
+      case H:
+        if (this.nothingOnItsWay()) return; // a stray one, ignored by PostgreSQL: see droppingStray
+        return this.send(frame, type);
       default:
         return this.send(frame, type);
     }
+  }
+
+  /** Transaction mode, no server connection, and no work waiting for one. */
+  private nothingOnItsWay(): boolean {
+    return this.transactionMode && this.server === null && this.queued.length === 0 && !this.leasing;
   }
 
   /**
