@@ -131,7 +131,8 @@ t.test('bad lengths fail before anything is allocated', async (t) => {
 t.test('pass-through says whether it starts a message, wherever the chunks are split', async (t) => {
   // (The session drops a stray CopyData whole; passing on the rest of one whose start it
   // dropped would hand the server its data as messages: the flag must be exact.)
-  const parts = [frontend.copyData!, frontend.query!, serialize.copyData(Buffer.alloc(300, 0x51)), frontend.copyDone!, frontend.copyData!, frontend.copyData!, frontend.sync!];
+  const empty = serialize.copyData(Buffer.alloc(0));
+  const parts = [frontend.copyData!, frontend.query!, serialize.copyData(Buffer.alloc(300, 0x51)), empty, frontend.copyData!, frontend.copyDone!, empty, empty, frontend.copyData!, frontend.sync!];
   const stream = Buffer.concat(parts);
   const starts = new Set<number>();
   let at = 0;

@@ -54,6 +54,11 @@ export class MessageScanner {
     return this.remaining === 0 && this.headerLen === 0 && this.partial === null;
   }
 
+  /** Inside a passed-through message: the bytes to come continue one whose start was passed. */
+  get inPassThrough(): boolean {
+    return this.remaining > 0;
+  }
+
   feed(chunk: Buffer): void {
     const n = chunk.length;
     let pos = 0;
@@ -114,7 +119,7 @@ export class MessageScanner {
       const len = this.checkLength(header.readInt32BE(1));
       if (this.inspect[type] === 0) {
         this.remaining = len - 4; // (first: the sink may ask atBoundary)
-        runStartsMessage = false;
+        runStartsMessage = this.remaining === 0;
         this.sink.pass(Buffer.from(header), true);
       } else {
         runStartsMessage = true; // (the partial it starts ends the chunk, or completes into a boundary)

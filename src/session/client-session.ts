@@ -220,8 +220,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * nothing else of the client's on its way they are dropped here: leasing a server connection
    * for them would hold it with no reply ever to give it back, outside any transaction (where
    * PostgreSQL's idle_in_transaction_session_timeout would end it). `droppingStray`: the next
-   * pass-through bytes continue a dropped CopyData (never pass on the rest of a message whose
-   * start was dropped: its data would reach the server as messages no check saw).
+   * pass-through bytes continue a message whose start was dropped, or went to a server
+   * connection that is gone: never pass them on (its data would reach a server as messages no
+   * check saw).
    */
   private droppingStray = false;
   /** The client socket was paused because its work has to wait (pauseToWait). */
@@ -1359,6 +1360,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private answerQueued(failure: LostWork): void {
     const queued = this.queued;
     this.queued = [];
+    // The start of a passed-through message still being read is dropped with the rest of the
+    // work: so is what is left of it (see droppingStray).
+    if (this.scanner.inPassThrough) this.droppingStray = true;
     let cutShort = false;
     for (const out of queued) {
       // A Parse that never went out created nothing; a Close or DEALLOCATE closed nothing.
@@ -1595,6 +1599,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (!this.transactionMode || this.sticky !== null || this.state !== 'ready') {
       return this.fatal(SqlState.CONNECTION_FAILURE, 'server connection lost', err.message);
     }
+    // A passed-through message half written to the lost connection: the rest must not start
+    // another one (its bytes would reach that server as messages no check saw).
+    if (this.scanner.inPassThrough) this.droppingStray = true;
     // Work held back (for a cancel, or an inline switch's outcome) was sent behind what the
     // connection took down with it: it may run elsewhere only when that was nothing, outside
     // a transaction. Otherwise it fails as work behind a failed statement does.
@@ -1616,6 +1623,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // The work waited for its settings switch, which failed: it did not run. It fails
         // rather than trying again elsewhere, where the same switch may fail the same way.
         this.answerQueued({ code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the statement was not run', detail: err.message });
+      } else if (held && (this.scanner.inPassThrough || this.queued.some((out) => out.type === 0))) {
+        // Pass-through bytes (CopyData) may continue a message whose start went down with the
+        // connection: sent to another, they would be read as messages there. They fail instead.
+        this.answerQueued({ message: 'server connection lost; the statement was not run', detail: err.message });
       } else if (held && !this.leasing) this.lease();
       return;
     }
@@ -1668,7 +1679,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   cancelWaiting(): boolean {
     const server = this.server;
-    const notSent = server === null ? this.leasing : server.switchInFlight && this.ledger.settled;
+    // (Held pass-through bytes may continue a message whose start this connection already
+    // has: dropping them would leave it half written. That work waits for the switch.)
+    const passThrough = server !== null && (this.scanner.inPassThrough || this.queued.some((out) => out.type === 0));
+    const notSent = server === null ? this.leasing : server.switchInFlight && this.ledger.settled && !passThrough;
     if (!notSent || this.queued.length === 0) return false;
     const detail = server === null ? 'cancelled while waiting for a server connection' : 'cancelled while its session settings were being applied';
     this.answerQueued({ code: SqlState.QUERY_CANCELED, message: 'canceling statement due to user request', detail });
