@@ -134,6 +134,14 @@ const poolSchema = {
     size: positiveInt('Server connections per (database, server role).', 20),
     acquire_timeout_ms: positiveInt('Milliseconds a client waits for a server connection.', 5000),
     server_idle_timeout_ms: positiveInt('Milliseconds before an idle server connection is closed.', 600000),
+    idle_transaction_timeout_ms: {
+      type: 'integer',
+      minimum: 0,
+      default: 0,
+      description:
+        'Milliseconds a client may hold a server connection while idle inside a transaction (or with a batch or message ' +
+        'half sent) before it is disconnected with FATAL 25P03, as PgBouncer\'s idle_transaction_timeout; 0 = never.',
+    },
     affinity_ms: {
       type: 'integer',
       minimum: 0,

@@ -37,6 +37,7 @@ export interface PoolConfig {
   readonly size: number;
   readonly acquire_timeout_ms: number;
   readonly server_idle_timeout_ms: number;
+  readonly idle_transaction_timeout_ms: number;
   readonly affinity_ms: number;
 }
 

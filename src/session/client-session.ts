@@ -225,6 +225,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * check saw).
    */
   private droppingStray = false;
+  /** pool.idle_transaction_timeout_ms: runs while the client holds a connection that waits on it. */
+  private idleTimer: NodeJS.Timeout | null = null;
   /** The client socket was paused because its work has to wait (pauseToWait). */
   private pausedToWait = false;
   /** Why this client keeps its server connection until it leaves (transaction mode), or null. */
@@ -352,6 +354,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         this.batched = this.server;
         this.batched?.beginBatch();
         this.feeding = true;
+        if (this.idleTimer !== null) this.stopIdleTimer();
         try {
           this.scanner.feed(chunk);
         } finally {
@@ -361,6 +364,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           if (batched !== null && !batched.endBatch() && batched === this.server) this.waitForServerDrain();
         }
         this.leaseForRead();
+        this.startIdleTimerIfWaiting();
         return;
       }
       if (this.state !== 'closed') this.scanner.feed(chunk);
@@ -981,6 +985,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       drained = server.endBatch(); // (also on a throw: a batch left open would hold every later write)
     }
     if (!drained) this.waitForServerDrain();
+    this.startIdleTimerIfWaiting();
   }
 
   /**
@@ -1283,6 +1288,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (!endLater) drained = server.endBatch();
     }
     if (!drained) this.waitForServerDrain();
+    this.startIdleTimerIfWaiting();
   }
 
   /**
@@ -1583,6 +1589,33 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // Work held behind an inline switch: its outcome is known now.
     if (this.server !== null && this.queued.length > 0) this.writeHeld(this.server);
     if (this.revoked !== null) this.endIfRevokedAndIdle();
+    this.startIdleTimerIfWaiting();
+  }
+
+  /**
+   * pool.idle_transaction_timeout_ms: a client that keeps a server connection while the
+   * server waits on it (inside a transaction, or with a batch without its Sync, or a message
+   * half sent) holds it from every other client; after that long it is disconnected, as by
+   * PgBouncer's idle_transaction_timeout, with PostgreSQL's own FATAL for it. Its bytes
+   * restart the clock.
+   */
+  private startIdleTimerIfWaiting(): void {
+    const ms = this.rt.config.pool.idle_transaction_timeout_ms;
+    const server = this.server;
+    if (ms <= 0 || server === null || this.state !== 'ready' || this.ledger.owed > 0) return;
+    if (server.txStatus === 'I' && !this.ledger.unsynced && this.scanner.atBoundary) return;
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = null;
+      if (this.server === null || this.ledger.owed > 0) return;
+      this.fatal(SqlState.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout');
+    }, ms);
+    this.idleTimer.unref();
+  }
+
+  private stopIdleTimer(): void {
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
   }
 
   /**
@@ -1733,6 +1766,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const wasReady = this.state === 'ready';
     this.state = 'closed';
     this.clearStartupTimer();
+    this.stopIdleTimer();
     this.rt.clients--;
     if (this.key) this.rt.cancels.revoke(this.key.processId, this.key.secretKey);
     if (this.leasing) this.pool?.withdraw(this.onLeased);
