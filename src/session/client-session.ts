@@ -1602,12 +1602,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private startIdleTimerIfWaiting(): void {
     const ms = this.rt.config.pool.idle_transaction_timeout_ms;
     const server = this.server;
-    if (ms <= 0 || server === null || this.state !== 'ready' || this.ledger.owed > 0) return;
+    // (Work held back, for a cancel or a switch, waits on the proxy, not on the client.)
+    if (ms <= 0 || server === null || this.state !== 'ready' || this.ledger.owed > 0 || this.queued.length > 0) return;
     if (server.txStatus === 'I' && !this.ledger.unsynced && this.scanner.atBoundary) return;
     if (this.idleTimer !== null) clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
-      if (this.server === null || this.ledger.owed > 0) return;
+      if (this.server === null || this.ledger.owed > 0 || this.queued.length > 0) return;
       this.fatal(SqlState.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout');
     }, ms);
     this.idleTimer.unref();
