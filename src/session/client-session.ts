@@ -739,6 +739,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
   }
 
+  /** Passed-through bytes (CopyData) are held, or one such message is still being read. */
+  private holdsPassThrough(): boolean {
+    return this.scanner.inPassThrough || this.queued.some((out) => out.type === 0);
+  }
+
   /** Transaction mode, no server connection, and no work waiting for one. */
   private nothingOnItsWay(): boolean {
     return this.transactionMode && this.server === null && this.queued.length === 0 && !this.leasing;
@@ -1600,11 +1605,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * restart the clock.
    */
   private startIdleTimerIfWaiting(): void {
-    const ms = this.rt.config.pool.idle_transaction_timeout_ms;
     const server = this.server;
     // (Work held back, for a cancel or a switch, waits on the proxy, not on the client.)
-    if (ms <= 0 || server === null || this.state !== 'ready' || this.ledger.owed > 0 || this.queued.length > 0) return;
+    if (server === null || this.ledger.owed > 0 || this.queued.length > 0 || this.state !== 'ready') return;
     if (server.txStatus === 'I' && !this.ledger.unsynced && this.scanner.atBoundary) return;
+    const ms = this.rt.config.pool.idle_transaction_timeout_ms;
+    if (ms <= 0) return;
     if (this.idleTimer !== null) clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
@@ -1657,7 +1663,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // The work waited for its settings switch, which failed: it did not run. It fails
         // rather than trying again elsewhere, where the same switch may fail the same way.
         this.answerQueued({ code: SqlState.CONNECTION_FAILURE, message: 'server connection lost; the statement was not run', detail: err.message });
-      } else if (held && (this.scanner.inPassThrough || this.queued.some((out) => out.type === 0))) {
+      } else if (held && this.holdsPassThrough()) {
         // Pass-through bytes (CopyData) may continue a message whose start went down with the
         // connection: sent to another, they would be read as messages there. They fail instead.
         this.answerQueued({ message: 'server connection lost; the statement was not run', detail: err.message });
@@ -1715,7 +1721,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     // (Held pass-through bytes may continue a message whose start this connection already
     // has: dropping them would leave it half written. That work waits for the switch.)
-    const passThrough = server !== null && (this.scanner.inPassThrough || this.queued.some((out) => out.type === 0));
+    const passThrough = server !== null && this.holdsPassThrough();
     const notSent = server === null ? this.leasing : server.switchInFlight && this.ledger.settled && !passThrough;
     if (!notSent || this.queued.length === 0) return false;
     const detail = server === null ? 'cancelled while waiting for a server connection' : 'cancelled while its session settings were being applied';

@@ -38,3 +38,16 @@ export async function tenantClient(t: Test, port: number, who: 'a' | 'b'): Promi
   t.teardown(() => c.end().catch(() => undefined));
   return c;
 }
+
+/**
+ * What `c`'s next statement runs with: its pin (or `error <SQLSTATE>`), its server backend,
+ * and how long it took (a client queued for the pool's one connection waits).
+ */
+export async function pinNow(c: pg.Client): Promise<{ pin: string; pid: number | null; ms: number }> {
+  const started = Date.now();
+  const got = await c.query<{ pin: string; pid: number }>("SELECT current_setting('app.tenant_id') AS pin, pg_backend_pid() AS pid").then(
+    (x) => ({ pin: x.rows[0]!.pin, pid: x.rows[0]!.pid }),
+    (e: { code?: string }) => ({ pin: `error ${e.code}`, pid: null }),
+  );
+  return { ...got, ms: Date.now() - started };
+}
