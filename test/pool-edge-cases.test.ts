@@ -564,3 +564,82 @@ t.test("statements read in the same write as the Terminate reach the server befo
   t.equal(await pinOf(next.c), 'テナント-b', 'the pool serves on');
   await next.c.end();
 });
+
+t.test('work sent with its Terminate behind a settings switch runs once the switch is done, with its own pin', async (t) => {
+  await pgs.query(`CREATE TABLE left_switching (who text, n int); GRANT ALL ON left_switching TO ${SERVER_ROLE}`);
+  t.teardown(() => pgs.query('DROP TABLE left_switching'));
+  const terminate = Buffer.from([0x58, 0, 0, 0, 4]);
+  // (A first login of a's may take the connection to log in, switching it then.)
+  const first = await connect('tenant_a', 'pw-a');
+  await first.c.end();
+  const other = await connect('tenant_b', 'pw-b');
+  t.teardown(() => other.c.end());
+  for (let n = 0; n < 3; n++) {
+    await other.c.query('SELECT 1'); // the one connection, idle, holds b's pin
+    const before = proxy.server.runtime.clients;
+    const leaver = await connect('tenant_a', 'pw-a');
+    // Two statements cannot take the inline switch: the separate one goes out first, and the
+    // work waits for its outcome (node-postgres's end() right after an unawaited query()).
+    const work = serialize.query(`INSERT INTO left_switching SELECT current_setting('app.tenant_id'), ${n}; INSERT INTO left_switching VALUES ('second', ${n})`);
+    // Round 1: in one write. Round 2: what follows the Terminate is never read. Round 3: the
+    // client closes at once, before the switch is done.
+    const after = n === 1 ? Buffer.from('garbage that is not a message') : Buffer.alloc(0);
+    leaver.raw.stream.write(Buffer.concat([work, terminate, after]));
+    if (n === 2) (leaver.raw.stream as unknown as net.Socket).destroy();
+    const end = Date.now() + 5000;
+    let rows: { who: string }[] = [];
+    while (rows.length < 2 && Date.now() < end) {
+      await new Promise((r) => setTimeout(r, 20));
+      rows = (await pgs.query<{ who: string }>('SELECT who FROM left_switching WHERE n = $1 ORDER BY who', [n])).rows;
+    }
+    t.same(rows, [{ who: 'a' }, { who: 'second' }], `round ${n}: both statements ran, with the client's own pin`);
+    while (proxy.server.runtime.clients > before && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    t.equal(proxy.server.runtime.clients, before, `round ${n}: then the session ended`);
+  }
+  t.equal(await pinOf(other.c), 'テナント-b', 'the pool serves on');
+});
+
+t.test('…and never runs when that switch fails: not with the previous client\'s settings', async (t) => {
+  // The failing pin of 'a switch that fails …' above: plpgsql.tenant, once plpgsql is loaded.
+  await pgs.query(`CREATE TABLE ran_leaving (who text); GRANT ALL ON ran_leaving TO ${SERVER_ROLE}`);
+  const own = await startProxy(t, pgs, {
+    users: [
+      { name: 'placeholder', password: 'pw-p', pins: { 'plpgsql.tenant': 'x' } },
+      { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+    ],
+    extra: {
+      pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 },
+      pinning: { variables: ['app.tenant_id', 'plpgsql.tenant'] },
+      upstream: { require_primary: false },
+    },
+  });
+  const open = async (user: string, password: string) => {
+    const c = new pg.Client({ host: '127.0.0.1', port: own.port, user, password, database: 'postgres' });
+    c.on('error', () => undefined);
+    await c.connect();
+    return c;
+  };
+  const p = await open('placeholder', 'pw-p');
+  t.teardown(async () => {
+    await p.end().catch(() => undefined);
+    await pgs.query('DROP TABLE ran_leaving');
+  });
+  await p.query('SELECT 1');
+  const a = await open('tenant_a', 'pw-a');
+  await a.query('DO $$BEGIN PERFORM 1; END$$'); // loads plpgsql on the one server connection
+  await a.end();
+  const leaver = (p as unknown as { connection: { stream: net.Socket } }).connection.stream;
+  // Several statements: the separate switch, which fails inside its block. Written behind it
+  // without waiting, the ROLLBACK would end that block and the INSERTs run with a's settings.
+  leaver.write(Buffer.concat([
+    serialize.query("ROLLBACK; INSERT INTO ran_leaving SELECT coalesce(current_setting('app.tenant_id', true), 'none'); INSERT INTO ran_leaving VALUES ('second')"),
+    Buffer.from([0x58, 0, 0, 0, 4]),
+  ]));
+  const end = Date.now() + 3000;
+  while (own.server.runtime.clients > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.equal(own.server.runtime.clients, 0, 'the session ended');
+  const b = await open('tenant_a', 'pw-a');
+  t.same((await b.query("SELECT current_setting('app.tenant_id') AS t")).rows, [{ t: 'a' }], 'the pool serves on');
+  await b.end();
+  t.same((await pgs.query('SELECT who FROM ran_leaving')).rows, [], 'its INSERTs never ran');
+});

@@ -166,3 +166,30 @@ t.test('pass-through says whether it starts a message, wherever the chunks are s
   }
   t.equal(wrong, 0, `${splits.length} ways to split the stream, every pass-through flagged right`);
 });
+
+t.test('stop(): nothing after the message that stopped it reaches the sink, wherever the chunks are split', async (t) => {
+  // After a Terminate PostgreSQL reads nothing more: what follows, even a bad length, is never seen.
+  const badLength = Buffer.from([0x51, 0x7f, 0xff, 0xff, 0xff]);
+  const stream = Buffer.concat([frontend.query!, frontend.copyData!, frontend.terminate!, frontend.query!, badLength]);
+  const stopAt = frontend.query!.length + frontend.copyData!.length + frontend.terminate!.length;
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const seen: string[] = [];
+    let passed = 0;
+    const sink: ScanSink = {
+      pass: (b) => void (passed += b.length),
+      message: (type) => {
+        seen.push(String.fromCharCode(type));
+        if (type === 0x58) scanner.stop();
+      },
+    };
+    const scanner = new MessageScanner(inspectTable('QX'), 1 << 20, sink);
+    scanner.feed(stream.subarray(0, cut));
+    scanner.feed(stream.subarray(cut));
+    scanner.feed(frontend.query!);
+    if (seen.join('') !== 'QX' || passed !== frontend.copyData!.length) {
+      t.fail(`split at ${cut}: saw ${seen.join('')} and ${passed} passed bytes`);
+      return;
+    }
+  }
+  t.pass(`all ${stream.length + 1} splits stop after the Terminate (${stopAt} bytes in)`);
+});

@@ -42,6 +42,8 @@ export class MessageScanner {
   /** An inspected message being assembled across chunks. */
   private partial: Buffer | null = null;
   private partialLen = 0;
+  /** Nothing more is read (stop()). */
+  private stopped = false;
 
   constructor(
     public inspect: InspectTable,
@@ -59,12 +61,17 @@ export class MessageScanner {
     return this.remaining > 0;
   }
 
+  /** From now on no byte reaches the sink, not even the rest of the chunk being fed (after a Terminate). */
+  stop(): void {
+    this.stopped = true;
+  }
+
   feed(chunk: Buffer): void {
     const n = chunk.length;
     let pos = 0;
     let passStart = 0;
     let runStartsMessage = this.atBoundary;
-    while (pos < n) {
+    while (pos < n && !this.stopped) {
       if (this.remaining > 0) {
         const take = Math.min(this.remaining, n - pos);
         this.remaining -= take;
@@ -129,7 +136,7 @@ export class MessageScanner {
         if (len === 4) this.emitPartial();
       }
     }
-    if (pos > passStart) this.sink.pass(chunk.subarray(passStart, pos), runStartsMessage);
+    if (pos > passStart && !this.stopped) this.sink.pass(chunk.subarray(passStart, pos), runStartsMessage);
   }
 
   private emitPartial(): void {

@@ -225,6 +225,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * check saw).
    */
   private droppingStray = false;
+  /**
+   * The client sent Terminate while its work waited on a settings switch's outcome: the
+   * session stays, reading nothing more, until that work is written (see onTerminate).
+   */
+  private leaving = false;
   /** pool.idle_transaction_timeout_ms: runs while the client holds a connection that waits on it. */
   private idleTimer: NodeJS.Timeout | null = null;
   /** The client socket was paused because its work has to wait (pauseToWait). */
@@ -277,7 +282,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
   private readonly onSocketClose = (): void => {
     this.input.deliverHeld();
-    this.finish('client disconnected');
+    if (!this.leaving) this.finish('client disconnected');
   };
 
   private listen(socket: net.Socket): void {
@@ -564,18 +569,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   message(type: number, frame: Buffer): void {
     this.droppingStray = false;
-    if (type === 0x58 /* X Terminate */) {
-      // Work sent before it in the same read goes out as if leased at once (flushed now: the
-      // connection is dropped next). Statements held back for a cancel still go out too: the
-      // client sent them before leaving. Work waiting for a settings switch goes with the
-      // client, as work waiting for a server connection does (writeBeforeLeaving).
-      if (this.leaseAfterRead) {
-        this.leaseForRead();
-        this.server?.flushBatch();
-      }
-      if (this.server !== null && this.queued.length > 0) this.writeBeforeLeaving(this.server);
-      return this.finish('client terminated');
-    }
+    if (type === 0x58 /* X Terminate */) return this.onTerminate();
     switch (this.state) {
       case 'auth':
         return this.onAuthOutcome(this.auth!.handle(type, frame));
@@ -593,6 +587,39 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         throw new Error(`unknown state ${String(never)}`);
       }
     }
+  }
+
+  /**
+   * Terminate. PostgreSQL runs what it read before a Terminate, so the work the client sent
+   * before it goes out first: work in the same read as if leased at once, statements held
+   * back for a cancel, and work behind a settings switch once the switch's outcome is known
+   * (should it fail, the work would run with the previous client's settings). Until then the
+   * session stays (`leaving`) and reads nothing more, as PostgreSQL stops reading at a
+   * Terminate. Work still waiting for a server connection goes with the client, and its
+   * place in the queue, as in PgBouncer.
+   */
+  private onTerminate(): void {
+    if (this.leaseAfterRead) {
+      this.leaseForRead();
+      this.server?.flushBatch();
+    }
+    const server = this.server;
+    if (this.state === 'ready' && server !== null && this.queued.length > 0 && !this.writeBeforeLeaving(server)) {
+      this.leaving = true;
+      this.scanner.stop();
+      this.input.drop();
+      return;
+    }
+    this.finish('client terminated');
+  }
+
+  /** A leaving session ends once nothing of the client's waits any more: written, answered, or gone with its connection. */
+  private endIfLeft(): void {
+    if (!this.leaving || this.state !== 'ready') return;
+    const server = this.server;
+    if (server !== null && this.queued.length > 0) return;
+    server?.flushBatch(); // now: finish() lets the connection go next
+    this.finish('client terminated');
   }
 
   private onAuthOutcome(r: AuthOutcome): void {
@@ -1010,7 +1037,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.heldFor = null;
       if (this.state !== 'ready') return;
       const now = this.server;
-      if (now !== null) return this.writeHeld(now); // or waits on: another cancel, an inline switch
+      if (now !== null) {
+        this.writeHeld(now); // or waits on: another cancel, an inline switch
+        return this.endIfLeft();
+      }
       // The connection was lost meanwhile (transaction mode): the held work takes another.
       if (this.queued.length > 0) {
         if (!this.leasing) this.lease();
@@ -1020,24 +1050,24 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /**
    * The client leaves with work held back (for a cancel, or a switch): it is written before
-   * the connection is dropped, as a client's bytes before its Terminate reach PostgreSQL
-   * (whether it runs them before it sees the connection close is a race, as it was for the
-   * client). Except behind a switch whose outcome is unknown, or one that would have to go
-   * out now as a separate statement: should that fail, the work would run with the previous
-   * client's settings, and there is no waiting for it any more. That work is dropped, as work
-   * still waiting for a server connection is when its client leaves; the connection, a hidden
-   * statement still running on it, is not handed on (Pool.release).
+   * the connection is let go, with a Terminate behind it, as a client's bytes before its
+   * Terminate reach PostgreSQL. Returns false, writing nothing, when the work must wait for a
+   * switch's outcome first: one still running, or the separate switch this sends now
+   * (onSwitchDone and onServerReady write it then, and endIfLeft ends the session).
    */
-  private writeBeforeLeaving(server: ServerConnection): void {
+  private writeBeforeLeaving(server: ServerConnection): boolean {
     this.heldFor = null;
-    if (server.switchInFlight) return;
+    if (server.switchInFlight) return false;
+    let written: boolean;
     server.beginBatch();
     try {
-      if (this.switchSettings(server)) this.flushQueued(server);
+      written = this.switchSettings(server);
+      if (written) this.flushQueued(server);
     } finally {
       server.endBatch();
     }
-    server.flushBatch(); // now, even inside onData's batch: finish() drops the connection next
+    server.flushBatch(); // now, even inside onData's batch: finish() lets the connection go next
+    return written;
   }
 
   /** Async steps report their failures here instead of as unhandled rejections. */
@@ -1337,10 +1367,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   onSwitchDone(): void {
     const server = this.server;
     if (server === null) return;
-    if (this.queued.length > 0) return this.writeHeld(server);
-    // The work behind it was cancelled meanwhile (cancelWaiting), or went with it (a lone BEGIN).
-    this.resumeAfterWait();
-    this.releaseIfDone(server.txStatus);
+    if (this.queued.length > 0) this.writeHeld(server);
+    else {
+      // The work behind it was cancelled meanwhile (cancelWaiting), or went with it (a lone BEGIN).
+      this.resumeAfterWait();
+      this.releaseIfDone(server.txStatus);
+    }
+    this.endIfLeft();
   }
 
   /** This client as named in the PROXY header of server connections opened for it. */
@@ -1593,6 +1626,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.releaseIfDone(status);
     // Work held behind an inline switch: its outcome is known now.
     if (this.server !== null && this.queued.length > 0) this.writeHeld(this.server);
+    if (this.leaving) return this.endIfLeft();
     if (this.revoked !== null) this.endIfRevokedAndIdle();
     this.startIdleTimerIfWaiting();
   }
@@ -1632,6 +1666,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   onServerLost(err: UpstreamError): void {
     this.log('warn', { err: err.message }, 'server connection lost');
+    // (Work still held goes with the client, as work waiting for a connection does.)
+    if (this.leaving) return this.finish('client terminated');
     this.statements.dropContenders(); // (unanswered, and never will be)
     const inTransaction = this.server !== null && this.server.txStatus !== 'I';
     if (this.server && this.pool) this.pool.release(this.server, false, null);
