@@ -225,6 +225,29 @@ const sticky: [string, string][] = [
   ["SELECT 1; SET app.other = 'x'; SELECT 2", 'SET'],
 ];
 
+// Client encodings whose characters may hide an ASCII byte (see src/policy/client-encoding.ts):
+// refused wherever they are set, with or without pinned variables.
+const encodingRefused = [
+  "SET client_encoding = 'SJIS'",
+  'SET client_encoding TO sjis',
+  "SET SESSION client_encoding = 'Shift_JIS'",
+  "SET LOCAL client_encoding = 'BIG5'",
+  "SET NAMES 'gbk'",
+  "SET names 'WIN949'",
+  'SET CLIENT_ENCODING = "GB18030"',
+  "SET client_encoding = 'johab'",
+  "set client_encoding = 'shift-jis-2004'",
+  "SELECT set_config('client_encoding', 'SJIS', false)",
+  "SELECT pg_catalog.set_config('CLIENT_ENCODING', 'win932', true)",
+  "SELECT set_config('client_encoding', $1, false)", // not a constant: could be any
+  "SELECT set_config('client_encoding', lower('SJIS'), false)",
+  "ALTER ROLE app SET client_encoding = 'SJIS'",
+  "ALTER DATABASE d SET client_encoding TO 'UHC'",
+  "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET client_encoding = 'SJIS' AS 'SELECT 1'",
+  "BEGIN; SET LOCAL client_encoding = 'SJIS'; SELECT 1; COMMIT",
+];
+const encodingAllowed = ["SET client_encoding = 'UTF8'", "SET NAMES 'LATIN1'", "SET client_encoding = 'EUC_JP'", "SET client_encoding = 'WIN1252'", 'SET client_encoding TO DEFAULT', 'RESET client_encoding', "SELECT set_config('client_encoding', 'EUC_KR', false)"];
+
 const policy = new PolicyClassifier(PINS);
 const uncached = new PolicyClassifier(PINS, { cacheSize: 0 });
 
@@ -387,4 +410,15 @@ t.test('micro-benchmark (informational, no assertion)', async (t) => {
   const update = run(policy, 'UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2', 200_000);
   const parsed = run(uncached, 'UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2', 2_000);
   t.comment(`pre-check only (SELECT): ${select.toFixed(0)} ns/op; cached (UPDATE ... SET): ${update.toFixed(0)} ns/op; parsed, uncached: ${parsed.toFixed(0)} ns/op`);
+});
+
+t.test('client encodings that may hide ASCII bytes are refused, pins or none', async (t) => {
+  for (const classifier of [policy, new PolicyClassifier([])]) {
+    for (const sql of encodingRefused) {
+      const v = classifier.classify(sql);
+      t.equal(v.refuse?.message, 'permission denied to set parameter "client_encoding"', sql);
+      t.match(v.refuse?.detail ?? '', /SJIS, BIG5, GBK, UHC, GB18030 and JOHAB/);
+    }
+    for (const sql of encodingAllowed) t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
+  }
 });

@@ -2,6 +2,8 @@
 // set_config() call is found wherever the grammar allows an expression, plus handlers for the
 // statement kinds that set variables or leave session state.
 
+import { ENCODING_REFUSED_DETAIL, hidesAscii } from './client-encoding.js';
+import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
 import { opaqueRisk } from './lexical.js';
 import type { PinnedNames } from './pinned.js';
 import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
@@ -123,6 +125,10 @@ class Walk {
     this.refuse ??= refusal(variable, detail);
   }
 
+  private refuseEncoding(): void {
+    this.refuseWith('client_encoding', ENCODING_REFUSED_DETAIL);
+  }
+
   private stick(reason: string): void {
     if (!this.nested) this.sticky ??= reason;
   }
@@ -198,9 +204,13 @@ class Walk {
       this.refuseWith(pinned, pinnedDetail(`${SET_OWNER[f.owner] ?? ''}${form}`, pinned, verb));
       return;
     }
+    const lower = name.toLowerCase();
+    // Wherever it is set (SET LOCAL, a function's SET clause, ALTER ROLE): see client-encoding.ts.
+    if (lower === 'client_encoding' && setValues(o).some(hidesAscii)) return this.refuseEncoding();
+    // Also SET LOCAL, or a function's SET clause: unqualified CREATEs in its reach are temporary.
+    if (lower === 'search_path' && setValues(o).some(searchPathHasTemp)) this.stick(TEMP_PATH);
     // Only a statement the client sent changes its session; SET LOCAL and SET TRANSACTION end with the transaction.
     if (!f.top || local) return;
-    const lower = name.toLowerCase();
     if (kind === 'VAR_SET_MULTI' && lower.startsWith('transaction')) return;
     if (kind === 'VAR_RESET') this.stick('RESET');
     else if (lower === 'role') this.stick('SET ROLE');
@@ -240,6 +250,14 @@ class Walk {
     if (pinned !== null) {
       this.refuseWith(pinned, pinnedDetail('set_config()', pinned));
       return;
+    }
+    if (constant.toLowerCase() === 'client_encoding') {
+      const value = stringConst(argument(args, 1, 'new_value'));
+      if (value === null || hidesAscii(value)) return this.refuseEncoding();
+    }
+    if (constant.toLowerCase() === 'search_path') {
+      const value = stringConst(argument(args, 1, 'new_value'));
+      if (value === null || searchPathHasTemp(value)) this.stick(TEMP_PATH);
     }
     if (!isTrue(argument(args, 2, 'is_local'))) this.stick('set_config');
   }
@@ -353,10 +371,6 @@ function tempReason(owner: string): string {
   return 'temporary table';
 }
 
-function isTempSchema(name: string): boolean {
-  return /^pg_temp(_\d+)?$/i.test(name);
-}
-
 function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
 }
@@ -382,6 +396,12 @@ function argument(args: readonly unknown[], index: number, name: string): unknow
   if (positional === undefined || positional.NamedArgExpr !== undefined) return undefined;
   // A named argument before this one would have been rejected by PostgreSQL; positional wins.
   return positional;
+}
+
+/** The string constants a SET gives (`SET NAMES 'x'`, `SET client_encoding = x, …`). */
+function setValues(o: Obj): string[] {
+  const args = Array.isArray(o.args) ? (o.args as unknown[]) : [];
+  return args.map(stringConst).filter((v): v is string => v !== null);
 }
 
 /** The value of a plain string constant node, else null (parameters, casts, expressions). */

@@ -112,7 +112,7 @@ interface Outgoing {
   readonly unnamedParse?: Buffer | null;
   /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came; null: none). */
   readonly bindsDdl?: DdlGroup | null;
-  /** A SET of a startup parameter: becomes one of the client's settings once the server accepts it. */
+  /** A SET of a startup parameter (its Parse, or a Bind of it as the unnamed statement): one of the client's settings once the server accepts it. */
   readonly sets?: TrackedSet;
   /** A DEALLOCATE of this server-side statement. */
   readonly deallocates?: Statement;
@@ -200,6 +200,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private unnamedParse: Buffer | null = null;
   /** The audited statements of unnamedParse (null: none), recorded when a portal bound to it runs. */
   private unnamedDdl: DdlGroup | null = null;
+  /**
+   * The tracked SET the unnamed statement is (null: none). It runs at an Execute, maybe in a
+   * later batch than its Parse, after a failed one, or replayed elsewhere: each Bind of it
+   * carries the SET, so that the connection's record of settings never misses it.
+   */
+  private unnamedSet: TrackedSet | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
   /** The SQL text of the message vet() last looked at. */
@@ -499,8 +505,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const decision = decideStartupParams(params, this.rt.config.pinning.variables);
     if (decision.invalid) return this.fatal(SqlState.PROTOCOL_VIOLATION, decision.invalid);
     if (decision.refused) {
-      return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`);
+      return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`, decision.refusedWhy);
     }
+    if (decision.sticky && this.transactionMode) this.makeSticky(decision.sticky);
     if (decision.dropped.length > 0) this.log('debug', { dropped: decision.dropped }, 'startup parameters not forwarded');
     this.setParams(decision.forward);
 
@@ -694,8 +701,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     switch (type) {
       case Q: {
         // PostgreSQL drops the unnamed statement at every Query: it is not replayed after one.
-        this.unnamedParse = null;
-        this.unnamedDdl = null;
+        this.forgetUnnamed();
         const vetted = this.vet(frame, 5, null);
         if (vetted !== frame) return this.send(vetted, Q);
         const sql = this.vettedSql;
@@ -720,19 +726,22 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (name === '' && this.transactionMode) {
           this.unnamedParse = vetted === frame ? frame : null;
           this.unnamedDdl = ddlGroup;
+          this.unnamedSet = null;
         }
         if (vetted === frame && name === '' && this.transactionMode) {
           // Drivers send their SET and DEALLOCATE statements through the extended protocol too.
           const sql = this.vettedSql;
           const dealloc = this.deallocate(sql, false);
           if (dealloc) {
-            this.unnamedParse = null;
-            this.unnamedDdl = null;
+            this.forgetUnnamed();
             const parse = serialize.parse({ name: '', text: dealloc.bytes.toString('utf8', 5, dealloc.bytes.length - 1), types: [] });
             return this.queueOrWrite({ ...dealloc, bytes: parse, type: P });
           }
           const sets = trackedSet(sql);
-          if (sets) return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
+          if (sets) {
+            this.unnamedSet = sets;
+            return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
+          }
         }
         if (vetted !== frame) return this.send(vetted, P, null, null, ddl);
         // Session mode keeps one server connection: names can stay as the client chose them.
@@ -764,6 +773,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       default:
         return this.send(frame, type);
     }
+  }
+
+  private forgetUnnamed(): void {
+    this.unnamedParse = null;
+    this.unnamedDdl = null;
+    this.unnamedSet = null;
   }
 
   /** Passed-through bytes (CopyData) are held, or one such message is still being read. */
@@ -799,12 +814,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (at.end === at.start) {
       if (type === C) {
         // Closed: as after a Query, it is not replayed on a later lease.
-        this.unnamedParse = null;
-        this.unnamedDdl = null;
+        this.forgetUnnamed();
         return this.send(frame, type);
       }
       const bindsDdl = type === B ? this.unnamedDdl : null;
-      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl });
+      const sets = type === B && this.unnamedSet !== null ? { sets: this.unnamedSet } : null;
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl, ...sets });
     }
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
@@ -891,8 +906,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (parse !== this.unnamedParse) return;
       this.unnamedOnServer = false;
       if (injected) return;
-      this.unnamedParse = null;
-      this.unnamedDdl = null;
+      this.forgetUnnamed();
       return;
     }
     if (!injected) this.statements.lost(serverName, parse);
@@ -1109,7 +1123,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
     }
     if (out.type === P || out.type === B || out.type === D || out.type === C || out.type === E || out.type === H) {
-      this.ledger.extended(out.type === E, out.type === P ? out.sets : undefined, out.type === H);
+      this.ledger.extended(out.type === E, out.sets, out.type === H);
     } else if (out.type === COPY_DONE || out.type === COPY_FAIL) {
       this.ledger.copyEnded();
     } else if (out.type === 0) {

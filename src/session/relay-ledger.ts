@@ -93,7 +93,7 @@ export class RelayLedger {
     return this.owed === 0 && !this.unsynced;
   }
 
-  /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse may carry a tracked SET. */
+  /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse, or a Bind of the statement, may carry a tracked SET. */
   extended(isExecute: boolean, parsedSet: TrackedSet | undefined, isFlush = false): void {
     this.unsynced = true;
     this.closingQueryIn = -1;

@@ -1,6 +1,9 @@
 // Policy for client startup parameters: which are forwarded upstream, which are refused.
 // Pure: takes the packet's parameters and the pinned names, returns a decision.
 
+import { ENCODING_REFUSED_DETAIL, hidesAscii } from '../policy/client-encoding.js';
+import { TEMP_PATH, searchPathHasTemp } from '../policy/temp-schema.js';
+
 /** GUCs a client may set at startup, by lower-cased name → PostgreSQL's spelling. */
 const ALLOWED = new Map(
   [
@@ -24,8 +27,12 @@ export interface StartupParamDecision {
   readonly forward: ReadonlyMap<string, string>;
   /** Names dropped because they are not on the allowlist (logged, not fatal). */
   readonly dropped: readonly string[];
-  /** A pinned variable the client tried to set: the session must be refused. */
+  /** A pinned variable the client tried to set (or client_encoding, see refusedWhy): the session must be refused. */
   readonly refused?: string;
+  /** Why, when it is not a pinned variable. */
+  readonly refusedWhy?: string;
+  /** The settings leave session state a transaction pooler cannot move: the client keeps its connection. */
+  readonly sticky?: string;
   /** A malformed `options` value. */
   readonly invalid?: string;
 }
@@ -76,28 +83,32 @@ export function decideStartupParams(
   const dropped: string[] = [];
   const pinnedSet = new Set(pinned.map((p) => p.toLowerCase()));
 
+  let refusedWhy: string | undefined;
+  let sticky: string | undefined;
   const consider = (name: string, value: string): string | undefined => {
     const lower = name.toLowerCase();
     if (pinnedSet.has(lower)) return lower;
+    if (lower === 'client_encoding' && hidesAscii(value)) {
+      refusedWhy = ENCODING_REFUSED_DETAIL;
+      return lower;
+    }
+    if (lower === 'search_path' && searchPathHasTemp(value)) sticky = TEMP_PATH;
     const canonical = ALLOWED.get(lower);
     if (canonical) forward.set(canonical, value);
     else dropped.push(name);
     return undefined;
   };
 
-  for (const [name, value] of params) {
-    if (RESERVED.has(name)) continue;
-    const refused = consider(name, value);
-    if (refused) return { forward, dropped, refused };
-  }
+  const settings = [...params].filter(([name]) => !RESERVED.has(name));
   const options = params.get('options');
   if (options) {
     const parsed = parseOptions(options);
     if (parsed.invalid) return { forward, dropped, invalid: parsed.invalid };
-    for (const [name, value] of parsed.settings) {
-      const refused = consider(name, value);
-      if (refused) return { forward, dropped, refused };
-    }
+    settings.push(...parsed.settings);
   }
-  return { forward, dropped };
+  for (const [name, value] of settings) {
+    const refused = consider(name, value);
+    if (refused) return { forward, dropped, refused, ...(refusedWhy ? { refusedWhy } : {}) };
+  }
+  return { forward, dropped, ...(sticky ? { sticky } : {}) };
 }

@@ -7,6 +7,7 @@ import { serialize } from 'pg-protocol';
 import type { Logger } from 'pino';
 import { ScramClientSession } from '../auth/scram.js';
 import { endsSession, parseFields, parseParameterStatus, readCStrings, shiftPosition } from '../protocol/fields.js';
+import { hidesAscii } from '../policy/client-encoding.js';
 import { INSPECT_ALL, MessageScanner, inspectTable, type InspectTable, type ScanSink } from '../protocol/scanner.js';
 import type { Endpoint } from '../config/types.js';
 import type { ChannelBinding } from '../auth/scram.js';
@@ -803,6 +804,12 @@ export class ServerConnection implements ScanSink {
   private noteParameter(frame: Buffer): void {
     const [name, value] = parseParameterStatus(frame);
     this.params.set(name, value);
+    // However it was set (a role's default, a function's dynamic SQL: no check on the client's
+    // text sees those), such a connection can no longer be read safely: it goes. See
+    // client-encoding.ts; the policy refuses the client's own ways to set one.
+    if (name === 'client_encoding' && hidesAscii(value)) {
+      this.fail(new UpstreamError('protocol', `the server's client_encoding became ${value}, which pgbastion cannot read safely`));
+    }
   }
 
   /** The replies coming are to a stretch the proxy ended with its own Sync (writeHiddenSync). */

@@ -1,0 +1,60 @@
+// Session state one tenant could leave on a shared server connection for the next, unseen
+// by pgbastion (reviewers' findings). Pool of ONE server connection, two pinned tenants.
+// - A temporary table made without the word TEMP, under a search_path that names pg_temp:
+//   it shadowed the shared table of the same name, and captured the next tenant's rows.
+// - A tracked SET (of a startup parameter) parsed as the unnamed statement and executed in a
+//   later batch: it ran without being recorded, and stayed for the next tenant.
+
+import t from 'tap';
+import pg from 'pg';
+import { serialize } from 'pg-protocol';
+import { rawOf } from './helpers/raw-client.js';
+import { tenantClient, tenantLab } from './helpers/tenant-lab.js';
+
+const { pgs, proxy } = await tenantLab(t);
+await pgs.query('GRANT CREATE ON SCHEMA public TO PUBLIC');
+
+const CAPTURE = "CREATE TABLE notes (tenant text DEFAULT current_setting('app.tenant_id', true), body text)";
+
+t.test('a search_path naming pg_temp keeps the client on its connection: no temporary table reaches the next client', async (t) => {
+  const variants: [string, string[], Partial<pg.ClientConfig>?][] = [
+    ['SET', ['SET search_path = pg_temp', CAPTURE]],
+    ['SET, quoted, second in the path', ['SET search_path = nosuch, "pg_temp"', CAPTURE]],
+    ['SET LOCAL in a block', [`BEGIN; SET LOCAL search_path = pg_temp; ${CAPTURE}; COMMIT`]],
+    ['set_config, local', [`BEGIN; SELECT set_config('search_path', 'pg_temp', true); ${CAPTURE}; COMMIT`]],
+    ['startup parameter', [CAPTURE], { options: '-c search_path=pg_temp' }],
+  ];
+  for (const [n, [how, statements, extra]] of variants.entries()) {
+    const b = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres', ...extra });
+    await b.connect();
+    for (const sql of statements) await b.query(sql);
+    await b.query("INSERT INTO notes (body) VALUES ('planted by b')");
+    await b.end(); // a sticky connection is reset (DISCARD ALL) when its client leaves
+    const a = await tenantClient(t, proxy.port, 'a');
+    await a.query('INSERT INTO notes (body) VALUES ($1)', [`a's row ${n}`]);
+    const rows = (await a.query<{ body: string }>('SELECT body FROM notes ORDER BY body')).rows.map((r) => r.body);
+    t.notOk(rows.includes('planted by b'), `${how}: a does not see b's table`);
+    await a.end();
+    const stored = (await pgs.query<{ tenant: string }>('SELECT tenant FROM public.notes WHERE body = $1', [`a's row ${n}`])).rows;
+    t.same(stored, [{ tenant: 'a' }], `${how}: a's row is in the shared table`);
+  }
+  t.ok(proxy.log.lines.some((l) => l.msg === 'client is now sticky to its server connection' && l.reason === 'search_path with pg_temp'), 'logged as sticky, with its reason');
+});
+
+t.test('a tracked SET run as the unnamed statement in a later batch is still recorded: the next client does not inherit it', async (t) => {
+  const b = rawOf(await tenantClient(t, proxy.port, 'b'));
+  // Batch 1 fails after the Parse (a Bind of a statement that does not exist): nothing ran.
+  const first = await b.send(
+    1,
+    serialize.parse({ name: '', text: 'SET standard_conforming_strings = off', types: [] }),
+    serialize.bind({ portal: '', statement: 'nosuch' }),
+    serialize.sync(),
+  );
+  t.same(first, ['parsed', 'E26000', 'Z']);
+  // Batch 2 runs it.
+  t.same(await b.send(1, serialize.bind({ portal: '', statement: '' }), serialize.execute({ portal: '' }), serialize.sync()), ['bound', 'done:SET', 'Z']);
+  t.same(await b.send(1, serialize.query('SHOW standard_conforming_strings')), ['columns:standard_conforming_strings', 'off', 'done:SHOW', 'Z'], 'b keeps its setting');
+  b.raw.stream.write(serialize.end());
+  const a = await tenantClient(t, proxy.port, 'a');
+  t.same((await a.query('SHOW standard_conforming_strings')).rows, [{ standard_conforming_strings: 'on' }], 'a, on the same connection, does not get it');
+});
