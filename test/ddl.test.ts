@@ -30,27 +30,101 @@ t.test('classification', async (t) => {
     ['DO $$BEGIN END$$', [['dynamic', 'DoStmt']]],
     ['SELECT 1; CREATE TABLE a (x int); SELECT 2; DROP TABLE a', [['ddl', 'CreateStmt'], ['ddl', 'DropStmt']]],
     ['CREAT TABLE broken', []],
+    ['CREATE TABLEE broken', [['unparsed', '']]],
   ];
   for (const [sql, want] of cases) t.same(ddlStatements(sql).map((d) => [d.class, d.node]), want, sql);
   t.same(ddlStatements('SELECT 1; CREATE TABLE a (x int); SELECT 2').map((d) => d.index), [1], 'index among all statements');
 });
 
-t.test('password redaction at the parser positions', async (t) => {
+t.test('password redaction: every literal of a statement that may carry one', async (t) => {
   const cases: [string, string][] = [
     ["CREATE ROLE r LOGIN PASSWORD 'p1'", 'CREATE ROLE r LOGIN PASSWORD <REDACTED>'],
-    ["create user r with encrypted password 'p''2' valid until 'infinity'", "create user r with encrypted password <REDACTED> valid until 'infinity'"],
+    ["create user r with encrypted password 'p''2' valid until 'infinity'", 'create user r with encrypted password <REDACTED> valid until <REDACTED>'],
     ["ALTER ROLE r PASSWORD /* 'decoy' */ 'p3'", "ALTER ROLE r PASSWORD /* 'decoy' */ <REDACTED>"],
     ["ALTER USER r PASSWORD -- 'decoy'\n'p4'", "ALTER USER r PASSWORD -- 'decoy'\n<REDACTED>"],
     ["ALTER ROLE r PASSWORD E'p\\'5'", 'ALTER ROLE r PASSWORD <REDACTED>'],
     ['ALTER ROLE r PASSWORD $x$p6$x$', 'ALTER ROLE r PASSWORD <REDACTED>'],
-    ["CREATE USER MAPPING FOR r SERVER s OPTIONS (user 'u', password 'p7')", "CREATE USER MAPPING FOR r SERVER s OPTIONS (user 'u', password <REDACTED>)"],
-    // No literal to point at: everything from the option on is hidden (fail closed).
-    ['ALTER ROLE r PASSWORD NULL', 'ALTER ROLE r <REDACTED>'],
+    ["CREATE USER MAPPING FOR r SERVER s OPTIONS (user 'u', password 'p7')", 'CREATE USER MAPPING FOR r SERVER s OPTIONS (user <REDACTED>, password <REDACTED>)'],
+    // No literal: nothing to hide.
+    ['ALTER ROLE r PASSWORD NULL', 'ALTER ROLE r PASSWORD NULL'],
   ];
   for (const [sql, want] of cases) t.equal(ddlStatements(sql)[0]?.statement, want, sql);
   const multi = ddlStatements("SELECT 1; CREATE ROLE a PASSWORD 'pa'; CREATE ROLE b PASSWORD 'pb'");
   t.same(multi.map((d) => d.statement), ['CREATE ROLE a PASSWORD <REDACTED>', 'CREATE ROLE b PASSWORD <REDACTED>']);
   for (const [sql] of cases) t.notMatch(JSON.stringify(ddlStatements(sql)), /p[1-7]|p\\'5|p''2/, `no secret left: ${sql}`);
+});
+
+t.test('redaction: continued strings, every quoting, DO blocks, function bodies, connection strings', async (t) => {
+  // [sql, the statement as recorded]; no SECRET may be left.
+  const cases: [string, string][] = [
+    // Adjacent literals over a newline are one string (the SQL standard's concatenation).
+    ["CREATE ROLE r2 PASSWORD 'SECRETBBB1'\n'SECRETBBB2'", 'CREATE ROLE r2 PASSWORD <REDACTED>'],
+    ["CREATE ROLE r2 PASSWORD E'SECRETBBB1\\''\n  'SECRETBBB2'", 'CREATE ROLE r2 PASSWORD <REDACTED>'],
+    ["ALTER ROLE r2 PASSWORD 'SECRETBBB1' -- note\n'SECRETBBB2' VALID UNTIL 'infinity'", 'ALTER ROLE r2 PASSWORD <REDACTED> VALID UNTIL <REDACTED>'],
+    ["ALTER ROLE r2 PASSWORD 'SECRETBBB1'\n-- PostgreSQL 15 continues over this comment\n'SECRETBBB2'", 'ALTER ROLE r2 PASSWORD <REDACTED>'],
+    ["ALTER ROLE r2 PASSWORD U&'SECRET!0031'\n'SECRET2' UESCAPE '!'", 'ALTER ROLE r2 PASSWORD <REDACTED> UESCAPE <REDACTED>'],
+    ['CREATE USER r /*c*/ ENCRYPTED /*c*/ PASSWORD /*c*/ $a$SECRETDDD$a$', 'CREATE USER r /*c*/ ENCRYPTED /*c*/ PASSWORD /*c*/ <REDACTED>'],
+    ["create role r password'SECRETEEE'", 'create role r password<REDACTED>'],
+    // A word ending in e before a quote is no E'' prefix: the backslash escapes nothing.
+    ["ALTER ROLE r PASSWORD 'SECRET\\'\n'SECRET2'", 'ALTER ROLE r PASSWORD <REDACTED>'],
+    // DO blocks and function bodies in SQL or PL/pgSQL: the literals inside the body.
+    ["DO $$ BEGIN EXECUTE 'CREATE ROLE r3 PASSWORD ''SECRETCCC'''; END $$", 'DO $$ BEGIN EXECUTE <REDACTED>; END $$'],
+    ["DO $d$ BEGIN EXECUTE format('ALTER ROLE %I PASSWORD %L', 'r3', $p$SECRETCCC$p$); END $d$", 'DO $d$ BEGIN EXECUTE format(<REDACTED>, <REDACTED>, <REDACTED>); END $d$'],
+    ["DO 'BEGIN EXECUTE ''ALTER ROLE r3 PASSWORD ''''SECRETCCC''''''; END'", 'DO <REDACTED>'],
+    [
+      "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN PERFORM dblink_connect('host=h password=SECRETFFF'); END $f$",
+      'CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$ BEGIN PERFORM dblink_connect(<REDACTED>); END $f$',
+    ],
+    ["CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT 'postgresql://u:SECRETGGG@h/d' $$", 'CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT <REDACTED> $$'],
+    ["CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT 'password=SECRETGGG'; END", 'CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT <REDACTED>; END'],
+    // Another language's strings are not SQL's: the whole body goes.
+    ['CREATE FUNCTION f() RETURNS void LANGUAGE plpython3u AS $f$ plpy.connect("password=SECRETHHH") $f$', 'CREATE FUNCTION f() RETURNS void LANGUAGE plpython3u AS <REDACTED>'],
+    // Connection strings and foreign-data credentials.
+    ["CREATE SUBSCRIPTION s1 CONNECTION 'host=h password=SECRETIII dbname=d' PUBLICATION p", 'CREATE SUBSCRIPTION s1 CONNECTION <REDACTED> PUBLICATION p'],
+    ["ALTER SUBSCRIPTION s1 CONNECTION 'host=h password=SECRETIII'", 'ALTER SUBSCRIPTION s1 CONNECTION <REDACTED>'],
+    ["CREATE SERVER s FOREIGN DATA WRAPPER dblink_fdw OPTIONS (host 'h', password 'SECRETJJJ')", 'CREATE SERVER s FOREIGN DATA WRAPPER dblink_fdw OPTIONS (host <REDACTED>, password <REDACTED>)'],
+    ["ALTER USER MAPPING FOR r SERVER s OPTIONS (SET password 'SECRETKKK')", 'ALTER USER MAPPING FOR r SERVER s OPTIONS (SET password <REDACTED>)'],
+    ["CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD 'SECRETLLL')", 'CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD <REDACTED>)'],
+    ["ALTER SYSTEM SET primary_conninfo = 'host=h password=SECRETMMM'", 'ALTER SYSTEM SET primary_conninfo = <REDACTED>'],
+    // Neither reading parses: still recorded, every literal hidden.
+    ["CREATE ROLE r4 PASSWORD 'SECRETNNN' WITH NONSENSE", 'CREATE ROLE r4 PASSWORD <REDACTED> WITH NONSENSE'],
+  ];
+  for (const [sql, want] of cases) {
+    const got = ddlStatements(sql);
+    t.equal(got[0]?.statement, want, sql);
+    t.notMatch(JSON.stringify(got), /SECRET/, `no secret left: ${sql}`);
+  }
+  // Statements with nothing secret keep their literals.
+  for (const sql of ["COMMENT ON TABLE t IS 'plain'", "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT 'plain' $$", "DO $$BEGIN RAISE NOTICE 'plain'; END$$"]) {
+    t.equal(ddlStatements(sql)[0]?.statement, sql, `kept: ${sql}`);
+  }
+});
+
+t.test('standard_conforming_strings = off: both readings are audited', async (t) => {
+  // [sql, [index, node, statement] of each audited statement]
+  const cases: [string, [number, string, string][]][] = [
+    // One SELECT as written; a SELECT and a DROP to a server with the setting off.
+    ["SELECT 'x\\' , ' ; DROP TABLE victim; -- '", [[1, 'DropStmt', 'DROP TABLE victim']]],
+    ["SELECT N'x\\' , ' ; DROP TABLE victim; -- '", [[1, 'DropStmt', 'DROP TABLE victim']]],
+    // E'' takes escapes either way: the DROP is inside a string in both readings.
+    ["SELECT E'x\\\\' , ' ; DROP TABLE victim; -- '", []],
+    // The other way round: only the reading with the setting on holds the DDL.
+    ["SELECT 'x\\'; DROP TABLE victim; -- '", [[1, 'DropStmt', 'DROP TABLE victim']]],
+    // The same statement in both readings: recorded once.
+    ["CREATE TABLE t (a text DEFAULT 'a\\b')", [[0, 'CreateStmt', "CREATE TABLE t (a text DEFAULT 'a\\b')"]]],
+    ["SET standard_conforming_strings = off; CREATE ROLE r PASSWORD 'SECRET\\'Z'", [[1, 'CreateRoleStmt', 'CREATE ROLE r PASSWORD <REDACTED>']]],
+    // A password in one reading is hidden from every event of the other.
+    ["CREATE ROLE r PASSWORD 'SECRETa\\'; CREATE TABLE SECRETb(); --'", [[0, 'CreateRoleStmt', 'CREATE ROLE r PASSWORD <REDACTED>'], [1, 'CreateStmt', '<REDACTED>']]],
+    // A reading that does not parse (with the setting off the quote never closes): all its literals are hidden.
+    ["CREATE TABLE t (p text DEFAULT 'C:\\')", [[0, 'CreateStmt', 'CREATE TABLE t (p text DEFAULT <REDACTED>']]],
+  ];
+  for (const [sql, want] of cases) t.same(ddlStatements(sql).map((d) => [d.index, d.node, d.statement]), want, sql);
+});
+
+t.test('a text neither reading parses is recorded as unparsed', async (t) => {
+  t.same(ddlStatements("CREATE TABLEE broken (a text DEFAULT 'x')"), [{ index: 0, class: 'unparsed', node: '', statement: 'CREATE TABLEE broken (a text DEFAULT <REDACTED>)' }]);
+  t.same(ddlStatements("SELECT 1; DROP TABLE 'oops'"), [{ index: 0, class: 'unparsed', node: '', statement: 'SELECT 1; DROP TABLE <REDACTED>' }]);
+  t.same(ddlStatements('CREAT TABLE broken'), [], 'no DDL word: not looked at');
 });
 
 t.test('tracker: outcomes per statement of a Query string', async (t) => {

@@ -1,19 +1,38 @@
 // Which statements of a SQL string the audit trail records as `ddl` (pgAudit's DDL and
-// ROLE classes, plus DO blocks as `dynamic`), each with its own text, passwords redacted.
+// ROLE classes, plus DO blocks as `dynamic`), each with its own text, secrets redacted.
 // Pure: takes the text, returns descriptions; the session pairs them with outcomes.
+//
+// Two readings. Any client may SET standard_conforming_strings = off, and then
+// `SELECT 'x\' , ' ; DROP TABLE t; -- '` is a SELECT and a DROP to the server but one SELECT
+// to the parser here (which always assumes on). Both readings are classified and their
+// audited statements united; each keeps its index in its own reading, so the tracker records
+// one only if the server answered that many statements (see ddl-tracker.ts queryOutcome).
+// The second reading is parsed from a copy in which each literal the parser here would read
+// differently is masked byte for byte (its content replaced by x), so every position the
+// parser reports is a position in the client's text. (policy/escape-strings.ts rewrites the
+// text instead, which moves positions: fine for a verdict, not for redacting the original.)
+//
+// Redaction is conservative. A statement that may carry a secret (a password or other
+// credential option, a subscription's or foreign server's connection string, a mention of
+// one in its text, e.g. inside a DO block) has every string literal and dollar-quoted string
+// redacted, as either reading lexes them (a literal in one may be bare words in the other).
+// In DO and CREATE FUNCTION bodies written in SQL or PL/pgSQL only the literals inside the
+// body go, so the code stays readable. What either reading cannot parse at all is treated as
+// secret throughout; a text neither reading parses is still recorded, as class `unparsed`.
 
-import { parseLocated } from '../policy/parser.js';
+import { parseLocated, type LocatedStatement } from '../policy/parser.js';
 import { TextLru } from '../cache/text-lru.js';
 
-export type DdlClass = 'ddl' | 'role' | 'dynamic';
+/** `unparsed`: neither reading parses (the whole text, every literal redacted; node ''). */
+export type DdlClass = 'ddl' | 'role' | 'dynamic' | 'unparsed';
 
 export interface DdlStatement {
   /** Position among all statements of the string (the k-th CommandComplete answers it). */
   readonly index: number;
   readonly class: DdlClass;
-  /** The parser's node type, e.g. CreateStmt, GrantRoleStmt. */
+  /** The parser's node type, e.g. CreateStmt, GrantRoleStmt ('' when unparsed). */
   readonly node: string;
-  /** The statement's text, every password literal replaced by <REDACTED>. */
+  /** The statement's text, every literal that may hold a secret replaced by <REDACTED>. */
   readonly statement: string;
 }
 
@@ -27,6 +46,14 @@ const MAY_BE_DDL = new RegExp(`\\b(${DDL_WORDS})\\b`, 'i');
 const SELECT_INTO = /^\s*(with\b[\s\S]*|\()?\s*select\b[\s\S]*\binto\b/i;
 /** The words of both: text without any (most statements) is dismissed by one scan. */
 const MAY_BE_AUDITED = new RegExp(`\\b(${DDL_WORDS}|into)\\b`, 'i');
+
+/** Statements whose options are connection settings and credentials (subscriptions, foreign servers, user mappings). */
+const SECRET_NODES = /^(Create|Alter)(Subscription|ForeignServer|UserMapping)Stmt$/;
+/** Option names (DefElem) that may carry a credential: PASSWORD, OPTIONS (password …, odbc_PWD …, secret_key …). */
+const SECRET_OPTION = /pass|pwd|secret|key|token|cred|conn/i;
+/** Text that may hold a credential: the word, a connection string, a URI with user info. */
+const SECRET_TEXT = /pass|pwd|secret|conninfo|credential|token|\/\/[^\s'"/@]*@/i;
+const REDACTED = '<REDACTED>';
 
 /** Verdicts by text, bounded in entries and in the text kept (see TextLru). */
 const cache = new TextLru<DdlStatement[]>(2000, 4 * 1024 * 1024);
@@ -42,100 +69,380 @@ export function ddlStatements(sql: string): DdlStatement[] {
   return found;
 }
 
+/** A piece of the text in UTF-8 byte offsets (as the parser reports them), [start, end). */
+interface Span {
+  readonly start: number;
+  readonly end: number;
+}
+
+/** An audited statement of one reading, before its text is redacted. */
+interface Found {
+  readonly index: number;
+  readonly class: DdlClass;
+  readonly node: string;
+  readonly span: Span;
+}
+
 function classify(sql: string): DdlStatement[] {
-  const stmts = parseLocated(sql);
-  if (stmts === null) return [];
   const bytes = Buffer.from(sql, 'utf8');
-  const out: DdlStatement[] = [];
-  stmts.forEach((s, index) => {
-    const node = Object.keys(s.stmt as object)[0] ?? '';
-    const cls: DdlClass | null = node === 'DoStmt' ? 'dynamic' : ROLE.test(node) ? 'role' : DDL.test(node) || isSelectInto(s.stmt) ? 'ddl' : null;
-    if (cls === null) return;
-    const end = s.length === null ? bytes.length : s.location + s.length;
-    out.push({ index, class: cls, node, statement: redact(bytes, s.location, end, s.stmt).trim() });
-  });
-  return out;
+  const readings = readingsOf(bytes);
+  const lexings = readings.map((r) => r.literals);
+  const found: Found[] = [];
+  const hidden: Span[] = [];
+  for (const r of readings) {
+    if (r.stmts === null) {
+      // Statements this reading cannot tell apart: any literal of the text may be a password.
+      for (const lits of lexings) for (const l of lits) hidden.push(l);
+      continue;
+    }
+    r.stmts.forEach((s, index) => {
+      const span = { start: s.location, end: s.length === null ? bytes.length : s.location + s.length };
+      const node = Object.keys(s.stmt as object)[0] ?? '';
+      // Every statement, audited or not: in the other reading its literals may lie inside an audited one.
+      for (const secret of secretsOf(bytes, span, node, s.stmt, lexings)) hidden.push(secret);
+      const cls = classOf(node, s.stmt);
+      if (cls !== null) found.push({ index, class: cls, node, span });
+    });
+  }
+  if (readings.every((r) => r.stmts === null)) found.push({ index: 0, class: 'unparsed', node: '', span: { start: 0, end: bytes.length } });
+  const cuts = merged(hidden);
+  return distinct(found.map((f) => ({ index: f.index, class: f.class, node: f.node, statement: redact(bytes, f.span, cuts).trim() })));
+}
+
+function classOf(node: string, stmt: unknown): DdlClass | null {
+  if (node === 'DoStmt') return 'dynamic';
+  if (ROLE.test(node)) return 'role';
+  return DDL.test(node) || isSelectInto(stmt) ? 'ddl' : null;
 }
 
 function isSelectInto(stmt: unknown): boolean {
   return Boolean((stmt as { SelectStmt?: { intoClause?: unknown } }).SelectStmt?.intoClause);
 }
 
-/** The statement text with each password literal (found from the parser's DefElem positions) redacted. */
-function redact(bytes: Buffer, start: number, end: number, stmt: unknown): string {
-  const secrets = passwordPositions(stmt).sort((a, b) => a - b);
-  if (secrets.length === 0) return bytes.toString('utf8', start, end);
-  const parts: string[] = [];
-  let pos = start;
-  for (const at of secrets) {
-    const lit = nextLiteral(bytes, Math.max(at, pos), end);
-    // Fail closed: if the literal cannot be told apart, nothing after the keyword is shown.
-    if (lit === null) return bytes.toString('utf8', start, Math.max(at, pos)) + '<REDACTED>';
-    parts.push(bytes.toString('utf8', pos, lit.start), '<REDACTED>');
-    pos = lit.end;
+/** A statement both readings found (same index, node and redacted text) once; in index order, the standard reading's first. */
+function distinct(stmts: readonly DdlStatement[]): DdlStatement[] {
+  const seen = new Set<string>();
+  const out = stmts.filter((d) => {
+    const key = `${d.index}\0${d.node}\0${d.statement}`;
+    return seen.has(key) ? false : (seen.add(key), true);
+  });
+  return out.sort((a, b) => a.index - b.index);
+}
+
+// ---- Readings ---------------------------------------------------------------------------
+
+interface Reading {
+  /** Its string literals and dollar-quoted strings, in order. */
+  readonly literals: readonly Literal[];
+  /** null: the parser rejects it. */
+  readonly stmts: readonly LocatedStatement[] | null;
+}
+
+/** The standard reading, and the standard_conforming_strings = off one where it differs. */
+function readingsOf(bytes: Buffer): Reading[] {
+  const standard = lex(bytes, 0, bytes.length, false);
+  const out: Reading[] = [{ literals: standard, stmts: parsed(bytes, standard) }];
+  if (bytes.includes(0x5c /* \ */)) {
+    const off = lex(bytes, 0, bytes.length, true);
+    // Literals in the same places: the same statements (a backslash escaping no quote).
+    if (!sameSpans(off, standard)) out.push({ literals: off, stmts: parsed(bytes, off) });
   }
-  parts.push(bytes.toString('utf8', pos, end));
+  return out;
+}
+
+/** The statements of one reading; null when the server would reject it (a literal not closed) or the parser does. */
+function parsed(bytes: Buffer, literals: readonly Literal[]): readonly LocatedStatement[] | null {
+  return literals.some((l) => !l.closed) ? null : parseLocated(masked(bytes, literals));
+}
+
+function sameSpans(a: readonly Span[], b: readonly Span[]): boolean {
+  return a.length === b.length && a.every((s, k) => s.start === b[k]!.start && s.end === b[k]!.end);
+}
+
+/** The text with each literal the parser here would read differently masked (same length in bytes). */
+function masked(bytes: Buffer, literals: readonly Literal[]): string {
+  const todo = literals.filter((l) => l.mask && l.closed);
+  if (todo.length === 0) return bytes.toString('utf8');
+  const copy = Buffer.from(bytes);
+  for (const l of todo) copy.fill(0x78 /* x */, l.bodyStart, l.bodyEnd);
+  return copy.toString('utf8');
+}
+
+// ---- What to hide -----------------------------------------------------------------------
+
+/** The spans to redact for one statement of a reading: none unless it may carry a secret. */
+function secretsOf(bytes: Buffer, span: Span, node: string, stmt: unknown, lexings: readonly (readonly Literal[])[]): Span[] {
+  if (!SECRET_NODES.test(node) && !hasOption(stmt, SECRET_OPTION) && !SECRET_TEXT.test(bytes.toString('utf8', span.start, span.end))) return [];
+  const code = sqlBodies(node, stmt);
+  const out: Span[] = [];
+  for (const lits of lexings) {
+    for (let k = firstEndingAfter(lits, span.start); k < lits.length && lits[k]!.start < span.end; k++) {
+      const lit = lits[k]!;
+      if (!(code && lit.dollar)) out.push(lit);
+      else for (const inner of literalsWithin(bytes, lit.bodyStart, lit.bodyEnd)) out.push(inner);
+    }
+  }
+  // Fail closed: a password option with no literal found after it hides the rest of the statement.
+  for (const at of passwordPositions(stmt)) {
+    if (!out.some((s) => s.start >= at && s.start < span.end)) out.push({ start: at, end: span.end });
+  }
+  return out;
+}
+
+/** Every literal of b[from, to) as either reading lexes it (the content of a function body). */
+function literalsWithin(bytes: Buffer, from: number, to: number): Span[] {
+  const out: Span[] = lex(bytes, from, to, false);
+  return bytes.subarray(from, to).includes(0x5c) ? out.concat(lex(bytes, from, to, true)) : out;
+}
+
+/** Index of the first span (of ordered, not overlapping ones: one lexing, or merged cuts) that ends after `at`. */
+function firstEndingAfter(lits: readonly Span[], at: number): number {
+  let lo = 0;
+  let hi = lits.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (lits[mid]!.end > at) hi = mid;
+    else lo = mid + 1;
+  }
+  return lo;
+}
+
+/** Whether a DO or CREATE FUNCTION body is SQL or PL/pgSQL, whose own literals can be found. */
+function sqlBodies(node: string, stmt: unknown): boolean {
+  type Opt = { DefElem?: { defname?: string; arg?: { String?: { sval?: string } } } };
+  const s = stmt as { DoStmt?: { args?: Opt[] }; CreateFunctionStmt?: { options?: Opt[] } };
+  const options = node === 'DoStmt' ? s.DoStmt?.args : node === 'CreateFunctionStmt' ? s.CreateFunctionStmt?.options : undefined;
+  if (options === undefined) return false;
+  const language = options.find((o) => o.DefElem?.defname === 'language')?.DefElem?.arg?.String?.sval ?? (node === 'DoStmt' ? 'plpgsql' : 'sql');
+  return /^(sql|plpgsql)$/i.test(language);
+}
+
+type DefElem = { defname?: string; location?: number; arg?: unknown };
+
+/** Whether any option (DefElem) in the tree has a name matching `name`. */
+function hasOption(node: unknown, name: RegExp): boolean {
+  return defElems(node).some((d) => typeof d.defname === 'string' && name.test(d.defname));
+}
+
+/** Byte positions of every `password` option with a value (CREATE/ALTER ROLE|USER, user mappings, ...). */
+function passwordPositions(node: unknown): number[] {
+  return defElems(node)
+    .filter((d) => d.defname?.toLowerCase() === 'password' && d.arg !== undefined && typeof d.location === 'number')
+    .map((d) => d.location!);
+}
+
+function defElems(node: unknown, out: DefElem[] = []): DefElem[] {
+  if (Array.isArray(node)) {
+    for (const n of node) defElems(n, out);
+  } else if (node !== null && typeof node === 'object') {
+    const def = (node as { DefElem?: DefElem }).DefElem;
+    if (def) out.push(def);
+    for (const v of Object.values(node)) defElems(v, out);
+  }
+  return out;
+}
+
+/** Sorted, overlapping or touching spans joined. */
+function merged(spans: readonly Span[]): Span[] {
+  const out: { start: number; end: number }[] = [];
+  for (const s of [...spans].sort((a, b) => a.start - b.start)) {
+    const last = out.at(-1);
+    if (last !== undefined && s.start <= last.end) last.end = Math.max(last.end, s.end);
+    else out.push({ start: s.start, end: s.end });
+  }
+  return out;
+}
+
+/** The text of `span` with the parts of `cuts` (merged) inside it replaced by <REDACTED>. */
+function redact(bytes: Buffer, span: Span, cuts: readonly Span[]): string {
+  const parts: string[] = [];
+  let pos = span.start;
+  for (let k = firstEndingAfter(cuts, span.start); k < cuts.length && cuts[k]!.start < span.end; k++) {
+    const cut = cuts[k]!;
+    parts.push(bytes.toString('utf8', pos, Math.max(pos, cut.start)), REDACTED);
+    pos = Math.min(cut.end, span.end);
+  }
+  parts.push(bytes.toString('utf8', pos, span.end));
   return parts.join('');
 }
 
-/** Byte positions of every `password` option (CREATE/ALTER ROLE|USER, user mappings, ...). */
-function passwordPositions(node: unknown, out: number[] = []): number[] {
-  if (Array.isArray(node)) {
-    for (const n of node) passwordPositions(n, out);
-  } else if (node !== null && typeof node === 'object') {
-    const def = (node as { DefElem?: { defname?: string; location?: number } }).DefElem;
-    if (def && typeof def.defname === 'string' && def.defname.toLowerCase() === 'password' && typeof def.location === 'number') {
-      out.push(def.location);
+// ---- Lexing (PostgreSQL's scan.l, for literals only) ------------------------------------
+
+interface Literal extends Span {
+  /** Between the opening quote (or $tag$) and the closing one; bodyEnd = end when not closed. */
+  readonly bodyStart: number;
+  readonly bodyEnd: number;
+  readonly dollar: boolean;
+  readonly closed: boolean;
+  /** The parser here would read it otherwise (backslash escapes when off, -- comments in a continuation). */
+  readonly mask: boolean;
+}
+
+const enum C {
+  Quote = 0x27,
+  DQuote = 0x22,
+  Backslash = 0x5c,
+  Dollar = 0x24,
+  Dash = 0x2d,
+  Slash = 0x2f,
+  Star = 0x2a,
+  Amp = 0x26,
+  LF = 0x0a,
+  CR = 0x0d,
+}
+
+function isIdentStart(c: number): boolean {
+  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f || c >= 0x80;
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+/**
+ * The string literals and dollar-quoted strings of b[from, to), in order. '...' and N'...'
+ * take backslash escapes only when `backslashInPlain` (standard_conforming_strings = off),
+ * E'...' always, B'...', X'...', U&'...' never; all continue over a newline ('a'\n'b' is
+ * one literal; PostgreSQL before 17 also over -- comments). Comments and "identifiers" are
+ * skipped; a literal not closed runs to `to`.
+ */
+function lex(b: Buffer, from: number, to: number, backslashInPlain: boolean): Literal[] {
+  const out: Literal[] = [];
+  let i = from;
+  while (i < to) {
+    const c = b[i]!;
+    let lit: Literal | null = null;
+    if (c === C.Dash && b[i + 1] === C.Dash) {
+      i = lineEnd(b, i, to);
+    } else if (c === C.Slash && b[i + 1] === C.Star) {
+      i = commentEnd(b, i, to);
+    } else if (c === C.DQuote) {
+      i = identifierEnd(b, i, to);
+    } else if (c === C.Quote) {
+      lit = quoted(b, i, i, to, backslashInPlain, backslashInPlain);
+    } else if (c === C.Dollar) {
+      lit = dollarQuoted(b, i, to);
+      if (lit === null) i++;
+    } else if (isIdentStart(c)) {
+      // A whole word first: only a one-letter word before the quote is a prefix (rolE'x' is not E'x').
+      let j = i + 1;
+      while (j < to && (isIdentStart(b[j]!) || isDigit(b[j]!) || b[j] === C.Dollar)) j++;
+      const one = j === i + 1 ? c | 0x20 : 0;
+      const quote = b[j] === C.Quote;
+      if (quote && one === 0x65 /* e */) lit = quoted(b, i, j, to, true, false);
+      else if (quote && (one === 0x62 /* b */ || one === 0x78) /* x */) lit = quoted(b, i, j, to, false, false);
+      else if (quote && one === 0x6e /* n */) lit = quoted(b, i, j, to, backslashInPlain, backslashInPlain);
+      else if (one === 0x75 /* u */ && b[j] === C.Amp && b[j + 1] === C.Quote) lit = quoted(b, i, j + 1, to, false, false);
+      else if (one === 0x75 && b[j] === C.Amp && b[j + 1] === C.DQuote) i = identifierEnd(b, j + 1, to);
+      else i = j;
+    } else {
+      i++;
     }
-    for (const v of Object.values(node)) passwordPositions(v, out);
+    if (lit !== null) {
+      out.push(lit);
+      i = lit.end;
+    }
   }
   return out;
 }
 
 /**
- * The next string literal at or after `from`: '...' (with '' inside), E'...' (backslash
- * escapes), U&'...', $tag$...$tag$; comments and other tokens are skipped.
+ * A quoted literal opened at `open` (its prefix from `start`), continuation segments
+ * included. `maskBackslash`: it is masked when it holds a backslash (a plain string read
+ * with escapes, unlike the parser here).
  */
-function nextLiteral(b: Buffer, from: number, end: number): { start: number; end: number } | null {
-  let i = from;
-  while (i < end) {
+function quoted(b: Buffer, start: number, open: number, to: number, escapes: boolean, maskBackslash: boolean): Literal {
+  let i = open + 1;
+  let backslash = false;
+  let commented = false;
+  while (i < to) {
     const c = b[i]!;
-    if (c === 0x2d /* - */ && b[i + 1] === 0x2d) {
-      while (i < end && b[i] !== 0x0a) i++;
-    } else if (c === 0x2f /* / */ && b[i + 1] === 0x2a /* * */) {
-      let depth = 1;
+    if (c === C.Backslash) {
+      backslash = true;
+      i += escapes ? 2 : 1;
+    } else if (c === C.Quote && b[i + 1] === C.Quote) {
       i += 2;
-      while (i < end && depth > 0) {
-        if (b[i] === 0x2f && b[i + 1] === 0x2a) (depth++, (i += 2));
-        else if (b[i] === 0x2a && b[i + 1] === 0x2f) (depth--, (i += 2));
-        else i++;
+    } else if (c === C.Quote) {
+      const next = continuation(b, i + 1, to);
+      if (next === null) {
+        return { start, end: i + 1, bodyStart: open + 1, bodyEnd: i, dollar: false, closed: true, mask: commented || (maskBackslash && backslash) };
       }
-    } else if (c === 0x27 /* ' */) {
-      const backslash = i > 0 && (b[i - 1] === 0x45 || b[i - 1] === 0x65); // E'...'
-      const start = backslash || (i > 1 && b[i - 1] === 0x26) ? i - (b[i - 1] === 0x26 ? 2 : 1) : i;
-      i++;
-      while (i < end) {
-        if (backslash && b[i] === 0x5c) i += 2;
-        else if (b[i] === 0x27 && b[i + 1] === 0x27) i += 2;
-        else if (b[i] === 0x27) return { start, end: i + 1 };
-        else i++;
-      }
-      return null;
-    } else if (c === 0x24 /* $ */) {
-      const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(b.toString('latin1', i, Math.min(end, i + 64)));
-      if (m) {
-        const close = b.indexOf(m[0], i + m[0].length, 'latin1');
-        if (close < 0 || close >= end) return null;
-        return { start: i, end: close + m[0].length };
-      }
-      i++;
-    } else if (c === 0x22 /* " */) {
-      i++;
-      while (i < end && !(b[i] === 0x22 && b[i + 1] !== 0x22)) i += b[i] === 0x22 ? 2 : 1;
-      i++;
+      commented ||= next.commented;
+      i = next.at + 1;
     } else {
       i++;
     }
   }
-  return null;
+  return { start, end: to, bodyStart: open + 1, bodyEnd: to, dollar: false, closed: false, mask: false };
+}
+
+/**
+ * Where a string continues after its closing quote: whitespace holding a newline (and --
+ * comments) then a quote. Returns that quote's index, or null.
+ */
+function continuation(b: Buffer, i: number, to: number): { at: number; commented: boolean } | null {
+  let newline = false;
+  let commented = false;
+  while (i < to) {
+    const c = b[i]!;
+    if (c === C.LF || c === C.CR) {
+      newline = true;
+      i++;
+    } else if (c === 0x20 || c === 0x09 || c === 0x0c || c === 0x0b) {
+      i++;
+    } else if (c === C.Dash && b[i + 1] === C.Dash) {
+      commented = true;
+      i = lineEnd(b, i, to);
+    } else {
+      break;
+    }
+  }
+  return newline && i < to && b[i] === C.Quote ? { at: i, commented } : null;
+}
+
+/** A $tag$...$tag$ string starting at `i`, or null when none starts there ($1, a lone $). */
+function dollarQuoted(b: Buffer, i: number, to: number): Literal | null {
+  let j = i + 1;
+  if (b[j] !== C.Dollar) {
+    if (j >= to || !isIdentStart(b[j]!)) return null;
+    while (j < to && (isIdentStart(b[j]!) || isDigit(b[j]!))) j++;
+    if (j >= to || b[j] !== C.Dollar) return null;
+  }
+  const tag = b.subarray(i, j + 1);
+  const close = b.indexOf(tag, j + 1);
+  if (close < 0 || close + tag.length > to) return { start: i, end: to, bodyStart: j + 1, bodyEnd: to, dollar: true, closed: false, mask: false };
+  return { start: i, end: close + tag.length, bodyStart: j + 1, bodyEnd: close, dollar: true, closed: true, mask: false };
+}
+
+function lineEnd(b: Buffer, i: number, to: number): number {
+  while (i < to && b[i] !== C.LF && b[i] !== C.CR) i++;
+  return i;
+}
+
+/** Past a /* comment *\/ (they nest), or `to`. */
+function commentEnd(b: Buffer, i: number, to: number): number {
+  let depth = 0;
+  while (i < to) {
+    if (b[i] === C.Slash && b[i + 1] === C.Star) {
+      depth++;
+      i += 2;
+    } else if (b[i] === C.Star && b[i + 1] === C.Slash) {
+      i += 2;
+      if (--depth === 0) return i;
+    } else {
+      i++;
+    }
+  }
+  return to;
+}
+
+/** Past a "quoted identifier" ("" inside), or `to`. */
+function identifierEnd(b: Buffer, i: number, to: number): number {
+  i++;
+  while (i < to) {
+    if (b[i] === C.DQuote && b[i + 1] === C.DQuote) i += 2;
+    else if (b[i] === C.DQuote) return i + 1;
+    else i++;
+  }
+  return to;
 }

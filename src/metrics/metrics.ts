@@ -52,7 +52,7 @@ export class Metrics {
   );
   readonly ddl = new client.Counter({
     name: 'pgbastion_ddl_statements_total',
-    help: 'Audited DDL statements by class (ddl, role, dynamic) and outcome.',
+    help: 'Audited DDL statements by class (ddl, role, dynamic, unparsed) and outcome.',
     labelNames: ['class', 'outcome'] as const,
     registers: [this.registry],
   });
