@@ -52,3 +52,39 @@ for (const mode of ['session', 'transaction'] as const) {
     t.equal(third.rows[0].one, 1, 'and the session carries on');
   });
 }
+
+t.test('transaction mode: of two cancels in flight, the one that lands last cancels nothing of the next client', async (t) => {
+  // A reviewer's finding: a connection went to the next client once the latest cancel was
+  // delivered, while an earlier one, slower, was still on its way: it cancelled the next
+  // client's statement (one tenant cancelling another's). Here the first is held 1 s.
+  const uneven = await slowCancelForwarder(t, pgs.port, (n) => (n === 0 ? 1000 : 0));
+  const proxy = await startProxy(t, pgs, {
+    users: [
+      { name: 'a', password: 'a-pw' },
+      { name: 'b', password: 'b-pw' },
+    ],
+    extra: { upstreams: [{ host: '127.0.0.1', port: uneven }], pool: { mode: 'transaction', size: 1 } },
+  });
+  const open = async (user: string) => {
+    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password: `${user}-pw`, database: 'postgres' });
+    await c.connect();
+    t.teardown(() => c.end());
+    return c;
+  };
+  const [a, b] = [await open('a'), await open('b')];
+  const aWork = a.query('SELECT pg_sleep(5)').then(
+    () => 'ran',
+    (e: Error & { code?: string }) => e.code,
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  void cancelClient(proxy.port, a); // held by the forwarder
+  await new Promise((r) => setTimeout(r, 50));
+  void cancelClient(proxy.port, a); // passes at once
+  t.equal(await aWork, '57014', "a's statement is cancelled");
+  const started = performance.now();
+  const bWork = await b.query('SELECT pg_sleep(1.5), 42 AS answer').then(
+    (r) => r.rows[0].answer as number,
+    (e: Error & { code?: string }) => e.code ?? e.message,
+  );
+  t.equal(bWork, 42, `b's statement ran to its end (${String(bWork)}, after ${(performance.now() - started).toFixed(0)} ms)`);
+});

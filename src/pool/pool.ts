@@ -169,9 +169,10 @@ export class Pool {
     if (!reusable || conn.isClosed || conn.runningHidden || this.closed) return this.drop(conn);
     const pending = conn.cancelling;
     if (pending) {
-      // A cancel aimed at the last client's statement could still interrupt the next one.
+      // A cancel aimed at the last client's statement could still interrupt the next one: the
+      // connection waits for every cancel on its way, and goes when one was not seen through.
       conn.cancelling = null;
-      void pending.then(() => this.release(conn, true, reset));
+      void pending.then((seen) => (seen ? this.release(conn, true, reset) : this.drop(conn)));
       return;
     }
     if (reset === null) return this.handOver(conn);

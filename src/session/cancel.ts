@@ -15,8 +15,11 @@ export interface CancelTarget {
   transport: UpstreamTransport;
   processId: number;
   secretKey: number;
-  /** Told when the cancel has been delivered (PostgreSQL closed the cancel connection). */
-  delivering(done: Promise<void>): void;
+  /**
+   * Told of the cancel on its way: `done` resolves true once PostgreSQL has handled it (closed
+   * the cancel connection), false when that was not seen (a timeout), so it may still land.
+   */
+  delivering(done: Promise<boolean>): void;
 }
 
 export interface Cancellable {
@@ -78,18 +81,23 @@ export class CancelRegistry {
     if (!target) return session.cancelWaiting() ? Promise.resolve() : null;
     const delivered = dial(target.endpoint, target.transport, null, CANCEL_TIMEOUT_MS).then(
       ({ socket }) =>
-        new Promise<void>((resolve) => {
-          socket.on('error', () => socket.destroy());
-          socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy());
-          socket.once('close', () => resolve());
+        new Promise<boolean>((resolve) => {
+          let seen = true;
+          const unseen = (): void => {
+            seen = false;
+            socket.destroy();
+          };
+          socket.on('error', unseen);
+          socket.setTimeout(CANCEL_TIMEOUT_MS, unseen);
+          socket.once('close', () => resolve(seen));
           socket.end(serialize.cancel(target.processId, target.secretKey));
           socket.resume(); // PostgreSQL answers nothing; drain until it closes
         }),
-      () => {}, // unreachable: nothing to cancel there any more
+      () => true, // unreachable: it cannot land
     );
     // Until PostgreSQL has signalled the backend, the connection must not serve another client.
     target.delivering(delivered);
-    return delivered;
+    return delivered.then(() => undefined);
   }
 
   get size(): number {

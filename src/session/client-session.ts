@@ -193,7 +193,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private queued: Outgoing[] = [];
   /** The relayed cancel the queued bytes wait for (the server connection's `cancelling`). */
-  private heldFor: Promise<void> | null = null;
+  private heldFor: Promise<boolean> | null = null;
   /** What the server still owes for what this client sent it. */
   private readonly ledger = new RelayLedger();
   /** Transaction mode: the client's last Parse of the unnamed statement, to replay elsewhere. */
@@ -1043,7 +1043,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * wait until PostgreSQL has closed the cancel connection, as the pool already makes the
    * next client wait (Pool.release).
    */
-  private holdForCancel(pending: Promise<void>): void {
+  private holdForCancel(pending: Promise<boolean>): void {
     this.heldFor = pending;
     this.pauseToWait(); // bounded memory: further client bytes stay in the kernel
     void pending.then(() => {
@@ -1752,10 +1752,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // While the hidden settings statement runs, a cancel would hit it, not the client's work.
     // (A batch without its Sync yet, run with a Flush, is in flight too.)
     if (!s || s.isClosed || this.ledger.settled || s.runningHidden) return null;
-    const delivering = (done: Promise<void>): void => {
-      const timeout = new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
-      const pending: Promise<void> = Promise.race([done, timeout]).then(() => {
+    const delivering = (done: Promise<boolean>): void => {
+      const timeout = new Promise<boolean>((resolve) => setTimeout(resolve, 2000, false).unref());
+      const mine = Promise.race([done, timeout]);
+      // Every cancel still on its way, not only the latest: an earlier one landing last would
+      // hit whatever runs then, maybe the next client's statement (Pool.release waits on this).
+      const before = s.cancelling;
+      const pending: Promise<boolean> = (before === null ? mine : Promise.all([before, mine]).then(([a, b]) => a && b)).then((seen) => {
         if (s.cancelling === pending) s.cancelling = null;
+        return seen;
       });
       s.cancelling = pending;
     };

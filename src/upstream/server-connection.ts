@@ -231,7 +231,7 @@ export class ServerConnection implements ScanSink {
   private drainWait: { out: net.Socket; resume: () => void } | null = null;
   private onIdleClose: (() => void) | null = null;
   /** A cancel for this connection is on its way: it must not serve another client before. */
-  cancelling: Promise<void> | null = null;
+  cancelling: Promise<boolean> | null = null;
   /** Server-side names of the prepared statements this session holds (see session/prepared.ts). */
   readonly prepared = new Set<string>();
   /**

@@ -25,11 +25,13 @@ export async function headerBalancer(t: { teardown(f: () => unknown): void }, po
 
 /**
  * A forwarder to 127.0.0.1:`port` that holds each CancelRequest connection for `delayMs`
- * before passing it on: a cancel that reaches PostgreSQL late, as when the process
- * handling it is descheduled between its two signals. Other connections pass at once.
+ * (or, given a function, for what it says for the n-th cancel, from 0) before passing it
+ * on: a cancel that reaches PostgreSQL late, as when the process handling it is descheduled
+ * between its two signals. Other connections pass at once.
  */
-export async function slowCancelForwarder(t: { teardown(f: () => unknown): void }, port: number, delayMs: number): Promise<number> {
+export async function slowCancelForwarder(t: { teardown(f: () => unknown): void }, port: number, delayMs: number | ((n: number) => number)): Promise<number> {
   const sockets = new Set<net.Socket>();
+  let cancels = 0;
   // Half-open: a cancel's sender ends its side at once, and must see this side close only
   // when PostgreSQL closes it.
   const server = net.createServer({ allowHalfOpen: true }, (client) => {
@@ -47,7 +49,7 @@ export async function slowCancelForwarder(t: { teardown(f: () => unknown): void 
           upstream.on('error', () => client.destroy());
           sockets.add(upstream);
         },
-        isCancel ? delayMs : 0,
+        isCancel ? (typeof delayMs === 'number' ? delayMs : delayMs(cancels++)) : 0,
       );
     });
     client.on('error', () => client.destroy());
