@@ -402,6 +402,22 @@ t.test('runCerts: init and client through the CLI', async (t) => {
   t.match(dup.err, /refusing to overwrite/);
 });
 
+t.test('runCerts: init tightens an existing non-empty DIR to 0700; a refused init leaves it', async (t) => {
+  const root = t.testdir({ shared: { 'notes.txt': 'hi' }, taken: { 'ca.key': 'precious' } });
+  const shared = path.join(root, 'shared');
+  chmodSync(shared, 0o755);
+  const r = await cli(['init', '--dir', shared]);
+  t.equal(r.code, 0, r.err);
+  t.equal(mode(shared), 0o700, 'DIR 0700, as SPEC §1 promises');
+  t.equal(mode(path.join(shared, 'ca.key')), 0o600);
+  t.equal(mode(path.join(shared, 'server.key')), 0o600);
+
+  const taken = path.join(root, 'taken');
+  chmodSync(taken, 0o755);
+  t.equal((await cli(['init', '--dir', taken])).code, 1);
+  t.equal(mode(taken), 0o755, 'nothing changed when init refuses');
+});
+
 t.test('runCerts: help and argument errors', async (t) => {
   const root = t.testdir({ 'a-file': 'x', empty: {} });
 

@@ -14,9 +14,9 @@ const BIN = path.resolve('dist/cli/main.js');
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-cli-'));
 t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 
-function cli(args: string[], opts: { input?: string; env?: Record<string, string> } = {}) {
+function cli(args: string[], opts: { input?: string; env?: Record<string, string>; cwd?: string } = {}) {
   const { PGBASTION_CONFIG: _ignored, ...env } = process.env;
-  return spawnSync(process.execPath, [BIN, ...args], { input: opts.input ?? '', encoding: 'utf8', env: { ...env, ...opts.env }, timeout: 30_000 });
+  return spawnSync(process.execPath, [BIN, ...args], { input: opts.input ?? '', encoding: 'utf8', env: { ...env, ...opts.env }, timeout: 30_000, cwd: opts.cwd });
 }
 
 function writeConfig(name: string, text: string): string {
@@ -117,6 +117,56 @@ t.test('start: bad config exits 1; SIGTERM stops a running proxy with exit 0', a
   });
   child.kill('SIGTERM');
   t.equal(await exited, 0, 'exit 0 after SIGTERM');
+});
+
+t.test('hba_file is checked at load: check, start and hba explain exit 1 naming the problem', async (t) => {
+  const env = { APP_RW_PW: 'pw' };
+  const withHbaFile = VALID.replace(/^hba:\n(  - .*\n)+/m, 'hba_file: hba-file.conf\n');
+  const file = writeConfig('hba-file.yaml', withHbaFile);
+  const explainArgs = ['hba', 'explain', '-c', file, '--user', 'app', '--database', 'db', '--address', '10.1.2.3'];
+  const hbaPath = path.join(dir, 'hba-file.conf');
+  for (const [what, content, want] of [
+    ['missing', undefined, /hba_file: cannot read .*hba-file\.conf: no such file/],
+    ['md5 line', 'host all all 10.0.0.0/8 scram-sha-256\nhost all all all md5\n', /hba_file: .*hba-file\.conf:2: method md5 is not served by pgbastion/],
+    ['bad method', 'host all all all kerberos\n', /hba_file: .*hba-file\.conf:1: invalid authentication method "kerberos"/],
+  ] as const) {
+    rmSync(hbaPath, { force: true });
+    if (content !== undefined) writeFileSync(hbaPath, content);
+    for (const args of [['check', '-c', file], ['start', '-c', file], explainArgs]) {
+      const r = cli(args, { env });
+      t.equal(r.status, 1, `${what}: ${args[0]} exits 1`);
+      t.match(r.stderr, want, `${what}: ${args[0]} names the problem`);
+    }
+  }
+  writeFileSync(hbaPath, 'host all all 10.0.0.0/8 scram-sha-256\n');
+  const ok = cli(['check', '-c', file], { env });
+  t.equal(ok.status, 0, ok.stderr);
+  t.match(ok.stdout, /^config OK: .*hba_file .*hba-file\.conf/);
+});
+
+t.test('start: -c, --config FILE and --config=FILE read FILE; any other argument is refused', async (t) => {
+  // Run where no config/pgbastion.yaml exists, so falling back to the default would show.
+  const file = writeConfig('start-args.yaml', 'listen: 5\n');
+  for (const args of [['-c', file], ['--config', file], [`--config=${file}`]]) {
+    const r = cli(['start', ...args], { cwd: dir });
+    t.equal(r.status, 1, args.join(' '));
+    t.match(r.stderr, /invalid config .*start-args\.yaml/, `${args.join(' ')}: the given file is read`);
+  }
+  for (const args of [['-c', file, '--bogus'], ['-c', file, 'extra'], ['--verbose'], ['-c']]) {
+    const r = cli(['start', ...args], { cwd: dir });
+    t.equal(r.status, 1, args.join(' '));
+    t.match(r.stderr, /^pgbastion start: (unknown argument|-c needs a file name)/, `${args.join(' ')}: refused before loading anything`);
+  }
+});
+
+t.test('hba explain: an address that is not an IP address is an error, exit 1', async (t) => {
+  const file = writeConfig('explain-addr.yaml', VALID);
+  for (const address of ['garbage', '10.1.2', '::ffff:1.2.3', 'unix']) {
+    const r = cli(['hba', 'explain', '-c', file, '--user', 'app', '--database', 'db', '--address', address], { env: { APP_RW_PW: 'pw' } });
+    t.equal(r.status, 1, address);
+    t.match(r.stderr, /--address needs an IPv4 or IPv6 address/, address);
+    t.equal(r.stdout, '', `${address}: no decision printed`);
+  }
 });
 
 t.test('usage errors exit 1, --help exits 0', async (t) => {

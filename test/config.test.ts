@@ -288,7 +288,7 @@ t.test('semantic cross-checks', async (t) => {
     {
       name: 'bad CIDR',
       yaml: VALID_YAML + '  - { type: host, database: all, user: all, address: 10.0.0.0/33, method: reject }\n',
-      want: { path: 'hba[3].address', message: /prefix length/ },
+      want: { path: 'hba[3].address', message: /invalid CIDR mask/ },
     },
   ];
   for (const c of cases) {
@@ -312,7 +312,7 @@ t.test('names are case-insensitive and stored lower-cased', async (t) => {
 t.test('trust off loopback is a warning, not an error', async (t) => {
   const loopback = await loadConfigTextWithWarnings(VALID_YAML, { baseDir: '/', env: ENV });
   t.same(loopback.warnings, [], '127.0.0.1/32 trust is quiet');
-  for (const address of ['::1/128', '127.0.0.0/8', 'localhost']) {
+  for (const address of ['::1/128', '127.0.0.0/8', '::ffff:127.0.0.1']) {
     const r = await buildConfigWithWarnings({
       upstreams: UPSTREAMS,
       hba: [{ type: 'host', database: 'all', user: 'all', address, method: 'trust' }],
@@ -348,6 +348,123 @@ t.test('hba rules carry their YAML line', async (t) => {
   t.same(userLine, [{ path: 'hba[0].line', message: 'unknown key' }]);
 });
 
+t.test('hba_file is read and parsed at load, as the proxy would read it', async (t) => {
+  const dir = t.testdir({
+    'bad.conf': [
+      'host all all 10.0.0.0/8 md5',
+      '# a comment keeps its line',
+      'host all all all bogus',
+      'hostssl all all all cert',
+      'host all all localhost reject',
+      'host all all all scram-sha-256',
+    ].join('\n'),
+    'good.conf': 'host all all 10.0.0.0/8 trust\nhostssl all all all scram-sha-256\n',
+  });
+  const withFile = (name: string) => loadConfigTextWithWarnings(`upstreams: [{ host: h, port: 1 }]\nhba_file: ${name}\n`, { baseDir: dir, env: {} });
+
+  const missing = await problemsOf(withFile('nope.conf'));
+  t.same(missing, [{ path: 'hba_file', message: `cannot read ${join(dir, 'nope.conf')}: no such file`, line: 2, column: 11 }]);
+
+  const bad = join(dir, 'bad.conf');
+  t.same(
+    (await problemsOf(withFile('bad.conf'))).map((p) => `${p.path}: ${p.message}`),
+    [
+      `hba_file: ${bad}:1: method md5 is not served by pgbastion (use scram-sha-256, cert, trust or reject)`,
+      `hba_file: ${bad}:3: invalid authentication method "bogus"`,
+      `hba_file: ${bad}:4: method cert needs tls.ca to verify client certificates`,
+      `hba_file: ${bad}:5: host names are not supported by pgbastion: "localhost"`,
+    ],
+    'every problem, with its line in the hba file, top to bottom',
+  );
+
+  const good = await withFile('good.conf');
+  t.equal(good.config.hba_file, join(dir, 'good.conf'));
+  t.same(good.warnings, [
+    `hba_file: ${join(dir, 'good.conf')}:1: trust on address 10.0.0.0/8 lets anyone who can reach it in without a password`,
+    `hba_file: ${join(dir, 'good.conf')}:2: hostssl rule never matches because tls is not configured`,
+  ]);
+});
+
+t.test('hba entries are parsed at load as the proxy parses them', async (t) => {
+  const rule = (over: Record<string, string>) => ({ type: 'host', database: 'all', user: 'all', address: 'all', method: 'reject', ...over });
+  const ps = await problemsOf(
+    buildConfig({
+      upstreams: UPSTREAMS,
+      hba: [
+        rule({ address: 'localhost' }),
+        rule({ address: 'samehost' }),
+        rule({ type: 'local', address: '10.0.0.0/8' }),
+        rule({ database: '@dbs.txt' }),
+      ],
+    }),
+  );
+  t.same(
+    ps.map((p) => `${p.path}: ${p.message}`),
+    [
+      'hba[0].address: host names are not supported by pgbastion: "localhost"',
+      'hba[1].address: address keyword "samehost" is not supported by pgbastion',
+      'hba[2].address: "local" rules take no address',
+      'hba[3].database: @file inclusions are not supported by pgbastion: "@dbs.txt"',
+    ],
+  );
+});
+
+t.test('cross-checks run alongside schema problems, on any shape', async (t) => {
+  const yaml =
+    VALID_YAML.replace(`secret: "${SECRET}"`, 'secret: "SCRAM-SHA-256$bad"').replace('server_role: app_rw', 'server_role: nope') +
+    '  - { type: host, database: all, user: all, address: all, method: md5 }\n' +
+    'pool: { siez: 3 }\n';
+  t.same(
+    (await problemsOf(text(yaml))).map((p) => `${p.path}: ${p.message} (line ${p.line})`),
+    [
+      'users[0].secret: must be a SCRAM-SHA-256 secret: SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> (line 6)',
+      'users[0].server_role: server role nope is not defined in server_roles (line 7)',
+      'hba[3].method: method md5 is not served by pgbastion (use scram-sha-256, cert, trust or reject) (line 21)',
+      'pool.siez: unknown key (line 22)',
+    ],
+    'the schema problem and the three cross-check problems together',
+  );
+
+  // A value the schema already refused is not reported a second time by a cross-check.
+  const once = await problemsOf(buildConfig({ upstreams: UPSTREAMS, server_roles: [{ name: 'r', password: '' }], users: [{ name: 'u', server_role: 'r', secret: '' }] }));
+  t.same(once.map((p) => `${p.path}: ${p.message}`), ['users[0].secret: must not be empty', 'server_roles[0].password: must not be empty']);
+
+  // Whatever the shape, the result is a ConfigError (problemsOf rethrows anything else).
+  const shapes: unknown[] = [
+    { upstreams: UPSTREAMS, users: 5, server_roles: 'x', cert_map: [null, 5], hba: [null, 'x', { method: 5 }], pinning: { variables: 5 } },
+    { upstreams: UPSTREAMS, upstream: { tls: 5, health_check: [] }, proxy_protocol: { trusted: [5, {}] }, tls: 5, hba_file: 5 },
+    { upstreams: UPSTREAMS, users: [null, 5, { name: 3, server_role: [], pins: 5, secret: {}, valid_until: 7 }], server_roles: [{ name: {}, password: 5 }] },
+    { upstreams: UPSTREAMS, pinning: 5, cert_map: [{ cn: 'x', user: 5 }], users: [{ name: 'u', server_role: 'r', pins: { 'a.b': 1 } }] },
+    { upstreams: UPSTREAMS, hba: [{ type: 5, database: [], user: {}, address: 7, method: 'cert' }], hba_file: 'x' },
+    null,
+    [1, 2],
+  ];
+  for (const shape of shapes) {
+    const ps = await problemsOf(buildConfig(shape));
+    t.ok(ps.length > 0, JSON.stringify(shape));
+  }
+});
+
+t.test('inline server-role passwords are warned about; references are not', async (t) => {
+  const dir = t.testdir({ pw: 'from-a-file\n' });
+  const r = await buildConfigWithWarnings(
+    {
+      upstreams: UPSTREAMS,
+      server_roles: [
+        { name: 'a', password: 'written-here' },
+        { name: 'b', password: '${env:PW}' },
+        { name: 'c', password: 'prefix-${env:PW}' },
+        { name: 'd', password: '${file:pw}' },
+      ],
+      hba: [],
+    },
+    { baseDir: dir, env: { PW: 'from-env' } },
+  );
+  const hint = 'inline secret; use ${file:PATH} or ${env:NAME} outside test fixtures';
+  t.same(r.warnings, [`server_roles[0].password: ${hint}`, `server_roles[2].password: ${hint}`]);
+  t.equal(r.config.server_roles[3]!.password, 'from-a-file');
+});
+
 t.test('valid_until accepts a Date or a string and yields a Date', async (t) => {
   const base = { upstreams: UPSTREAMS, server_roles: [{ name: 'r', password: 'p' }] };
   const cases: [unknown, string][] = [
@@ -367,6 +484,7 @@ t.test('valid_until accepts a Date or a string and yields a Date', async (t) => 
 
 t.test('relative paths resolve against the config file folder', async (t) => {
   const dir = t.testdir({
+    'pg_hba.conf': 'host all all all reject\n',
     'pgbastion.yaml': `upstreams: [{ host: h, port: 1 }]
 tls: { cert: pki/server.crt, key: pki/server.key, ca: pki/ca.crt, crl: /abs/crl.pem }
 upstream: { tls: { mode: verify-full, ca: up/ca.crt } }
@@ -486,6 +604,26 @@ t.test('check: every problem is reported together', async (t) => {
     'pool.siez: unknown key (line 22, column 3)',
     'pool.size: must be integer (line 23, column 9)',
   ]);
+});
+
+t.test('check: an inline password is a warning, exit 0', async (t) => {
+  withEnv(t, ENV);
+  const dir = t.testdir({ 'pgbastion.yaml': VALID_YAML.replace('"${env:APP_RW_PASSWORD}"', 'rw-pass-inline') });
+  const r = await check(['-c', join(dir, 'pgbastion.yaml')]);
+  t.equal(r.code, 0);
+  t.same(r.out.slice(1), ['warning: server_roles[0].password: inline secret; use ${file:PATH} or ${env:NAME} outside test fixtures (line 14, column 31)']);
+  t.notMatch(r.out.join('\n'), /rw-pass-inline/, 'the value is never printed');
+});
+
+t.test('check: hba_file problems exit 1, each with its line', async (t) => {
+  withEnv(t, ENV);
+  const dir = t.testdir({
+    'pgbastion.yaml': VALID_YAML.replace(/^hba:\n(  - .*\n)+/m, 'hba_file: pg_hba.conf\n'),
+    'pg_hba.conf': 'host all all all scram-sha-256\nhost all all all md5\n',
+  });
+  const r = await check(['-c', join(dir, 'pgbastion.yaml')]);
+  t.equal(r.code, 1);
+  t.same(r.err.slice(1), [`hba_file: ${join(dir, 'pg_hba.conf')}:2: method md5 is not served by pgbastion (use scram-sha-256, cert, trust or reject)`]);
 });
 
 t.test('check: unreadable file, bad arguments, help', async (t) => {

@@ -203,13 +203,29 @@ t.test('parser: addresses and masks', async (t) => {
     ['ff20::/12', 'ff20::/12'],
     ['ff11::0/16', 'ff11::/16'],
     ['fe80:: ffff:ffff::', 'fe80::/32'],
-    ['::ffff:10.0.0.0/104', '::ffff:10.0.0.0/104'],
+    // IPv4-mapped networks of /96 and longer become IPv4 (clients are matched as IPv4)
+    ['::ffff:10.0.0.0/104', '10.0.0.0/8'],
+    ['::ffff:10.1.2.3/120', '10.1.2.0/24'],
+    ['::ffff:0.0.0.0/96', '0.0.0.0/0'],
+    ['::ffff:10.1.2.3 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00', '10.1.2.0/24'],
+    ['::ffff:10.0.0.0/80', '::/80'], // shorter: a real IPv6 network, left as written
   ];
   for (const [addr, want] of table) {
     const r = one(`host all all ${addr} md5`);
     t.equal(r.address.kind === 'cidr' ? r.address.text : r.address.kind, want, addr);
   }
   t.same(one('host all all all md5').address, { kind: 'all' });
+});
+
+t.test('IPv4-mapped rule addresses match the IPv4 clients they name', async (t) => {
+  const rules = parseOk('host all all ::ffff:10.0.0.0/104 reject\nhost all all all trust');
+  for (const address of ['10.1.2.3', '::ffff:10.1.2.3']) t.equal(decide(rules, { address }), 'reject', address);
+  t.equal(decide(rules, { address: '11.0.0.1' }), 'trust', 'outside the network');
+  const entry = (address: string): HbaRuleConfig => ({ type: 'host', database: 'all', user: 'all', address, method: 'reject' });
+  const { rules: yaml, errors } = rulesFromConfig([entry('::ffff:10.1.2.3'), entry('::ffff:10.1.2.3 ffff:ffff:ffff:ffff:ffff:ffff:ffff:0')], 'config');
+  t.same(errors, []);
+  t.same(yaml.map((r) => (r.address.kind === 'cidr' ? r.address.text : r.address.kind)), ['10.1.2.3/32', '10.1.0.0/16']);
+  t.equal(decide(yaml, { address: '::ffff:10.1.2.3' }), 'reject', 'a single mapped address matches its client');
 });
 
 t.test('parser: errors with line numbers', async (t) => {

@@ -1,6 +1,7 @@
 // `pgbastion certs init|client`: creates a local CA + server certificate, or issues a client
 // certificate from that CA (SPEC §1). Exit codes: 0 ok, 1 bad arguments / refusal, 2 I/O failure.
 
+import { chmod } from 'node:fs/promises';
 import {
   CertsError,
   DEFAULT_CLIENT_DAYS,
@@ -24,7 +25,8 @@ Run "pgbastion certs <command> --help" for a command's options.`;
 
 const INIT_USAGE = `usage: pgbastion certs init --dir DIR [--host NAME]...
 
-Creates DIR (mode 0700) with a new local CA and a server certificate for the proxy:
+Creates DIR (or tightens an existing one) to mode 0700, with a new local CA and a
+server certificate for the proxy:
   DIR/ca.crt       CA certificate (tls.ca; clients' sslrootcert)
   DIR/ca.key       CA private key (0600)
   DIR/server.crt   server certificate (tls.cert)
@@ -100,6 +102,9 @@ async function runInit(args: string[], out: (s: string) => void): Promise<number
   const dir = required(values, 'dir');
   const hosts = values.get('host') ?? [];
   const result = await initCaDir(dir, { hosts });
+  // initCaDir leaves a non-empty existing DIR's mode alone; the command promises DIR 0700 (SPEC §1),
+  // since DIR now holds the CA key. Only after success: a refused init changes nothing.
+  await chmod(dir, 0o700);
   for (const f of result.files) out(`wrote ${f}`);
   const ca = certSummary(result.ca.certPem);
   out(`CA: ${ca.subject}, SHA-256 fingerprint ${ca.fingerprint256}, valid until ${ca.validTo.toISOString()}`);

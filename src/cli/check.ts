@@ -4,6 +4,7 @@
 import type { Config } from '../config/types.js';
 import { unservedFeatures } from '../config/unserved.js';
 import { ConfigError, formatProblem, loadConfigFileWithWarnings } from '../config/load.js';
+import { parseConfigArgs } from './load-config.js';
 
 const USAGE = `usage: pgbastion check [-c FILE]
 
@@ -12,29 +13,6 @@ Validate a pgbastion configuration file and print a summary, or every problem fo
 options:
   -c, --config FILE   config file (default: $PGBASTION_CONFIG, else config/pgbastion.yaml)
   -h, --help          show this help`;
-
-const DEFAULT_CONFIG = 'config/pgbastion.yaml';
-
-type Parsed = { help: true } | { help: false; file: string } | { error: string };
-
-function parseArgs(args: string[], env: NodeJS.ProcessEnv): Parsed {
-  let file: string | undefined;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i]!;
-    if (arg === '-h' || arg === '--help') return { help: true };
-    if (arg === '-c' || arg === '--config') {
-      const value = args[++i];
-      if (value === undefined || value === '') return { error: `${arg} needs a file name` };
-      file = value;
-    } else if (arg.startsWith('--config=')) {
-      file = arg.slice('--config='.length);
-      if (!file) return { error: '--config needs a file name' };
-    } else {
-      return { error: `unknown argument "${arg}"` };
-    }
-  }
-  return { help: false, file: file ?? (env.PGBASTION_CONFIG || DEFAULT_CONFIG) };
-}
 
 const plural = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
 
@@ -52,7 +30,7 @@ export async function runCheck(
   out: (s: string) => void,
   err: (s: string) => void,
 ): Promise<number> {
-  const parsed = parseArgs(args, process.env);
+  const parsed = parseConfigArgs(args);
   if ('error' in parsed) {
     err(`pgbastion check: ${parsed.error}\n\n${USAGE}`);
     return 1;

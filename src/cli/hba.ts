@@ -2,11 +2,11 @@
 // starting anything (SPEC §1). Reads the same rules `start` would (hba or hba_file).
 
 import { parseArgs } from 'node:util';
-import { loadConfigOrReport } from './load-config.js';
+import { defaultConfigPath, loadConfigOrReport } from './load-config.js';
 import { certNamesUser } from '../hba/cert-map.js';
 import { explain } from '../hba/explain.js';
+import { parseClientAddress } from '../hba/rules.js';
 import { loadRules } from '../proxy/runtime.js';
-import { configPathFrom } from './start.js';
 
 const USAGE = `usage: pgbastion hba explain -c FILE --user U --database D --address A [--ssl] [--cert-cn CN]
 
@@ -58,7 +58,16 @@ export async function runHba(args: string[], out: (s: string) => void, err: (s: 
     err(`pgbastion hba explain: missing ${missing.map((m) => `--${m}`).join(', ')}\n\n${USAGE}`);
     return 1;
   }
-  const file = values.config ?? configPathFrom([]);
+  // An address no rule could match would otherwise read as a real "no matching rule -> reject".
+  if (parseClientAddress(values.address!) === null) {
+    err(`pgbastion hba explain: --address needs an IPv4 or IPv6 address, not "${values.address}"`);
+    return 1;
+  }
+  if (values.config === '') {
+    err(`pgbastion hba explain: --config needs a file name\n\n${USAGE}`);
+    return 1;
+  }
+  const file = values.config ?? defaultConfigPath();
   const config = await loadConfigOrReport(file, err);
   if (!config) return 1;
   const conn = { address: values.address!, tls: values.ssl!, database: values.database!, user: values.user!, replication: false };

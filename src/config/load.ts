@@ -1,4 +1,5 @@
-// Loads the YAML configuration: parse, schema-validate, resolve ${env:}/${file:} secrets, cross-check, freeze.
+// Loads the YAML configuration: parse, schema-validate, resolve ${env:}/${file:} secrets, cross-check (the hba
+// rules, or the hba_file, parsed by the proxy's own parser), freeze.
 // Every problem is collected with its key path and YAML line:column, then thrown together as one ConfigError.
 
 import { open, readFile } from 'node:fs/promises';
@@ -6,6 +7,8 @@ import { BlockList, isIP } from 'node:net';
 import { dirname, resolve as resolvePath } from 'node:path';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { LineCounter, isMap, isScalar, isSeq, isAlias, parseDocument, type Document } from 'yaml';
+import { parseHbaFile, rulesFromConfig, type HbaFileError } from '../hba/parse.js';
+import type { AddressMatcher, HbaRule } from '../hba/rules.js';
 import { configSchema, PATTERN_MESSAGE_KEYWORD, SERVED_HBA_METHODS } from './schema.js';
 import type {
   AuditConfig,
@@ -140,13 +143,17 @@ interface RawConfig extends Omit<Config, 'listen' | 'users' | 'source'> {
 async function processConfig(input: unknown, ctx: Context, col: Collector): Promise<LoadResult> {
   // Work on a copy: ajv fills defaults in place and resolution rewrites strings.
   const data = toPlain(input);
-  const schemaOk = validateSchema(data, col);
-  const unresolved = await resolveReferences(data, ctx, col);
-  // Cross-checks assume the schema's shape, so they only run on a structurally valid document.
-  if (schemaOk) checkSemantics(data as RawConfig, col, unresolved);
+  validateSchema(data, col);
+  warnInlineSecrets(data, col);
+  await resolveReferences(data, ctx, col);
+  // Cross-checks run even when the schema failed, so `check` reports every problem at once; they
+  // take the document as it is (any shape) and skip values already reported, so a wrong value is
+  // not reported twice (a SCRAM secret that is not a string, an unset ${env:} password).
+  col.settleReported();
+  await checkSemantics(data, ctx, col);
   if (col.problems.length > 0) throw new ConfigError(inFileOrder(col.problems), ctx.source);
   const config = normalise(data as RawConfig, ctx, col);
-  return { config: deepFreeze(config), warnings: col.warnings };
+  return { config: deepFreeze(config), warnings: inFileOrder(col.warnings).map(formatProblem) };
 }
 
 /** Deep copy of plain data; Dates become ISO strings so the schema can check them as text. */
@@ -165,16 +172,20 @@ function toPlain(v: unknown): unknown {
 type Segment = string | number;
 type Position = { line: number; column: number };
 type Locator = (path: readonly Segment[], target: 'key' | 'value') => Position | undefined;
+/** Where in the YAML a problem points: its key, its value, or nowhere (the message says where). */
+type Target = 'key' | 'value' | 'none';
 
 class Collector {
   readonly problems: ConfigProblem[] = [];
-  readonly warnings: string[] = [];
+  readonly warnings: ConfigProblem[] = [];
   private readonly seen = new Set<string>();
+  private settled: readonly string[] = [];
 
   constructor(readonly locate: Locator) {}
 
-  problem(path: readonly Segment[], message: string, target: 'key' | 'value' = 'value'): void {
-    const p: ConfigProblem = { path: formatPath(path), message, ...this.locate(path, target) };
+  problem(path: readonly Segment[], message: string, target: Target = 'value'): void {
+    const p = this.at(path, message, target);
+    if (this.settled.some((done) => isWithin(p.path, done))) return;
     const id = formatProblem(p);
     if (this.seen.has(id)) return; // allErrors can report the same thing through two schema routes
     this.seen.add(id);
@@ -185,13 +196,29 @@ class Collector {
     this.problems.push({ path, message, line: pos.line, column: pos.col });
   }
 
-  warn(path: readonly Segment[], message: string, target: 'key' | 'value' = 'value'): void {
-    this.warnings.push(formatProblem({ path: formatPath(path), message, ...this.locate(path, target) }));
+  /** From now on, problems at (or under) the paths reported so far are dropped: those values are known bad. */
+  settleReported(): void {
+    this.settled = this.problems.map((p) => p.path).filter((path) => path !== '');
+  }
+
+  warn(path: readonly Segment[], message: string, target: Target = 'value'): void {
+    this.warnings.push(this.at(path, message, target));
   }
 
   warnAt(path: string, message: string, pos: { line: number; col: number }): void {
-    this.warnings.push(formatProblem({ path, message, line: pos.line, column: pos.col }));
+    this.warnings.push({ path, message, line: pos.line, column: pos.col });
   }
+
+  private at(path: readonly Segment[], message: string, target: Target): ConfigProblem {
+    return { path: formatPath(path), message, ...(target !== 'none' && this.locate(path, target)) };
+  }
+}
+
+/** `users[0].secret` is within `users[0].secret` and within `users[0]`, not within `users[0].se`. */
+function isWithin(path: string, ancestor: string): boolean {
+  if (!path.startsWith(ancestor)) return false;
+  const next = path[ancestor.length];
+  return next === undefined || next === '.' || next === '[';
 }
 
 /** `users[0].pins["app.tenant_id"]`: dots for plain keys, brackets for indexes and odd keys. */
@@ -268,11 +295,10 @@ function getValidator(): ValidateFunction {
   return validator;
 }
 
-function validateSchema(data: unknown, col: Collector): boolean {
+function validateSchema(data: unknown, col: Collector): void {
   const validate = getValidator();
-  if (validate(data)) return true;
+  if (validate(data)) return;
   for (const e of validate.errors ?? []) schemaProblem(e, col);
-  return false;
 }
 
 const TYPE_WORDS: Record<string, string> = {
@@ -365,9 +391,8 @@ function isPinValue(path: readonly Segment[]): boolean {
   return path.length === 4 && path[0] === 'users' && path[2] === 'pins';
 }
 
-/** Resolves references in place; returns the formatted paths that could not be resolved. */
-async function resolveReferences(data: unknown, ctx: Context, col: Collector): Promise<Set<string>> {
-  const unresolved = new Set<string>();
+/** Resolves references in place; a reference that cannot be resolved is a problem at its path. */
+async function resolveReferences(data: unknown, ctx: Context, col: Collector): Promise<void> {
   const fileCache = new Map<string, Promise<string>>();
   for (const site of collectStrings(data)) {
     if (!site.value.includes('${')) continue;
@@ -377,12 +402,8 @@ async function resolveReferences(data: unknown, ctx: Context, col: Collector): P
     }
     const result = await substitute(site.value, ctx, fileCache);
     if (result.ok) site.set(result.value);
-    else {
-      unresolved.add(formatPath(site.path));
-      for (const m of result.errors) col.problem(site.path, m);
-    }
+    else for (const m of result.errors) col.problem(site.path, m);
   }
-  return unresolved;
 }
 
 function checkPinTemplates(site: StringSite, col: Collector): void {
@@ -453,71 +474,111 @@ async function readSecretFile(abs: string): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cross-field (semantic) checks on a schema-valid document
+// Cross-field (semantic) checks, on the document in whatever shape it has
 
-function checkSemantics(c: RawConfig, col: Collector, unresolved: Set<string>): void {
-  checkServerRoles(c, col, unresolved);
-  checkUsers(c, col, unresolved);
-  checkCertMap(c, col);
-  checkPinning(c, col);
-  checkHba(c, col);
-  checkProxyProtocol(c, col);
-  checkUpstream(c, col);
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
 }
 
-function reportDuplicates(names: string[], what: string, base: Segment, col: Collector): void {
+/** The mapping entries of a list, with their indexes; other entries (and a non-list) the schema reported. */
+function mappings(v: unknown): [number, Obj][] {
+  if (!Array.isArray(v)) return [];
+  return v.flatMap((entry, i): [number, Obj][] => (isObj(entry) ? [[i, entry]] : []));
+}
+
+function str(o: unknown, key: string): string | undefined {
+  const v = isObj(o) ? o[key] : undefined;
+  return typeof v === 'string' ? v : undefined;
+}
+
+/** `[index, name]` of the entries that have a string name. */
+function namesOf(entries: [number, Obj][]): [number, string][] {
+  return entries.flatMap(([i, e]): [number, string][] => {
+    const name = str(e, 'name');
+    return name === undefined ? [] : [[i, name]];
+  });
+}
+
+/** The names a list defines, or undefined when it is no list (then nothing can be checked against it). */
+function definedNames(list: unknown): Set<string> | undefined {
+  return Array.isArray(list) ? new Set(namesOf(mappings(list)).map(([, n]) => n)) : undefined;
+}
+
+async function checkSemantics(data: unknown, ctx: Context, col: Collector): Promise<void> {
+  if (!isObj(data)) return; // the schema said what the document must be
+  checkServerRoles(data, col);
+  checkUsers(data, col);
+  checkCertMap(data, col);
+  checkPinning(data, col);
+  await checkHba(data, ctx, col);
+  checkProxyProtocol(data, col);
+  checkUpstream(data, col);
+}
+
+function reportDuplicates(names: [number, string][], what: string, base: Segment, col: Collector): void {
   const seen = new Set<string>();
-  names.forEach((name, i) => {
+  for (const [i, name] of names) {
     if (seen.has(name)) col.problem([base, i, 'name'], `duplicate ${what} ${name}`);
     seen.add(name);
-  });
+  }
 }
 
-function checkServerRoles(c: RawConfig, col: Collector, unresolved: Set<string>): void {
-  reportDuplicates(c.server_roles.map((r) => r.name), 'server role', 'server_roles', col);
-  c.server_roles.forEach((r, i) => {
-    const path = ['server_roles', i, 'password'];
+function checkServerRoles(c: Obj, col: Collector): void {
+  const roles = mappings(c.server_roles);
+  reportDuplicates(namesOf(roles), 'server role', 'server_roles', col);
+  for (const [i, r] of roles) {
     // A reference can resolve to "", which the schema (checking the unresolved text) could not see.
-    if (r.password === '' && !unresolved.has(formatPath(path))) col.problem(path, 'must not be empty');
-  });
+    if (r.password === '') col.problem(['server_roles', i, 'password'], 'must not be empty');
+  }
 }
 
-function checkUsers(c: RawConfig, col: Collector, unresolved: Set<string>): void {
-  reportDuplicates(c.users.map((u) => u.name), 'user', 'users', col);
-  const roles = new Set(c.server_roles.map((r) => r.name));
-  c.users.forEach((u, i) => {
-    if (!roles.has(u.server_role)) {
-      col.problem(['users', i, 'server_role'], `server role ${u.server_role} is not defined in server_roles`);
+function checkUsers(c: Obj, col: Collector): void {
+  const users = mappings(c.users);
+  reportDuplicates(namesOf(users), 'user', 'users', col);
+  const roles = definedNames(c.server_roles);
+  for (const [i, u] of users) {
+    const role = str(u, 'server_role');
+    if (roles && role !== undefined && !roles.has(role)) {
+      col.problem(['users', i, 'server_role'], `server role ${role} is not defined in server_roles`);
     }
-    const secretPath = ['users', i, 'secret'];
-    if (u.secret !== undefined && !unresolved.has(formatPath(secretPath)) && !isScramSecret(u.secret)) {
-      col.problem(secretPath, 'must be a SCRAM-SHA-256 secret: SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>');
+    const secret = str(u, 'secret');
+    if (secret !== undefined && !isScramSecret(secret)) {
+      col.problem(['users', i, 'secret'], 'must be a SCRAM-SHA-256 secret: SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>');
     }
-    if (u.valid_until !== undefined && parseTimestamp(u.valid_until) === undefined) {
+    const validUntil = str(u, 'valid_until');
+    if (validUntil !== undefined && parseTimestamp(validUntil) === undefined) {
       col.problem(['users', i, 'valid_until'], 'is not a valid date/time');
     }
-  });
+  }
 }
 
-function checkCertMap(c: RawConfig, col: Collector): void {
-  const users = new Set(c.users.map((u) => u.name));
-  c.cert_map.forEach((m, i) => {
-    if (!users.has(m.user)) col.problem(['cert_map', i, 'user'], `user ${m.user} is not defined in users`);
-  });
+function checkCertMap(c: Obj, col: Collector): void {
+  const users = definedNames(c.users);
+  if (!users) return;
+  for (const [i, m] of mappings(c.cert_map)) {
+    const user = str(m, 'user');
+    if (user !== undefined && !users.has(user)) col.problem(['cert_map', i, 'user'], `user ${user} is not defined in users`);
+  }
 }
 
 // Customized option names as PostgreSQL accepts them for RLS variables: prefix.name.
 const CUSTOM_OPTION = /^[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$/;
 
-function checkPinning(c: RawConfig, col: Collector): void {
+function checkPinning(c: Obj, col: Collector): void {
+  const variables = isObj(c.pinning) ? c.pinning.variables : undefined;
+  if (!Array.isArray(variables)) return; // pins can only be checked against a list
   const declared = new Set<string>();
-  c.pinning.variables.forEach((v, i) => {
+  variables.forEach((v: unknown, i) => {
+    if (typeof v !== 'string') return;
     const path = ['pinning', 'variables', i];
     if (!CUSTOM_OPTION.test(v)) col.problem(path, 'must be a customized option name like app.tenant_id');
     else if (declared.has(v.toLowerCase())) col.problem(path, `duplicate variable ${v}`);
     declared.add(v.toLowerCase());
   });
-  c.users.forEach((u, i) => {
+  for (const [i, u] of mappings(c.users)) {
+    if (!isObj(u.pins)) continue;
     const keys = new Set<string>();
     for (const key of Object.keys(u.pins)) {
       const path = ['users', i, 'pins', key];
@@ -526,52 +587,124 @@ function checkPinning(c: RawConfig, col: Collector): void {
       else if (!declared.has(lower)) col.problem(path, 'is not listed in pinning.variables', 'key');
       keys.add(lower);
     }
-  });
+  }
 }
 
-function checkHba(c: RawConfig, col: Collector): void {
-  if (!c.hba && c.hba_file === undefined) {
+/** What the rules' checks need to know about client-facing TLS. */
+interface TlsPresence {
+  readonly configured: boolean;
+  readonly ca: boolean;
+}
+
+/** Where a rule's problems and warnings go: `hba[i].method`, or `hba_file` with the file's line. */
+interface RuleReporter {
+  problem(field: 'method', message: string): void;
+  warn(message: string): void;
+}
+
+/**
+ * The rules are parsed here by the parser the proxy uses (src/hba), so `check` refuses what
+ * `start` and reload would; then each rule is checked against what pgbastion serves.
+ */
+async function checkHba(c: Obj, ctx: Context, col: Collector): Promise<void> {
+  if (c.hba === undefined && c.hba_file === undefined) {
     col.warn([], 'neither hba nor hba_file is set: every connection will be rejected');
   }
-  (c.hba ?? []).forEach((rule, i) => {
-    const path = ['hba', i];
-    if (!SERVED_HBA_METHODS.includes(rule.method)) {
-      col.problem([...path, 'method'], `method ${rule.method} is not served by pgbastion (use scram-sha-256, cert, trust or reject)`);
-    }
-    if (rule.method === 'cert' && rule.type !== 'hostssl') {
-      col.problem([...path, 'method'], 'method cert is only allowed on hostssl rules');
-    }
-    if (rule.method === 'cert' && !c.tls?.ca) {
-      col.problem([...path, 'method'], 'method cert needs tls.ca to verify client certificates');
-    }
-    if (rule.type === 'hostssl' && !c.tls) col.warn(path, 'hostssl rule never matches because tls is not configured');
-    if (rule.address !== undefined) {
-      const bad = hbaAddressProblem(rule.address);
-      if (bad) col.problem([...path, 'address'], bad);
-    }
-    if (rule.method === 'trust' && rule.type !== 'local' && !isLoopback(rule.address ?? 'all')) {
-      col.warn(path, `trust on address ${rule.address} lets anyone who can reach it in without a password`);
+  const tls = { configured: isObj(c.tls), ca: str(c.tls, 'ca') !== undefined };
+  if (Array.isArray(c.hba)) checkHbaEntries(c.hba, tls, col);
+  // With both set, the schema reported hba_file and every hba_file problem would be dropped: skip the read.
+  const hbaFile = str(c, 'hba_file');
+  if (hbaFile && c.hba === undefined) await checkHbaFile(resolvePath(ctx.baseDir, hbaFile), tls, col);
+}
+
+function checkHbaEntries(entries: unknown[], tls: TlsPresence, col: Collector): void {
+  entries.forEach((entry, i) => {
+    if (!isObj(entry)) return;
+    // rulesFromConfig copes with wrong types inside an entry (the schema reported them already).
+    const { rules, errors } = rulesFromConfig([entry as unknown as HbaRuleConfig], 'config');
+    for (const e of errors) col.problem(e.field ? ['hba', i, e.field] : ['hba', i], e.message);
+    for (const rule of rules) {
+      checkServedRule(rule, tls, {
+        problem: (field, message) => col.problem(['hba', i, field], message),
+        warn: (message) => col.warn(['hba', i], message),
+      });
     }
   });
 }
 
-function checkProxyProtocol(c: RawConfig, col: Collector): void {
-  c.proxy_protocol?.trusted.forEach((entry, i) => {
-    const bad = cidrProblem(entry);
+async function checkHbaFile(file: string, tls: TlsPresence, col: Collector): Promise<void> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    col.problem(['hba_file'], `cannot read ${file}: ${errorReason(e)}`);
+    return;
+  }
+  // Problems inside the file name its line there, `FILE:LINE: message`, not a place in the YAML.
+  const { rules, errors } = parseHbaFile(text, file);
+  const problems: HbaFileError[] = [...errors];
+  for (const rule of rules) {
+    checkServedRule(rule, tls, {
+      problem: (_field, message) => problems.push({ line: rule.line, message }),
+      warn: (message) => col.warn(['hba_file'], `${file}:${rule.line}: ${message}`, 'none'),
+    });
+  }
+  problems.sort((a, b) => a.line - b.line); // parse errors and unserved rules, top to bottom
+  for (const p of problems) col.problem(['hba_file'], `${file}:${p.line}: ${p.message}`, 'none');
+}
+
+/** A parsed rule against what pgbastion can enforce: its methods, and what cert and hostssl need. */
+function checkServedRule(rule: HbaRule, tls: TlsPresence, report: RuleReporter): void {
+  if (!SERVED_HBA_METHODS.includes(rule.method)) {
+    report.problem('method', `method ${rule.method} is not served by pgbastion (use scram-sha-256, cert, trust or reject)`);
+  }
+  if (rule.method === 'cert' && rule.type !== 'hostssl') report.problem('method', 'method cert is only allowed on hostssl rules');
+  if (rule.method === 'cert' && !tls.ca) report.problem('method', 'method cert needs tls.ca to verify client certificates');
+  if (rule.type === 'hostssl' && !tls.configured) report.warn('hostssl rule never matches because tls is not configured');
+  if (rule.method === 'trust' && rule.type !== 'local' && !isLoopbackNetwork(rule.address)) {
+    const address = rule.address.kind === 'cidr' ? rule.address.text : rule.address.kind;
+    report.warn(`trust on address ${address} lets anyone who can reach it in without a password`);
+  }
+}
+
+function checkProxyProtocol(c: Obj, col: Collector): void {
+  const trusted = isObj(c.proxy_protocol) ? c.proxy_protocol.trusted : undefined;
+  if (!Array.isArray(trusted)) return;
+  trusted.forEach((entry: unknown, i) => {
+    const bad = typeof entry === 'string' ? cidrProblem(entry) : undefined;
     if (bad) col.problem(['proxy_protocol', 'trusted', i], bad);
   });
 }
 
-function checkUpstream(c: RawConfig, col: Collector): void {
-  if (c.upstream.tls.ca !== undefined && c.upstream.tls.mode !== 'verify-full') {
-    col.warn(['upstream', 'tls', 'ca'], `is ignored unless mode is verify-full (mode is ${c.upstream.tls.mode})`);
+function checkUpstream(c: Obj, col: Collector): void {
+  const upstream = isObj(c.upstream) ? c.upstream : {};
+  const mode = str(upstream.tls, 'mode');
+  const ca = str(upstream.tls, 'ca');
+  if (ca !== undefined && mode !== undefined && mode !== 'verify-full') {
+    col.warn(['upstream', 'tls', 'ca'], `is ignored unless mode is verify-full (mode is ${mode})`);
   }
-  if (c.upstream.tls.mode === 'verify-full' && c.upstream.tls.ca === undefined) {
+  if (mode === 'verify-full' && ca === undefined) {
     col.problem(['upstream', 'tls', 'ca'], 'is required when mode is verify-full (the CA that signed the upstream certificates)');
   }
-  const probeRole = c.upstream.health_check.server_role;
-  if (probeRole !== undefined && !c.server_roles.some((r) => r.name === probeRole)) {
+  const probeRole = str(upstream.health_check, 'server_role');
+  const roles = definedNames(c.server_roles);
+  if (probeRole !== undefined && roles && !roles.has(probeRole)) {
     col.problem(['upstream', 'health_check', 'server_role'], `names no server_roles entry ("${probeRole}")`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inline secrets
+
+/** Server-role passwords written into the file itself; SPEC §2 allows that only in test fixtures. */
+function warnInlineSecrets(data: unknown, col: Collector): void {
+  if (!isObj(data)) return;
+  for (const [i, role] of mappings(data.server_roles)) {
+    const password = str(role, 'password');
+    // Anything left once the ${...} references are taken out was written inline.
+    if (password && password.replace(REFERENCE, '') !== '') {
+      col.warn(['server_roles', i, 'password'], 'inline secret; use ${file:PATH} or ${env:NAME} outside test fixtures');
+    }
   }
 }
 
@@ -629,24 +762,13 @@ function cidrProblem(s: string): string | undefined {
   return undefined;
 }
 
-const HOST_NAME = /^\.?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/;
-
-function hbaAddressProblem(address: string): string | undefined {
-  if (['all', 'samehost', 'samenet'].includes(address)) return undefined;
-  if (address.includes('/') || isIP(address)) return cidrProblem(address);
-  if (HOST_NAME.test(address)) return undefined;
-  return 'must be all, samehost, samenet, a CIDR block, an IP address or a host name';
-}
-
-function isLoopback(address: string): boolean {
-  if (address === 'localhost') return true;
-  const [ip, bits] = address.split('/');
-  const family = isIP(ip!);
-  if (!family) return false;
-  const prefix = bits === undefined ? (family === 4 ? 32 : 128) : Number(bits);
+/** Is the rule's network inside loopback (127.0.0.0/8, ::1)? */
+function isLoopbackNetwork(a: AddressMatcher): boolean {
+  if (a.kind !== 'cidr') return false;
+  const network = a.text.slice(0, a.text.indexOf('/'));
   // The block is inside loopback when its network address is and it is no wider than the loopback range.
-  const minPrefix = family === 4 ? 8 : 128;
-  return prefix >= minPrefix && LOOPBACK.check(ip!, family === 4 ? 'ipv4' : 'ipv6');
+  const minPrefix = a.family === 4 ? 8 : 128;
+  return a.prefix >= minPrefix && LOOPBACK.check(network, a.family === 4 ? 'ipv4' : 'ipv6');
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ const hbaRuleSchema = {
     },
     database: nonEmptyString('Comma list of database names, "all", "sameuser" or "replication".'),
     user: nonEmptyString('Comma list of user names or "all".'),
-    address: nonEmptyString('"all", "samehost", "samenet", a CIDR block, an IP address or a host name.'),
+    address: nonEmptyString('"all", a CIDR block, an IP address (as /32 or /128) or "ADDRESS MASK"; no host names or samehost/samenet.'),
     method: {
       type: 'string',
       enum: [...HBA_METHODS],
