@@ -11,7 +11,7 @@
 # Options: --detach  leave both running in the background (stop with --stop)
 #          --stop    stop a detached demo
 # Environment: DEMO_PORT (pgbastion, default 6432), DEMO_PG_PORT (PostgreSQL, default 54329),
-# DEMO_DIR (default .demo). With other values the demo runs a copy of the sample config
+# DEMO_METRICS_PORT (pgbastion's /metrics, default 9930), DEMO_DIR (default .demo). With other values the demo runs a copy of the sample config
 # written into DEMO_DIR.
 set -euo pipefail
 
@@ -20,6 +20,7 @@ ROOT=$PWD
 DEMO=${DEMO_DIR:-$ROOT/.demo}
 PORT=${DEMO_PORT:-6432}
 PG_PORT=${DEMO_PG_PORT:-54329}
+METRICS_PORT=${DEMO_METRICS_PORT:-9930}
 MODE=foreground
 case "${1:-}" in
   --detach) MODE=detach ;;
@@ -114,9 +115,9 @@ unset PGPASSWORD
 node dist/cli/main.js scram-secret <<<"$DEMO_PW" >"$DEMO/demo.scram"
 chmod 600 "$DEMO/demo.scram"
 CONFIG=$ROOT/config/pgbastion.yaml
-if [[ $PORT != 6432 || $PG_PORT != 54329 || $DEMO != "$ROOT/.demo" ]]; then
+if [[ $PORT != 6432 || $PG_PORT != 54329 || $METRICS_PORT != 9930 || $DEMO != "$ROOT/.demo" ]]; then
   CONFIG=$DEMO/pgbastion.yaml
-  sed -e "s/port: 6432/port: $PORT/" -e "s/port: 54329/port: $PG_PORT/" \
+  sed -e "s/port: 6432/port: $PORT/" -e "s/port: 54329/port: $PG_PORT/" -e "s/port: 9930/port: $METRICS_PORT/" \
       -e 's#\.\./\.demo/demo\.scram#demo.scram#' "$ROOT/config/pgbastion.yaml" >"$CONFIG"
 fi
 export PGBASTION_APP_RW_PASSWORD=$SERVER_PW

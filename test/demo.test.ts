@@ -9,7 +9,7 @@ import t from 'tap';
 import { freePort, pgBin } from './helpers/postgres.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'pgbastion-demo-'));
-const env = { ...process.env, DEMO_DIR: dir, DEMO_PORT: String(await freePort()), DEMO_PG_PORT: String(await freePort()) };
+const env = { ...process.env, DEMO_DIR: dir, DEMO_PORT: String(await freePort()), DEMO_PG_PORT: String(await freePort()), DEMO_METRICS_PORT: String(await freePort()) };
 const script = path.resolve('scripts/demo.sh');
 t.teardown(() => {
   spawnSync('bash', [script, '--stop'], { env, stdio: 'ignore', timeout: 30_000 });
