@@ -155,3 +155,28 @@ t.test('the pgbastion binary reloads on SIGHUP', async (t) => {
   for (let i = 0; i < 100 && !log.includes('configuration reloaded'); i++) await new Promise((r) => setTimeout(r, 50));
   t.equal(await login('carol'), 'ok', 'carol logs in after SIGHUP');
 });
+
+t.test('a login under way when a reload removes its user is refused at its end', async (t) => {
+  // A reviewer's finding: the login went on with the user as it was when it started, and the
+  // session lasted until some later reload.
+  writeConfig(0, { alice: { 'app.tenant_id': 'a' }, bob: { 'app.tenant_id': 'b' } });
+  t.ok(await reload());
+  const c = new pg.Client({
+    host: '127.0.0.1',
+    port,
+    user: 'bob',
+    database: 'postgres',
+    // Asked for once the proxy has named SCRAM: the exchange is under way.
+    password: async () => {
+      writeConfig(0, { alice: { 'app.tenant_id': 'a' } });
+      await reload();
+      return 'bob-pw';
+    },
+  });
+  c.on('error', () => undefined);
+  const err = await c.connect().then(() => null, (e: Error & { code?: string; detail?: string }) => e);
+  await c.end().catch(() => undefined);
+  t.equal(err?.code, '28000', 'refused');
+  t.equal(err?.message, 'login no longer allowed after a configuration reload');
+  t.equal(err?.detail, 'the user was removed');
+});

@@ -518,15 +518,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return this.fatal(SqlState.INVALID_AUTHORIZATION, `authentication method "${rule.method}" is not available for user "${this.user}"`, undefined, 'hba');
     }
     this.log('debug', { rule: rule.index, method: rule.method }, 'hba rule matched');
-    if (this.auth.provesCredential) {
-      // Checked before any credential is looked at, so a locked key is no password oracle.
-      const verdict = this.rt.lockout.check(this.address, this.user);
-      if (verdict.locked) {
-        this.log('warn', { by: verdict.by }, 'login refused: locked out after repeated failures');
-        this.rt.metrics.lockouts.inc({ by: verdict.by });
-        return this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict), undefined, 'lockout');
-      }
-    }
+    if (this.lockedOut()) return;
     this.move('auth');
     this.onAuthOutcome(this.auth.begin());
   }
@@ -579,6 +571,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (type === 0x58 /* X Terminate */) return this.onTerminate();
     switch (this.state) {
       case 'auth':
+        // Again at each message: logins already under way when the lock fell must not go on
+        // to have their passwords checked (many at once would each get a guess).
+        if (this.lockedOut()) return;
         return this.onAuthOutcome(this.auth!.handle(type, frame));
       case 'connecting':
         // Pipelined before login completed: handled as soon as the session is ready.
@@ -657,6 +652,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         }
         // Pins go last: they are what the server connection must hold for this client.
         this.pinValues = pins.values;
+        // A reload during the exchange may have withdrawn what the login started under.
+        const withdrawn = this.withdrawnBy();
+        if (withdrawn !== null) {
+          return this.fatal(SqlState.INVALID_AUTHORIZATION, 'login no longer allowed after a configuration reload', withdrawn, 'hba');
+        }
         this.setParams(new Map([...this.params, ...pins.values]));
         if (this.auth!.provesCredential) this.rt.lockout.recordSuccess(this.address, this.user);
         this.rt.metrics.auth.inc({ method: this.auth!.name, result: 'ok' });
@@ -685,6 +685,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         throw new Error(`unknown auth outcome ${String(never)}`);
       }
     }
+  }
+
+  /**
+   * The lockout (limits.auth_failures), checked before any credential is looked at, so that
+   * a locked key is no password oracle. Refuses the login and returns true when locked.
+   */
+  private lockedOut(): boolean {
+    if (!this.auth?.provesCredential) return false;
+    const verdict = this.rt.lockout.check(this.address, this.user);
+    if (!verdict.locked) return false;
+    this.log('warn', { by: verdict.by }, 'login refused: locked out after repeated failures');
+    this.rt.metrics.lockouts.inc({ by: verdict.by });
+    this.fatal(SqlState.INVALID_AUTHORIZATION, lockoutMessage(verdict), undefined, 'lockout');
+    return true;
   }
 
   /** Same words for a wrong password and an unknown user: no enumeration. */
