@@ -566,7 +566,7 @@ t.test("statements read in the same write as the Terminate reach the server befo
   await next.c.end();
 });
 
-t.test('work sent with its Terminate behind a settings switch runs once the switch is done, with its own pin', async (t) => {
+t.test('work sent before its Terminate (or close) behind a settings switch runs once the switch is done, with its own pin', async (t) => {
   await pgs.query(`CREATE TABLE left_switching (who text, n int); GRANT ALL ON left_switching TO ${SERVER_ROLE}`);
   t.teardown(() => pgs.query('DROP TABLE left_switching'));
   const terminate = Buffer.from([0x58, 0, 0, 0, 4]);
@@ -575,18 +575,19 @@ t.test('work sent with its Terminate behind a settings switch runs once the swit
   await first.c.end();
   const other = await connect('tenant_b', 'pw-b');
   t.teardown(() => other.c.end());
-  for (let n = 0; n < 3; n++) {
+  for (let n = 0; n < 4; n++) {
     await other.c.query('SELECT 1'); // the one connection, idle, holds b's pin
     const before = proxy.server.runtime.clients;
     const leaver = await connect('tenant_a', 'pw-a');
     // Two statements cannot take the inline switch: the separate one goes out first, and the
     // work waits for its outcome (node-postgres's end() right after an unawaited query()).
     const work = serialize.query(`INSERT INTO left_switching SELECT current_setting('app.tenant_id'), ${n}; INSERT INTO left_switching VALUES ('second', ${n})`);
-    // Round 1: in one write. Round 2: what follows the Terminate is never read. Round 3: the
-    // client closes at once, before the switch is done.
+    // Round 0: in one write. Round 1: what follows the Terminate is never read. Round 2: the
+    // client closes at once, before the switch is done. Round 3: it closes without a
+    // Terminate (node-postgres's end() with a query under way), as PostgreSQL runs that too.
     const after = n === 1 ? Buffer.from('garbage that is not a message') : Buffer.alloc(0);
-    leaver.raw.stream.write(Buffer.concat([work, terminate, after]));
-    if (n === 2) (leaver.raw.stream as unknown as net.Socket).destroy();
+    leaver.raw.stream.write(Buffer.concat([work, ...(n === 3 ? [] : [terminate]), after]));
+    if (n >= 2) (leaver.raw.stream as unknown as net.Socket).destroy();
     const end = Date.now() + 5000;
     let rows: { who: string }[] = [];
     while (rows.length < 2 && Date.now() < end) {

@@ -232,10 +232,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private droppingStray = false;
   /**
-   * The client sent Terminate while its work waited on a settings switch's outcome: the
-   * session stays, reading nothing more, until that work is written (see onTerminate).
+   * The client left (Terminate, or closed its socket) while its work waited on a settings
+   * switch's outcome: the session stays, reading nothing more, until that work is written
+   * (see leave()). Says how the client left.
    */
-  private leaving = false;
+  private leaving: string | null = null;
   /** pool.idle_transaction_timeout_ms: runs while the client holds a connection that waits on it. */
   private idleTimer: NodeJS.Timeout | null = null;
   /** The client socket was paused because its work has to wait (pauseToWait). */
@@ -288,7 +289,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
   private readonly onSocketClose = (): void => {
     this.input.deliverHeld();
-    if (!this.leaving) this.finish('client disconnected');
+    if (this.leaving === null) this.leave('client disconnected');
   };
 
   private listen(socket: net.Socket): void {
@@ -568,7 +569,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   message(type: number, frame: Buffer): void {
     this.droppingStray = false;
-    if (type === 0x58 /* X Terminate */) return this.onTerminate();
+    if (type === 0x58 /* X Terminate */) return this.leave('client terminated');
     switch (this.state) {
       case 'auth':
         // Again at each message: logins already under way when the lock fell must not go on
@@ -592,36 +593,36 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * Terminate. PostgreSQL runs what it read before a Terminate, so the work the client sent
-   * before it goes out first: work in the same read as if leased at once, statements held
-   * back for a cancel, and work behind a settings switch once the switch's outcome is known
-   * (should it fail, the work would run with the previous client's settings). Until then the
-   * session stays (`leaving`) and reads nothing more, as PostgreSQL stops reading at a
-   * Terminate. Work still waiting for a server connection goes with the client, and its
-   * place in the queue, as in PgBouncer.
+   * Terminate, or the client closed its socket. PostgreSQL runs what it read before either,
+   * so the work the client sent goes out first: work in the same read as if leased at once,
+   * statements held back for a cancel, and work behind a settings switch once the switch's
+   * outcome is known (should it fail, the work would run with the previous client's
+   * settings). Until then the session stays (`leaving`) and reads nothing more, as
+   * PostgreSQL stops reading at a Terminate. Work still waiting for a server connection goes
+   * with the client, and its place in the queue, as in PgBouncer.
    */
-  private onTerminate(): void {
+  private leave(how: string): void {
     if (this.leaseAfterRead) {
       this.leaseForRead();
       this.server?.flushBatch();
     }
     const server = this.server;
     if (this.state === 'ready' && server !== null && this.queued.length > 0 && !this.writeBeforeLeaving(server)) {
-      this.leaving = true;
+      this.leaving = how;
       this.scanner.stop();
       this.input.drop();
       return;
     }
-    this.finish('client terminated');
+    this.finish(how);
   }
 
   /** A leaving session ends once nothing of the client's waits any more: written, answered, or gone with its connection. */
   private endIfLeft(): void {
-    if (!this.leaving || this.state !== 'ready') return;
+    if (this.leaving === null || this.state !== 'ready') return;
     const server = this.server;
     if (server !== null && this.queued.length > 0) return;
     server?.flushBatch(); // now: finish() lets the connection go next
-    this.finish('client terminated');
+    this.finish(this.leaving);
   }
 
   private onAuthOutcome(r: AuthOutcome): void {
@@ -1654,7 +1655,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.releaseIfDone(status);
     // Work held behind an inline switch: its outcome is known now.
     if (this.server !== null && this.queued.length > 0) this.writeHeld(this.server);
-    if (this.leaving) return this.endIfLeft();
+    if (this.leaving !== null) return this.endIfLeft();
     if (this.revoked !== null) this.endIfRevokedAndIdle();
     this.startIdleTimerIfWaiting();
   }
@@ -1695,7 +1696,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   onServerLost(err: UpstreamError): void {
     this.log('warn', { err: err.message }, 'server connection lost');
     // (Work still held goes with the client, as work waiting for a connection does.)
-    if (this.leaving) return this.finish('client terminated');
+    if (this.leaving !== null) return this.finish(this.leaving);
     this.statements.dropContenders(); // (unanswered, and never will be)
     const inTransaction = this.server !== null && this.server.txStatus !== 'I';
     if (this.server && this.pool) this.pool.release(this.server, false, null);
@@ -1856,6 +1857,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (reset) server.noteDiscardAll();
       this.pool.release(server, clean, reset);
     }
+    this.pool?.leave(); // the session no longer holds its pool: the registry removes one nothing holds
     this.input.drop();
     endAndLinger(this.socket);
     if (wasReady) {
