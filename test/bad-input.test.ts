@@ -184,3 +184,54 @@ t.test('limits.max_clients: the client over the limit gets FATAL 53300', async (
   t.pass('a slot frees up once a client leaves');
   await c.end();
 });
+
+t.test('a message type the protocol does not have, after login: FATAL 08P01 as PostgreSQL, never passed on', async (t) => {
+  // A reviewer's finding: 'z' went to the server connection, whose backend died of it (a
+  // fork and a login for the next client, each time), and the client heard nothing.
+  const before = (await pgs.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend'")).rows[0]!.n;
+  for (const type of [0x7a /* z */, 0x70 /* p: a password message, after login */, 0x56 /* V */]) {
+    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+    await c.connect();
+    await c.query('SELECT 1');
+    const errored = new Promise<Error & { code?: string }>((resolve) => c.on('error', resolve));
+    const stream = (c as unknown as { connection: { stream: net.Socket } }).connection.stream;
+    stream.write(Buffer.concat([Buffer.from([type, 0, 0, 0, 8]), Buffer.from('abc\0'), serialize.query('SELECT 1')]));
+    const err = await errored;
+    t.equal(err.code, '08P01', `type ${type}`);
+    t.equal(err.message, `invalid frontend message type ${type}`);
+    await c.end().catch(() => undefined);
+  }
+  const after = (await pgs.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend'")).rows[0]!.n;
+  t.ok(after >= before, `no server connection died of it (${before} → ${after} backends)`);
+  await stillServing(t);
+});
+
+t.test('protocol 3.2 with _pq_ options: NegotiateProtocolVersion names 3.0 as PostgreSQL writes it (196608)', async (t) => {
+  const params = Buffer.from('user\0alice\0database\0postgres\0_pq_.foo\0x\0\0');
+  const startup = Buffer.alloc(8);
+  startup.writeInt32BE(8 + params.length, 0);
+  startup.writeInt32BE((3 << 16) | 2, 4);
+  const r = await exchange(Buffer.concat([startup, params]), 500);
+  t.equal(String.fromCharCode(r.bytes[0]!), 'v', 'NegotiateProtocolVersion first');
+  t.equal(r.bytes.readInt32BE(5), 196608, 'newest version served: 3.0, major << 16 | minor (libpq 18 reads 0 as a downgrade to before 3.0)');
+  t.equal(r.bytes.readInt32BE(9), 1, 'one option not recognised');
+  t.equal(r.bytes.toString('latin1', 13, 13 + '_pq_.foo'.length), '_pq_.foo');
+});
+
+t.test('the replication parameter is read as PostgreSQL reads it', async (t) => {
+  const login = (value: string) => exchange(serialize.startup({ user: 'alice', database: 'postgres', replication: value }), 1000);
+  const bogus = await login('bogus');
+  t.equal(bogus.error?.C, '22023');
+  t.equal(bogus.error?.M, 'invalid value for parameter "replication": "bogus"');
+  for (const yes of ['t', 'Yes', 'on', '1', 'database']) t.equal((await login(yes)).error?.C, '28000', `replication=${yes} is a replication connection: refused`);
+  for (const no of ['f', 'no', 'off', '0']) t.equal(String.fromCharCode((await login(no)).bytes[0]!), 'R', `replication=${no} is an ordinary login`);
+});
+
+t.test('server messages are not bound by limits.max_message_bytes, which is for clients', async (t) => {
+  // A reviewer's finding: a 70 000-byte row (limit 65 536 here) lost the server connection.
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  await c.connect();
+  const r = await c.query("SELECT repeat('x', 70000) AS big, 1 AS one");
+  t.equal(r.rows[0].big.length, 70000, 'a row longer than the client limit arrives whole');
+  await c.end();
+});

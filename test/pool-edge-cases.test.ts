@@ -489,7 +489,7 @@ t.test('a client that leaves while its work waits for a server connection is gon
     t.equal(proxy.server.runtime.clients, before, `${how}: the session ended while the server connection was still taken`);
   }
   // Left queued, each would get the connection only to hand it back, nested in the hand-over.
-  t.equal(proxy.server.runtime.pools.get('postgres', SERVER_ROLE).stats.waiting, 0, 'their requests left the queue with them');
+  t.equal(proxy.server.runtime.pools.find('postgres', SERVER_ROLE)?.stats.waiting ?? 0, 0, 'their requests left the queue with them');
   await holder.c.query('COMMIT');
   await holder.c.query('SELECT 1'); // the leases they asked for have come and gone
   t.same((await pgs.query('SELECT who FROM left_behind')).rows, [], 'their INSERTs never ran');

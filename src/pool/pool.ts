@@ -30,6 +30,11 @@ export interface PoolOptions extends PoolLimits {
   /** May this connection serve another client? False once its upstream or transport left the configuration. */
   keep: (conn: ServerConnection) => boolean;
   logger: Logger;
+  /**
+   * Called once the pool holds nothing: no connection (open, opening, idle or leased), no
+   * waiter, no session (see enter/leave). The registry then forgets and closes it.
+   */
+  onEmpty?: (pool: Pool) => void;
 }
 
 /** The pool could not hand out a connection in time. */
@@ -85,11 +90,34 @@ export class Pool {
   welcome: ReadonlyMap<string, string> | null = null;
   /** `name=value` settings a server has accepted: safe to apply later without a round trip. */
   private readonly accepted = new Set<string>();
+  /** Client sessions holding this pool: counted by enter() (PoolRegistry.get), until their leave(). */
+  private users = 0;
 
   constructor(
     readonly name: string,
     private opts: PoolOptions,
   ) {}
+
+  /** A client session takes this pool (PoolRegistry.get does it for the session). */
+  enter(): void {
+    this.users++;
+  }
+
+  /** The session that entered is over: it asks for no more connections (one still in flight may come back). */
+  leave(): void {
+    if (this.users === 0) return this.opts.logger.error({ pool: this.name }, 'pool left more often than entered');
+    this.users--;
+    this.settle();
+  }
+
+  /** Client sessions holding this pool. */
+  get sessions(): number {
+    return this.users;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
 
   get stats(): { total: number; idle: number; waiting: number; active: number } {
     const idle = this.idle.length + this.held.length;
@@ -149,6 +177,7 @@ export class Pool {
     this.waiters.splice(i, 1);
     // As when waiters time out: a hold may have lost its reason (see settleHeld).
     if (this.held.length > 0) this.settleHeld(Date.now());
+    this.settle();
   }
 
   /** request() as a promise, for callers off the per-transaction path. */
@@ -207,6 +236,7 @@ export class Pool {
       }
     }
     this.refill();
+    this.settle();
     return closed;
   }
 
@@ -257,6 +287,8 @@ export class Pool {
       },
       (err: unknown) => {
         this.total--;
+        // (Its session, if still there, still holds the pool: this removes it only when none does.)
+        this.settle();
         done(err instanceof Error ? err : new Error(String(err)), null);
       },
     )
@@ -366,6 +398,7 @@ export class Pool {
     // A slot opened: a waiter may now get a fresh connection.
     const waiter = this.waiters.shift();
     if (waiter) this.openFor(waiter.origin, waiter.done);
+    else this.settle();
   }
 
   /**
@@ -409,6 +442,7 @@ export class Pool {
     this.settleHeld(Date.now());
     const message = `no server connection available within ${this.opts.acquireTimeoutMs} ms (pool ${this.name}, size ${this.opts.size})`;
     for (const w of timedOut) w.done(new PoolTimeoutError(message), null);
+    this.settle();
   }
 
   /** The oldest usable held connection, or null. */
@@ -426,6 +460,7 @@ export class Pool {
     if (!this.unlist(conn)) return;
     this.total--;
     this.refill();
+    this.settle();
   }
 
   /** Takes `conn` off the idle or held list; false when it was on neither. */
@@ -445,6 +480,16 @@ export class Pool {
       const waiter = this.waiters.shift()!;
       this.openFor(waiter.origin, waiter.done);
     }
+  }
+
+  /**
+   * Tells the registry when nothing holds the pool any more, called wherever a connection,
+   * a waiter or a session goes. Every connection is counted in `total` from the moment it is
+   * asked for (openFor) until dropped, and every request that waits is in `waiters`, so no
+   * lease is under way in an empty pool; with no session holding it, nobody can start one.
+   */
+  private settle(): void {
+    if (this.users === 0 && this.total === 0 && this.waiters.length === 0 && !this.closed) this.opts.onEmpty?.(this);
   }
 
   private ensureSweeper(): void {

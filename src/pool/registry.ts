@@ -1,6 +1,17 @@
 // One Pool per (database, server role), created on first use, with the upstream connect
 // function that tries the configured endpoints in order of preference, skipping those the
 // health checks (upstream/health.ts, run from here) found unusable.
+//
+// A pool is forgotten (and closed) as soon as nothing holds it: no server connection (open,
+// opening, idle or leased), no waiter, no client session (get() counts the session, which
+// gives it back with pool.leave() when it ends). Otherwise every database name a client
+// asks for, even one that does not exist, would keep a pool for the life of the process.
+// Removal is immediate rather than after an idle period (PgBouncer's autodb_idle_timeout):
+// a pool that logged in anywhere keeps its idle connections until server_idle_timeout_ms,
+// so it lives at least that long anyway, and what a new pool must rebuild (the welcome and
+// the accepted settings) comes back with its first connection. Counting sessions, rather
+// than removing a pool a session still holds, keeps a live session from ever leasing
+// through a pool the registry (shutdown, reload, health, metrics) no longer sees.
 
 import net from 'node:net';
 import type { Logger } from 'pino';
@@ -37,6 +48,10 @@ export class PoolRegistry {
     this.health.configure(config.upstreams, healthOptions(config));
   }
 
+  /**
+   * The pool for a client session, counted as held by it until its `pool.leave()`: a pool
+   * is removed only once no session holds it (and it has no connection and no waiter).
+   */
   get(database: string, role: string): Pool {
     const key = `${database}\0${role}`;
     let pool = this.pools.get(key);
@@ -47,10 +62,30 @@ export class PoolRegistry {
         connect: (origin) => this.connect(database, role, origin),
         keep: (conn) => this.current(conn),
         logger: this.logger,
+        onEmpty: (empty) => this.remove(key, empty),
       });
       this.pools.set(key, pool);
     }
+    pool.enter();
     return pool;
+  }
+
+  /** The pool in use for (database, role), if any, without taking it (inspection, tests). */
+  find(database: string, role: string): Pool | undefined {
+    return this.pools.get(`${database}\0${role}`);
+  }
+
+  /** How many pools exist. */
+  get size(): number {
+    return this.pools.size;
+  }
+
+  /** Nothing holds `pool` any more: forgotten, and closed so that it can never open a connection again. */
+  private remove(key: string, pool: Pool): void {
+    if (this.pools.get(key) !== pool) return;
+    this.pools.delete(key);
+    pool.close();
+    this.logger.debug({ pool: pool.name }, 'pool removed: no connection, waiter or session left');
   }
 
   /**

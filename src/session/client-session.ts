@@ -11,7 +11,7 @@ import { endAndLinger } from '../net/linger.js';
 import { DirectRead } from '../net/direct-read.js';
 import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
 import * as be from '../protocol/backend.js';
-import { FrameError, INSPECT_ALL, MessageScanner, inspectTable, type ScanSink } from '../protocol/scanner.js';
+import { FrameError, INSPECT_ALL, MessageScanner, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
 import { looksLikeProxyHeader, parseProxyHeader } from '../protocol/proxy-header.js';
@@ -58,7 +58,14 @@ const MAX_AUTH_MESSAGE = 65535 + 64;
  * three that name a prepared statement (renamed per server connection), Execute and Flush
  * (extended-protocol work not yet closed by a Sync), CopyDone/CopyFail (end of COPY IN).
  */
-const CLIENT_RELAY_INSPECT = inspectTable('XQPSFBDCEHcf');
+/** Every type but CopyData, whose bytes are passed on as read: an unknown type is refused, not passed on. */
+const CLIENT_RELAY_INSPECT = (() => {
+  const t = new Uint8Array(256).fill(1);
+  t[0x64 /* d */] = 0;
+  return t;
+})();
+/** NegotiateProtocolVersion names the newest version served, as PostgreSQL writes it (major << 16 | minor). */
+const PROTOCOL_3_0 = 3 << 16;
 /** What a released server connection runs before another client may use it. */
 const RESET_SQL = 'DISCARD ALL';
 const TLS_HANDSHAKE_RECORD = 0x16;
@@ -492,9 +499,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
     this.database = params.get('database') || this.user;
     this.logger = null; // its fields now name the user and database
-    if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(0, protocolOptions));
+    if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(PROTOCOL_3_0, protocolOptions));
 
     const replication = isReplication(params.get('replication'));
+    if (replication === null) {
+      return this.fatal(SqlState.INVALID_PARAMETER_VALUE, `invalid value for parameter "replication": "${params.get('replication')}"`, undefined, 'startup');
+    }
     const tls = this.tlsPeer !== null;
     const rule = evaluate(this.rt.hba, { address: this.address, tls, database: this.database, user: this.user, replication });
     const conn = { address: this.address, user: this.user, database: this.database, tls, replication };
@@ -777,6 +787,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.send(this.vetFunctionCall(frame), F);
       case B:
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
+      case S:
+      case E:
+        return this.send(frame, type);
       case D:
       case C:
         return this.sendNaming(frame, type, this.transactionMode ? statementTarget(frame) : null);
@@ -786,7 +799,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (this.nothingOnItsWay()) return; // a stray one, ignored by PostgreSQL: see droppingStray
         return this.send(frame, type);
       default:
-        return this.send(frame, type);
+        // As PostgreSQL, and not sent on: a server connection would die of it (a fork and a
+        // login each, for whoever comes next).
+        return this.fatal(SqlState.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`);
     }
   }
 
@@ -1948,7 +1963,14 @@ function denyReasonFor(code: string): DenyReason {
   }
 }
 
-function isReplication(value: string | undefined): boolean {
+/** The startup parameter `replication` as PostgreSQL reads it (parse_bool, or "database"); null: invalid. */
+function isReplication(value: string | undefined): boolean | null {
   if (value === undefined) return false;
-  return ['true', 'on', 'yes', '1', 'database'].includes(value.toLowerCase());
+  if (value === 'database') return true;
+  const v = value.toLowerCase();
+  // parse_bool: any prefix of true/false/yes/no, on, off (at least "of"), 1, 0.
+  const prefixOf = (word: string): boolean => v.length > 0 && word.startsWith(v);
+  if (prefixOf('true') || prefixOf('yes') || v === 'on' || v === '1') return true;
+  if (prefixOf('false') || prefixOf('no') || v === 'off' || v === 'of' || v === '0') return false;
+  return null;
 }

@@ -98,6 +98,8 @@ export interface ServerLogin {
  * CommandComplete, EmptyQueryResponse and PortalSuspended (completions: tags of audited
  * statements, see DdlTracker), CopyInResponse (Syncs are ignored in COPY IN).
  */
+/** PostgreSQL's own bound on a message (MaxAllocSize, 1 GiB - 1). */
+const SERVER_MAX_MESSAGE = 0x3fffffff;
 const RELAY_INSPECT = inspectTable('ZSE13CIsG');
 /**
  * The same but the completions, which pass through while the client audits no DDL (the
@@ -870,6 +872,10 @@ export class ServerConnection implements ScanSink {
         this.loginParams = new Map(this.params);
         this.move('idle');
         this.scanner.inspect = this.relayTable();
+        // From here on the limit is PostgreSQL's, not the one on clients: a row, a COPY line
+        // or a notice may be as long as the server makes it (DataRow and CopyData pass
+        // through unassembled). During login the client's limit bounds what is assembled.
+        this.scanner.maxLength = SERVER_MAX_MESSAGE;
         this.loginDone?.();
         return;
       case 0x45 /* E */: {
