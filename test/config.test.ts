@@ -357,6 +357,8 @@ t.test('hba_file is read and parsed at load, as the proxy would read it', async 
       'hostssl all all all cert',
       'host all all localhost reject',
       'host all all all scram-sha-256',
+      'hostssl all all all scram-sha-256 clientcert=verify-full',
+      'hostssl all all all cert map=mymap',
     ].join('\n'),
     'good.conf': 'host all all 10.0.0.0/8 trust\nhostssl all all all scram-sha-256\n',
   });
@@ -373,6 +375,9 @@ t.test('hba_file is read and parsed at load, as the proxy would read it', async 
       `hba_file: ${bad}:3: invalid authentication method "bogus"`,
       `hba_file: ${bad}:4: method cert needs tls.ca to verify client certificates`,
       `hba_file: ${bad}:5: host names are not supported by pgbastion: "localhost"`,
+      `hba_file: ${bad}:7: clientcert needs tls.ca to verify client certificates`,
+      `hba_file: ${bad}:8: method cert needs tls.ca to verify client certificates`,
+      `hba_file: ${bad}:8: option map is not served by pgbastion: certificate names map to users through cert_map`,
     ],
     'every problem, with its line in the hba file, top to bottom',
   );

@@ -311,3 +311,47 @@ t.test('a client offering a session from an earlier connection gets a full hands
     t.equal((await again())?.type, 'R', `${version}: and the login goes on as usual`);
   }
 });
+
+t.test('clientcert=verify-ca / verify-full on an hba_file line are enforced, as in PostgreSQL', async (t) => {
+  // A reviewer's finding: the option was parsed (and shown by hba explain) but not enforced:
+  // alice logged in with her password alone, or with mallory's certificate.
+  const hbaFile = path.join(dir, 'pg_hba.conf');
+  writeFileSync(
+    hbaFile,
+    ['hostssl all alice 127.0.0.1/32 scram-sha-256 clientcert=verify-full', 'hostssl all bob 127.0.0.1/32 scram-sha-256 clientcert=verify-ca', ''].join('\n'),
+  );
+  const alice = await certOf(pki, 'alice');
+  const mallory = await certOf(pki, 'mallory');
+  const strict = await startProxy(t, pgs, {
+    users: [
+      { name: 'alice', password: 'alice-pw' },
+      { name: 'bob', password: 'bob-pw' },
+    ],
+    extra: {
+      tls: { cert: path.join(pki, 'server.crt'), key: path.join(pki, 'server.key'), ca: CA },
+      cert_map: [{ cn: 'alice', user: 'alice' }],
+      hba: undefined,
+      hba_file: hbaFile,
+    },
+  });
+  const login = (user: string, cert: { cert: string; key: string } | null) => {
+    const connStr = `host=127.0.0.1 port=${strict.port} dbname=postgres user=${user} password=${user}-pw sslmode=require connect_timeout=5`;
+    const env = { ...process.env, PGSSLCERT: cert?.cert ?? '/nonexistent', PGSSLKEY: cert?.key ?? '/nonexistent' };
+    return new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(pgBin('psql'), ['-X', '-At', '-c', 'SELECT current_user', connStr], { env });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.once('close', (status) => resolve({ status, stdout: stdout.trim(), stderr }));
+    });
+  };
+  const noCert = await login('alice', null);
+  t.match(noCert.stderr, /FATAL: {2}connection requires a valid client certificate/, 'verify-full, no certificate');
+  const wrongName = await login('alice', mallory);
+  t.match(wrongName.stderr, /FATAL: {2}certificate validation \(clientcert=verify-full\) failed for user "alice": CN mismatch/, "verify-full, another name's certificate");
+  t.equal((await login('alice', alice)).stdout, 'app_rw', "verify-full, alice's certificate and password");
+  t.match((await login('bob', null)).stderr, /FATAL: {2}connection requires a valid client certificate/, 'verify-ca, no certificate');
+  t.equal((await login('bob', mallory)).stdout, 'app_rw', 'verify-ca, any certificate from the CA, and the password');
+  t.equal((await login('bob', foreign)).status === 0, false, "verify-ca, another CA's certificate: refused");
+});

@@ -660,6 +660,13 @@ function checkServedRule(rule: HbaRule, tls: TlsPresence, report: RuleReporter):
   }
   if (rule.method === 'cert' && rule.type !== 'hostssl') report.problem('method', 'method cert is only allowed on hostssl rules');
   if (rule.method === 'cert' && !tls.ca) report.problem('method', 'method cert needs tls.ca to verify client certificates');
+  if (rule.options.clientcert !== undefined && !tls.ca) report.problem('method', 'clientcert needs tls.ca to verify client certificates');
+  // clientcert is the only option pgbastion enforces; one it would ignore must not look in
+  // force (map= would have certificate names checked against cert_map, not the map it names).
+  for (const name of Object.keys(rule.options)) {
+    if (name === 'map') report.problem('method', 'option map is not served by pgbastion: certificate names map to users through cert_map');
+    else if (name !== 'clientcert') report.problem('method', `option ${name} is not served by pgbastion`);
+  }
   if (rule.type === 'hostssl' && !tls.configured) report.warn('hostssl rule never matches because tls is not configured');
   if (rule.method === 'trust' && rule.type !== 'local' && !isLoopbackNetwork(rule.address)) {
     const address = rule.address.kind === 'cidr' ? rule.address.text : rule.address.kind;

@@ -15,7 +15,7 @@ import { FrameError, INSPECT_ALL, MessageScanner, type ScanSink } from '../proto
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
 import { looksLikeProxyHeader, parseProxyHeader } from '../protocol/proxy-header.js';
-import { displayClientAddress, evaluate } from '../hba/rules.js';
+import { displayClientAddress, evaluate, type HbaRule } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
 import type { AuditIdentity } from '../audit/audit.js';
 import { ddlStatements, type DdlStatement } from '../audit/ddl.js';
@@ -494,6 +494,22 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
   }
 
+  /**
+   * clientcert on a hostssl rule (PostgreSQL's wording when refused): a certificate that
+   * verified against tls.ca (one that did not ended the session at the handshake), and for
+   * verify-full one whose name maps to the user (cert_map, else CN = user).
+   */
+  private clientCertRefusal(rule: HbaRule): string | null {
+    const clientcert = rule.options.clientcert;
+    if (clientcert === undefined) return null;
+    const cert = this.tlsPeer?.cert ?? null;
+    if (cert === null) return 'connection requires a valid client certificate';
+    if (clientcert === 'verify-full' && !certNamesUser(this.rt.config.cert_map, cert.cn ?? '', this.user)) {
+      return `certificate validation (clientcert=verify-full) failed for user "${this.user}": CN mismatch`;
+    }
+    return null;
+  }
+
   private onStartup(minor: number, params: Map<string, string>, protocolOptions: string[]): void {
     this.user = params.get('user') ?? '';
     if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
@@ -512,6 +528,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (rule === null) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('nomatch', conn), undefined, 'hba');
     if (rule.method === 'reject' || replication) return this.fatal(SqlState.INVALID_AUTHORIZATION, denialMessage('reject', conn), undefined, 'hba');
     this.hbaRule = rule.index;
+    const certRefusal = this.clientCertRefusal(rule);
+    if (certRefusal !== null) return this.fatal(SqlState.INVALID_AUTHORIZATION, certRefusal, undefined, 'hba');
 
     const decision = decideStartupParams(params, this.rt.config.pinning.variables);
     if (decision.invalid) return this.fatal(SqlState.PROTOCOL_VIOLATION, decision.invalid);
@@ -1639,7 +1657,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (user.config.valid_until && user.config.valid_until.getTime() < Date.now()) return 'the user expired';
     const conn = { address: this.address, tls: this.tlsPeer !== null, database: this.database, user: this.user, replication: false };
     const rule = evaluate(this.rt.hba, conn);
-    if (rule === null || rule.method !== this.authMethod) return 'the rules no longer allow this connection';
+    if (rule === null || rule.method !== this.authMethod || this.clientCertRefusal(rule) !== null) return 'the rules no longer allow this connection';
     if (rule.method === 'cert' && !certNamesUser(this.rt.config.cert_map, this.tlsPeer?.cert?.cn ?? '', this.user)) return 'the certificate no longer maps to the user';
     const cert = this.tlsPeer?.cert;
     const pins = resolvePins(user.config.pins, { user: this.user, database: this.database, ...(cert ? { cert } : {}) });
