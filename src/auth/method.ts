@@ -2,7 +2,7 @@
 // A method consumes the client's auth messages and produces frames; it does no I/O itself.
 
 import { authenticationSasl, authenticationSaslContinue, authenticationSaslFinal } from '../protocol/backend.js';
-import { ScramServerSession, type ScramSecret } from './scram.js';
+import { ScramServerSession, type MockScram, type ScramSecret } from './scram.js';
 
 export type AuthOutcome =
   | { kind: 'continue'; send: Buffer[] }
@@ -67,7 +67,7 @@ export class ScramAuth implements AuthMethod {
   constructor(opts: {
     secret: ScramSecret | null;
     username: string;
-    fakeSaltKey: Buffer;
+    fakeSaltKey: Buffer | MockScram;
     channelBinding?: { type: 'tls-server-end-point'; data: Buffer } | null;
   }) {
     this.session = new ScramServerSession(opts);

@@ -8,7 +8,7 @@ import { secureRandomBytes } from './random-pool.js';
 const pbkdf2 = promisify(crypto.pbkdf2);
 
 const KEY_LEN = 32; // SHA-256 output; StoredKey, ServerKey, proofs and signatures
-const DEFAULT_ITERATIONS = 4096; // PostgreSQL's scram_iterations default
+export const DEFAULT_ITERATIONS = 4096; // PostgreSQL's scram_iterations default
 const DEFAULT_SALT_LEN = 16; // PostgreSQL's SCRAM_DEFAULT_SALT_LEN
 const RAW_NONCE_LEN = 18; // PostgreSQL's SCRAM_RAW_NONCE_LEN
 const MAX_ITERATIONS = 0x7fffffff; // iterations are a C int in PostgreSQL
@@ -193,8 +193,11 @@ export interface ChannelBinding {
 export interface ScramServerOptions {
   /** null = unknown user, or a user without a SCRAM secret: the exchange runs and fails. */
   secret: ScramSecret | null;
-  /** Per-process random key from which fake salts for unknown users are derived. */
-  fakeSaltKey: Buffer;
+  /**
+   * What fake secrets for unknown users are derived from (src/auth/mock.ts): the salt key and
+   * the iteration count to announce. A bare key announces PostgreSQL's default 4096.
+   */
+  fakeSaltKey: Buffer | MockScram;
   /** The startup packet's user; the SCRAM `n=` attribute is ignored, as in PostgreSQL. */
   username: string;
   /** Set when the connection is TLS: SCRAM-SHA-256-PLUS is then offered. */
@@ -203,6 +206,14 @@ export interface ScramServerOptions {
   nonceBytes?: number;
   /** @internal Test hook: a fixed server nonce suffix instead of random bytes. */
   nonceSuffix?: string;
+}
+
+/** The same for every worker and across restarts of one configuration: see src/auth/mock.ts. */
+export interface MockScram {
+  /** HMAC key of the fake salt: salt = HMAC-SHA-256(key, user name), first 16 bytes. */
+  readonly key: Buffer;
+  /** Iteration count announced for unknown users. */
+  readonly iterations: number;
 }
 
 type ServerState = 'initial' | 'challenged' | 'done';
@@ -235,13 +246,14 @@ export class ScramServerSession {
     } else {
       // Same shape as a real secret and stable per username, so probing cannot tell
       // existing from missing users; the random keys make every proof fail.
+      const mock = Buffer.isBuffer(opts.fakeSaltKey) ? { key: opts.fakeSaltKey, iterations: DEFAULT_ITERATIONS } : opts.fakeSaltKey;
       const salt = crypto
-        .createHmac('sha256', opts.fakeSaltKey)
+        .createHmac('sha256', mock.key)
         .update(opts.username, 'utf8')
         .digest()
         .subarray(0, DEFAULT_SALT_LEN);
       this.secret = {
-        iterations: DEFAULT_ITERATIONS,
+        iterations: mock.iterations,
         salt,
         storedKey: crypto.randomBytes(KEY_LEN),
         serverKey: crypto.randomBytes(KEY_LEN),

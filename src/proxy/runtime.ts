@@ -1,11 +1,11 @@
 // Everything a session needs from the loaded configuration, prepared once per load:
 // users with parsed secrets, HBA rules, pools, cancel keys. Swapped whole on reload.
 
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { Config, UserConfig } from '../config/types.js';
-import { parseScramSecret, type ScramSecret } from '../auth/scram.js';
+import { parseScramSecret, type MockScram, type ScramSecret } from '../auth/scram.js';
+import { mockScram } from '../auth/mock.js';
 import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
 import { cidrContains, cidrMatcher, maxPrefix, parseClientAddress, parseIpAddress, type CidrMatcher, type HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
@@ -39,6 +39,8 @@ interface Generation {
   /** Peers whose PROXY protocol header is believed (proxy_protocol.trusted); null: feature off. */
   readonly trustedProxies: readonly CidrMatcher[] | null;
   readonly upstreamTransport: UpstreamTransport;
+  /** Unknown users' fake salt key and iteration count, derived from this config. */
+  readonly mock: MockScram;
 }
 
 /** Builds a generation from a config; throws (and changes nothing) when any part is unusable. */
@@ -49,7 +51,8 @@ function buildGeneration(config: Config): Generation {
   const tls = config.tls ? new TlsTerminator(config.tls) : null;
   const trustedProxies = config.proxy_protocol ? config.proxy_protocol.trusted.map(toCidr) : null;
   const upstreamTransport = buildUpstreamTransport(config);
-  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies, upstreamTransport };
+  const mock = mockScram(config);
+  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies, upstreamTransport, mock };
 }
 
 /** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. */
@@ -69,8 +72,6 @@ export class Runtime {
   readonly lockout: LockoutTracker;
   readonly metrics: Metrics;
   readonly audit: Audit;
-  /** Per-process key that derives stable fake SCRAM salts for unknown users. */
-  readonly fakeSaltKey = randomBytes(32);
   clients = 0;
 
   constructor(
@@ -97,6 +98,15 @@ export class Runtime {
   }
   get users(): ReadonlyMap<string, RuntimeUser> {
     return this.gen.users;
+  }
+  /**
+   * What unknown users' fake SCRAM salt and iteration count come from. Derived from the config
+   * (src/auth/mock.ts), not drawn at random per process: every worker, a replaced worker and a
+   * restarted instance must answer an unknown name with the same salt, as a known user always
+   * gets its one real salt, or comparing logins tells unknown names from known ones.
+   */
+  get fakeSaltKey(): MockScram {
+    return this.gen.mock;
   }
   get hba(): readonly HbaRule[] {
     return this.gen.hba;
