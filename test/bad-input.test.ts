@@ -177,6 +177,9 @@ t.test('limits.max_clients: the client over the limit gets FATAL 53300', async (
   const r = await exchange(serialize.startup({ user: 'alice', database: 'postgres' }), 2000, small.port);
   t.equal(r.error?.C, '53300');
   t.equal(r.error?.M, 'sorry, too many clients already');
+  const denial = small.audit.lines.find((l) => l.event === 'session.denied' && l.reason === 'limit');
+  t.match(denial, { sqlstate: '53300', client_addr: '127.0.0.1' }, 'audited');
+  t.match(denial?.session_id, /^[0-9a-f]{12}$/, 'with a session id of its own, as every connection');
   for (const s of holders) s.destroy();
   await new Promise((r) => setTimeout(r, 100));
   const c = new pg.Client({ host: '127.0.0.1', port: small.port, user: 'alice', password: 'alice-pw', database: 'postgres' });

@@ -85,6 +85,9 @@ t.test('a new user, a removed user, changed pins', async (t) => {
   await alice2.c.end();
   const reloaded = audit.lines.filter((l) => l.event === 'config.reloaded');
   t.match(reloaded.at(-1), { event: 'config.reloaded', generation: 2, needs_restart: [] });
+  // SPEC §4: every event has the identity fields, null where no client is concerned.
+  t.same(Object.keys(reloaded.at(-1)!).filter((k) => ['session_id', 'client_addr', 'client_port', 'user', 'database'].includes(k)).length, 5, 'with the identity fields');
+  t.equal(reloaded.at(-1)!.session_id, null);
   for (const s of [alice, bobIdle, bobBusy]) await s.c.end().catch(() => {});
 });
 

@@ -269,6 +269,32 @@ t.test('direct TLS (ALPN postgresql) works; without ALPN it is refused', async (
     setTimeout(() => resolve(false), 3000);
   });
   t.ok(closed, 'closed');
+  t.ok(
+    proxy.audit.lines.some((l) => l.event === 'session.denied' && l.reason === 'tls' && /without the "postgresql" ALPN/.test(String(l.message))),
+    'audited as a denial, reason tls',
+  );
+});
+
+t.test('refusals no FATAL can answer are audited too: a failed handshake, plaintext after SSLRequest', async (t) => {
+  const deniedFor = (reason: string, message: RegExp) => proxy.audit.lines.filter((l) => l.event === 'session.denied' && l.reason === reason && message.test(String(l.message))).length;
+  const tlsBefore = deniedFor('tls', /^TLS handshake failed/);
+  // TLS 1.1: below tls.min_version, refused in the handshake.
+  const old = tls.connect({ host: '127.0.0.1', port: proxy.port, rejectUnauthorized: false, ALPNProtocols: ['postgresql'], maxVersion: 'TLSv1.1', minVersion: 'TLSv1' });
+  await new Promise<void>((resolve) => {
+    old.once('error', () => resolve());
+    old.once('close', () => resolve());
+  });
+  for (let i = 0; i < 100 && deniedFor('tls', /^TLS handshake failed/) === tlsBefore; i++) await new Promise((r) => setTimeout(r, 20));
+  t.equal(deniedFor('tls', /^TLS handshake failed/), tlsBefore + 1, 'a handshake refused: session.denied, reason tls');
+
+  const plainBefore = deniedFor('protocol', /unencrypted data after SSL request/);
+  await new Promise<void>((resolve) => {
+    const raw = net.connect(proxy.port, '127.0.0.1', () => raw.write(Buffer.concat([Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]), serialize.startup({ user: 'scram_user', database: 'postgres' })])));
+    raw.on('error', () => resolve());
+    raw.on('close', () => resolve());
+    raw.resume();
+  });
+  t.equal(deniedFor('protocol', /unencrypted data after SSL request/), plainBefore + 1, 'plaintext sent behind an SSLRequest: session.denied, reason protocol');
 });
 
 /** A TLS socket after SSLRequest, resuming `session` if given. */

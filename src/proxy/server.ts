@@ -12,6 +12,7 @@ import type { Config } from '../config/types.js';
 import * as be from '../protocol/backend.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { endAndLinger } from '../net/linger.js';
+import { secureRandomBytes } from '../auth/random-pool.js';
 import { loadPolicyParser } from '../policy/classify.js';
 import { ClientSession } from '../session/client-session.js';
 import { Runtime } from './runtime.js';
@@ -94,7 +95,8 @@ export class ProxyServer {
     rt.metrics.denied('limit');
     rt.audit.connection(
       'session.denied',
-      { session_id: '', client_addr: displayClientAddress(socket.remoteAddress ?? ''), client_port: socket.remotePort ?? 0, user: null, database: null },
+      // (A session id of its own, as every connection gets, though no session was made for it.)
+      { session_id: secureRandomBytes(6).toString('hex'), client_addr: displayClientAddress(socket.remoteAddress ?? ''), client_port: socket.remotePort ?? 0, user: null, database: null },
       { reason: 'limit', sqlstate: code, message },
     );
   }
@@ -117,12 +119,12 @@ export class ProxyServer {
       const message = err instanceof ConfigError ? err.problems.map(formatProblem).join('; ') : (err as Error).message;
       rt.logger.error({ err: message }, 'configuration reload failed; the running configuration is unchanged');
       rt.metrics.configReloads.inc({ result: 'failure' });
-      rt.audit.write('config.reload_failed', { generation: rt.generation, error: message });
+      rt.audit.write('config.reload_failed', { ...NO_CLIENT, generation: rt.generation, error: message });
       return false;
     }
     rt.metrics.configReloads.inc({ result: 'success' });
     rt.metrics.configGeneration.set(rt.generation);
-    rt.audit.write('config.reloaded', { generation: rt.generation, needs_restart: needsRestart });
+    rt.audit.write('config.reloaded', { ...NO_CLIENT, generation: rt.generation, needs_restart: needsRestart });
     rt.logger.info({ generation: rt.generation, needs_restart: needsRestart }, 'configuration reloaded');
     for (const session of this.sessions.values()) session.recheck();
     return true;
@@ -163,3 +165,6 @@ function forgetOnClose(sessions: Map<net.Socket, ClientSession>): (this: net.Soc
     sessions.delete(this);
   };
 }
+
+/** SPEC §4: every event has the identity fields; a configuration event has no client, so they are null. */
+const NO_CLIENT = { session_id: null, client_addr: null, client_port: null, user: null, database: null } as const;

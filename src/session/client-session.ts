@@ -290,7 +290,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private readonly onSocketData = (chunk: Buffer): void => this.onData(chunk);
   private readonly onSocketError = (err: Error): void => {
     // TLS runs over the TCP socket, and no handshake completed: this one failed.
-    if (this.socket !== this.tcp && this.tlsPeer === null) this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
+    if (this.socket !== this.tcp && this.tlsPeer === null) {
+      this.rt.metrics.tlsHandshakes.inc({ result: 'error' });
+      this.denied('tls', SqlState.PROTOCOL_VIOLATION, `TLS handshake failed: ${err.message}`);
+    }
     this.log('debug', { err: err.message }, 'client socket error');
   };
   /** What the client sent before it closed, still held while the session paused, is handled first (DirectRead). */
@@ -326,6 +329,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (direct && secure.alpnProtocol !== ALPN_POSTGRESQL) {
       // As PostgreSQL 17: direct TLS without the postgresql ALPN could be a confused peer.
       this.log('info', null, 'direct TLS without ALPN "postgresql" refused');
+      this.denied('tls', SqlState.PROTOCOL_VIOLATION, 'direct TLS connection without the "postgresql" ALPN');
       return void this.close();
     }
     const peer = describePeer(secure);
@@ -460,6 +464,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           // Bytes sent before our answer would be read as if they came over TLS (CVE-2021-23214 class).
           this.log('warn', null, 'unencrypted data after SSLRequest');
           this.startupBuf = EMPTY;
+          this.denied('protocol', SqlState.PROTOCOL_VIOLATION, 'received unencrypted data after SSL request');
           return void this.abort();
         }
         this.socket.write(be.SSL_YES);
@@ -1846,12 +1851,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   fatal(code: string, message: string, detail?: string, reason: DenyReason = denyReasonFor(code)): void {
     if (this.state === 'closed') return;
     this.log('info', { code, reason: message }, 'session refused or ended with FATAL');
-    if (this.state !== 'ready') {
-      this.rt.metrics.denied(reason);
-      this.rt.audit.connection('session.denied', this.identity(), { reason, sqlstate: code, message });
-    }
+    if (this.state !== 'ready') this.denied(reason, code, message);
     endAndLinger(this.socket, be.fatal(code, message, detail));
     this.finish(detail ? `${message} (${detail})` : message);
+  }
+
+  /** A login refused: counted and audited (also where no FATAL can be sent, as PostgreSQL only logs those). */
+  private denied(reason: DenyReason, code: string, message: string): void {
+    if (this.state === 'closed' || this.state === 'ready') return;
+    this.rt.metrics.denied(reason);
+    this.rt.audit.connection('session.denied', this.identity(), { reason, sqlstate: code, message });
   }
 
   close(): void {
