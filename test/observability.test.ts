@@ -276,3 +276,23 @@ t.test('audit.on_failure: refuse — an unwritable audit destination refuses new
   const body = await (await fetch(`http://127.0.0.1:${config.metrics!.port}/metrics`)).text();
   t.match(body, /pgbastion_audit_write_failures_total [1-9]/, 'and counted');
 });
+
+t.test('transaction duration: from the first statement to the ReadyForQuery back to idle', async (t) => {
+  const port = await freePort();
+  const own = await startProxy(t, pgs, { users: [{ name: 'carol', password: 'carol-pw' }], extra: { metrics: { host: '127.0.0.1', port } } });
+  const body = async () => (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const count = (b: string) => metric(b, 'pgbastion_transaction_duration_seconds_count');
+  const under = (b: string) => metric(b, 'pgbastion_transaction_duration_seconds_bucket', 'le="0.1"');
+  const c = new pg.Client({ host: '127.0.0.1', port: own.port, user: 'carol', password: 'carol-pw', database: 'postgres' });
+  await c.connect();
+  const before = await body();
+  await c.query('BEGIN');
+  await c.query('SELECT pg_sleep(0.15)');
+  await new Promise((r) => setTimeout(r, 100)); // the client's own time inside the block counts too
+  await c.query('COMMIT');
+  await c.query('SELECT 1');
+  const after = await body();
+  await c.end();
+  t.equal(count(after) - count(before), 2, 'two transactions: the block, and the lone SELECT');
+  t.equal(under(after) - under(before), 1, 'one under 0.1 s (the SELECT); the block took over 0.25 s');
+});

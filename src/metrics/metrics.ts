@@ -50,6 +50,12 @@ export class Metrics {
     [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     this.registry,
   );
+  readonly transactionDuration = new FastHistogram(
+    'pgbastion_transaction_duration_seconds',
+    "Time from a transaction's first statement reaching the server to its ReadyForQuery back to idle (one statement outside a block: that statement).",
+    [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    this.registry,
+  );
   readonly ddl = new client.Counter({
     name: 'pgbastion_ddl_statements_total',
     help: 'Audited DDL statements by class (ddl, role, dynamic, unparsed) and outcome.',

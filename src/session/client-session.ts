@@ -244,6 +244,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * (see leave()). Says how the client left.
    */
   private leaving: string | null = null;
+  /** When the open transaction's first statement reached the server (performance.now()); -1: none open. */
+  private txStartedAt = -1;
   /** pool.idle_transaction_timeout_ms: runs while the client holds a connection that waits on it. */
   private idleTimer: NodeJS.Timeout | null = null;
   /** The client socket was paused because its work has to wait (pauseToWait). */
@@ -1680,11 +1682,20 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   onServerReady(status: TxStatus, bare: boolean): void {
     const askedAt = this.ledger.answered(this.settle, bare);
     if (this.ledger.inDoubt) this.keepIfInDoubt();
-    if (askedAt !== undefined) this.rt.metrics.queryDuration.observe((performance.now() - askedAt) / 1000);
+    let now = 0;
+    if (askedAt !== undefined) {
+      now = performance.now();
+      this.rt.metrics.queryDuration.observe((now - askedAt) / 1000);
+      if (this.txStartedAt < 0) this.txStartedAt = askedAt; // the transaction's first answer
+    }
     this.ddl.ready(status);
     if (status === 'I') {
       this.transactions++;
       this.rt.metrics.transactions.inc();
+      if (this.txStartedAt >= 0) {
+        this.rt.metrics.transactionDuration.observe(((now || performance.now()) - this.txStartedAt) / 1000);
+        this.txStartedAt = -1;
+      }
     }
     // Refusals the server skipped: none of their errors can come any more once nothing is
     // owed, no batch is open and nothing is held back to be written (refusals are made when
