@@ -58,6 +58,10 @@ t.test('startup parameters', async (t) => {
     t.equal(Boolean(d.invalid), Boolean(c.invalid), `${c.name}: invalid`);
   }
   t.same(parseOptions('-c a=b\\ c').settings, [['a', 'b c']], 'backslash escapes a space');
+  t.equal(parseOptions('-c work_mem').invalid, '-c work_mem requires a value', "PostgreSQL's words");
+  t.equal(parseOptions('--work-mem').invalid, '--work-mem requires a value');
+  t.equal(parseOptions('-c').invalid, 'invalid command-line argument for server process: -c');
+  t.equal(parseOptions('garbage').invalid, 'invalid command-line argument for server process: garbage');
 });
 
 t.test('switchPlan: the statement as a Query message, memoised by the two settings keys', async (t) => {

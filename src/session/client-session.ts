@@ -539,7 +539,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (certRefusal !== null) return this.fatal(SqlState.INVALID_AUTHORIZATION, certRefusal, undefined, 'hba');
 
     const decision = decideStartupParams(params, this.rt.config.pinning.variables);
-    if (decision.invalid) return this.fatal(SqlState.PROTOCOL_VIOLATION, decision.invalid);
+    if (decision.invalid) return this.fatal(SqlState.SYNTAX_ERROR, decision.invalid, undefined, 'startup'); // (42601, as PostgreSQL)
     if (decision.refused) {
       return this.fatal(SqlState.INSUFFICIENT_PRIVILEGE, `permission denied to set parameter "${decision.refused}"`, decision.refusedWhy);
     }

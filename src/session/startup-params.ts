@@ -67,9 +67,9 @@ export function parseOptions(options: string): { settings: [string, string][]; i
     else if (w.startsWith('--')) setting = w.slice(2);
     else return { settings, invalid: `invalid command-line argument for server process: ${w}` };
     const eq = setting?.indexOf('=') ?? -1;
-    if (setting === undefined || eq <= 0) {
-      return { settings, invalid: `invalid command-line argument for server process: ${setting ?? w}` };
-    }
+    if (setting === undefined || eq === 0) return { settings, invalid: `invalid command-line argument for server process: ${setting ?? w}` };
+    // PostgreSQL's words for a setting without a value.
+    if (eq < 0) return { settings, invalid: w.startsWith('--') ? `--${setting} requires a value` : `-c ${setting} requires a value` };
     settings.push([setting.slice(0, eq).replace(/-/g, '_'), setting.slice(eq + 1)]);
   }
   return { settings };
