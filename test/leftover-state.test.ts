@@ -58,3 +58,51 @@ t.test('a tracked SET run as the unnamed statement in a later batch is still rec
   const a = await tenantClient(t, proxy.port, 'a');
   t.same((await a.query('SHOW standard_conforming_strings')).rows, [{ standard_conforming_strings: 'on' }], 'a, on the same connection, does not get it');
 });
+
+t.test('the settings record holds what ran and took: no more, no less', async (t) => {
+  // Reviewers' findings: a SET was recorded at its Parse (the record then said UTC where the
+  // connection still held the client's earlier Asia/Tokyo, and the next client asking for UTC
+  // got no switch); a SET that a COMMIT in its batch kept, before the batch failed, was not
+  // recorded at all; one a ROLLBACK in its batch undid was recorded.
+  const tz = (c: pg.Client) => c.query('SHOW TimeZone').then((r) => r.rows[0].TimeZone as string);
+  const utcClient = async () => {
+    const a = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_a', password: 'pw-a', database: 'postgres', options: '-c TimeZone=UTC' });
+    await a.connect();
+    return a;
+  };
+  const batches: [string, Buffer[], string][] = [
+    ['a Parse of the SET, never executed', [serialize.parse({ name: '', text: "SET TimeZone = 'UTC'", types: [] }), serialize.sync()], 'parsed,Z'],
+    ['a Bind of it, never executed', [serialize.parse({ name: '', text: "SET TimeZone = 'UTC'", types: [] }), serialize.bind({ portal: '', statement: '' }), serialize.sync()], 'parsed,bound,Z'],
+    [
+      'the SET, then ROLLBACK in its batch',
+      [serialize.parse({ name: '', text: "SET TimeZone = 'UTC'", types: [] }), serialize.bind({}), serialize.execute({}), serialize.parse({ name: '', text: 'ROLLBACK', types: [] }), serialize.bind({}), serialize.execute({}), serialize.sync()],
+      'parsed,bound,done:SET,parsed,bound,done:ROLLBACK,Z',
+    ],
+  ];
+  for (const [how, batch, replies] of batches) {
+    const b = rawOf(await tenantClient(t, proxy.port, 'b'));
+    await b.send(1, serialize.query("SET TimeZone = 'Asia/Tokyo'"));
+    const got = await b.sendAndSettle(1, batch);
+    t.equal(got.filter((r) => !r.startsWith('columns')).join(','), replies.replace(/,Z$/, ',Z'), `${how}: replies`);
+    b.raw.stream.write(serialize.end());
+    await new Promise((r) => setTimeout(r, 100));
+    const a = await utcClient();
+    t.equal(await tz(a), 'UTC', `${how}: the next client asking for UTC runs with UTC`);
+    await a.end();
+  }
+  // A SET kept by a COMMIT in its batch, which then fails.
+  const b = rawOf(await tenantClient(t, proxy.port, 'b'));
+  const kept = await b.sendAndSettle(1, [
+    serialize.parse({ name: '', text: "SET TimeZone = 'Asia/Tokyo'", types: [] }), serialize.bind({}), serialize.execute({}),
+    serialize.parse({ name: '', text: 'COMMIT', types: [] }), serialize.bind({}), serialize.execute({}),
+    serialize.parse({ name: '', text: 'SELECT 1/0', types: [] }), serialize.bind({}), serialize.execute({}),
+    serialize.sync(),
+  ]);
+  t.ok(kept.includes('E22012'), 'the batch failed after its COMMIT');
+  b.raw.stream.write(serialize.end());
+  await new Promise((r) => setTimeout(r, 100));
+  const a = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_a', password: 'pw-a', database: 'postgres' });
+  await a.connect();
+  t.not(await tz(a), 'Asia/Tokyo', "the next client does not run with b's TimeZone");
+  await a.end();
+});

@@ -209,10 +209,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private unnamedDdl: DdlGroup | null = null;
   /**
    * The tracked SET the unnamed statement is (null: none). It runs at an Execute, maybe in a
-   * later batch than its Parse, after a failed one, or replayed elsewhere: each Bind of it
-   * carries the SET, so that the connection's record of settings never misses it.
+   * later batch than its Parse, after a failed one, or replayed elsewhere, or never: the
+   * Execute of a portal bound to it carries the SET (setPortals), so that the connection's
+   * record of settings holds what ran, no more and no less.
    */
   private unnamedSet: TrackedSet | null = null;
+  /** Portals bound, in the open batch, to a tracked SET (the unnamed statement): their Execute runs it. Null: none. */
+  private setPortals: Map<string, TrackedSet> | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
   /** The SQL text of the message vet() last looked at. */
@@ -790,7 +793,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           const sets = trackedSet(sql);
           if (sets) {
             this.unnamedSet = sets;
-            return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null, sets });
+            return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null });
           }
         }
         if (vetted !== frame) return this.send(vetted, P, null, null, ddl);
@@ -812,8 +815,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.send(this.vetFunctionCall(frame), F);
       case B:
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
+      case E: {
+        // A tracked SET runs here, not at its Parse: the settings record follows the Execute.
+        const sets = this.setPortals?.get(portalName(frame) ?? '');
+        return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, at: this.statements.seq, ...(sets ? { sets } : {}) });
+      }
       case S:
-      case E:
+        this.setPortals = null; // (the batch's transaction ends: so do its portals)
         return this.send(frame, type);
       case D:
       case C:
@@ -828,6 +836,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // login each, for whoever comes next).
         return this.fatal(SqlState.PROTOCOL_VIOLATION, `invalid frontend message type ${type}`);
     }
+  }
+
+  /** A Bind of portal `frame` names: to the tracked SET `set`, or to anything else (null). */
+  private bindSetPortal(frame: Buffer, set: TrackedSet | null): void {
+    const portal = portalName(frame) ?? '';
+    if (set !== null) (this.setPortals ??= new Map()).set(portal, set);
+    else this.setPortals?.delete(portal);
   }
 
   private forgetUnnamed(): void {
@@ -873,9 +888,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.send(frame, type);
       }
       const bindsDdl = type === B ? this.unnamedDdl : null;
-      const sets = type === B && this.unnamedSet !== null ? { sets: this.unnamedSet } : null;
-      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl, ...sets });
+      if (type === B) this.bindSetPortal(frame, this.unnamedSet);
+      return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl });
     }
+    if (type === B) this.bindSetPortal(frame, null);
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
     if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
@@ -1178,7 +1194,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
     }
     if (out.type === P || out.type === B || out.type === D || out.type === C || out.type === E || out.type === H) {
-      this.ledger.extended(out.type === E, out.sets, out.type === H);
+      this.ledger.extended(out.type === E, out.type === E ? out.sets : undefined, out.type === H);
     } else if (out.type === COPY_DONE || out.type === COPY_FAIL) {
       this.ledger.copyEnded();
     } else if (out.type === 0) {
@@ -1623,6 +1639,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.sticky === null) this.makeSticky('SET in a transaction');
   };
 
+  /**
+   * A tracked SET ran together with other statements, which may have undone it or kept it
+   * whatever the replies say: what the connection holds is no longer known. It stays with this
+   * client, and is reset (DISCARD ALL) when the client leaves.
+   */
+  private readonly settingsUnsure = (): void => {
+    if (this.sticky === null && this.transactionMode) this.makeSticky('SET among other statements');
+  };
+
   /** A SET the server accepted: the client's settings (and this connection's) now include it. */
   private holdSetting(name: string, value: string): void {
     const lower = name.toLowerCase();
@@ -1680,7 +1705,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   onServerReady(status: TxStatus, bare: boolean): void {
-    const askedAt = this.ledger.answered(this.settle, bare);
+    const askedAt = this.ledger.answered(this.settle, bare, this.settingsUnsure);
     if (this.ledger.inDoubt) this.keepIfInDoubt();
     let now = 0;
     if (askedAt !== undefined) {

@@ -27,6 +27,13 @@ import type { TrackedSet } from './tracked-set.js';
 interface SetsInFlight {
   readonly sets: readonly TrackedSet[];
   failed: boolean;
+  /**
+   * Other statements ran in the same transaction as the SETs (a batch's other Executes, a
+   * Query in it): one of them may have rolled the SETs back (ROLLBACK, ROLLBACK TO) without
+   * an error, or committed them before one (COMMIT, then a failure). Whether they took is
+   * not known from the replies.
+   */
+  readonly mixed: boolean;
 }
 
 /** No tracked SETs: one shared list, so the usual Query or batch (none) allocates none; frozen, so a push to it would throw. */
@@ -80,7 +87,7 @@ export class RelayLedger {
   private closingQueryIn = -1;
   private readonly askedAt: number[] = [];
   private readonly setsInFlight: (SetsInFlight | null)[] = [];
-  /** Tracked SETs of Parses sent since the last Sync. */
+  /** Tracked SETs of Executes sent since the last Sync. */
   private setsSinceSync: TrackedSet[] = NO_SETS;
 
   /** A Query was written inside the open batch with no extended-protocol message after it (see closingQueryIn). */
@@ -93,7 +100,7 @@ export class RelayLedger {
     return this.owed === 0 && !this.unsynced;
   }
 
-  /** Parse, Bind, Describe, Close, Execute or Flush went out. A Parse, or a Bind of the statement, may carry a tracked SET. */
+  /** Parse, Bind, Describe, Close, Execute or Flush went out. An Execute may run a tracked SET. */
   extended(isExecute: boolean, parsedSet: TrackedSet | undefined, isFlush = false): void {
     this.unsynced = true;
     this.closingQueryIn = -1;
@@ -240,13 +247,14 @@ export class RelayLedger {
 
   /**
    * A ReadyForQuery arrived. Returns when it was asked for (undefined if none was owed); the
-   * tracked SETs it settles, unless the server refused one of them, go to `settle`. (No
-   * object per answer: this runs once per transaction.) `bare`: no other reply came since
-   * the last one. A Query or FunctionCall always has one of its own (CommandComplete,
+   * tracked SETs it settles, unless the server refused one of them, go to `settle`; SETs
+   * that ran among other statements (SetsInFlight.mixed), whatever the outcome, to `unsure`.
+   * (No object per answer: this runs once per transaction.) `bare`: no other reply came
+   * since the last one. A Query or FunctionCall always has one of its own (CommandComplete,
    * EmptyQueryResponse, FunctionCallResponse, ErrorResponse): a bare ReadyForQuery taken for
    * its answer means the count is one short, caught before the connection could go back.
    */
-  answered(settle: (set: TrackedSet) => void, bare = false): number | undefined {
+  answered(settle: (set: TrackedSet) => void, bare = false, unsure: () => void = () => {}): number | undefined {
     this.copyDropped = false;
     if (this.owed > 0) {
       if (bare && (this.workBefore[0]! & 1) === 1) this.inDoubt = true;
@@ -259,7 +267,8 @@ export class RelayLedger {
     }
     this.workBefore.shift();
     const done = this.setsInFlight.shift();
-    if (done && !done.failed) for (const set of done.sets) settle(set);
+    if (done?.mixed) unsure();
+    else if (done && !done.failed) for (const set of done.sets) settle(set);
     return this.askedAt.shift();
   }
 
@@ -294,7 +303,8 @@ export class RelayLedger {
     this.owed++;
     this.owedTotal++;
     this.askedAt.push(now);
-    this.setsInFlight.push(sets.length > 0 ? { sets, failed: false } : null);
+    // (Each SET is one Execute or Query: more work than SETs means other statements ran too.)
+    this.setsInFlight.push(sets.length > 0 ? { sets, failed: false, mixed: this.workSinceOwe !== sets.length } : null);
     const before = ownWork ? this.workSinceOwe - 1 : this.workSinceOwe;
     this.workBefore.push(before * 2 + (ownWork ? 1 : 0));
     this.workSinceOwe = 0;
