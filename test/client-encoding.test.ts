@@ -8,6 +8,7 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import pg from 'pg';
+import { serialize } from 'pg-protocol';
 import { pgBin } from './helpers/postgres.js';
 import { SERVER_ROLE } from './helpers/proxy.js';
 import { rawOf } from './helpers/raw-client.js';
@@ -80,4 +81,32 @@ t.test('a connection the server reports such an encoding on, set out of sight, i
   t.not(next.pid, before, 'the next client gets another server connection');
   t.same((await a.query('SHOW client_encoding')).rows, [{ client_encoding: 'UTF8' }], 'in UTF8');
   t.equal((await pinNow(b)).pin, 'b', 'b carries on, on a fresh connection');
+});
+
+t.test('an encoding switched and switched back inside one batch, out of sight: the statement read in it is refused', async (t) => {
+  // A reviewer's finding: within a batch PostgreSQL converts each message as it reads it and
+  // reports a changed client_encoding only at ReadyForQuery, and only if it still differs:
+  // switch to SJIS (here a function's dynamic SQL, as a DBA may have written), send the hidden
+  // set_config, switch back, and the backstop never sees it. But the hidden text is not UTF-8,
+  // which this client speaks: refused before the server reads it.
+  await pgs.query(`CREATE FUNCTION enc(e text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET client_' || 'encoding = ' || quote_literal(e); RETURN e; END $$;
+    GRANT EXECUTE ON FUNCTION enc(text) TO ${SERVER_ROLE}`);
+  t.teardown(() => pgs.query('DROP FUNCTION enc(text)'));
+  const b = rawOf(await tenantClient(t, proxy.port, 'b'));
+  const step = (text: Buffer | string) => [
+    (() => {
+      const sql = typeof text === 'string' ? Buffer.from(text) : text;
+      const body = Buffer.concat([Buffer.from([0]), sql, Buffer.from([0, 0, 0])]); // unnamed, text, no types
+      const head = Buffer.alloc(5);
+      head[0] = 0x50;
+      head.writeInt32BE(4 + body.length, 1);
+      return Buffer.concat([head, body]);
+    })(),
+    serialize.bind({}),
+    serialize.execute({}),
+  ];
+  const replies = await b.sendAndSettle(1, [...step("SELECT enc('SJIS')"), ...step(hidden), ...step("SELECT enc('UTF8')"), ...step('SELECT tenant, body FROM notes'), serialize.sync()]);
+  t.ok(replies.includes('E22021'), `the hidden statement is refused (${replies.join(' ')})`);
+  t.notOk(replies.includes('a|secret of a'), "no row of a's");
+  t.same(await b.send(1, serialize.query("SELECT current_setting('app.tenant_id') AS pin")), ['columns:pin', 'b', 'done:SELECT 1', 'Z'], "b's pin is b");
 });

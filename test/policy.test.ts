@@ -245,6 +245,11 @@ const encodingRefused = [
   "ALTER DATABASE d SET client_encoding TO 'UHC'",
   "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET client_encoding = 'SJIS' AS 'SELECT 1'",
   "BEGIN; SET LOCAL client_encoding = 'SJIS'; SELECT 1; COMMIT",
+  "SET client_encoding = 'S\u212AJIS'", // the Kelvin sign: JavaScript lower-cases it to k, PostgreSQL drops it
+  "SET client_encoding = '\u0130SJIS'",
+  "DO $$BEGIN SET client_encoding = 'UTF8'; END$$", // procedural text that sets the encoding at all
+  "DO $$BEGIN EXECUTE 'SET NAMES ' || quote_literal('x'); END$$",
+  "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$BEGIN SET client_encoding = 'SJIS'; END$$",
 ];
 const encodingAllowed = ["SET client_encoding = 'UTF8'", "SET NAMES 'LATIN1'", "SET client_encoding = 'EUC_JP'", "SET client_encoding = 'WIN1252'", 'SET client_encoding TO DEFAULT', 'RESET client_encoding', "SELECT set_config('client_encoding', 'EUC_KR', false)"];
 

@@ -18,11 +18,32 @@ const ASCII_AMBIGUOUS = new Set([
   'johab',
 ]);
 
+/**
+ * PostgreSQL's clean_encoding_name: only its ASCII letters and digits, lower-cased. (Dropped
+ * before lower-casing: JavaScript lower-cases the Kelvin sign U+212A to `k` and U+0130 to
+ * `i`, which PostgreSQL drops, so 'S\u212AJIS' would have passed for harmless.)
+ */
+function cleanEncodingName(name: string): string {
+  return name.replace(/[^A-Za-z0-9]/g, '').toLowerCase();
+}
+
 /** Whether PostgreSQL would take `name` for an encoding whose characters may hide ASCII bytes. */
 export function hidesAscii(name: string): boolean {
-  // As PostgreSQL's clean_encoding_name: only letters and digits count, case-insensitively.
-  return ASCII_AMBIGUOUS.has(name.toLowerCase().replace(/[^a-z0-9]/g, ''));
+  return ASCII_AMBIGUOUS.has(cleanEncodingName(name));
 }
+
+/** Whether `name` is UTF-8 to PostgreSQL (UTF8, or its alias Unicode). */
+export function isUtf8Name(name: string): boolean {
+  const clean = cleanEncodingName(name);
+  return clean === 'utf8' || clean === 'unicode';
+}
+
+/**
+ * Procedural text (a DO block, a non-SQL function body) that may set the client encoding: it
+ * cannot be analysed, and inside one batch it could switch the encoding, have a statement read
+ * in it, and switch back before the server reports anything.
+ */
+export const SETS_ENCODING = /client_encoding|(?<![a-z0-9_$])set\s+names(?![a-z0-9_$])/i;
 
 export const ENCODING_REFUSED_DETAIL =
   'pgbastion reads statements as UTF-8; in SJIS, BIG5, GBK, UHC, GB18030 and JOHAB a character may contain an ASCII byte such as a quote or backslash, so PostgreSQL could read a statement differently from every check made on it';

@@ -2,7 +2,7 @@
 // set_config() call is found wherever the grammar allows an expression, plus handlers for the
 // statement kinds that set variables or leave session state.
 
-import { ENCODING_REFUSED_DETAIL, hidesAscii } from './client-encoding.js';
+import { ENCODING_REFUSED_DETAIL, SETS_ENCODING, hidesAscii } from './client-encoding.js';
 import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
 import { opaqueRisk } from './lexical.js';
 import type { PinnedNames } from './pinned.js';
@@ -302,6 +302,7 @@ class Walk {
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
     if (this.othersStatements(body, 'a DO block')) return;
+    if (SETS_ENCODING.test(body)) return this.refuseEncoding();
     const risk = opaqueRisk(body, this.pins);
     if (risk !== null) {
       this.refuseWith(risk, pinnedDetail('a DO block', risk, 'could change', ' (its body mentions it and cannot be analysed)'));
@@ -329,6 +330,7 @@ class Walk {
       }
     }
     if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
+    if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
     const risk = opaqueRisk(body.join('\n'), this.pins);
     if (risk !== null) {
       this.refuseWith(risk, pinnedDetail(`${what} (LANGUAGE ${language})`, risk, 'could change', ' (its body mentions it and cannot be analysed)'));

@@ -2,6 +2,7 @@
 // authentication, server lease, and the client→server relay. One function moves its state.
 
 import { secureRandomBytes } from '../auth/random-pool.js';
+import { isUtf8 } from 'node:buffer';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { certNamesUser } from '../hba/cert-map.js';
@@ -28,6 +29,7 @@ import { PoolTimeoutError, type Pool } from '../pool/pool.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
+import { isUtf8Name } from '../policy/client-encoding.js';
 import type { Cancellable, CancelTarget } from './cancel.js';
 import { resolvePins } from './pins.js';
 import { trackedSet, type TrackedSet } from './tracked-set.js';
@@ -914,6 +916,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private vet(frame: Buffer, at: number, statementName: string | null): Buffer {
     const end = frame.indexOf(0, at);
     if (end < 0) throw new FrameError(statementName === null ? 'invalid Query message' : 'invalid Parse message');
+    // Text that is not UTF-8 where the client says it speaks UTF-8: PostgreSQL refuses it too
+    // (22021), unless its encoding was switched behind the proxy's back (a DO block, a
+    // function, in the same batch), when it could read an ASCII quote or backslash that the
+    // checks below, reading UTF-8, do not see (client-encoding.ts).
+    if (!isUtf8(frame.subarray(at, end)) && this.speaksUtf8()) {
+      const refuse = { code: '22021', message: 'invalid byte sequence for encoding "UTF8"', detail: 'pgbastion checks every statement as UTF-8, the client encoding in force' };
+      this.log('warn', null, 'statement that is not UTF-8 refused');
+      return statementName === null ? this.refusals.query(refuse) : this.refusals.parse(statementName, refuse);
+    }
     const sql = frame.toString('utf8', at, end);
     const verdict = this.rt.policy.classify(sql);
     this.vettedSql = sql;
@@ -1056,6 +1067,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // (e.g. 42P05 "already exists", 08P01 "bind message supplies …": the client's own name)
     if (mentionsServerName(frame)) frame = editFields(frame, (code, text) => (code === 0x4d /* M */ || code === 0x44 /* D */ ? this.statements.clientNamesIn(text) : null));
     return this.refusals.size > 0 ? (this.refusals.rewrite(frame) ?? frame) : frame;
+  }
+
+  /** Whether the client's encoding is UTF-8: its own setting, else the server's default. */
+  private speaksUtf8(): boolean {
+    const name = this.params.get('client_encoding') ?? this.pool?.welcome?.get('client_encoding') ?? 'UTF8';
+    return isUtf8Name(name);
   }
 
   /** Sends client bytes to its server connection, leasing one first when it has none. */
