@@ -106,3 +106,26 @@ t.test('the settings record holds what ran and took: no more, no less', async (t
   t.not(await tz(a), 'Asia/Tokyo', "the next client does not run with b's TimeZone");
   await a.end();
 });
+
+t.test("what every later server connection starts from, and the other clients' backends, are out of a tenant's reach", async (t) => {
+  // Reviewers' findings: ALTER ROLE CURRENT_USER SET search_path = pg_temp gave every later
+  // server connection a path under which CREATE TABLE made a temporary table (b read a's
+  // rows); ALTER ROLE CURRENT_USER PASSWORD locked every client of the role out at its next
+  // login; pg_terminate_backend ended other tenants' transactions (same role).
+  const b = await tenantClient(t, proxy.port, 'b');
+  for (const [sql, message] of [
+    ['ALTER ROLE CURRENT_USER SET search_path = pg_temp, public', /configuration defaults of a role/],
+    ["ALTER DATABASE postgres SET default_transaction_read_only = on", /configuration defaults of a database/],
+    ["ALTER ROLE CURRENT_USER PASSWORD 'mine-now'", /^permission denied to alter role$/],
+    ['ALTER ROLE app_rw VALID UNTIL \'2000-01-01\'', /^permission denied to alter role$/],
+    ['SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = current_user AND pid <> pg_backend_pid()', /signal server processes/],
+  ] as const) {
+    const err = await b.query(sql).then(() => null, (e: Error & { code?: string }) => e);
+    t.equal(err?.code, '42501', sql);
+    t.match(err?.message ?? '', message);
+  }
+  const defaults = await pgs.query("SELECT count(*)::int AS n FROM pg_db_role_setting");
+  t.equal(defaults.rows[0].n, 0, 'no role or database default was set');
+  const a = await tenantClient(t, proxy.port, 'a');
+  t.same((await a.query('SELECT 1 AS ok')).rows, [{ ok: 1 }], 'the next client logs in and runs');
+});

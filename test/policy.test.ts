@@ -241,8 +241,6 @@ const encodingRefused = [
   "SELECT pg_catalog.set_config('CLIENT_ENCODING', 'win932', true)",
   "SELECT set_config('client_encoding', $1, false)", // not a constant: could be any
   "SELECT set_config('client_encoding', lower('SJIS'), false)",
-  "ALTER ROLE app SET client_encoding = 'SJIS'",
-  "ALTER DATABASE d SET client_encoding TO 'UHC'",
   "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET client_encoding = 'SJIS' AS 'SELECT 1'",
   "BEGIN; SET LOCAL client_encoding = 'SJIS'; SELECT 1; COMMIT",
   "SET client_encoding = 'S\u212AJIS'", // the Kelvin sign: JavaScript lower-cases it to k, PostgreSQL drops it
@@ -425,5 +423,33 @@ t.test('client encodings that may hide ASCII bytes are refused, pins or none', a
       t.match(v.refuse?.detail ?? '', /SJIS, BIG5, GBK, UHC, GB18030 and JOHAB/);
     }
     for (const sql of encodingAllowed) t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
+  }
+});
+
+t.test('role and database defaults, server roles and signals to server processes are refused, pins or none', async (t) => {
+  // Reviewers' findings: a tenant set its shared role's search_path to pg_temp for every later
+  // server connection, changed its password (locking every client out), or terminated other
+  // tenants' backends, which run as the same role.
+  const serverRoles = ['app_rw', 'Report Role'];
+  for (const classifier of [new PolicyClassifier(PINS, { serverRoles }), new PolicyClassifier([], { serverRoles })]) {
+    const cases: [string, RegExp][] = [
+      ['ALTER ROLE CURRENT_USER SET search_path = pg_temp, public', /configuration defaults of a role/],
+      ["ALTER ROLE app_rw IN DATABASE postgres SET default_transaction_read_only = on", /configuration defaults of a role/],
+      ['ALTER USER someone RESET ALL', /configuration defaults of a role|permission denied to set parameter "app.tenant_id"/],
+      ["ALTER DATABASE postgres SET statement_timeout = '1ms'", /configuration defaults of a database/],
+      ['ALTER ROLE ALL SET work_mem = 64', /configuration defaults of a role/],
+      ["ALTER ROLE CURRENT_USER PASSWORD 'mine-now'", /^permission denied to alter role$/],
+      ["ALTER USER app_rw WITH ENCRYPTED PASSWORD 'x'", /^permission denied to alter role$/],
+      ['ALTER ROLE SESSION_USER VALID UNTIL \'2000-01-01\'', /^permission denied to alter role$/],
+      ['ALTER ROLE "Report Role" NOLOGIN', /^permission denied to alter role$/],
+      ['ALTER ROLE app_rw RENAME TO other', /^permission denied to alter role$/],
+      ['SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = current_user', /signal server processes/],
+      ['SELECT pg_catalog.pg_cancel_backend(12345)', /signal server processes/],
+      ['SELECT "pg_cancel_backend"(1)', /signal server processes/],
+    ];
+    for (const [sql, message] of cases) t.match(classifier.classify(sql).refuse?.message ?? 'allowed', message, sql);
+    for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public"]) {
+      t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
+    }
   }
 });

@@ -42,6 +42,8 @@ export interface PolicyClassifierOptions {
   readonly maxCachedLength?: number;
   /** Bound on the summed length of cached texts. Default 4 Mi characters. */
   readonly cacheChars?: number;
+  /** Roles pgbastion's server connections log in as: no client may alter them (walk.ts). */
+  readonly serverRoles?: readonly string[];
 }
 
 export class PolicyClassifier {
@@ -55,7 +57,7 @@ export class PolicyClassifier {
     this.pins = new PinnedNames(pinned);
     this.cache = new VerdictCache(opts.cacheSize ?? 10_000, opts.cacheChars ?? 4 * 1024 * 1024);
     this.maxCachedLength = opts.maxCachedLength ?? 8192;
-    this.env = { pins: this.pins, parse: parseStatements };
+    this.env = { pins: this.pins, parse: parseStatements, serverRoles: new Set(opts.serverRoles ?? []) };
   }
 
   /** Number of cached verdicts (for tests and metrics). */

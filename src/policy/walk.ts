@@ -10,6 +10,8 @@ import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type Po
 
 export interface WalkEnv {
   readonly pins: PinnedNames;
+  /** Roles pgbastion's server connections log in as (PolicyClassifierOptions.serverRoles). */
+  readonly serverRoles: ReadonlySet<string>;
   /** Parses SQL (a LANGUAGE sql function body); null when it does not parse. */
   readonly parse: (sql: string) => readonly unknown[] | null;
 }
@@ -125,6 +127,29 @@ class Walk {
     this.refuse ??= refusal(variable, detail);
   }
 
+  private refuseDefaults(owner: string): void {
+    const what = owner === 'AlterRoleSetStmt' ? 'a role' : 'a database';
+    this.refuse ??= statementsRefusal(
+      `permission denied to set the configuration defaults of ${what} through pgbastion`,
+      "Every server connection pgbastion opens starts from them, shared by all its clients: ALTER ROLE|DATABASE ... SET goes to PostgreSQL directly.",
+    );
+  }
+
+  /** ALTER ROLE (password, attributes, rename) of the role the client runs as, or of any server role. */
+  private alterRole(spec: unknown): void {
+    // (A bare RoleSpec, as the parser gives it in these statements.)
+    const rs = spec as { roletype?: unknown; rolename?: unknown } | undefined;
+    if (rs === undefined || rs === null) return;
+    const type = str(rs.roletype);
+    const name = str(rs.rolename);
+    const shared = type === 'ROLESPEC_CURRENT_USER' || type === 'ROLESPEC_SESSION_USER' || type === 'ROLESPEC_CURRENT_ROLE' || this.env.serverRoles.has(name);
+    if (!shared) return;
+    this.refuse ??= statementsRefusal(
+      'permission denied to alter role',
+      `${type === 'ROLESPEC_CSTRING' ? `"${name}"` : 'The current role'} is a role pgbastion's server connections log in as, shared by all their clients (a new password would lock them all out): ALTER ROLE of it goes to PostgreSQL directly.`,
+    );
+  }
+
   private refuseEncoding(): void {
     this.refuseWith('client_encoding', ENCODING_REFUSED_DETAIL);
   }
@@ -176,6 +201,12 @@ class Walk {
       case 'ListenStmt':
         this.stick('LISTEN');
         return null;
+      case 'AlterRoleStmt':
+        this.alterRole(o.role);
+        return null;
+      case 'RenameStmt':
+        if (o.renameType === 'OBJECT_ROLE') this.alterRole({ roletype: 'ROLESPEC_CSTRING', rolename: o.subname });
+        return null;
       case 'LoadStmt':
         this.stick('LOAD');
         return null;
@@ -192,9 +223,13 @@ class Walk {
     const kind = str(o.kind);
     const name = str(o.name);
     const local = o.is_local === true;
+    // ALTER ROLE|DATABASE ... SET: the defaults every later server connection starts from,
+    // shared by every client of the role (a search_path with pg_temp, read-only, a timeout).
+    const defaults = f.owner === 'AlterRoleSetStmt' || f.owner === 'AlterDatabaseSetStmt';
     if (kind === 'VAR_RESET_ALL') {
       const first = this.pins.first;
       if (first !== null) this.refuseWith(first, pinnedDetail(`${SET_OWNER[f.owner] ?? ''}RESET ALL`, first, 'would reset'));
+      else if (defaults) this.refuseDefaults(f.owner);
       else if (f.top) this.stick('RESET');
       return;
     }
@@ -204,6 +239,7 @@ class Walk {
       this.refuseWith(pinned, pinnedDetail(`${SET_OWNER[f.owner] ?? ''}${form}`, pinned, verb));
       return;
     }
+    if (defaults) return this.refuseDefaults(f.owner);
     const lower = name.toLowerCase();
     // Wherever it is set (SET LOCAL, a function's SET clause, ALTER ROLE): see client-encoding.ts.
     if (lower === 'client_encoding' && setValues(o).some(hidesAscii)) return this.refuseEncoding();
@@ -228,6 +264,14 @@ class Walk {
 
   private funcCall(o: Obj): void {
     const name = lastName(o.funcname);
+    if (name === 'pg_terminate_backend' || name === 'pg_cancel_backend') {
+      // Every client of a server role may signal the role's backends, which other clients share.
+      this.refuse ??= statementsRefusal(
+        `permission denied to signal server processes through pgbastion`,
+        `${name}() would hit the server connections other clients use (as the same role): cancel your own statement with a CancelRequest.`,
+      );
+      return;
+    }
     if (SESSION_LOCKS.has(name)) {
       this.stick('advisory lock');
       return;

@@ -52,7 +52,7 @@ function buildGeneration(config: Config): Generation {
   const trustedProxies = config.proxy_protocol ? config.proxy_protocol.trusted.map(toCidr) : null;
   const upstreamTransport = buildUpstreamTransport(config);
   const mock = mockScram(config);
-  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables), tls, trustedProxies, upstreamTransport, mock };
+  return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables, { serverRoles: config.server_roles.map((r) => r.name) }), tls, trustedProxies, upstreamTransport, mock };
 }
 
 /** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. */
