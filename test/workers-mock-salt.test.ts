@@ -1,7 +1,7 @@
 // No user enumeration through the SCRAM salt with `workers: 2` (SPEC §3), through the compiled
 // binary: 16 logins each for a known user and an unknown one, stopped at server-first. The
 // known user always gets its one real salt; the unknown one must too (one fake salt, whichever
-// worker answers, and the same after a restart), with the known user's iteration count. Before
+// worker answers, and after a restart when PGBASTION_MOCK_SALT_KEY is set), with the known user's iteration count. Before
 // the fix each worker drew its own random key, so an unknown name got two salts.
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -48,8 +48,8 @@ t.teardown(() => {
   for (const c of running) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 });
 
-async function start(): Promise<Running> {
-  const child = spawn(process.execPath, [path.resolve('dist/cli/main.js'), 'start', '-c', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+async function start(env: NodeJS.ProcessEnv = {}): Promise<Running> {
+  const child = spawn(process.execPath, [path.resolve('dist/cli/main.js'), 'start', '-c', file], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   running.push(child);
   let log = '';
   child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
@@ -167,11 +167,16 @@ t.test('workers: 2, one instance: an unknown user gets one salt, as a known user
   t.same([...unknown.iterations], ['8192'], 'ghost announces the users’ iteration count too');
 });
 
-t.test('the same salt after a restart with the same configuration', async (t) => {
+t.test('after a restart: the same salt with PGBASTION_MOCK_SALT_KEY, another without', async (t) => {
+  const key = { PGBASTION_MOCK_SALT_KEY: '5a'.repeat(32) };
   await stop(first);
-  first = await start();
-  const again = await probe(first, 'ghost');
-  t.same([...again.salts], [...unknown.salts], 'ghost: the salt it had before the restart');
+  first = await start(key);
+  const keyed = await probe(first, 'ghost');
+  t.equal(keyed.salts.size, 1, 'one salt from both workers');
+  t.not([...keyed.salts][0], [...unknown.salts][0], 'another instance, another key: nothing comes from the configuration');
   t.same([...(await probe(first, 'tenant_a')).salts], [...known.salts], 'tenant_a: its one salt, of course');
+  await stop(first);
+  first = await start(key);
+  t.same([...(await probe(first, 'ghost')).salts], [...keyed.salts], 'restarted with the same key: the same salt');
   await stop(first);
 });

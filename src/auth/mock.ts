@@ -1,44 +1,38 @@
 // What an unknown user's SCRAM exchange is made of: the key its fake salt is derived from and
-// the iteration count it announces. Both come from the loaded configuration, so every worker
-// of an instance, a replaced worker and the instance after a restart send the same server-first
-// for the same unknown name, as a known user always gets its one real salt (PostgreSQL keeps its
-// mock-authentication nonce in pg_control for the same reason).
+// the iteration count it announces. Every worker of an instance (and a replaced one) sends the
+// same server-first for the same unknown name, as a known user always gets its one real salt.
 
 import crypto from 'node:crypto';
 import type { Config } from '../config/types.js';
 import { DEFAULT_ITERATIONS, parseScramSecret, type MockScram } from './scram.js';
 
-/**
- * scrypt cost of the key derivation. A client sees HMAC(key, name) for any name it tries, so
- * the key must not be a fast function of guessable input: at N = 2^15, r = 8 each guess of the
- * server-role passwords costs ~32 MiB and ~0.1 s. Paid once per load (cached while the
- * passwords stay the same).
- */
-const SCRYPT = { N: 1 << 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
-const KEY_LABEL = 'pgbastion mock SCRAM salt key v1';
+/** Names the key to use (64 hexadecimal digits): set by the primary for its workers, or by the operator. */
+export const MOCK_KEY_ENV = 'PGBASTION_MOCK_SALT_KEY';
 
-let cached: { material: string; key: Buffer } | null = null;
+let drawn: Buffer | null = null;
 
 /**
- * The fake-salt key: scrypt over every server role's name and password (sorted by name).
- *
- * Why the server-role passwords and not the users' secrets: the key must not change when users
- * are added or removed, or a reload would change every unknown name's salt while each known
- * user's stays put, which tells them apart to anyone probing before and after. Server-role
- * passwords are secret (clients never see them), change only when a role is added, removed or
- * its password rotated, and every loaded config that has users has them (each user names one).
- * That rotation is then the only moment unknown names' salts change.
- *
- * Fallback: with no server roles there are no users either, so every name is unknown and there
- * is nothing to enumerate; the key is then scrypt of the empty list, a fixed value.
+ * The fake-salt key: random, one per instance, secret. Not derived from anything in the
+ * configuration: a salt anyone can ask for (any made-up user name) must not be a function of
+ * passwords, or it is an offline oracle for them (a reviewer recovered a server-role password
+ * from a scrypt-derived one with a dictionary). The primary draws it and hands it to its
+ * workers through MOCK_KEY_ENV (shareMockKey), so every worker gives an unknown name the same
+ * salt; an operator who sets MOCK_KEY_ENV keeps it across restarts too (else a restart
+ * changes every unknown name's salt while known users' stay, as PostgreSQL avoids by keeping
+ * its mock nonce in pg_control).
  */
-export function mockSaltKey(config: Pick<Config, 'server_roles'>): Buffer {
-  const roles = [...config.server_roles].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const material = JSON.stringify(roles.map((r) => [r.name, r.password]));
-  if (cached?.material === material) return cached.key;
-  const key = crypto.scryptSync(material, KEY_LABEL, 32, SCRYPT);
-  cached = { material, key };
-  return key;
+export function mockSaltKey(env: NodeJS.ProcessEnv = process.env): Buffer {
+  const given = env[MOCK_KEY_ENV];
+  if (given !== undefined && given !== '') {
+    if (!/^[0-9a-fA-F]{64}$/.test(given)) throw new Error(`${MOCK_KEY_ENV} must be 64 hexadecimal digits`);
+    return Buffer.from(given, 'hex');
+  }
+  return (drawn ??= crypto.randomBytes(32));
+}
+
+/** The primary, before it forks: its workers inherit the key it uses. */
+export function shareMockKey(env: NodeJS.ProcessEnv = process.env): void {
+  env[MOCK_KEY_ENV] = mockSaltKey(env).toString('hex');
 }
 
 /**
@@ -63,6 +57,6 @@ export function mockIterations(config: Pick<Config, 'users'>): number {
 }
 
 /** Everything an unknown user's exchange is derived from, for this configuration. */
-export function mockScram(config: Pick<Config, 'server_roles' | 'users'>): MockScram {
-  return { key: mockSaltKey(config), iterations: mockIterations(config) };
+export function mockScram(config: Pick<Config, 'users'>): MockScram {
+  return { key: mockSaltKey(), iterations: mockIterations(config) };
 }

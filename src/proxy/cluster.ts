@@ -10,6 +10,7 @@ import client from 'prom-client';
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { LockoutTracker } from '../auth/lockout.js';
+import { shareMockKey } from '../auth/mock.js';
 import { startMetricsServer } from '../metrics/http.js';
 import type { ProxyServer } from './server.js';
 
@@ -126,6 +127,7 @@ export async function runPrimary(config: Config, logger: Logger, reload: () => P
       if (++n === config.workers * config.listen.length) resolve();
     });
   });
+  shareMockKey(); // (before the first fork: every worker inherits the same key)
   for (let i = 0; i < config.workers; i++) fork();
   const metricsServer = config.metrics ? await startMetricsServer(config.metrics, { metrics: () => aggregator.clusterMetrics(), contentType: aggregator.contentType }, ready) : null;
   await listening;
