@@ -87,7 +87,7 @@ t.test('redaction: continued strings, every quoting, DO blocks, function bodies,
     ["CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD 'SECRETLLL')", 'CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD <REDACTED>)'],
     ["ALTER SYSTEM SET primary_conninfo = 'host=h password=SECRETMMM'", 'ALTER SYSTEM SET primary_conninfo = <REDACTED>'],
     // Neither reading parses: still recorded, every literal hidden.
-    ["CREATE ROLE r4 PASSWORD 'SECRETNNN' WITH NONSENSE", 'CREATE ROLE r4 PASSWORD <REDACTED> WITH NONSENSE'],
+    ["CREATE ROLE r4 PASSWORD 'SECRETNNN' WITH NONSENSE", 'CREATE ROLE r4 PASSWORD<REDACTED>'], // unparsed: everything after the word
   ];
   for (const [sql, want] of cases) {
     const got = ddlStatements(sql);
@@ -124,6 +124,9 @@ t.test('standard_conforming_strings = off: both readings are audited', async (t)
 t.test('a text neither reading parses is recorded as unparsed', async (t) => {
   t.same(ddlStatements("CREATE TABLEE broken (a text DEFAULT 'x')"), [{ index: 0, class: 'unparsed', node: '', statement: 'CREATE TABLEE broken (a text DEFAULT <REDACTED>)' }]);
   t.same(ddlStatements("SELECT 1; DROP TABLE 'oops'"), [{ index: 0, class: 'unparsed', node: '', statement: 'SELECT 1; DROP TABLE <REDACTED>' }]);
+  // A password without its quotes (the server refuses it, but the text is recorded).
+  t.same(ddlStatements('ALTER ROLE bob PASSWORD hunter2'), [{ index: 0, class: 'unparsed', node: '', statement: 'ALTER ROLE bob PASSWORD<REDACTED>' }]);
+  t.same(ddlStatements('CREATE USER x WITH ENCRYPTED PASSWORD hunter2 VALID UNTIL tomorrow'), [{ index: 0, class: 'unparsed', node: '', statement: 'CREATE USER x WITH ENCRYPTED PASSWORD<REDACTED>' }]);
   t.same(ddlStatements('CREAT TABLE broken'), [], 'no DDL word: not looked at');
 });
 

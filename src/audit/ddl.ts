@@ -104,7 +104,13 @@ function classify(sql: string): DdlStatement[] {
       if (cls !== null) found.push({ index, class: cls, node, span });
     });
   }
-  if (readings.every((r) => r.stmts === null)) found.push({ index: 0, class: 'unparsed', node: '', span: { start: 0, end: bytes.length } });
+  if (readings.every((r) => r.stmts === null)) {
+    found.push({ index: 0, class: 'unparsed', node: '', span: { start: 0, end: bytes.length } });
+    // A secret need not be a literal in text no one parsed (PASSWORD hunter2, quotes
+    // forgotten): everything after the first word that may name one goes.
+    const m = SECRET_TEXT.exec(sql);
+    if (m !== null) hidden.push({ start: Buffer.byteLength(sql.slice(0, m.index + m[0].length)), end: bytes.length });
+  }
   const cuts = merged(hidden);
   return distinct(found.map((f) => ({ index: f.index, class: f.class, node: f.node, statement: redact(bytes, f.span, cuts).trim() })));
 }
