@@ -84,7 +84,7 @@ t.test('DDL that only a server with standard_conforming_strings = off sees is re
 
 t.test('a statement the parser cannot read is recorded as unparsed, its literals redacted', async (t) => {
   const got = await recorded((c) => c.query("CREATE ROLE r4 PASSWORD 'SECRETNNN' WITH NONSENSE").catch(() => {}));
-  t.same(got.map(shape), [['unparsed', '', 'CREATE ROLE r4 PASSWORD <REDACTED> WITH NONSENSE', 'error', '42601']]);
+  t.same(got.map(shape), [['unparsed', '', 'CREATE ROLE r4 PASSWORD<REDACTED>', 'error', '42601']]);
 });
 
 t.test('no secret in any log line', async (t) => {

@@ -109,7 +109,10 @@ function classify(sql: string): DdlStatement[] {
     // A secret need not be a literal in text no one parsed (PASSWORD hunter2, quotes
     // forgotten): everything after the first word that may name one goes.
     const m = SECRET_TEXT.exec(sql);
-    if (m !== null) hidden.push({ start: Buffer.byteLength(sql.slice(0, m.index + m[0].length)), end: bytes.length });
+    if (m !== null) {
+      const wordEnd = m.index + m[0].length + (/^\w*/.exec(sql.slice(m.index + m[0].length))?.[0].length ?? 0);
+      hidden.push({ start: Buffer.byteLength(sql.slice(0, wordEnd)), end: bytes.length });
+    }
   }
   const cuts = merged(hidden);
   return distinct(found.map((f) => ({ index: f.index, class: f.class, node: f.node, statement: redact(bytes, f.span, cuts).trim() })));
