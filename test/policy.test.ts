@@ -448,7 +448,7 @@ t.test('role and database defaults, server roles and signals to server processes
       ['SELECT "pg_cancel_backend"(1)', /signal server processes/],
     ];
     for (const [sql, message] of cases) t.match(classifier.classify(sql).refuse?.message ?? 'allowed', message, sql);
-    for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public"]) {
+    for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public", 'SELECT pg_terminate_backend(pg_backend_pid())']) {
       t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
     }
   }

@@ -264,8 +264,9 @@ class Walk {
 
   private funcCall(o: Obj): void {
     const name = lastName(o.funcname);
-    if (name === 'pg_terminate_backend' || name === 'pg_cancel_backend') {
-      // Every client of a server role may signal the role's backends, which other clients share.
+    if ((name === 'pg_terminate_backend' || name === 'pg_cancel_backend') && !ownBackend(o)) {
+      // Every client of a server role may signal the role's backends, which other clients
+      // share; its own (pg_backend_pid()) is the one it holds now.
       this.refuse ??= statementsRefusal(
         `permission denied to signal server processes through pgbastion`,
         `${name}() would hit the server connections other clients use (as the same role): cancel your own statement with a CancelRequest.`,
@@ -442,6 +443,13 @@ function argument(args: readonly unknown[], index: number, name: string): unknow
   if (positional === undefined || positional.NamedArgExpr !== undefined) return undefined;
   // A named argument before this one would have been rejected by PostgreSQL; positional wins.
   return positional;
+}
+
+/** A signal's first argument is pg_backend_pid(): the caller's own server process. */
+function ownBackend(o: Obj): boolean {
+  const first = (Array.isArray(o.args) ? o.args[0] : undefined) as { FuncCall?: Obj } | undefined;
+  const call = first?.FuncCall;
+  return call !== undefined && lastName(call.funcname) === 'pg_backend_pid' && !(Array.isArray(call.args) && call.args.length > 0);
 }
 
 /** The string constants a SET gives (`SET NAMES 'x'`, `SET client_encoding = x, …`). */
