@@ -13,7 +13,8 @@ t.teardown(() => pgs.stop());
 await createServerRole(pgs);
 await pgs.query(`ALTER ROLE ${SERVER_ROLE} CREATEROLE`);
 const USER_PASSWORD = 'marker-user-pw-77d2';
-const proxy = await startProxy(t, pgs, { users: [{ name: 'alice', password: USER_PASSWORD }] });
+// (No pinned variables: with them DO blocks are refused, and their audit is the point here.)
+const proxy = await startProxy(t, pgs, { users: [{ name: 'alice', password: USER_PASSWORD }], extra: { pinning: { variables: [] } } });
 
 const settle = () => new Promise((r) => setTimeout(r, 150));
 const ddlEvents = () => proxy.audit.lines.filter((l) => l.event === 'ddl');

@@ -129,3 +129,18 @@ t.test("what every later server connection starts from, and the other clients' b
   const a = await tenantClient(t, proxy.port, 'a');
   t.same((await a.query('SELECT 1 AS ok')).rows, [{ ok: 1 }], 'the next client logs in and runs');
 });
+
+t.test('a SET bound in one batch of a transaction block and executed in the next: the client keeps the connection', async (t) => {
+  // A reviewer's round-3 finding: portals outlive a Sync inside a block, and the Execute in
+  // the next batch ran the SET where nothing recorded it; a, next on the connection, got
+  // statement_timeout = 1ms (or a search_path into b's schema).
+  const b = rawOf(await tenantClient(t, proxy.port, 'b'));
+  await b.send(1, serialize.query('BEGIN'));
+  t.same(await b.send(1, serialize.parse({ name: '', text: 'SET statement_timeout = 1', types: [] }), serialize.bind({}), serialize.sync()), ['parsed', 'bound', 'Z']);
+  t.same(await b.send(1, serialize.execute({}), serialize.sync()), ['done:SET', 'Z']);
+  await b.send(1, serialize.query('COMMIT'));
+  b.raw.stream.write(serialize.end());
+  await new Promise((r) => setTimeout(r, 100));
+  const a = await tenantClient(t, proxy.port, 'a');
+  t.same((await a.query('SHOW statement_timeout')).rows, [{ statement_timeout: '0' }], "a does not run with b's statement_timeout");
+});

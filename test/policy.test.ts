@@ -183,7 +183,6 @@ const allowed: [string, string | null][] = [
   ['CREATE TABLE t (a int)', null],
   ['SELECT * FROM templates ORDER BY id OFFSET 5', null],
   ["CREATE FUNCTION tenant() RETURNS int LANGUAGE sql STABLE AS $$ SELECT current_setting('app.tenant_id')::int $$", null],
-  ["DO $$BEGIN RAISE NOTICE 'hello'; END$$", 'DO'],
   ["UPDATE t SET path = 'C:\\dir', note = current_setting('app.tenant_id')", null],
   // syntax errors: PostgreSQL rejects them too; never a throw
   ['SELEC 1', null],
@@ -446,10 +445,34 @@ t.test('role and database defaults, server roles and signals to server processes
       ['SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = current_user', /signal server processes/],
       ['SELECT pg_catalog.pg_cancel_backend(12345)', /signal server processes/],
       ['SELECT "pg_cancel_backend"(1)', /signal server processes/],
+      ['SELECT pg_terminate_backend(pg_backend_pid())', /signal server processes/], // unqualified: a function of the client's may shadow it
+      ['SELECT pg_terminate_backend(public.pg_backend_pid())', /signal server processes/],
+      ['ALTER DATABASE postgres CONNECTION LIMIT 0', /alter database/],
+      ['ALTER DATABASE postgres RENAME TO gone', /alter database/],
+      ['ALTER DATABASE postgres OWNER TO someone', /alter database/],
     ];
     for (const [sql, message] of cases) t.match(classifier.classify(sql).refuse?.message ?? 'allowed', message, sql);
-    for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public", 'SELECT pg_terminate_backend(pg_backend_pid())']) {
+    for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public", 'SELECT pg_terminate_backend(pg_catalog.pg_backend_pid())']) {
       t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
     }
   }
+});
+
+t.test('procedural code is refused while variables are pinned, whatever it mentions; sticky without', async (t) => {
+  // A reviewer's finding: DO blocks and plpgsql bodies assembled ALTER ROLE ... SET, a new
+  // password, pg_terminate_backend, or a switch of client_encoding and back, out of any text
+  // rule's sight ('ALTER ' || 'ROLE ...').
+  const none = new PolicyClassifier([]);
+  for (const sql of [
+    "DO $$BEGIN RAISE NOTICE 'hello'; END$$",
+    "DO $$BEGIN EXECUTE 'ALTER ' || 'ROLE CURRENT_USER SET search_path = pg_temp'; END$$",
+    "DO LANGUAGE plpgsql $$BEGIN PERFORM 1; END$$",
+    "CREATE FUNCTION f() RETURNS int LANGUAGE plpgsql AS $$BEGIN RETURN 1; END$$",
+    "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$BEGIN COMMIT; END$$",
+  ]) {
+    t.match(policy.classify(sql).refuse?.detail ?? 'allowed', /procedural code can run any statement it assembles/, sql);
+    t.equal(none.classify(sql).refuse, null, `no pins: allowed: ${sql}`);
+  }
+  t.equal(none.classify("DO $$BEGIN RAISE NOTICE 'hello'; END$$").sticky, 'DO', 'and a DO block is sticky');
+  t.equal(policy.classify("CREATE FUNCTION g() RETURNS text LANGUAGE sql AS $$SELECT current_setting('app.tenant_id')$$").refuse, null, 'a SQL function, parsed and inspected, stays allowed');
 });

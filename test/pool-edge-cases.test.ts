@@ -16,6 +16,8 @@ const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
 await createServerRole(pgs);
 await pgs.query(`CREATE TABLE copied (x int); GRANT ALL ON copied TO ${SERVER_ROLE}`);
+// Calling a plpgsql function loads plpgsql in that backend (a DO block would, but DO is refused while variables are pinned).
+await pgs.query(`CREATE FUNCTION load_plpgsql() RETURNS int LANGUAGE plpgsql AS $$BEGIN RETURN 1; END$$; GRANT EXECUTE ON FUNCTION load_plpgsql() TO ${SERVER_ROLE}`);
 const proxy = await startProxy(t, pgs, {
   users: [
     { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
@@ -447,7 +449,7 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
   });
   t.same((await p.query("SELECT current_setting('plpgsql.tenant') AS v")).rows, [{ v: 'x' }], 'the pin applies');
   const a = await open('tenant_a', 'pw-a');
-  await a.query('DO $$BEGIN PERFORM 1; END$$'); // loads plpgsql on the one server connection
+  await a.query('SELECT load_plpgsql()'); // loads plpgsql on the one server connection
   await a.query("INSERT INTO ran VALUES ('a')");
   await a.end();
   const err = await p.query("INSERT INTO ran VALUES ('placeholder')").then(
@@ -456,7 +458,9 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
   );
   t.equal(err?.code, '08006', 'the client gets an error for its statement');
   // (The switch failed inside its BEGIN block, status E: not a transaction of the client's.)
-  t.equal(err?.message, 'server connection lost; the statement was not run', 'not "the transaction was rolled back"');
+  // (Inline or separate, depending on what a left on the connection: either way not "the
+  // transaction was rolled back", which would speak of a transaction of the client's.)
+  t.match(err?.message, /^server connection lost(; the statement was not run)?$/, 'not "the transaction was rolled back"');
   t.match(err?.detail ?? '', /could not apply session settings: invalid configuration parameter name "plpgsql.tenant"/, 'saying why');
   t.same((await pgs.query<{ who: string }>('SELECT who FROM ran ORDER BY who')).rows, [{ who: 'a' }], 'its INSERT never ran');
   t.same((await p.query("SELECT current_setting('plpgsql.tenant') AS v")).rows, [{ v: 'x' }], 'its next statement runs, on a fresh server connection');
@@ -628,7 +632,7 @@ t.test('…and never runs when that switch fails: not with the previous client\'
   });
   await p.query('SELECT 1');
   const a = await open('tenant_a', 'pw-a');
-  await a.query('DO $$BEGIN PERFORM 1; END$$'); // loads plpgsql on the one server connection
+  await a.query('SELECT load_plpgsql()'); // loads plpgsql on the one server connection
   await a.end();
   const leaver = (p as unknown as { connection: { stream: net.Socket } }).connection.stream;
   // Several statements: the separate switch, which fails inside its block. Written behind it

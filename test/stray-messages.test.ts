@@ -88,7 +88,7 @@ t.test("a CopyData half sent when the server connection dies: its rest does not 
   await b.query("INSERT INTO notes (body) VALUES ('b-secret')");
   const a = await tenantClient(t, proxy.port, 'a');
   const r = rawOf(a);
-  t.same(await r.send(1, serialize.query('SELECT pg_terminate_backend(pg_backend_pid())'), smuggled.subarray(0, 5)), ['columns:pg_terminate_backend', 't', 'E57P01', 'Z']);
+  t.same(await r.send(1, serialize.query('SELECT pg_terminate_backend(pg_catalog.pg_backend_pid())'), smuggled.subarray(0, 5)), ['columns:pg_terminate_backend', 't', 'E57P01', 'Z']);
   await sleep(200);
   r.seen.length = 0;
   r.raw.stream.write(smuggled.subarray(5));

@@ -4,7 +4,6 @@
 
 import { ENCODING_REFUSED_DETAIL, SETS_ENCODING, hidesAscii } from './client-encoding.js';
 import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
-import { opaqueRisk } from './lexical.js';
 import type { PinnedNames } from './pinned.js';
 import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
@@ -135,6 +134,14 @@ class Walk {
     );
   }
 
+  /** ALTER DATABASE (connection limit, rename, owner): every server connection pgbastion opens to it depends on them. */
+  private refuseDatabase(): void {
+    this.refuse ??= statementsRefusal(
+      'permission denied to alter database through pgbastion',
+      'Every server connection pgbastion opens logs in to it, for all its clients: ALTER DATABASE goes to PostgreSQL directly.',
+    );
+  }
+
   /** ALTER ROLE (password, attributes, rename) of the role the client runs as, or of any server role. */
   private alterRole(spec: unknown): void {
     // (A bare RoleSpec, as the parser gives it in these statements.)
@@ -206,6 +213,13 @@ class Walk {
         return null;
       case 'RenameStmt':
         if (o.renameType === 'OBJECT_ROLE') this.alterRole({ roletype: 'ROLESPEC_CSTRING', rolename: o.subname });
+        if (o.renameType === 'OBJECT_DATABASE') this.refuseDatabase();
+        return null;
+      case 'AlterDatabaseStmt':
+        this.refuseDatabase();
+        return null;
+      case 'AlterOwnerStmt':
+        if (o.objectType === 'OBJECT_DATABASE') this.refuseDatabase();
         return null;
       case 'LoadStmt':
         this.stick('LOAD');
@@ -340,26 +354,35 @@ class Walk {
   }
 
   /**
-   * A DO body is procedural code this module cannot parse: refused when its text mentions a
-   * pinned name, set_config, pg_settings, RESET or DISCARD (lexical.opaqueRisk). Its session
-   * effects are unknowable, so every DO block is sticky.
+   * A DO body is procedural code this module cannot parse: refused while variables are pinned
+   * (refuseProcedural), and with none, sticky (its session effects are unknowable).
    */
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
     if (this.othersStatements(body, 'a DO block')) return;
     if (SETS_ENCODING.test(body)) return this.refuseEncoding();
-    const risk = opaqueRisk(body, this.pins);
-    if (risk !== null) {
-      this.refuseWith(risk, pinnedDetail('a DO block', risk, 'could change', ' (its body mentions it and cannot be analysed)'));
-      return;
-    }
+    if (this.refuseProcedural('a DO block')) return;
     this.stick('DO');
+  }
+
+  /**
+   * Procedural code (a DO block, a function body in any language but SQL) while variables are
+   * pinned: it can assemble and run any statement at run time ('ALTER ROLE ' || …, a switch of
+   * client_encoding and back inside one batch), which no reading of its text can see, so it is
+   * refused whatever it mentions. Functions an administrator created are the limit
+   * (classify.ts). Returns whether it refused.
+   */
+  private refuseProcedural(what: string): boolean {
+    const first = this.pins.first;
+    if (first === null) return false;
+    this.refuseWith(first, pinnedDetail(what, first, 'could change', ' (procedural code can run any statement it assembles)'));
+    return true;
   }
 
   /**
    * A string function body: LANGUAGE sql is parsed and inspected like any statement (so the
    * usual `SELECT current_setting('app.tenant_id')` helper passes); any other language is
-   * judged by the same text rule as DO. BEGIN ATOMIC bodies are already in the tree.
+   * procedural code, refused as DO is. BEGIN ATOMIC bodies are already in the tree.
    */
   private functionBody(o: Obj): void {
     const body = defElemStrings(o.options, 'as');
@@ -376,10 +399,7 @@ class Walk {
     }
     if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
-    const risk = opaqueRisk(body.join('\n'), this.pins);
-    if (risk !== null) {
-      this.refuseWith(risk, pinnedDetail(`${what} (LANGUAGE ${language})`, risk, 'could change', ' (its body mentions it and cannot be analysed)'));
-    }
+    this.refuseProcedural(`${what} (LANGUAGE ${language})`);
   }
 
   /** Procedural code that names pgbastion's statements (text only: it cannot be analysed). */
@@ -449,7 +469,11 @@ function argument(args: readonly unknown[], index: number, name: string): unknow
 function ownBackend(o: Obj): boolean {
   const first = (Array.isArray(o.args) ? o.args[0] : undefined) as { FuncCall?: Obj } | undefined;
   const call = first?.FuncCall;
-  return call !== undefined && lastName(call.funcname) === 'pg_backend_pid' && !(Array.isArray(call.args) && call.args.length > 0);
+  if (call === undefined || (Array.isArray(call.args) && call.args.length > 0)) return false;
+  // Only pg_catalog's: an unqualified name finds a same-named function of the client's first
+  // when its search_path puts pg_catalog later.
+  const parts = Array.isArray(call.funcname) ? call.funcname.map((p) => str((p as { String?: { sval?: unknown } }).String?.sval)) : [];
+  return parts.length === 2 && parts[0] === 'pg_catalog' && parts[1] === 'pg_backend_pid';
 }
 
 /** The string constants a SET gives (`SET NAMES 'x'`, `SET client_encoding = x, …`). */

@@ -819,11 +819,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
       case E: {
         // A tracked SET runs here, not at its Parse: the settings record follows the Execute.
-        const sets = this.setPortals?.get(portalName(frame) ?? '');
+        const portal = portalName(frame) ?? '';
+        const sets = this.setPortals?.get(portal);
+        if (sets !== undefined) this.setPortals!.delete(portal);
         return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, at: this.statements.seq, ...(sets ? { sets } : {}) });
       }
       case S:
-        this.setPortals = null; // (the batch's transaction ends: so do its portals)
+        // A SET portal bound and not yet executed: inside a transaction block it outlives this
+        // Sync, and a later batch could run it where nothing records it.
+        if (this.setPortals !== null && this.setPortals.size > 0 && this.transactionMode && this.sticky === null) this.makeSticky('SET portal across a Sync');
+        this.setPortals = null;
         return this.send(frame, type);
       case D:
       case C:
