@@ -476,3 +476,30 @@ t.test('procedural code is refused while variables are pinned, whatever it menti
   t.equal(none.classify("DO $$BEGIN RAISE NOTICE 'hello'; END$$").sticky, 'DO', 'and a DO block is sticky');
   t.equal(policy.classify("CREATE FUNCTION g() RETURNS text LANGUAGE sql AS $$SELECT current_setting('app.tenant_id')$$").refuse, null, 'a SQL function, parsed and inspected, stays allowed');
 });
+
+t.test('SQL function bodies: both readings, no session state, no view over pg_settings (while pinned)', async (t) => {
+  // A reviewer's round-4 findings: a body harmless as written ran set_config when called with
+  // standard_conforming_strings = off (its own SET clause, or SET LOCAL); a body could leave a
+  // session SET on the shared connection at its call; an updatable view over pg_settings set
+  // client_encoding through pg_settings' own rule.
+  const hidden = "CREATE FUNCTION f() RETURNS text LANGUAGE sql SET standard_conforming_strings = off AS $f$SELECT 'a\\' , ' ; SELECT set_config($q$app.tenant_id$q$, $q$a$q$, false) ; -- '$f$";
+  for (const [sql, detail] of [
+    [hidden, /app.tenant_id|set_config/],
+    ["CREATE FUNCTION h() RETURNS text LANGUAGE sql AS $f$SELECT 'a\\' || ' ; SELECT set_config($q$app.tenant_id$q$, $q$a$q$, false) ; -- '$f$", /app.tenant_id|set_config/],
+    ["CREATE FUNCTION ro() RETURNS text LANGUAGE sql AS $f$SELECT set_config('default_transaction_read_only', 'on', false)$f$", /leaves session state \(set_config\)/],
+    ['CREATE FUNCTION sp() RETURNS void LANGUAGE sql AS $f$SET search_path = elsewhere$f$', /leaves session state \(SET\)/],
+    ['CREATE FUNCTION tt() RETURNS void LANGUAGE sql AS $f$CREATE TEMP TABLE x (a int)$f$', /leaves session state \(temporary table\)/],
+    ['CREATE TEMP VIEW s AS SELECT name, setting FROM pg_settings', /a view over pg_settings/],
+    ['CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings', /a view over pg_settings/],
+  ] as const) {
+    t.match(policy.classify(sql).refuse?.detail ?? 'allowed', detail, sql);
+  }
+  for (const sql of [
+    "CREATE FUNCTION ok() RETURNS text LANGUAGE sql AS $f$SELECT current_setting('app.tenant_id')$f$",
+    "CREATE FUNCTION ok2() RETURNS text LANGUAGE sql AS $f$SELECT 'a\\b'$f$", // a backslash that changes nothing
+    'CREATE FUNCTION ok3() RETURNS void LANGUAGE sql AS $f$SET LOCAL work_mem = 64$f$',
+    'CREATE VIEW v AS SELECT 1 AS one',
+  ]) {
+    t.equal(policy.classify(sql).refuse, null, `allowed: ${sql}`);
+  }
+});

@@ -4,6 +4,7 @@
 
 import { ENCODING_REFUSED_DETAIL, SETS_ENCODING, hidesAscii } from './client-encoding.js';
 import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
+import { nonStandardStringsReading } from './escape-strings.js';
 import type { PinnedNames } from './pinned.js';
 import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
@@ -184,6 +185,13 @@ class Walk {
         return null;
       case 'RangeVar':
         if (o.relpersistence === 't' || isTempSchema(str(o.schemaname))) this.stick(tempReason(f.owner));
+        return null;
+      case 'ViewStmt':
+        // A view over pg_settings is updatable, and pg_settings' own rule runs set_config():
+        // UPDATE v SET setting = 'SJIS' WHERE name = 'client_encoding'.
+        if (this.pins.first !== null && /"relname":"pg_settings"/i.test(JSON.stringify(o.query ?? null))) {
+          this.refuseWith(this.pins.first, pinnedDetail('a view over pg_settings', this.pins.first, 'could change', ' (writing to it is SET)'));
+        }
         return null;
       case 'UpdateStmt':
       case 'MergeStmt':
@@ -389,17 +397,39 @@ class Walk {
     if (body.length === 0) return;
     const language = (defElemStrings(o.options, 'language')[0] ?? 'sql').toLowerCase();
     const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
-    if (language === 'sql') {
-      const stmts = this.env.parse(body[0]!);
-      if (stmts !== null) {
-        const inner = inspect(stmts, this.env, true).refuse;
-        if (inner !== null) this.refuse ??= Object.freeze({ ...inner, detail: `${what} body: ${inner.detail}` });
-        return;
-      }
-    }
+    if (language === 'sql') return this.sqlBody(body[0]!, what);
     if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
     this.refuseProcedural(`${what} (LANGUAGE ${language})`);
+  }
+
+  /**
+   * A LANGUAGE sql body, parsed anew by PostgreSQL at every call under the
+   * standard_conforming_strings then in force (its own SET clause, the session's, a SET
+   * LOCAL): both readings are inspected, and one that does not parse is procedural code as
+   * far as this module can tell. While variables are pinned, a body that would leave session
+   * state (a session SET, a temporary table, …) is refused too: at its call, later, nothing
+   * in the statement's text would make that client sticky.
+   */
+  private sqlBody(text: string, what: string): void {
+    const other = nonStandardStringsReading(text);
+    for (const reading of other === null ? [text] : [text, other]) {
+      const stmts = this.env.parse(reading);
+      if (stmts === null) {
+        if (this.refuseProcedural(`${what} (LANGUAGE sql, a body that does not parse here)`)) return;
+        continue;
+      }
+      const inner = inspect(stmts, this.env, false);
+      if (inner.refuse !== null) {
+        this.refuse ??= Object.freeze({ ...inner.refuse, detail: `${what} body: ${inner.refuse.detail}` });
+        return;
+      }
+      const first = this.pins.first;
+      if (inner.sticky !== null && first !== null) {
+        this.refuseWith(first, pinnedDetail(`${what} whose body leaves session state (${inner.sticky})`, first, 'could change', ' (at its call nothing would keep that state from the next client)'));
+        return;
+      }
+    }
   }
 
   /** Procedural code that names pgbastion's statements (text only: it cannot be analysed). */
