@@ -7,6 +7,7 @@
 import { sendCancel } from './helpers/cancel.js';
 import net from 'node:net';
 import t from 'tap';
+import type { Test } from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { startPostgres } from './helpers/postgres.js';
@@ -420,11 +421,13 @@ t.test('past 1000 statements on a connection it is cleared (DEALLOCATE ALL), and
   t.same([...a.errors, ...b.errors], []);
 });
 
-t.test('a switch that fails fails the client\'s work, which never runs', async (t) => {
-  // A placeholder under a prefix an extension reserves once loaded: SET plpgsql.tenant works
-  // until a DO block loads plpgsql in that backend, then fails. So the pin is accepted at
-  // login and refused by the next switch on the same server connection.
-  await pgs.query(`CREATE TABLE ran (who text); GRANT ALL ON ran TO ${SERVER_ROLE}`);
+/**
+ * A proxy whose `placeholder` user pins plpgsql.tenant: a placeholder under a prefix an
+ * extension reserves once loaded, so SET plpgsql.tenant works until plpgsql is loaded in that
+ * backend, then fails. The pin is accepted at login and refused by the next switch on the same
+ * server connection. Pool of one; `open` logs a client in to it.
+ */
+async function placeholderProxy(t: Test) {
   const own = await startProxy(t, pgs, {
     users: [
       { name: 'placeholder', password: 'pw-p', pins: { 'plpgsql.tenant': 'x' } },
@@ -442,6 +445,12 @@ t.test('a switch that fails fails the client\'s work, which never runs', async (
     await c.connect();
     return c;
   };
+  return { own, open };
+}
+
+t.test('a switch that fails fails the client\'s work, which never runs', async (t) => {
+  await pgs.query(`CREATE TABLE ran (who text); GRANT ALL ON ran TO ${SERVER_ROLE}`);
+  const { open } = await placeholderProxy(t);
   const p = await open('placeholder', 'pw-p');
   t.teardown(async () => {
     await p.end().catch(() => undefined);
@@ -606,25 +615,8 @@ t.test('work sent before its Terminate (or close) behind a settings switch runs 
 });
 
 t.test('…and never runs when that switch fails: not with the previous client\'s settings', async (t) => {
-  // The failing pin of 'a switch that fails …' above: plpgsql.tenant, once plpgsql is loaded.
   await pgs.query(`CREATE TABLE ran_leaving (who text); GRANT ALL ON ran_leaving TO ${SERVER_ROLE}`);
-  const own = await startProxy(t, pgs, {
-    users: [
-      { name: 'placeholder', password: 'pw-p', pins: { 'plpgsql.tenant': 'x' } },
-      { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
-    ],
-    extra: {
-      pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 5000 },
-      pinning: { variables: ['app.tenant_id', 'plpgsql.tenant'] },
-      upstream: { require_primary: false },
-    },
-  });
-  const open = async (user: string, password: string) => {
-    const c = new pg.Client({ host: '127.0.0.1', port: own.port, user, password, database: 'postgres' });
-    c.on('error', () => undefined);
-    await c.connect();
-    return c;
-  };
+  const { own, open } = await placeholderProxy(t);
   const p = await open('placeholder', 'pw-p');
   t.teardown(async () => {
     await p.end().catch(() => undefined);
