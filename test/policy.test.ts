@@ -491,6 +491,8 @@ t.test('SQL function bodies: both readings, no session state, no view over pg_se
     ['CREATE FUNCTION tt() RETURNS void LANGUAGE sql AS $f$CREATE TEMP TABLE x (a int)$f$', /leaves session state \(temporary table\)/],
     ['CREATE TEMP VIEW s AS SELECT name, setting FROM pg_settings', /a view over pg_settings/],
     ['CREATE VIEW s AS SELECT * FROM pg_catalog.pg_settings', /a view over pg_settings/],
+    ['CREATE RULE "_RETURN" AS ON SELECT TO b_s DO INSTEAD SELECT name, setting FROM pg_settings', /a rule over pg_settings/], // round 5: a table made a view
+    ['CREATE RULE r AS ON INSERT TO t DO ALSO UPDATE pg_settings SET setting = $$x$$ WHERE name = $$search_path$$', /pg_settings/],
   ] as const) {
     t.match(policy.classify(sql).refuse?.detail ?? 'allowed', detail, sql);
   }
@@ -502,4 +504,9 @@ t.test('SQL function bodies: both readings, no session state, no view over pg_se
   ]) {
     t.equal(policy.classify(sql).refuse, null, `allowed: ${sql}`);
   }
+});
+
+t.test('setseed() is sticky, as SET seed: the next client would draw the same random() sequence', async (t) => {
+  t.same(policy.classify('SELECT setseed(0.5)'), { refuse: null, sticky: 'setseed' });
+  t.same(new PolicyClassifier([]).classify('SELECT random(), setseed(0.1)').sticky, 'setseed');
 });

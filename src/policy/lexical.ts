@@ -18,12 +18,13 @@ import type { PinnedNames } from './pinned.js';
  *   query_to_xml ts_stat ts_rewrite   built-ins that run SQL given as text (walk.ts SQL_RUNNERS)
  *   pgbastion_            the names of other clients' prepared statements (walk.ts statementName)
  *   pg_terminate_backend pg_cancel_backend   signals to server processes, which other clients share
+ *   setseed               the session's random() sequence (sticky)
  *   u&                    a U&"..." identifier can spell any of the above with \XXXX escapes
  * The pinned names themselves are not triggers: mentioning one is harmless without one of the
  * verbs above. A false positive only costs one parse (then a cache hit).
  */
 const TRIGGERS =
-  /(?<![a-z_])(?:set|reset|discard|do|create|alter|prepare|listen|declare|load)(?![a-z0-9_])|set_config|pg_settings|advisory|temp|query_to_xml|ts_stat|ts_rewrite|pgbastion_|pg_terminate_backend|pg_cancel_backend|u&/i;
+  /(?<![a-z_])(?:set|reset|discard|do|create|alter|prepare|listen|declare|load)(?![a-z0-9_])|set_config|pg_settings|advisory|temp|query_to_xml|ts_stat|ts_rewrite|pgbastion_|pg_terminate_backend|pg_cancel_backend|setseed|u&/i;
 
 /** False when `sql` certainly neither tampers with a pinned variable nor leaves session state. */
 export function mayMatter(sql: string): boolean {

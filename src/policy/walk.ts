@@ -187,10 +187,12 @@ class Walk {
         if (o.relpersistence === 't' || isTempSchema(str(o.schemaname))) this.stick(tempReason(f.owner));
         return null;
       case 'ViewStmt':
+      case 'RuleStmt':
         // A view over pg_settings is updatable, and pg_settings' own rule runs set_config():
-        // UPDATE v SET setting = 'SJIS' WHERE name = 'client_encoding'.
-        if (this.pins.first !== null && /"relname":"pg_settings"/i.test(JSON.stringify(o.query ?? null))) {
-          this.refuseWith(this.pins.first, pinnedDetail('a view over pg_settings', this.pins.first, 'could change', ' (writing to it is SET)'));
+        // UPDATE v SET setting = 'SJIS' WHERE name = 'client_encoding'. So is a table a
+        // CREATE RULE "_RETURN" ... ON SELECT turns into one; a rule's actions could write it.
+        if (this.pins.first !== null && /"relname":"pg_settings"/i.test(JSON.stringify(o))) {
+          this.refuseWith(this.pins.first, pinnedDetail(`a ${type === 'ViewStmt' ? 'view' : 'rule'} over pg_settings`, this.pins.first, 'could change', ' (writing to it is SET)'));
         }
         return null;
       case 'UpdateStmt':
@@ -293,6 +295,10 @@ class Walk {
         `permission denied to signal server processes through pgbastion`,
         `${name}() would hit the server connections other clients use (as the same role): cancel your own statement with a CancelRequest.`,
       );
+      return;
+    }
+    if (name === 'setseed') {
+      this.stick('setseed'); // the session's random() sequence, as SET seed
       return;
     }
     if (SESSION_LOCKS.has(name)) {
