@@ -510,3 +510,22 @@ t.test('setseed() is sticky, as SET seed: the next client would draw the same ra
   t.same(policy.classify('SELECT setseed(0.5)'), { refuse: null, sticky: 'setseed' });
   t.same(new PolicyClassifier([]).classify('SELECT random(), setseed(0.1)').sticky, 'setseed');
 });
+
+t.test('an operator, aggregate or cast over a function judged at its calls gets the same verdict (round 6)', async (t) => {
+  // Its calls are A_Exprs, out of funcCall's sight: CREATE OPERATOR <~> (function = ts_stat)
+  // ran set_config from text; ### (function = pg_terminate_backend) ended another tenant's
+  // backend; %%% (function = pg_advisory_lock) left a lock for the next tenant.
+  for (const [sql, message] of [
+    ['CREATE OPERATOR public.<~> (rightarg = text, function = ts_stat)', /permission denied to set parameter "app.tenant_id"/],
+    ['CREATE OPERATOR public.### (leftarg = int, rightarg = bigint, function = pg_terminate_backend)', /signal server processes/],
+    ['CREATE OPERATOR public.%%% (rightarg = bigint, procedure = pg_advisory_lock)', /permission denied to set parameter "app.tenant_id"/],
+    ['CREATE AGGREGATE agg(text) (sfunc = query_to_xml, stype = xml)', /permission denied to set parameter "app.tenant_id"/],
+    ['CREATE AGGREGATE agg2(float8) (sfunc = setseed, stype = float8)', /permission denied to set parameter "app.tenant_id"/],
+  ] as const) {
+    t.match(policy.classify(sql).refuse?.message ?? 'allowed', message, sql);
+  }
+  const none = new PolicyClassifier([]);
+  t.match(none.classify('CREATE OPERATOR public.### (leftarg = int, rightarg = bigint, function = pg_cancel_backend)').refuse?.message ?? 'allowed', /signal server processes/, 'signals: with or without pins');
+  t.equal(none.classify('CREATE OPERATOR public.%%% (rightarg = bigint, function = pg_advisory_lock)').sticky, 'pg_advisory_lock', 'without pins: sticky, as the call is');
+  t.equal(policy.classify('CREATE OPERATOR public.+++ (leftarg = int, rightarg = int, function = int4pl)').refuse, null, 'an ordinary operator is allowed');
+});

@@ -358,6 +358,15 @@ class Walk {
       return;
     }
     if (isTempSchema(lower) && /^(Create|Define|View|CompositeType)/.test(f.owner)) this.stick('temporary object');
+    // An operator, aggregate or cast over a function the policy judges at its calls
+    // (CREATE OPERATOR ### (function = pg_terminate_backend)): calling it is an A_Expr, out of
+    // funcCall's sight, so the definition gets the verdict the call would.
+    if (!/^(Define|CreateCast)/.test(f.owner)) return;
+    if (lower === 'pg_terminate_backend' || lower === 'pg_cancel_backend') {
+      this.refuse ??= statementsRefusal('permission denied to signal server processes through pgbastion', `an operator, aggregate or cast over ${lower}() would hit the server connections other clients use.`);
+    } else if ((SQL_RUNNERS.has(lower) || SESSION_LOCKS.has(lower) || lower === 'setseed') && this.pins.first !== null) {
+      this.refuseWith(this.pins.first, pinnedDetail(`an operator, aggregate or cast over ${lower}()`, this.pins.first, 'could change', ' (its calls are not seen as calls of it)'));
+    } else if (SESSION_LOCKS.has(lower) || lower === 'setseed') this.stick(lower);
   }
 
   /** pg_settings is a view whose UPDATE rule calls set_config(): writing to it is SET. */
