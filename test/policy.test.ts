@@ -529,3 +529,18 @@ t.test('an operator, aggregate or cast over a function judged at its calls gets 
   t.equal(none.classify('CREATE OPERATOR public.%%% (rightarg = bigint, function = pg_advisory_lock)').sticky, 'pg_advisory_lock', 'without pins: sticky, as the call is');
   t.equal(policy.classify('CREATE OPERATOR public.+++ (leftarg = int, rightarg = int, function = int4pl)').refuse, null, 'an ordinary operator is allowed');
 });
+
+t.test('attribute notation: rel.fn is a call of fn (round 7)', async (t) => {
+  // q.ts_stat ran ts_stat(q) through an implicit cast of q's row to text: b set its pin to a.
+  for (const [sql, message] of [
+    ['SELECT q.ts_stat FROM q', /permission denied to set parameter "app.tenant_id"/],
+    ['SELECT (q).query_to_xml FROM q', /permission denied to set parameter "app.tenant_id"/],
+    ['SELECT q.set_config FROM q', /permission denied to set parameter "app.tenant_id"/],
+    ['SELECT lk.pg_terminate_backend FROM lk', /signal server processes/],
+  ] as const) {
+    t.match(policy.classify(sql).refuse?.message ?? 'allowed', message, sql);
+  }
+  t.equal(policy.classify('SELECT lk.pg_advisory_lock FROM lk').sticky, 'advisory lock', 'a session lock: sticky');
+  t.equal(policy.classify('SELECT (lk).setseed FROM lk').sticky, 'setseed');
+  t.same(policy.classify('SELECT n.body, n.tenant FROM notes n'), { refuse: null, sticky: null }, 'ordinary columns');
+});

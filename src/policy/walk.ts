@@ -186,6 +186,14 @@ class Walk {
       case 'RangeVar':
         if (o.relpersistence === 't' || isTempSchema(str(o.schemaname))) this.stick(tempReason(f.owner));
         return null;
+      case 'ColumnRef':
+        // rel.fn is fn(rel) to PostgreSQL when no column fn exists (attribute notation).
+        if (Array.isArray(o.fields) && o.fields.length >= 2) this.attributeCall(o.fields[o.fields.length - 1]);
+        return null;
+      case 'A_Indirection':
+        // (row).fn, the same call.
+        if (Array.isArray(o.indirection) && o.indirection.length > 0) this.attributeCall(o.indirection[o.indirection.length - 1]);
+        return null;
       case 'ViewStmt':
       case 'RuleStmt':
         // A view over pg_settings is updatable, and pg_settings' own rule runs set_config():
@@ -276,6 +284,24 @@ class Walk {
     else if (lower === 'role') this.stick('SET ROLE');
     else if (lower === 'session_authorization') this.stick('SET SESSION AUTHORIZATION');
     else this.stick('SET');
+  }
+
+  /**
+   * A field reference that may be a call in attribute notation (`q.ts_stat` runs ts_stat(q)
+   * when the row casts to text): the function names funcCall judges get the verdict a call
+   * with an unknown argument would. (A column of one of those names is refused too: rare,
+   * and the safe side.)
+   */
+  private attributeCall(field: unknown): void {
+    const name = str((field as { String?: { sval?: unknown } } | undefined)?.String?.sval).toLowerCase();
+    if (name === 'pg_terminate_backend' || name === 'pg_cancel_backend') {
+      this.refuse ??= statementsRefusal('permission denied to signal server processes through pgbastion', `${name}, called in attribute notation, would hit the server connections other clients use.`);
+    } else if (SET_CONFIG_NAMES.has(name) || SQL_RUNNERS.has(name)) {
+      const first = this.pins.first;
+      if (first !== null) this.refuseWith(first, pinnedDetail(`${name}() in attribute notation (rel.${name})`, first, 'could change'));
+      else if (SET_CONFIG_NAMES.has(name)) this.stick('set_config');
+    } else if (SESSION_LOCKS.has(name)) this.stick('advisory lock');
+    else if (name === 'setseed') this.stick('setseed');
   }
 
   /** SQL PREPARE, EXECUTE or DEALLOCATE of a name: not one of the statements pgbastion made for other clients. */
