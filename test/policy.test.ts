@@ -543,4 +543,8 @@ t.test('attribute notation: rel.fn is a call of fn (round 7)', async (t) => {
   t.equal(policy.classify('SELECT lk.pg_advisory_lock FROM lk').sticky, 'advisory lock', 'a session lock: sticky');
   t.equal(policy.classify('SELECT (lk).setseed FROM lk').sticky, 'setseed');
   t.same(policy.classify('SELECT n.body, n.tenant FROM notes n'), { refuse: null, sticky: null }, 'ordinary columns');
+  t.match(policy.classify('CREATE CAST (q AS text) WITH FUNCTION q_text(q) AS IMPLICIT').refuse?.detail ?? 'allowed', /implicit or assignment cast/, 'the cast that makes it resolve, while pinned');
+  t.match(policy.classify('CREATE CAST (q AS text) WITH INOUT AS ASSIGNMENT').refuse?.detail ?? 'allowed', /implicit or assignment cast/);
+  t.equal(policy.classify('CREATE CAST (q AS text) WITH FUNCTION q_text(q)').refuse, null, 'an explicit cast shows where it is used');
+  t.equal(new PolicyClassifier([]).classify('CREATE CAST (q AS text) WITH FUNCTION q_text(q) AS IMPLICIT').refuse, null, 'without pins: allowed');
 });

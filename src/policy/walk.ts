@@ -190,6 +190,13 @@ class Walk {
         // rel.fn is fn(rel) to PostgreSQL when no column fn exists (attribute notation).
         if (Array.isArray(o.fields) && o.fields.length >= 2) this.attributeCall(o.fields[o.fields.length - 1]);
         return null;
+      case 'CreateCastStmt':
+        // An implicit (or assignment) cast lets a value reach functions written for another
+        // type without any call naming it: q.fn runs fn(q) through one. Explicit casts show.
+        if (o.context !== 'COERCION_EXPLICIT' && this.pins.first !== null) {
+          this.refuseWith(this.pins.first, pinnedDetail('an implicit or assignment cast', this.pins.first, 'could change', ' (through it rel.fn calls fn(rel) unseen)'));
+        }
+        return null;
       case 'A_Indirection':
         // (row).fn, the same call.
         if (Array.isArray(o.indirection) && o.indirection.length > 0) this.attributeCall(o.indirection[o.indirection.length - 1]);
