@@ -22,6 +22,7 @@
 
 import { parseLocated, type LocatedStatement } from '../policy/parser.js';
 import { TextLru } from '../cache/text-lru.js';
+import { Ch, isIdentCont, isIdentStart, isTagCont } from '../policy/sql-chars.js';
 
 /** `unparsed`: neither reading parses (the whole text, every literal redacted; node ''). */
 export type DdlClass = 'ddl' | 'role' | 'dynamic' | 'unparsed';
@@ -287,27 +288,6 @@ interface Literal extends Span {
   readonly mask: boolean;
 }
 
-const enum C {
-  Quote = 0x27,
-  DQuote = 0x22,
-  Backslash = 0x5c,
-  Dollar = 0x24,
-  Dash = 0x2d,
-  Slash = 0x2f,
-  Star = 0x2a,
-  Amp = 0x26,
-  LF = 0x0a,
-  CR = 0x0d,
-}
-
-function isIdentStart(c: number): boolean {
-  return (c >= 0x61 && c <= 0x7a) || (c >= 0x41 && c <= 0x5a) || c === 0x5f || c >= 0x80;
-}
-
-function isDigit(c: number): boolean {
-  return c >= 0x30 && c <= 0x39;
-}
-
 /**
  * The string literals and dollar-quoted strings of b[from, to), in order. '...' and N'...'
  * take backslash escapes only when `backslashInPlain` (standard_conforming_strings = off),
@@ -321,28 +301,28 @@ function lex(b: Buffer, from: number, to: number, backslashInPlain: boolean): Li
   while (i < to) {
     const c = b[i]!;
     let lit: Literal | null = null;
-    if (c === C.Dash && b[i + 1] === C.Dash) {
+    if (c === Ch.Dash && b[i + 1] === Ch.Dash) {
       i = lineEnd(b, i, to);
-    } else if (c === C.Slash && b[i + 1] === C.Star) {
+    } else if (c === Ch.Slash && b[i + 1] === Ch.Star) {
       i = commentEnd(b, i, to);
-    } else if (c === C.DQuote) {
+    } else if (c === Ch.DQuote) {
       i = identifierEnd(b, i, to);
-    } else if (c === C.Quote) {
+    } else if (c === Ch.Quote) {
       lit = quoted(b, i, i, to, backslashInPlain, backslashInPlain);
-    } else if (c === C.Dollar) {
+    } else if (c === Ch.Dollar) {
       lit = dollarQuoted(b, i, to);
       if (lit === null) i++;
     } else if (isIdentStart(c)) {
       // A whole word first: only a one-letter word before the quote is a prefix (rolE'x' is not E'x').
       let j = i + 1;
-      while (j < to && (isIdentStart(b[j]!) || isDigit(b[j]!) || b[j] === C.Dollar)) j++;
+      while (j < to && isIdentCont(b[j]!)) j++;
       const one = j === i + 1 ? c | 0x20 : 0;
-      const quote = b[j] === C.Quote;
+      const quote = b[j] === Ch.Quote;
       if (quote && one === 0x65 /* e */) lit = quoted(b, i, j, to, true, false);
       else if (quote && (one === 0x62 /* b */ || one === 0x78) /* x */) lit = quoted(b, i, j, to, false, false);
       else if (quote && one === 0x6e /* n */) lit = quoted(b, i, j, to, backslashInPlain, backslashInPlain);
-      else if (one === 0x75 /* u */ && b[j] === C.Amp && b[j + 1] === C.Quote) lit = quoted(b, i, j + 1, to, false, false);
-      else if (one === 0x75 && b[j] === C.Amp && b[j + 1] === C.DQuote) i = identifierEnd(b, j + 1, to);
+      else if (one === 0x75 /* u */ && b[j] === Ch.Amp && b[j + 1] === Ch.Quote) lit = quoted(b, i, j + 1, to, false, false);
+      else if (one === 0x75 && b[j] === Ch.Amp && b[j + 1] === Ch.DQuote) i = identifierEnd(b, j + 1, to);
       else i = j;
     } else {
       i++;
@@ -366,12 +346,12 @@ function quoted(b: Buffer, start: number, open: number, to: number, escapes: boo
   let commented = false;
   while (i < to) {
     const c = b[i]!;
-    if (c === C.Backslash) {
+    if (c === Ch.Backslash) {
       backslash = true;
       i += escapes ? 2 : 1;
-    } else if (c === C.Quote && b[i + 1] === C.Quote) {
+    } else if (c === Ch.Quote && b[i + 1] === Ch.Quote) {
       i += 2;
-    } else if (c === C.Quote) {
+    } else if (c === Ch.Quote) {
       const next = continuation(b, i + 1, to);
       if (next === null) {
         return { start, end: i + 1, bodyStart: open + 1, bodyEnd: i, dollar: false, closed: true, mask: commented || (maskBackslash && backslash) };
@@ -394,28 +374,28 @@ function continuation(b: Buffer, i: number, to: number): { at: number; commented
   let commented = false;
   while (i < to) {
     const c = b[i]!;
-    if (c === C.LF || c === C.CR) {
+    if (c === Ch.LF || c === Ch.CR) {
       newline = true;
       i++;
     } else if (c === 0x20 || c === 0x09 || c === 0x0c || c === 0x0b) {
       i++;
-    } else if (c === C.Dash && b[i + 1] === C.Dash) {
+    } else if (c === Ch.Dash && b[i + 1] === Ch.Dash) {
       commented = true;
       i = lineEnd(b, i, to);
     } else {
       break;
     }
   }
-  return newline && i < to && b[i] === C.Quote ? { at: i, commented } : null;
+  return newline && i < to && b[i] === Ch.Quote ? { at: i, commented } : null;
 }
 
 /** A $tag$...$tag$ string starting at `i`, or null when none starts there ($1, a lone $). */
 function dollarQuoted(b: Buffer, i: number, to: number): Literal | null {
   let j = i + 1;
-  if (b[j] !== C.Dollar) {
+  if (b[j] !== Ch.Dollar) {
     if (j >= to || !isIdentStart(b[j]!)) return null;
-    while (j < to && (isIdentStart(b[j]!) || isDigit(b[j]!))) j++;
-    if (j >= to || b[j] !== C.Dollar) return null;
+    while (j < to && isTagCont(b[j]!)) j++;
+    if (j >= to || b[j] !== Ch.Dollar) return null;
   }
   const tag = b.subarray(i, j + 1);
   const close = b.indexOf(tag, j + 1);
@@ -424,7 +404,7 @@ function dollarQuoted(b: Buffer, i: number, to: number): Literal | null {
 }
 
 function lineEnd(b: Buffer, i: number, to: number): number {
-  while (i < to && b[i] !== C.LF && b[i] !== C.CR) i++;
+  while (i < to && b[i] !== Ch.LF && b[i] !== Ch.CR) i++;
   return i;
 }
 
@@ -432,10 +412,10 @@ function lineEnd(b: Buffer, i: number, to: number): number {
 function commentEnd(b: Buffer, i: number, to: number): number {
   let depth = 0;
   while (i < to) {
-    if (b[i] === C.Slash && b[i + 1] === C.Star) {
+    if (b[i] === Ch.Slash && b[i + 1] === Ch.Star) {
       depth++;
       i += 2;
-    } else if (b[i] === C.Star && b[i + 1] === C.Slash) {
+    } else if (b[i] === Ch.Star && b[i + 1] === Ch.Slash) {
       i += 2;
       if (--depth === 0) return i;
     } else {
@@ -449,8 +429,8 @@ function commentEnd(b: Buffer, i: number, to: number): number {
 function identifierEnd(b: Buffer, i: number, to: number): number {
   i++;
   while (i < to) {
-    if (b[i] === C.DQuote && b[i + 1] === C.DQuote) i += 2;
-    else if (b[i] === C.DQuote) return i + 1;
+    if (b[i] === Ch.DQuote && b[i + 1] === Ch.DQuote) i += 2;
+    else if (b[i] === Ch.DQuote) return i + 1;
     else i++;
   }
   return to;

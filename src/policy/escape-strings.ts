@@ -5,31 +5,7 @@
 // app.tenant_id = 1; -- '` is two harmless strings to the parser but a SELECT and a SET to the
 // server. Classifying both readings closes that gap.
 
-const enum Ch {
-  Quote = 39, // '
-  DQuote = 34, // "
-  Backslash = 92,
-  Dollar = 36,
-  Dash = 45,
-  Slash = 47,
-  Star = 42,
-  Amp = 38,
-  LF = 10,
-  CR = 13,
-}
-
-function isIdentStart(c: number): boolean {
-  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || c === 95 || c >= 128;
-}
-
-function isIdentCont(c: number): boolean {
-  return isIdentStart(c) || (c >= 48 && c <= 57) || c === Ch.Dollar;
-}
-
-/** Dollar-quote tags may not contain `$` or start with a digit. */
-function isTagCont(c: number): boolean {
-  return isIdentStart(c) || (c >= 48 && c <= 57);
-}
+import { Ch, isIdentCont, isIdentStart, isTagCont } from './sql-chars.js';
 
 /**
  * The standard_conforming_strings = off reading of `sql`, or null when it is the same as the
