@@ -88,3 +88,32 @@ t.test('transaction mode: of two cancels in flight, the one that lands last canc
   );
   t.equal(bWork, 42, `b's statement ran to its end (${String(bWork)}, after ${(performance.now() - started).toFixed(0)} ms)`);
 });
+
+t.test('transaction mode: a cancel PostgreSQL has not taken within 2 s gets the connection closed, not handed on', async (t) => {
+  // It may still land, on whatever that backend runs next: the next client gets another one.
+  const late = await slowCancelForwarder(t, pgs.port, 3000);
+  const proxy = await startProxy(t, pgs, {
+    users: [
+      { name: 'a', password: 'a-pw' },
+      { name: 'b', password: 'b-pw' },
+    ],
+    extra: { upstreams: [{ host: '127.0.0.1', port: late }], pool: { mode: 'transaction', size: 1 } },
+  });
+  const open = async (user: string) => {
+    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password: `${user}-pw`, database: 'postgres' });
+    await c.connect();
+    t.teardown(() => c.end());
+    return c;
+  };
+  const [a, b] = [await open('a'), await open('b')];
+  const aWork = a.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, pg_sleep(0.3)');
+  await new Promise((r) => setTimeout(r, 100));
+  void cancelClient(proxy.port, a).catch(() => undefined); // held 3 s: past the 2 s wait
+  const aPid = (await aWork).rows[0]!.pid; // ends on its own before the cancel lands
+  const bWork = await b.query<{ pid: number; answer: number }>('SELECT pg_backend_pid() AS pid, pg_sleep(1.5), 42 AS answer').then(
+    (r) => r.rows[0]!,
+    (e: Error & { code?: string }) => ({ pid: 0, answer: e.code ?? e.message }),
+  );
+  t.equal(bWork.answer, 42, "b's statement ran to its end");
+  t.not(bWork.pid, aPid, 'on another server connection: the one the late cancel was aimed at was closed');
+});
