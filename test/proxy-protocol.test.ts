@@ -77,6 +77,11 @@ const untrusting = await startProxy(t, pgs, {
   users: [{ name: 'alice', password: 'alice-pw' }],
   extra: { proxy_protocol: { trusted: ['10.9.9.9/32'] }, hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }] },
 });
+// The balancer written in its IPv4-mapped form: peers are matched as IPv4, as in hba rules.
+const mapped = await startProxy(t, pgs, {
+  users: [{ name: 'alice', password: 'alice-pw' }],
+  extra: { proxy_protocol: { trusted: ['::ffff:127.0.0.1'] }, hba: [{ type: 'host', database: 'all', user: 'all', address: 'all', method: 'scram-sha-256' }] },
+});
 
 async function login(port: number): Promise<string> {
   const c = new pg.Client({ host: '127.0.0.1', port, user: 'alice', password: 'alice-pw', database: 'postgres' });
@@ -110,6 +115,13 @@ t.test('v1 and v2 (IPv4 and IPv6) headers from the trusted balancer name the cli
   }
   const other = await login(await headerBalancer(t, proxy.port, Buffer.from('PROXY TCP4 198.51.100.1 127.0.0.1 5555 6432\r\n')));
   t.match(other, /^28000: pg_hba\.conf rejects connection for host "198\.51\.100\.1"/, 'rules see the header address');
+});
+
+t.test('a trusted balancer written as an IPv4-mapped address is trusted', async (t) => {
+  t.equal(await login(await headerBalancer(t, mapped.port, Buffer.from('PROXY TCP4 203.0.113.9 127.0.0.1 5555 6432\r\n'))), 'ok');
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(mapped.audit.lines.filter((l) => l.event === 'session.start').at(-1)?.client_addr, '203.0.113.9', 'the header names the client');
+  t.match(await login(mapped.port), /^08P01: invalid PROXY protocol header/, 'and its header is required');
 });
 
 t.test('a trusted peer that sends no header, or a truncated one, is refused', async (t) => {

@@ -4,15 +4,13 @@
 import type { HbaRuleConfig, HbaType } from '../config/types.js';
 import {
   type AddressMatcher,
-  type CidrMatcher,
   type DatabaseMatcher,
   type HbaMethod,
   type HbaRule,
   type IpAddress,
   type UserMatcher,
-  cidrMatcher,
+  clientNetwork,
   isHbaMethod,
-  isV4Mapped,
   maskToPrefix,
   maxPrefix,
   parseIpAddress,
@@ -251,17 +249,7 @@ function parseAddressHead(tok: HbaToken): Parsed<AddressHead> {
     else prefix = prefix * 10 + (c - 48);
   }
   if (!valid || prefix > maxPrefix(ip.family)) return fail(`invalid CIDR mask in address "${text}"`);
-  return ok({ kind: 'matcher', matcher: ruleNetwork(ip, prefix) });
-}
-
-/**
- * The rule's network. An IPv4-mapped IPv6 network of /96 or longer (`::ffff:10.0.0.0/104`) becomes
- * its IPv4 form (`10.0.0.0/8`): clients on dual-stack listeners are matched as IPv4 (see
- * HbaConnection.address), so the mapped form would never match anyone.
- */
-function ruleNetwork(ip: IpAddress, prefix: number): CidrMatcher {
-  if (isV4Mapped(ip) && prefix >= 96) return cidrMatcher({ family: 4, words: [ip.words[3]!] }, prefix - 96);
-  return cidrMatcher(ip, prefix);
+  return ok({ kind: 'matcher', matcher: clientNetwork(ip, prefix) });
 }
 
 function applyMask(ip: IpAddress, addressText: string, maskTok: HbaToken): Parsed<AddressMatcher> {
@@ -276,7 +264,7 @@ function applyMask(ip: IpAddress, addressText: string, maskTok: HbaToken): Parse
   if (mask.family !== ip.family) return fail('IP address and mask do not match');
   const prefix = maskToPrefix(mask.words);
   if (prefix === null) return fail(`invalid IP mask "${m}": not a contiguous netmask`);
-  return ok(ruleNetwork(ip, prefix));
+  return ok(clientNetwork(ip, prefix));
 }
 
 function parseMethod(field: HbaField, type: HbaType): Parsed<HbaMethod> {
@@ -438,7 +426,7 @@ function configAddress(value: unknown): Parsed<AddressMatcher> {
     if (maskField !== undefined) return fail(`unexpected netmask after "${addrTok.value.text}"`);
     return ok(head.value.matcher);
   }
-  if (maskField === undefined) return ok(ruleNetwork(head.value.ip, maxPrefix(head.value.ip.family)));
+  if (maskField === undefined) return ok(clientNetwork(head.value.ip, maxPrefix(head.value.ip.family)));
   const maskTok = single(maskField, 'netmask');
   if (!maskTok.ok) return maskTok;
   return applyMask(head.value.ip, addrTok.value.text, maskTok.value);

@@ -330,6 +330,17 @@ export function cidrMatcher(addr: IpAddress, prefix: number): CidrMatcher {
   return { kind: 'cidr', family: addr.family, prefix, network, mask, text };
 }
 
+/**
+ * The network that clients are matched against (hba rules, proxy_protocol.trusted). An
+ * IPv4-mapped IPv6 network of /96 or longer (`::ffff:10.0.0.0/104`) becomes its IPv4 form
+ * (`10.0.0.0/8`): clients on dual-stack listeners are matched as IPv4 (parseClientAddress),
+ * so the mapped form would never match anyone.
+ */
+export function clientNetwork(ip: IpAddress, prefix: number): CidrMatcher {
+  if (isV4Mapped(ip) && prefix >= 96) return cidrMatcher({ family: 4, words: [ip.words[3]!] }, prefix - 96);
+  return cidrMatcher(ip, prefix);
+}
+
 export function cidrContains(m: CidrMatcher, a: IpAddress): boolean {
   if (m.family !== a.family) return false;
   const net = m.network;

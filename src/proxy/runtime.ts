@@ -7,7 +7,7 @@ import type { Config, UserConfig } from '../config/types.js';
 import { parseScramSecret, type MockScram, type ScramSecret } from '../auth/scram.js';
 import { mockScram } from '../auth/mock.js';
 import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
-import { cidrContains, cidrMatcher, maxPrefix, parseClientAddress, parseIpAddress, type CidrMatcher, type HbaRule } from '../hba/rules.js';
+import { cidrContains, clientNetwork, maxPrefix, parseClientAddress, parseIpAddress, type CidrMatcher, type HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
 import { PolicyClassifier } from '../policy/classify.js';
@@ -55,12 +55,12 @@ function buildGeneration(config: Config): Generation {
   return { config, users, hba: loadRules(config), policy: new PolicyClassifier(config.pinning.variables, { serverRoles: config.server_roles.map((r) => r.name) }), tls, trustedProxies, upstreamTransport, mock };
 }
 
-/** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. */
+/** `10.0.0.0/8` or a plain address (a /32 or /128); validated by the config loader. IPv4-mapped entries match IPv4 peers, as in hba rules. */
 function toCidr(entry: string): CidrMatcher {
   const [ip, bits] = entry.split('/');
   const addr = parseIpAddress(ip!);
   if (addr === null) throw new Error(`proxy_protocol.trusted: invalid address ${entry}`);
-  return cidrMatcher(addr, bits === undefined ? maxPrefix(addr.family) : Number(bits));
+  return clientNetwork(addr, bits === undefined ? maxPrefix(addr.family) : Number(bits));
 }
 
 export class Runtime {
