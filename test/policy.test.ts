@@ -100,8 +100,9 @@ const refused: Refused[] = [
   ["UPDATE pg_catalog.pg_settings SET setting = 'b'"],
   ["WITH u AS (UPDATE pg_settings SET setting = 'b' WHERE name = 'app.tenant_id' RETURNING 1) SELECT * FROM u"],
   // built-ins that run SQL given as text: what the text holds cannot be told (a reviewer's bypass)
-  ["SELECT query_to_xml('SELECT set_config(''app.tenant_id'', ''b'', false)', true, false, '')", undefined, 'query_to_xml(), which runs SQL given as text'],
-  ["SELECT query_to_xml('SELECT s' || 'et_config(''app.tenant_id'', ''b'', false)', true, false, '')"],
+  // (a constant text is inspected first, and its own refusal named)
+  ["SELECT query_to_xml('SELECT set_config(''app.tenant_id'', ''b'', false)', true, false, '')", undefined, 'the SQL query_to_xml() runs: set_config()'],
+  ["SELECT query_to_xml('SELECT s' || 'et_config(''app.tenant_id'', ''b'', false)', true, false, '')", undefined, 'query_to_xml(), which runs SQL given as text'],
   ["SELECT pg_catalog.query_to_xml_and_xmlschema('SELECT 1', true, false, '')"],
   ["SELECT query_to_xmlschema($1, true, false, '')"],
   ["SELECT * FROM ts_stat('SELECT to_tsvector(set_config(''app.tenant_id'', ''b'', false))')", undefined, 'ts_stat()'],
@@ -450,12 +451,28 @@ t.test('role and database defaults, server roles and signals to server processes
       ['ALTER DATABASE postgres CONNECTION LIMIT 0', /alter database/],
       ['ALTER DATABASE postgres RENAME TO gone', /alter database/],
       ['ALTER DATABASE postgres OWNER TO someone', /alter database/],
+      // A reviewer's finding: without pins, SQL run from text and procedural code reached the
+      // signals unseen. Text given as a constant is inspected; procedural code by its text.
+      ["SELECT query_to_xml('SELECT pg_terminate_backend(pid) FROM pg_stat_activity', true, false, '')", /signal server processes/],
+      ["SELECT query_to_xml(query => 'SELECT pg_cancel_backend(1)', nulls => true, tableforest => false, targetns => '')", /signal server processes/],
+      ["SELECT * FROM ts_stat('SELECT to_tsvector(pg_terminate_backend(1)::text)')", /signal server processes/],
+      ["SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, pg_cancel_backend(1)::text::tsquery')", /signal server processes/],
+      ["DO $$BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity; END$$", /signal server processes/],
+      ["CREATE FUNCTION kill_all() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM \"pg_cancel_backend\"(1); END$$", /signal server processes/],
+      ["CREATE FUNCTION kill_all() RETURNS bool LANGUAGE sql AS 'SELECT pg_terminate_backend(1)'", /signal server processes/],
     ];
     for (const [sql, message] of cases) t.match(classifier.classify(sql).refuse?.message ?? 'allowed', message, sql);
     for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public", 'SELECT pg_terminate_backend(pg_catalog.pg_backend_pid())']) {
       t.equal(classifier.classify(sql).refuse, null, `allowed: ${sql}`);
     }
   }
+  // Without pins, SQL runners stay allowed, and what their constant text leaves is seen.
+  const none = new PolicyClassifier([]);
+  for (const sql of ["SELECT query_to_xml('SELECT 1', true, false, '')", "SELECT * FROM ts_stat('SELECT to_tsvector(''a'')')", "SELECT ts_rewrite('a'::tsquery, 'a'::tsquery, 'b'::tsquery)", "SELECT query_to_xml($1, true, false, '')"]) {
+    t.same(none.classify(sql), { refuse: null, sticky: null }, `allowed: ${sql}`);
+  }
+  t.equal(none.classify("SELECT query_to_xml('SELECT set_config(''work_mem'', ''64'', false)', true, false, '')").sticky, 'set_config', 'a session set_config in the text makes the session sticky');
+  t.equal(none.classify("SELECT query_to_xml('SELECT 1; SET search_path = pg_temp', true, false, '')").refuse, null);
 });
 
 t.test('procedural code is refused while variables are pinned, whatever it mentions; sticky without', async (t) => {

@@ -28,6 +28,8 @@ const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmls
 /** prepared.ts names every statement it prepares on a server connection this way. */
 const PROXY_STATEMENT_PREFIX = 'pgbastion_';
 const OTHERS_STATEMENTS = /pgbastion_/i;
+/** The signal functions funcCall refuses, named in procedural code (text only). */
+const SIGNALS_TEXT = /pg_(?:terminate|cancel)_backend/i;
 
 /** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
 const SESSION_LOCKS: ReadonlySet<string> = new Set([
@@ -370,15 +372,21 @@ class Walk {
 
   /**
    * A built-in that runs SQL it is given as text (query_to_xml('SELECT set_config(…)', …)):
-   * the text is data here, whatever it holds, and can be assembled at run time. Refused
-   * while variables are pinned, as an opaque set_config is.
+   * the text is data here, and can be assembled at run time, so while variables are pinned
+   * it is refused, as an opaque set_config is. A text given as a string constant is first
+   * inspected as the statements it is (so a signal to another client's backend is refused
+   * with or without pins, naming that reason); one assembled at run time, without pins, is
+   * the limit README names.
    */
   private sqlRunner(name: string, o: Obj): void {
-    const first = this.pins.first;
-    if (first === null) return;
+    const args = Array.isArray(o.args) ? (o.args as unknown[]) : [];
     // ts_rewrite(query, target, substitute) runs nothing; ts_rewrite(query, select) does.
-    if (name === 'ts_rewrite' && (!Array.isArray(o.args) || o.args.length !== 2)) return;
-    this.refuseWith(first, pinnedDetail(`${name}(), which runs SQL given as text,`, first, 'could change'));
+    if (name === 'ts_rewrite' && args.length !== 2) return;
+    const [index, param] = name === 'ts_rewrite' ? [1, 'select'] : name === 'ts_stat' ? [0, 'sqlquery'] : [0, 'query'];
+    const text = stringConst(argument(args, index, param));
+    if (text !== null) this.sqlText(text, `the SQL ${name}() runs`, `${name}()`, true);
+    const first = this.pins.first;
+    if (first !== null) this.refuseWith(first, pinnedDetail(`${name}(), which runs SQL given as text,`, first, 'could change'));
   }
 
   /** An identifier or name-list element: set_config named outside a call, or a pg_temp schema. */
@@ -415,7 +423,7 @@ class Walk {
    */
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
-    if (this.othersStatements(body, 'a DO block')) return;
+    if (this.othersStatements(body, 'a DO block') || this.signalsInText(body, 'a DO block')) return;
     if (SETS_ENCODING.test(body)) return this.refuseEncoding();
     if (this.refuseProcedural('a DO block')) return;
     this.stick('DO');
@@ -446,7 +454,7 @@ class Walk {
     const language = (defElemStrings(o.options, 'language')[0] ?? 'sql').toLowerCase();
     const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
     if (language === 'sql') return this.sqlBody(body[0]!, what);
-    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
+    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`) || this.signalsInText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
     this.refuseProcedural(`${what} (LANGUAGE ${language})`);
   }
@@ -460,6 +468,19 @@ class Walk {
    * in the statement's text would make that client sticky.
    */
   private sqlBody(text: string, what: string): void {
+    this.sqlText(text, `${what} body`, what, false);
+  }
+
+  /**
+   * SQL that PostgreSQL parses from `text` (a function body at each call, a SQL runner's
+   * query now), under the standard_conforming_strings then in force: both readings are
+   * inspected. One that does not parse is procedural code as far as this module can tell.
+   * A refusal inside is this statement's. State the text leaves (a session SET, a
+   * temporary table, …) makes this session sticky when it `runsNow`; a body that leaves
+   * some is refused while variables are pinned, since at its call, later, nothing in the
+   * calling statement's text would make that client sticky.
+   */
+  private sqlText(text: string, where: string, what: string, runsNow: boolean): void {
     const other = nonStandardStringsReading(text);
     for (const reading of other === null ? [text] : [text, other]) {
       const stmts = this.env.parse(reading);
@@ -469,15 +490,29 @@ class Walk {
       }
       const inner = inspect(stmts, this.env, false);
       if (inner.refuse !== null) {
-        this.refuse ??= Object.freeze({ ...inner.refuse, detail: `${what} body: ${inner.refuse.detail}` });
+        this.refuse ??= Object.freeze({ ...inner.refuse, detail: `${where}: ${inner.refuse.detail}` });
         return;
+      }
+      if (inner.sticky === null) continue;
+      if (runsNow) {
+        this.stick(inner.sticky);
+        continue;
       }
       const first = this.pins.first;
-      if (inner.sticky !== null && first !== null) {
-        this.refuseWith(first, pinnedDetail(`${what} whose body leaves session state (${inner.sticky})`, first, 'could change', ' (at its call nothing would keep that state from the next client)'));
-        return;
-      }
+      if (first === null) continue;
+      this.refuseWith(first, pinnedDetail(`${what} whose body leaves session state (${inner.sticky})`, first, 'could change', ' (at its call nothing would keep that state from the next client)'));
+      return;
     }
+  }
+
+  /**
+   * Procedural code that names a signal function: with pins it is refused anyway, without
+   * them this is the only check it gets (text only: a name assembled at run time passes).
+   */
+  private signalsInText(body: string, what: string): boolean {
+    if (!SIGNALS_TEXT.test(body)) return false;
+    this.refuse ??= statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names pg_terminate_backend or pg_cancel_backend, which would hit the server connections other clients use, and cannot be analysed.`);
+    return true;
   }
 
   /** Procedural code that names pgbastion's statements (text only: it cannot be analysed). */
