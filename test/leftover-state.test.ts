@@ -144,3 +144,22 @@ t.test('a SET bound in one batch of a transaction block and executed in the next
   const a = await tenantClient(t, proxy.port, 'a');
   t.same((await a.query('SHOW statement_timeout')).rows, [{ statement_timeout: '0' }], "a does not run with b's statement_timeout");
 });
+
+t.test('stored code that would leave session state for later sessions is refused while pinned (round 8)', async (t) => {
+  // A reviewer's round-8 findings: a view over set_config('search_path', 'pg_temp, public',
+  // false), a column default setting default_transaction_read_only, or a function whose SET
+  // clause names pg_temp, made only their creator sticky; used from a later, ordinary session
+  // they changed the shared server connection, and the next tenant's rows went into a
+  // temporary table its neighbour read (or its INSERTs failed read-only).
+  const b = await tenantClient(t, proxy.port, 'b');
+  for (const sql of [
+    "CREATE VIEW public.sp AS SELECT set_config('search_path', 'pg_temp, public', false) AS x",
+    "CREATE TABLE public.own (x text DEFAULT set_config('default_transaction_read_only', 'on', false))",
+    "CREATE FUNCTION public.mk() RETURNS void LANGUAGE sql SET search_path = pg_temp AS $$ CREATE TABLE notes (tenant text DEFAULT 'b', body text) $$",
+  ]) {
+    await t.rejects(b.query(sql), { code: '42501' }, sql);
+  }
+  const made = await pgs.query("SELECT count(*)::int AS n FROM pg_class WHERE relname IN ('sp', 'own') UNION ALL SELECT count(*)::int FROM pg_proc WHERE proname = 'mk'");
+  t.same(made.rows, [{ n: 0 }, { n: 0 }], 'nothing was created');
+  t.same((await b.query('SHOW search_path')).rows, [{ search_path: '"$user", public' }], "b's connection is as it was");
+});

@@ -565,3 +565,68 @@ t.test('attribute notation: rel.fn is a call of fn (round 7)', async (t) => {
   t.equal(policy.classify('CREATE CAST (q AS text) WITH FUNCTION q_text(q)').refuse, null, 'an explicit cast shows where it is used');
   t.equal(new PolicyClassifier([]).classify('CREATE CAST (q AS text) WITH FUNCTION q_text(q) AS IMPLICIT').refuse, null, 'without pins: allowed');
 });
+
+t.test('stored code that leaves session state is refused while pinned; sticky without (round 8)', async (t) => {
+  // A reviewer's finding: a view calling set_config('search_path', 'pg_temp, public', false),
+  // selected from a later, non-sticky session, made the next tenant's rows land in a
+  // temporary table. Defaults, checks, policies, rules, domains, trigger conditions and
+  // indexes run their expressions in whatever session uses the object, as views do.
+  const stored = [
+    "CREATE VIEW public.sp AS SELECT set_config('search_path', 'pg_temp, public', false) AS x",
+    'CREATE VIEW lk AS SELECT pg_advisory_lock(4242)::text',
+    'CREATE VIEW sd AS SELECT setseed(0.42)',
+    "CREATE MATERIALIZED VIEW mv AS SELECT set_config('work_mem', '64', false)",
+    "CREATE TABLE own (x text DEFAULT set_config('default_transaction_read_only', 'on', false))",
+    "CREATE TABLE g (x text GENERATED ALWAYS AS (set_config('work_mem', '64', false)) STORED)",
+    "CREATE TABLE c (x int CHECK (pg_try_advisory_lock(x)))",
+    "ALTER TABLE own ALTER COLUMN x SET DEFAULT set_config('work_mem', '64', false)",
+    "ALTER TABLE own ADD CONSTRAINT k CHECK (setseed(0.5) IS NOT NULL)",
+    "CREATE POLICY p ON own USING (pg_advisory_lock(1) IS NOT NULL)",
+    "ALTER POLICY p ON own USING (set_config('work_mem', '64', false) IS NOT NULL)",
+    "CREATE RULE r AS ON INSERT TO own DO ALSO SELECT set_config('work_mem', '64', false)",
+    "CREATE DOMAIN d AS text DEFAULT set_config('work_mem', '64', false)",
+    "CREATE DOMAIN d2 AS int CHECK (pg_advisory_lock(VALUE) IS NOT NULL)",
+    "ALTER DOMAIN d ADD CONSTRAINT k CHECK (setseed(0.1) IS NOT NULL)",
+    "CREATE TRIGGER t BEFORE INSERT ON own FOR EACH ROW WHEN (pg_try_advisory_lock(1)) EXECUTE FUNCTION f()",
+    "CREATE INDEX i ON own ((set_config('work_mem', x, false)))",
+    "CREATE FUNCTION fd(a text DEFAULT set_config('work_mem', '64', false)) RETURNS text LANGUAGE sql AS 'SELECT a'",
+    "CREATE FUNCTION fa() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('work_mem', '64', false); END",
+    'CREATE VIEW av AS SELECT q.pg_advisory_lock FROM q',
+  ];
+  const none = new PolicyClassifier([]);
+  for (const sql of stored) {
+    t.match(policy.classify(sql).refuse?.detail ?? 'allowed', /stored code .* leaves session state/, `pinned: ${sql}`);
+    t.not(none.classify(sql).sticky, null, `without pins, sticky: ${sql}`);
+  }
+  // Stored code that leaves nothing, and the same calls run now, are what they were.
+  for (const sql of [
+    "CREATE VIEW ok AS SELECT set_config('work_mem', '64', true), pg_advisory_xact_lock(1), now()",
+    "CREATE TABLE ok2 (x timestamptz DEFAULT now(), y text DEFAULT current_setting('app.tenant_id', true) CHECK (y <> ''))",
+    "CREATE POLICY ok3 ON own USING (x = current_setting('app.tenant_id', true))",
+    "CREATE TEMP VIEW tv AS SELECT 1",
+  ]) {
+    t.equal(policy.classify(sql).refuse, null, `allowed: ${sql}`);
+  }
+  t.equal(policy.classify("SELECT set_config('work_mem', '64', false)").sticky, 'set_config', 'a call run now: sticky, as before');
+  t.equal(policy.classify('SELECT pg_advisory_lock(1)').sticky, 'advisory lock');
+  t.equal(policy.classify("INSERT INTO own SELECT setseed(0.5)::text").sticky, 'setseed');
+});
+
+t.test("a function's SET search_path naming pg_temp, or FROM CURRENT, is refused while pinned (round 8)", async (t) => {
+  // A reviewer's finding: CREATE FUNCTION mk() ... SET search_path = pg_temp AS $$CREATE TABLE
+  // notes ...$$ only made its creator sticky; called from a later session, it left a
+  // temporary notes table that captured the next tenant's rows.
+  for (const sql of [
+    "CREATE FUNCTION public.mk() RETURNS void LANGUAGE sql SET search_path = pg_temp AS $$ CREATE TABLE notes (tenant text DEFAULT 'a', body text) $$",
+    'ALTER FUNCTION public.mk() SET search_path = pg_temp, public',
+    'ALTER PROCEDURE public.pr() SET search_path TO "pg_temp"',
+    "CREATE FUNCTION mk2() RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$ SELECT 1 $$",
+    'ALTER FUNCTION mk2() SET search_path FROM CURRENT',
+  ]) {
+    t.match(policy.classify(sql).refuse?.detail ?? 'allowed', /a function's SET search_path/, sql);
+  }
+  for (const sql of ["CREATE FUNCTION ok() RETURNS int LANGUAGE sql SET search_path = public, pg_catalog AS 'SELECT 1'", 'ALTER FUNCTION ok() SET work_mem FROM CURRENT']) {
+    t.equal(policy.classify(sql).refuse, null, `allowed: ${sql}`);
+  }
+  t.equal(new PolicyClassifier([]).classify('ALTER FUNCTION public.mk() SET search_path = pg_temp').sticky, 'search_path with pg_temp', 'without pins: sticky, as before');
+});

@@ -68,7 +68,20 @@ interface Frame {
   readonly owner: string;
   /** True only for a statement as the client wrote it, not one nested in another. */
   readonly top: boolean;
+  /** Inside a statement that stores expressions PostgreSQL evaluates later (STORES). */
+  readonly stored: boolean;
 }
+
+/**
+ * Statements that store expressions PostgreSQL evaluates later, in whatever session uses the
+ * object: a view's or rule's query, column defaults, checks and generated columns, policies,
+ * domain constraints, index expressions, trigger conditions, statistics, a function's
+ * argument defaults and BEGIN ATOMIC body, a materialized view's query (at each REFRESH).
+ */
+const STORES: ReadonlySet<string> = new Set([
+  'ViewStmt', 'RuleStmt', 'CreatePolicyStmt', 'AlterPolicyStmt', 'CreateStmt', 'CreateForeignTableStmt', 'AlterTableStmt',
+  'CreateDomainStmt', 'AlterDomainStmt', 'CreateTrigStmt', 'IndexStmt', 'CreateStatsStmt', 'CreateFunctionStmt',
+]);
 
 /**
  * The verdict for parsed statements. `nested` is set for a function body: there, only
@@ -87,6 +100,8 @@ class Walk {
   refuse: Refusal | null = null;
   sticky: string | null = null;
   private readonly pins: PinnedNames;
+  /** The frame of the node being visited (for stickCall). */
+  private frame: Frame | null = null;
 
   constructor(
     private readonly env: WalkEnv,
@@ -97,12 +112,12 @@ class Walk {
 
   /** Iterative on purpose: a long `a + b + ...` chain nests deeper than the JS call stack. */
   run(stmt: unknown): void {
-    const stack: Frame[] = [{ node: stmt, type: null, owner: '', top: true }];
+    const stack: Frame[] = [{ node: stmt, type: null, owner: '', top: true, stored: false }];
     while (stack.length > 0 && this.refuse === null) {
       const f = stack.pop()!;
       const node = f.node;
       if (Array.isArray(node)) {
-        for (let i = node.length - 1; i >= 0; i--) stack.push({ node: node[i], type: null, owner: f.owner, top: false });
+        for (let i = node.length - 1; i >= 0; i--) stack.push({ node: node[i], type: null, owner: f.owner, top: false, stored: f.stored });
         continue;
       }
       if (typeof node !== 'object' || node === null) continue;
@@ -111,16 +126,19 @@ class Walk {
       if (f.type === null && keys.length === 1 && /^[A-Z]/.test(keys[0]!)) {
         const type = keys[0]!;
         const owner = type.endsWith('Stmt') && type !== 'VariableSetStmt' ? type : f.owner;
-        stack.push({ node: o[type], type, owner, top: f.top });
+        const inner = o[type];
+        const stored = f.stored || STORES.has(type) || (type === 'CreateTableAsStmt' && (inner as Obj | null)?.objtype === 'OBJECT_MATVIEW');
+        stack.push({ node: inner, type, owner, top: f.top, stored });
         continue;
       }
       const type = f.type ?? bareType(o);
+      this.frame = f;
       const skip = type === null ? null : this.visit(type, o, f);
       for (let i = keys.length - 1; i >= 0; i--) {
         const k = keys[i]!;
         const v = o[k];
         if (k === skip || typeof v !== 'object' || v === null) continue;
-        stack.push({ node: v, type: null, owner: f.owner, top: false });
+        stack.push({ node: v, type: null, owner: f.owner, top: false, stored: f.stored });
       }
     }
   }
@@ -166,6 +184,21 @@ class Walk {
 
   private stick(reason: string): void {
     if (!this.nested) this.sticky ??= reason;
+  }
+
+  /**
+   * Session state a call leaves (set_config, an advisory lock, setseed, …). In stored code
+   * (STORES) it is left later, by whichever session evaluates the object, where no statement
+   * text shows it: while variables are pinned that is refused, as a SQL function body that
+   * leaves state is; without pins the creating session is sticky, as for the call itself.
+   */
+  private stickCall(reason: string): void {
+    const first = this.pins.first;
+    if (first !== null && this.frame?.stored === true) {
+      this.refuseWith(first, pinnedDetail(`stored code (a view, rule, default, check, policy, index, trigger condition, …) that leaves session state (${reason})`, first, 'could change', ' (it runs later, in sessions nothing would make sticky)'));
+      return;
+    }
+    this.stick(reason);
   }
 
   /** Applies the rule for one node; returns a field the walk must not descend into. */
@@ -284,6 +317,15 @@ class Walk {
     const lower = name.toLowerCase();
     // Wherever it is set (SET LOCAL, a function's SET clause, ALTER ROLE): see client-encoding.ts.
     if (lower === 'client_encoding' && setValues(o).some(hidesAscii)) return this.refuseEncoding();
+    // A function's SET clause is in force at each of its calls, later, in sessions nothing
+    // makes sticky: a path with pg_temp there (or FROM CURRENT, which could be one) turns
+    // the body's unqualified CREATEs into temporary objects that outlive the call.
+    const clause = f.owner === 'CreateFunctionStmt' || f.owner === 'AlterFunctionStmt';
+    const first = this.pins.first;
+    if (lower === 'search_path' && clause && first !== null && (kind === 'VAR_SET_CURRENT' || setValues(o).some(searchPathHasTemp))) {
+      this.refuseWith(first, pinnedDetail(`a function's SET search_path ${kind === 'VAR_SET_CURRENT' ? 'FROM CURRENT' : 'naming pg_temp'}`, first, 'could change', ' (at its calls the objects it creates unqualified are temporary, left on a shared server connection)'));
+      return;
+    }
     // Also SET LOCAL, or a function's SET clause: unqualified CREATEs in its reach are temporary.
     if (lower === 'search_path' && setValues(o).some(searchPathHasTemp)) this.stick(TEMP_PATH);
     // Only a statement the client sent changes its session; SET LOCAL and SET TRANSACTION end with the transaction.
@@ -308,9 +350,9 @@ class Walk {
     } else if (SET_CONFIG_NAMES.has(name) || SQL_RUNNERS.has(name)) {
       const first = this.pins.first;
       if (first !== null) this.refuseWith(first, pinnedDetail(`${name}() in attribute notation (rel.${name})`, first, 'could change'));
-      else if (SET_CONFIG_NAMES.has(name)) this.stick('set_config');
-    } else if (SESSION_LOCKS.has(name)) this.stick('advisory lock');
-    else if (name === 'setseed') this.stick('setseed');
+      else if (SET_CONFIG_NAMES.has(name)) this.stickCall('set_config');
+    } else if (SESSION_LOCKS.has(name)) this.stickCall('advisory lock');
+    else if (name === 'setseed') this.stickCall('setseed');
   }
 
   /** SQL PREPARE, EXECUTE or DEALLOCATE of a name: not one of the statements pgbastion made for other clients. */
@@ -333,11 +375,11 @@ class Walk {
       return;
     }
     if (name === 'setseed') {
-      this.stick('setseed'); // the session's random() sequence, as SET seed
+      this.stickCall('setseed'); // the session's random() sequence, as SET seed
       return;
     }
     if (SESSION_LOCKS.has(name)) {
-      this.stick('advisory lock');
+      this.stickCall('advisory lock');
       return;
     }
     if (SQL_RUNNERS.has(name)) return this.sqlRunner(name, o);
@@ -351,7 +393,7 @@ class Walk {
         this.refuseWith(first, pinnedDetail('set_config() with a name that is not a string constant', first, 'could change'));
         return;
       }
-      this.stick('set_config');
+      this.stickCall('set_config');
       return;
     }
     const pinned = this.pins.match(constant);
@@ -365,9 +407,9 @@ class Walk {
     }
     if (constant.toLowerCase() === 'search_path') {
       const value = stringConst(argument(args, 1, 'new_value'));
-      if (value === null || searchPathHasTemp(value)) this.stick(TEMP_PATH);
+      if (value === null || searchPathHasTemp(value)) this.stickCall(TEMP_PATH);
     }
-    if (!isTrue(argument(args, 2, 'is_local'))) this.stick('set_config');
+    if (!isTrue(argument(args, 2, 'is_local'))) this.stickCall('set_config');
   }
 
   /**
@@ -495,7 +537,7 @@ class Walk {
       }
       if (inner.sticky === null) continue;
       if (runsNow) {
-        this.stick(inner.sticky);
+        this.stickCall(inner.sticky);
         continue;
       }
       const first = this.pins.first;
