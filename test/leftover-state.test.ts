@@ -163,3 +163,21 @@ t.test('stored code that would leave session state for later sessions is refused
   t.same(made.rows, [{ n: 0 }, { n: 0 }], 'nothing was created');
   t.same((await b.query('SHOW search_path')).rows, [{ search_path: '"$user", public' }], "b's connection is as it was");
 });
+
+t.test('a seeded random() is not handed on: the connection is closed, not reset (round 8)', async (t) => {
+  // A reviewer's round-8 finding: setseed() made the session sticky, but DISCARD ALL never
+  // reseeds random(), so the next client on the reset connection drew the seeded sequence.
+  const expected = (await pgs.query<{ r: number }>('SELECT setseed(0.42), random() AS r')).rows[0]!.r;
+  for (const seed of ['SELECT setseed(0.42)', 'SET seed = 0.42', 'BEGIN; SET LOCAL seed = 0.42; COMMIT', 'DO $$BEGIN PERFORM setseed(0.42); END$$']) {
+    const b = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres' });
+    await b.connect();
+    const pid = (await b.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid;
+    await b.query(seed).catch(() => undefined); // (DO is refused while pinned: nothing is seeded then)
+    await b.end();
+    const a = await tenantClient(t, proxy.port, 'a');
+    const next = (await a.query<{ pid: number; r: number }>('SELECT pg_backend_pid() AS pid, random() AS r')).rows[0]!;
+    t.not(next.r, expected, `${seed}: a does not draw b's seeded sequence`);
+    if (!seed.startsWith('DO')) t.not(next.pid, pid, `${seed}: a is on a new server connection`);
+    await a.end();
+  }
+});

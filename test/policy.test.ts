@@ -526,6 +526,10 @@ t.test('SQL function bodies: both readings, no session state, no view over pg_se
 t.test('setseed() is sticky, as SET seed: the next client would draw the same random() sequence', async (t) => {
   t.same(policy.classify('SELECT setseed(0.5)'), { refuse: null, sticky: 'setseed' });
   t.same(new PolicyClassifier([]).classify('SELECT random(), setseed(0.1)').sticky, 'setseed');
+  // SET seed reseeds as setseed does, even LOCAL (a transaction's end does not reseed back).
+  for (const sql of ['SET seed = 0.5', 'SET LOCAL seed TO 0.5', "SELECT set_config('seed', '0.5', true)", 'BEGIN; SET LOCAL "seed" = 0.1; COMMIT']) {
+    t.same(policy.classify(sql), { refuse: null, sticky: 'setseed' }, sql);
+  }
 });
 
 t.test('an operator, aggregate or cast over a function judged at its calls gets the same verdict (round 6)', async (t) => {

@@ -51,3 +51,10 @@ export function merge(a: PolicyVerdict, b: PolicyVerdict): PolicyVerdict {
   if (b.refuse !== null) return b;
   return a.sticky !== null ? a : b;
 }
+
+/**
+ * Sticky reasons whose state DISCARD ALL does not undo: a seeded random() (nothing reseeds it
+ * back), a loaded library, and a DO block (which may have done either). A server connection
+ * that ran one is closed when its client leaves, not reset for the next.
+ */
+export const OUTLIVES_RESET: ReadonlySet<string> = new Set(['setseed', 'LOAD', 'DO']);

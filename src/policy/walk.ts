@@ -31,6 +31,9 @@ const OTHERS_STATEMENTS = /pgbastion_/i;
 /** The signal functions funcCall refuses, named in procedural code (text only). */
 const SIGNALS_TEXT = /pg_(?:terminate|cancel)_backend/i;
 
+/** The sticky reason for a seeded random(), one of verdict.ts's OUTLIVES_RESET. */
+const SEEDED = 'setseed';
+
 /** Session-level advisory locks; the _xact_ variants end with the transaction and are fine. */
 const SESSION_LOCKS: ReadonlySet<string> = new Set([
   'pg_advisory_lock',
@@ -328,6 +331,9 @@ class Walk {
     }
     // Also SET LOCAL, or a function's SET clause: unqualified CREATEs in its reach are temporary.
     if (lower === 'search_path' && setValues(o).some(searchPathHasTemp)) this.stick(TEMP_PATH);
+    // The seed reseeds random() at once, and no RESET or DISCARD ALL reseeds it back: even a
+    // SET LOCAL, or one in a function's SET clause, leaves the sequence to the next client.
+    if (lower === 'seed') return this.stickCall(SEEDED);
     // Only a statement the client sent changes its session; SET LOCAL and SET TRANSACTION end with the transaction.
     if (!f.top || local) return;
     if (kind === 'VAR_SET_MULTI' && lower.startsWith('transaction')) return;
@@ -352,7 +358,7 @@ class Walk {
       if (first !== null) this.refuseWith(first, pinnedDetail(`${name}() in attribute notation (rel.${name})`, first, 'could change'));
       else if (SET_CONFIG_NAMES.has(name)) this.stickCall('set_config');
     } else if (SESSION_LOCKS.has(name)) this.stickCall('advisory lock');
-    else if (name === 'setseed') this.stickCall('setseed');
+    else if (name === 'setseed') this.stickCall(SEEDED);
   }
 
   /** SQL PREPARE, EXECUTE or DEALLOCATE of a name: not one of the statements pgbastion made for other clients. */
@@ -375,7 +381,7 @@ class Walk {
       return;
     }
     if (name === 'setseed') {
-      this.stickCall('setseed'); // the session's random() sequence, as SET seed
+      this.stickCall(SEEDED); // the session's random() sequence, as SET seed
       return;
     }
     if (SESSION_LOCKS.has(name)) {
@@ -405,6 +411,7 @@ class Walk {
       const value = stringConst(argument(args, 1, 'new_value'));
       if (value === null || hidesAscii(value)) return this.refuseEncoding();
     }
+    if (constant.toLowerCase() === 'seed') return this.stickCall(SEEDED);
     if (constant.toLowerCase() === 'search_path') {
       const value = stringConst(argument(args, 1, 'new_value'));
       if (value === null || searchPathHasTemp(value)) this.stickCall(TEMP_PATH);

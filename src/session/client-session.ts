@@ -30,6 +30,7 @@ import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
 import { isUtf8Name } from '../policy/client-encoding.js';
+import { OUTLIVES_RESET } from '../policy/verdict.js';
 import type { Cancellable, CancelTarget } from './cancel.js';
 import { resolvePins } from './pins.js';
 import { trackedSet, type TrackedSet } from './tracked-set.js';
@@ -220,6 +221,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private setPortals: Map<string, TrackedSet> | null = null;
   /** The unnamed statement on the current server connection is this client's. */
   private unnamedOnServer = false;
+  /**
+   * Why this session's server connection must be closed, not reset, when it leaves: it ran
+   * something whose state DISCARD ALL leaves behind (OUTLIVES_RESET), else null.
+   */
+  private outlivesReset: string | null = null;
   /** The SQL text of the message vet() last looked at. */
   private vettedSql = '';
   /** A lease request is in flight (transaction mode, between transactions). */
@@ -933,6 +939,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const sql = frame.toString('utf8', at, end);
     const verdict = this.rt.policy.classify(sql);
     this.vettedSql = sql;
+    // (Also in session mode, whose connections are reset for the next client too.)
+    if (verdict.sticky !== null && OUTLIVES_RESET.has(verdict.sticky)) this.outlivesReset = verdict.sticky;
     if (verdict.sticky !== null && this.transactionMode && this.sticky === null) {
       // A plain SET of a startup parameter is remembered with the client's settings instead.
       if (!(verdict.sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
@@ -1950,7 +1958,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const server = this.server;
     this.server = null;
     if (server && this.pool) {
-      const clean = server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && server.txStatus === 'I' && this.scanner.atBoundary;
+      const clean = server.state === 'active' && this.ledger.settled && !this.ledger.inDoubt && server.txStatus === 'I' && this.scanner.atBoundary && this.outlivesReset === null;
       // Transaction mode hands a clean, non-sticky connection on as is: the next lease
       // makes it hold its own client's settings. Anything else is reset or closed.
       const reset = clean && (!this.transactionMode || this.sticky !== null) ? RESET_SQL : null;
