@@ -460,6 +460,10 @@ t.test('role and database defaults, server roles and signals to server processes
       ["DO $$BEGIN PERFORM pg_terminate_backend(pid) FROM pg_stat_activity; END$$", /signal server processes/],
       ["CREATE FUNCTION kill_all() RETURNS void LANGUAGE plpgsql AS $$BEGIN PERFORM \"pg_cancel_backend\"(1); END$$", /signal server processes/],
       ["CREATE FUNCTION kill_all() RETURNS bool LANGUAGE sql AS 'SELECT pg_terminate_backend(1)'", /signal server processes/],
+      // (round 8) DO $$ EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ...' $$ locked every client of the role out.
+      ["DO $$BEGIN EXECUTE 'ALTER ROLE CURRENT_USER PASSWORD ''owned'''; END$$", /alter roles or databases/],
+      ["DO $$BEGIN EXECUTE 'alter\n  user current_user SET search_path = pg_temp'; END$$", /alter roles or databases/],
+      ["CREATE PROCEDURE p() LANGUAGE plpgsql AS $$BEGIN EXECUTE 'ALTER DATABASE postgres CONNECTION LIMIT 0'; END$$", /alter roles or databases/],
     ];
     for (const [sql, message] of cases) t.match(classifier.classify(sql).refuse?.message ?? 'allowed', message, sql);
     for (const sql of ["ALTER ROLE other_role PASSWORD 'x'", 'ALTER ROLE report_role NOLOGIN', 'SELECT pid FROM pg_stat_activity', "SET search_path = public", 'SELECT pg_terminate_backend(pg_catalog.pg_backend_pid())']) {
@@ -473,6 +477,7 @@ t.test('role and database defaults, server roles and signals to server processes
   }
   t.equal(none.classify("SELECT query_to_xml('SELECT set_config(''work_mem'', ''64'', false)', true, false, '')").sticky, 'set_config', 'a session set_config in the text makes the session sticky');
   t.equal(none.classify("SELECT query_to_xml('SELECT 1; SET search_path = pg_temp', true, false, '')").refuse, null);
+  t.equal(none.classify("DO $$BEGIN EXECUTE 'ALTER TABLE t ADD COLUMN role_alter int'; END$$").refuse, null, 'ALTER of anything else in a DO block: sticky, not refused');
 });
 
 t.test('procedural code is refused while variables are pinned, whatever it mentions; sticky without', async (t) => {

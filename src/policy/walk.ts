@@ -28,8 +28,11 @@ const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmls
 /** prepared.ts names every statement it prepares on a server connection this way. */
 const PROXY_STATEMENT_PREFIX = 'pgbastion_';
 const OTHERS_STATEMENTS = /pgbastion_/i;
-/** The signal functions funcCall refuses, named in procedural code (text only). */
-const SIGNALS_TEXT = /pg_(?:terminate|cancel)_backend/i;
+/**
+ * What is refused with or without pins (signals to other backends, ALTER ROLE|DATABASE),
+ * named in procedural code: a text rule only (see sharedInText).
+ */
+const SHARED_TEXT = /pg_(?:terminate|cancel)_backend|(?<![a-z0-9_$])alter\s+(?:role|user|group|database)(?![a-z0-9_$])/i;
 
 /** The sticky reason for a seeded random(), one of verdict.ts's OUTLIVES_RESET. */
 const SEEDED = 'setseed';
@@ -472,7 +475,7 @@ class Walk {
    */
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
-    if (this.othersStatements(body, 'a DO block') || this.signalsInText(body, 'a DO block')) return;
+    if (this.othersStatements(body, 'a DO block') || this.sharedInText(body, 'a DO block')) return;
     if (SETS_ENCODING.test(body)) return this.refuseEncoding();
     if (this.refuseProcedural('a DO block')) return;
     this.stick('DO');
@@ -503,7 +506,7 @@ class Walk {
     const language = (defElemStrings(o.options, 'language')[0] ?? 'sql').toLowerCase();
     const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
     if (language === 'sql') return this.sqlBody(body[0]!, what);
-    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`) || this.signalsInText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
+    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`) || this.sharedInText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
     this.refuseProcedural(`${what} (LANGUAGE ${language})`);
   }
@@ -555,12 +558,16 @@ class Walk {
   }
 
   /**
-   * Procedural code that names a signal function: with pins it is refused anyway, without
-   * them this is the only check it gets (text only: a name assembled at run time passes).
+   * Procedural code that names a signal function or ALTER ROLE|DATABASE: with pins it is
+   * refused anyway; without, this is the only check it gets, on its text (a name assembled
+   * at run time passes: README).
    */
-  private signalsInText(body: string, what: string): boolean {
-    if (!SIGNALS_TEXT.test(body)) return false;
-    this.refuse ??= statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names pg_terminate_backend or pg_cancel_backend, which would hit the server connections other clients use, and cannot be analysed.`);
+  private sharedInText(body: string, what: string): boolean {
+    const m = SHARED_TEXT.exec(body);
+    if (m === null) return false;
+    this.refuse ??= m[0].toLowerCase().startsWith('pg_')
+      ? statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names ${m[0]}, which would hit the server connections other clients use, and cannot be analysed.`)
+      : statementsRefusal('permission denied to alter roles or databases through pgbastion', `${what} names ${m[0].replace(/\s+/g, ' ').toUpperCase()}: every server connection pgbastion opens depends on them, for all its clients; it goes to PostgreSQL directly.`);
     return true;
   }
 
