@@ -86,6 +86,13 @@ t.test('redaction: continued strings, every quoting, DO blocks, function bodies,
     ["ALTER USER MAPPING FOR r SERVER s OPTIONS (SET password 'SECRETKKK')", 'ALTER USER MAPPING FOR r SERVER s OPTIONS (SET password <REDACTED>)'],
     ["CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD 'SECRETLLL')", 'CREATE FOREIGN TABLE ft (a int) SERVER s OPTIONS (odbc_PWD <REDACTED>)'],
     ["ALTER SYSTEM SET primary_conninfo = 'host=h password=SECRETMMM'", 'ALTER SYSTEM SET primary_conninfo = <REDACTED>'],
+    // (round 8) A "quoted identifier" is a value in SET clauses, and comments are free text:
+    // those that name a secret go; others stay.
+    ['CREATE FUNCTION fq() RETURNS int LANGUAGE sql SET application_name = "host=db password=SECRETOOO" AS $$SELECT 1$$', 'CREATE FUNCTION fq() RETURNS int LANGUAGE sql SET application_name = <REDACTED> AS $$SELECT 1$$'],
+    ['ALTER FUNCTION fq() SET application_name TO "password=SECRETPPP"', 'ALTER FUNCTION fq() SET application_name TO <REDACTED>'],
+    ["CREATE ROLE \"Alice\" PASSWORD 'SECRETQQQ' /* the old password was SECRETQQQ2 */", 'CREATE ROLE "Alice" PASSWORD <REDACTED> <REDACTED>'],
+    ["ALTER ROLE r PASSWORD 'SECRETQQQ' -- pwd SECRETQQQ3", 'ALTER ROLE r PASSWORD <REDACTED> <REDACTED>'],
+    ["DO $$ BEGIN -- password SECRETRRR\n PERFORM 1; /* \"token SECRETRRR2\" */ END $$", 'DO $$ BEGIN <REDACTED>\n PERFORM 1; <REDACTED> END $$'],
     // Neither reading parses: still recorded, every literal hidden.
     ["CREATE ROLE r4 PASSWORD 'SECRETNNN' WITH NONSENSE", 'CREATE ROLE r4 PASSWORD<REDACTED>'], // unparsed: everything after the word
   ];

@@ -88,6 +88,7 @@ function classify(sql: string): DdlStatement[] {
   const bytes = Buffer.from(sql, 'utf8');
   const readings = readingsOf(bytes);
   const lexings = readings.map((r) => r.literals);
+  const opaques = readings.map((r) => r.opaque);
   const found: Found[] = [];
   const hidden: Span[] = [];
   for (const r of readings) {
@@ -100,7 +101,7 @@ function classify(sql: string): DdlStatement[] {
       const span = { start: s.location, end: s.length === null ? bytes.length : s.location + s.length };
       const node = Object.keys(s.stmt as object)[0] ?? '';
       // Every statement, audited or not: in the other reading its literals may lie inside an audited one.
-      for (const secret of secretsOf(bytes, span, node, s.stmt, lexings)) hidden.push(secret);
+      for (const secret of secretsOf(bytes, span, node, s.stmt, lexings, opaques)) hidden.push(secret);
       const cls = classOf(node, s.stmt);
       if (cls !== null) found.push({ index, class: cls, node, span });
     });
@@ -144,18 +145,22 @@ function distinct(stmts: readonly DdlStatement[]): DdlStatement[] {
 interface Reading {
   /** Its string literals and dollar-quoted strings, in order. */
   readonly literals: readonly Literal[];
+  /** Its comments and "quoted identifiers": text a secret can hide in too (secretsOf). */
+  readonly opaque: readonly Span[];
   /** null: the parser rejects it. */
   readonly stmts: readonly LocatedStatement[] | null;
 }
 
 /** The standard reading, and the standard_conforming_strings = off one where it differs. */
 function readingsOf(bytes: Buffer): Reading[] {
-  const standard = lex(bytes, 0, bytes.length, false);
-  const out: Reading[] = [{ literals: standard, stmts: parsed(bytes, standard) }];
+  const opaque: Span[] = [];
+  const standard = lex(bytes, 0, bytes.length, false, opaque);
+  const out: Reading[] = [{ literals: standard, opaque, stmts: parsed(bytes, standard) }];
   if (bytes.includes(0x5c /* \ */)) {
-    const off = lex(bytes, 0, bytes.length, true);
+    const offOpaque: Span[] = [];
+    const off = lex(bytes, 0, bytes.length, true, offOpaque);
     // Literals in the same places: the same statements (a backslash escaping no quote).
-    if (!sameSpans(off, standard)) out.push({ literals: off, stmts: parsed(bytes, off) });
+    if (!sameSpans(off, standard)) out.push({ literals: off, opaque: offOpaque, stmts: parsed(bytes, off) });
   }
   return out;
 }
@@ -181,15 +186,23 @@ function masked(bytes: Buffer, literals: readonly Literal[]): string {
 // ---- What to hide -----------------------------------------------------------------------
 
 /** The spans to redact for one statement of a reading: none unless it may carry a secret. */
-function secretsOf(bytes: Buffer, span: Span, node: string, stmt: unknown, lexings: readonly (readonly Literal[])[]): Span[] {
+function secretsOf(bytes: Buffer, span: Span, node: string, stmt: unknown, lexings: readonly (readonly Literal[])[], opaques: readonly (readonly Span[])[]): Span[] {
   if (!SECRET_NODES.test(node) && !hasOption(stmt, SECRET_OPTION) && !SECRET_TEXT.test(bytes.toString('utf8', span.start, span.end))) return [];
   const code = sqlBodies(node, stmt);
   const out: Span[] = [];
+  // A "quoted identifier" is a value too (SET application_name = "password=…"), and a
+  // comment is free text: each that names a secret goes whole.
+  for (const spans of opaques) {
+    for (let k = firstEndingAfter(spans, span.start); k < spans.length && spans[k]!.start < span.end; k++) {
+      const o = spans[k]!;
+      if (SECRET_TEXT.test(bytes.toString('utf8', o.start, o.end))) out.push(o);
+    }
+  }
   for (const lits of lexings) {
     for (let k = firstEndingAfter(lits, span.start); k < lits.length && lits[k]!.start < span.end; k++) {
       const lit = lits[k]!;
       if (!(code && lit.dollar)) out.push(lit);
-      else for (const inner of literalsWithin(bytes, lit.bodyStart, lit.bodyEnd)) out.push(inner);
+      else for (const inner of secretsWithin(bytes, lit.bodyStart, lit.bodyEnd)) out.push(inner);
     }
   }
   // Fail closed: a password option with no literal found after it hides the rest of the statement.
@@ -199,10 +212,16 @@ function secretsOf(bytes: Buffer, span: Span, node: string, stmt: unknown, lexin
   return out;
 }
 
-/** Every literal of b[from, to) as either reading lexes it (the content of a function body). */
-function literalsWithin(bytes: Buffer, from: number, to: number): Span[] {
-  const out: Span[] = lex(bytes, from, to, false);
-  return bytes.subarray(from, to).includes(0x5c) ? out.concat(lex(bytes, from, to, true)) : out;
+/**
+ * In b[from, to), the content of a function body: every literal as either reading lexes it,
+ * and the comments and "quoted identifiers" that name a secret.
+ */
+function secretsWithin(bytes: Buffer, from: number, to: number): Span[] {
+  const opaque: Span[] = [];
+  const out: Span[] = lex(bytes, from, to, false, opaque);
+  if (bytes.subarray(from, to).includes(0x5c)) out.push(...lex(bytes, from, to, true, opaque));
+  for (const o of opaque) if (SECRET_TEXT.test(bytes.toString('utf8', o.start, o.end))) out.push(o);
+  return out;
 }
 
 /** Index of the first span (of ordered, not overlapping ones: one lexing, or merged cuts) that ends after `at`. */
@@ -293,20 +312,24 @@ interface Literal extends Span {
  * take backslash escapes only when `backslashInPlain` (standard_conforming_strings = off),
  * E'...' always, B'...', X'...', U&'...' never; all continue over a newline ('a'\n'b' is
  * one literal; PostgreSQL before 17 also over -- comments). Comments and "identifiers" are
- * skipped; a literal not closed runs to `to`.
+ * skipped, their spans added to `opaque` when given; a literal not closed runs to `to`.
  */
-function lex(b: Buffer, from: number, to: number, backslashInPlain: boolean): Literal[] {
+function lex(b: Buffer, from: number, to: number, backslashInPlain: boolean, opaque: Span[] | null = null): Literal[] {
   const out: Literal[] = [];
   let i = from;
+  const skip = (end: number) => {
+    opaque?.push({ start: i, end });
+    i = end;
+  };
   while (i < to) {
     const c = b[i]!;
     let lit: Literal | null = null;
     if (c === Ch.Dash && b[i + 1] === Ch.Dash) {
-      i = lineEnd(b, i, to);
+      skip(lineEnd(b, i, to));
     } else if (c === Ch.Slash && b[i + 1] === Ch.Star) {
-      i = commentEnd(b, i, to);
+      skip(commentEnd(b, i, to));
     } else if (c === Ch.DQuote) {
-      i = identifierEnd(b, i, to);
+      skip(identifierEnd(b, i, to));
     } else if (c === Ch.Quote) {
       lit = quoted(b, i, i, to, backslashInPlain, backslashInPlain);
     } else if (c === Ch.Dollar) {
@@ -322,7 +345,7 @@ function lex(b: Buffer, from: number, to: number, backslashInPlain: boolean): Li
       else if (quote && (one === 0x62 /* b */ || one === 0x78) /* x */) lit = quoted(b, i, j, to, false, false);
       else if (quote && one === 0x6e /* n */) lit = quoted(b, i, j, to, backslashInPlain, backslashInPlain);
       else if (one === 0x75 /* u */ && b[j] === Ch.Amp && b[j + 1] === Ch.Quote) lit = quoted(b, i, j + 1, to, false, false);
-      else if (one === 0x75 && b[j] === Ch.Amp && b[j + 1] === Ch.DQuote) i = identifierEnd(b, j + 1, to);
+      else if (one === 0x75 && b[j] === Ch.Amp && b[j + 1] === Ch.DQuote) skip(identifierEnd(b, j + 1, to));
       else i = j;
     } else {
       i++;
