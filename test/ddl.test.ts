@@ -29,6 +29,22 @@ t.test('classification', async (t) => {
     ['SELECT * INTO newt FROM t', [['ddl', 'SelectStmt']]],
     ['DO $$BEGIN END$$', [['dynamic', 'DoStmt']]],
     ['SELECT 1; CREATE TABLE a (x int); SELECT 2; DROP TABLE a', [['ddl', 'CreateStmt'], ['ddl', 'DropStmt']]],
+    // (round 8) EXPLAIN ANALYZE runs its statement; PREPARE of a SELECT INTO is recorded when
+    // prepared; SELECT INTO after a comment or another statement; REASSIGN OWNED.
+    ['EXPLAIN ANALYZE CREATE TABLE x1 AS SELECT 1 AS a', [['ddl', 'CreateTableAsStmt']]],
+    ['EXPLAIN (ANALYZE, COSTS OFF) SELECT 1 AS a INTO x2', [['ddl', 'SelectStmt']]],
+    ['EXPLAIN (ANALYZE true) CREATE MATERIALIZED VIEW x3 AS SELECT 1', [['ddl', 'CreateTableAsStmt']]],
+    ['EXPLAIN (ANALYZE off) CREATE TABLE x4 AS SELECT 1', []],
+    ['EXPLAIN (ANALYZE 0) SELECT 1 INTO x4', []],
+    ['EXPLAIN (ANALYZE on, ANALYZE false) SELECT 1 INTO x4', []],
+    ['EXPLAIN CREATE TABLE x4 AS SELECT 1', []],
+    ['PREPARE p2 AS SELECT 1 AS a INTO x10', [['ddl', 'PrepareStmt']]],
+    ['PREPARE p3 AS SELECT 1 AS a', []],
+    ['/* report */ SELECT 1 AS a INTO x4', [['ddl', 'SelectStmt']]],
+    ['-- c\nSELECT 1 AS a INTO x5', [['ddl', 'SelectStmt']]],
+    ['BEGIN; SELECT 1 AS a INTO w1; COMMIT', [['ddl', 'SelectStmt']]],
+    ['INSERT INTO t SELECT 1', []],
+    ['REASSIGN OWNED BY app_rw TO app_rw', [['ddl', 'ReassignOwnedStmt']]],
     ['CREAT TABLE broken', []],
     ['CREATE TABLEE broken', [['unparsed', '']]],
   ];

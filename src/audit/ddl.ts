@@ -39,12 +39,15 @@ export interface DdlStatement {
 
 const ROLE = /^(CreateRole|AlterRole|AlterRoleSet|DropRole|Grant|GrantRole|AlterDefaultPrivileges)Stmt$/;
 const DDL =
-  /^(Create\w*|Alter\w*|Drop\w*|Rename|Comment|SecLabel|Truncate|Reindex|Cluster|Define|CompositeType|Index|View|Rule|ImportForeignSchema|RefreshMatView)Stmt$/;
+  /^(Create\w*|Alter\w*|Drop\w*|Rename|Comment|SecLabel|Truncate|Reindex|Cluster|Define|CompositeType|Index|View|Rule|ImportForeignSchema|RefreshMatView|ReassignOwned)Stmt$/;
 /** Words one of which every audited statement contains; text without any is not parsed at all. */
-const DDL_WORDS = 'create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|do';
+const DDL_WORDS = 'create|alter|drop|grant|revoke|truncate|comment|security|reindex|cluster|refresh|import|reassign|do';
 const MAY_BE_DDL = new RegExp(`\\b(${DDL_WORDS})\\b`, 'i');
-/** SELECT ... INTO creates a table. */
-const SELECT_INTO = /^\s*(with\b[\s\S]*|\()?\s*select\b[\s\S]*\binto\b/i;
+/**
+ * SELECT ... INTO creates a table. Anywhere in the text: after a comment, another statement,
+ * EXPLAIN ANALYZE or PREPARE.
+ */
+const SELECT_INTO = /\bselect\b[\s\S]*\binto\b/i;
 /** The words of both: text without any (most statements) is dismissed by one scan. */
 const MAY_BE_AUDITED = new RegExp(`\\b(${DDL_WORDS}|into)\\b`, 'i');
 
@@ -102,8 +105,8 @@ function classify(sql: string): DdlStatement[] {
       const node = Object.keys(s.stmt as object)[0] ?? '';
       // Every statement, audited or not: in the other reading its literals may lie inside an audited one.
       for (const secret of secretsOf(bytes, span, node, s.stmt, lexings, opaques)) hidden.push(secret);
-      const cls = classOf(node, s.stmt);
-      if (cls !== null) found.push({ index, class: cls, node, span });
+      const audited = auditedAs(node, s.stmt);
+      if (audited !== null) found.push({ index, class: audited.class, node: audited.node, span });
     });
   }
   if (readings.every((r) => r.stmts === null)) {
@@ -120,10 +123,39 @@ function classify(sql: string): DdlStatement[] {
   return distinct(found.map((f) => ({ index: f.index, class: f.class, node: f.node, statement: redact(bytes, f.span, cuts).trim() })));
 }
 
-function classOf(node: string, stmt: unknown): DdlClass | null {
-  if (node === 'DoStmt') return 'dynamic';
-  if (ROLE.test(node)) return 'role';
-  return DDL.test(node) || isSelectInto(stmt) ? 'ddl' : null;
+/**
+ * The class and node a statement is recorded under, or null. EXPLAIN ANALYZE runs its
+ * statement (recorded as that statement's node); PREPARE of a SELECT INTO is recorded when
+ * prepared, since its EXECUTE names nothing the text here can resolve.
+ */
+function auditedAs(node: string, stmt: unknown): { class: DdlClass; node: string } | null {
+  if (node === 'ExplainStmt') {
+    const explain = (stmt as { ExplainStmt: { query?: object; options?: unknown[] } }).ExplainStmt;
+    const inner = explain.query;
+    if (inner === undefined || !analyzes(explain.options)) return null;
+    return auditedAs(Object.keys(inner)[0] ?? '', inner);
+  }
+  if (node === 'PrepareStmt') {
+    const query = (stmt as { PrepareStmt: { query?: unknown } }).PrepareStmt.query;
+    return isSelectInto(query) ? { class: 'ddl', node } : null;
+  }
+  if (node === 'DoStmt') return { class: 'dynamic', node };
+  if (ROLE.test(node)) return { class: 'role', node };
+  return DDL.test(node) || isSelectInto(stmt) ? { class: 'ddl', node } : null;
+}
+
+/** EXPLAIN's options turn ANALYZE on (not ANALYZE false|off|0; the last one given counts). */
+function analyzes(options: unknown[] | undefined): boolean {
+  let on = false;
+  for (const o of options ?? []) {
+    const d = (o as { DefElem?: { defname?: string; arg?: unknown } }).DefElem;
+    if (d?.defname?.toLowerCase() !== 'analyze') continue;
+    // defGetBoolean's false: the words false and off, or the integer 0 (printed as {}).
+    const arg = d.arg as { String?: { sval?: string }; Integer?: { ival?: number } } | undefined;
+    const word = arg?.String?.sval?.toLowerCase();
+    on = arg?.Integer !== undefined ? (arg.Integer.ival ?? 0) !== 0 : word !== 'false' && word !== 'off';
+  }
+  return on;
 }
 
 function isSelectInto(stmt: unknown): boolean {
