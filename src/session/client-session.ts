@@ -1853,7 +1853,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.socket.uncork();
     this.serverFatalRelayed = false;
     this.ledger.reset();
-    this.ddl.abandon();
+    this.ddl.unanswered('server connection lost');
     this.refusals.clear();
     if (held) this.answerQueued(lost);
     this.resumeReading();
@@ -1966,6 +1966,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.pool.release(server, clean, reset);
     }
     this.pool?.leave(); // the session no longer holds its pool: the registry removes one nothing holds
+    // Audited work whose answer the session no longer reads (the client left behind it): it
+    // may still run and commit, so it is recorded now, as unknown.
+    this.ddl.unanswered('client disconnected');
     this.input.drop();
     endAndLinger(this.socket);
     if (wasReady) {

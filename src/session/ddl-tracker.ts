@@ -27,7 +27,11 @@
 
 import type { DdlStatement } from '../audit/ddl.js';
 
-export type DdlOutcome = ({ outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string }) & { runs?: number };
+/**
+ * `unknown`: the answer never came (the client left, or the server connection was lost,
+ * with the statement on its way or running): it may have run, and committed. `reason` says which.
+ */
+export type DdlOutcome = ({ outcome: 'ok'; command_tag: string } | { outcome: 'error'; sqlstate: string } | { outcome: 'unknown'; reason: string }) & { runs?: number };
 
 /** Runs a batch keeps one by one (see the module comment). */
 export const MAX_RUNS = 1000;
@@ -233,7 +237,32 @@ export class DdlTracker {
     this.open = entry;
   }
 
-  /** The server connection died: nothing in flight will be answered, no portal survives. */
+  /**
+   * No answer will come for the batches still pending (the client left with work on its way,
+   * or the server connection died): each of their statements is recorded, with what is known
+   * of it (a Query string's statements already completed or failed) or as `unknown`, since it
+   * may have run and committed. Then nothing is pending and no portal survives.
+   */
+  unanswered(reason: string): void {
+    for (const batch of this.batches) {
+      if (batch === null) continue;
+      const unknown: DdlOutcome = { outcome: 'unknown', reason };
+      for (const stmt of batch.query) {
+        const known = countable(batch) && (stmt.index < batch.tags.length || (batch.error !== null && stmt.index === batch.tags.length));
+        this.record(stmt, known ? queryOutcome(batch, stmt)! : unknown);
+      }
+      for (const run of batch.runs) for (const stmt of run.group) this.record(stmt, unknown);
+      for (const [group, runs] of batch.more ?? []) for (const stmt of group) this.record(stmt, { ...unknown, runs });
+      const ran = new Set(batch.runs.map((r) => r.group));
+      for (const group of batch.parsed) {
+        if (ran.has(group) || batch.more?.has(group) === true) continue;
+        for (const stmt of group) this.record(stmt, unknown);
+      }
+    }
+    this.abandon();
+  }
+
+  /** Nothing in flight will be answered and no portal survives: forgets it all, recording nothing (see unanswered). */
   abandon(): void {
     this.batches.length = 0;
     this.pending = 0;
