@@ -163,12 +163,24 @@ t.test('tracker: outcomes per statement of a Query string', async (t) => {
   tracker.commandComplete('CREATE TABLE');
   tracker.error('22012');
   tracker.ready('I');
-  t.same(seen, [['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }]], 'DROP after the error never ran');
+  // (round 8) The string is one transaction: the CREATE rolled back with the error.
+  t.same(seen, [['CreateStmt', { outcome: 'error', sqlstate: '22012' }]], 'CREATE rolled back by the error after it; DROP after the error never ran');
   t.notOk(tracker.active);
   tracker.owed(ddlStatements('CREATE TABLE a (x int)'));
   tracker.error('42P07');
   tracker.ready('I');
   t.same(seen[1], ['CreateStmt', { outcome: 'error', sqlstate: '42P07' }]);
+  // A COMMIT between the statement and the error made it permanent; a ROLLBACK in between did not.
+  tracker.owed(ddlStatements('CREATE TABLE b (x int); COMMIT; SELECT 1/0'));
+  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen[2], ['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }], 'committed before the error');
+  tracker.owed(ddlStatements('BEGIN; CREATE TABLE c (x int); ROLLBACK; COMMIT; SELECT 1/0'));
+  for (const tag of ['BEGIN', 'CREATE TABLE', 'ROLLBACK', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.error('22012');
+  tracker.ready('I');
+  t.same(seen[3], ['CreateStmt', { outcome: 'error', sqlstate: '22012' }], 'rolled back before the COMMIT');
 });
 
 t.test('tracker: extended protocol, pipelining, and a Sync the server ignored', async (t) => {

@@ -386,10 +386,15 @@ function outcomeOf(batch: Batch, tag: string): DdlOutcome {
 /**
  * A Query string runs its statements in order, each answered by one CommandComplete, and
  * stops at the first error: the statement at that position failed, later ones never ran
- * (null: not recorded).
+ * (null: not recorded), earlier ones rolled back with it unless a COMMIT came between.
  */
 function queryOutcome(batch: Batch, stmt: DdlStatement): DdlOutcome | null {
   if (!countable(batch)) return outcomeOf(batch, '');
-  if (stmt.index < batch.tags.length) return { outcome: 'ok', command_tag: batch.tags[stmt.index]! };
+  if (stmt.index < batch.tags.length) {
+    // A Query string is one transaction too, until a transaction-control statement in it
+    // ends one: `CREATE TABLE a (x int); SELECT 1/0` creates nothing (committedRuns).
+    const kept = batch.error === null || committedRuns(batch)?.(stmt.index) === true;
+    return kept ? { outcome: 'ok', command_tag: batch.tags[stmt.index]! } : { outcome: 'error', sqlstate: batch.error! };
+  }
   return batch.error && stmt.index === batch.tags.length ? { outcome: 'error', sqlstate: batch.error } : null;
 }
