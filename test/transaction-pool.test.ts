@@ -461,4 +461,26 @@ t.test('DDL prepared once is audited at every run, with a tag answered before it
       ['DROP', 'ok', 'DROP TABLE'], // and run
     ],
   );
+
+  // (round 8) Close and a new Parse of the name in one batch, then Bind/Execute: the new
+  // statement ran, and is the one recorded as run (the old one's group was credited).
+  const before = proxy.audit.lines.length;
+  ready = rfq();
+  raw.parse({ name: 'swap_raw', text: 'SELECT 1', types: [] });
+  raw.sync();
+  await ready;
+  ready = rfq();
+  (raw as unknown as { close(m: object): void }).close({ type: 'S', name: 'swap_raw' });
+  raw.parse({ name: 'swap_raw', text: mk.text, types: [] });
+  raw.bind({ statement: 'swap_raw', portal: '', values: [] });
+  raw.execute({ portal: '' });
+  raw.sync();
+  await ready;
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(
+    proxy.audit.lines.slice(before).filter((l) => l.event === 'ddl').map((e) => [e.statement, e.outcome, e.command_tag ?? e.sqlstate]),
+    [[mk.text, 'ok', 'CREATE TABLE']],
+    'the run is credited to the statement that ran',
+  );
+  t.same((await pgs.query("SELECT to_regclass('tx_runs_probe') IS NOT NULL AS made")).rows, [{ made: true }]);
 });

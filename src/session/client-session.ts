@@ -120,7 +120,7 @@ interface Outgoing {
    * a replay writes. A Parse read later, while this waited for a server connection, is not its.
    */
   readonly unnamedParse?: Buffer | null;
-  /** A Bind of the unnamed statement, which holds these audited statements (as it was when the Bind came; null: none). */
+  /** A Bind, of a statement holding these audited statements (the unnamed one as it was when the Bind came, a named one as latest() tells; null: none). */
   readonly bindsDdl?: DdlGroup | null;
   /** A SET of a startup parameter (its Parse, or a Bind of it as the unnamed statement): one of the client's settings once the server accepts it. */
   readonly sets?: TrackedSet;
@@ -917,6 +917,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.statements.closing(stmt);
       return this.queueOrWrite({ bytes: renamed, type, needs: null, defines: null, closes: { stmt, seq: this.statements.seq } });
     }
+    // A Bind after a Close and a new Parse of the name runs the new statement: its audit group.
+    if (type === B) return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, at: this.statements.seq, bindsDdl: this.statements.latest(stmt).ddl });
     this.send(renamed, type, stmt);
   }
 
@@ -1242,7 +1244,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.ddl.parsed(out.ddl);
       if (out.ddl !== undefined && out.ddl.length > 0) server.commandTagsWanted();
     } else if (out.type === B) {
-      const group = out.needs?.ddl ?? out.bindsDdl ?? null;
+      const group = out.bindsDdl !== undefined ? out.bindsDdl : (out.needs?.ddl ?? null);
       const portal = group !== null || this.ddl.tracksPortals ? portalName(out.bytes) : null;
       if (portal !== null) this.ddl.bound(portal, group); // (null: a malformed Bind the server refuses)
     } else if (out.type === E) {

@@ -137,6 +137,19 @@ export class PreparedStatements {
     return standIn;
   }
 
+  /**
+   * The statement a message read now that names `held`'s name would run, as far as the
+   * client's messages tell: after a Close of held was read, the newest Parse of the name read
+   * after that Close (a contender, which takes the name once the Close completes); else held.
+   */
+  latest(held: Statement): Statement {
+    const closedAt = this.ending?.get(held);
+    const queue = closedAt === undefined ? undefined : this.contenders?.get(held.serverName);
+    let newest = held;
+    for (const c of queue?.values() ?? []) if (c.stmt.seq > closedAt!) newest = c.stmt;
+    return newest;
+  }
+
   /** A Close or DEALLOCATE of `stmt` was read (closing) and has not failed or been skipped since. */
   isEnding(stmt: Statement): boolean {
     return this.ending?.has(stmt) ?? false;
