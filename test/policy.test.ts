@@ -601,6 +601,8 @@ t.test('stored code that leaves session state is refused while pinned; sticky wi
     "CREATE FUNCTION fd(a text DEFAULT set_config('work_mem', '64', false)) RETURNS text LANGUAGE sql AS 'SELECT a'",
     "CREATE FUNCTION fa() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('work_mem', '64', false); END",
     'CREATE VIEW av AS SELECT q.pg_advisory_lock FROM q',
+    'CREATE FUNCTION fs() RETURNS int LANGUAGE sql SET seed = 0.5 AS $$SELECT 1$$',
+    'ALTER FUNCTION fs() SET seed = 0.5',
   ];
   const none = new PolicyClassifier([]);
   for (const sql of stored) {

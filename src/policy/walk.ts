@@ -82,11 +82,12 @@ interface Frame {
  * Statements that store expressions PostgreSQL evaluates later, in whatever session uses the
  * object: a view's or rule's query, column defaults, checks and generated columns, policies,
  * domain constraints, index expressions, trigger conditions, statistics, a function's
- * argument defaults and BEGIN ATOMIC body, a materialized view's query (at each REFRESH).
+ * argument defaults, BEGIN ATOMIC body and SET clauses (SET seed reseeds at each call), a
+ * materialized view's query (at each REFRESH).
  */
 const STORES: ReadonlySet<string> = new Set([
   'ViewStmt', 'RuleStmt', 'CreatePolicyStmt', 'AlterPolicyStmt', 'CreateStmt', 'CreateForeignTableStmt', 'AlterTableStmt',
-  'CreateDomainStmt', 'AlterDomainStmt', 'CreateTrigStmt', 'IndexStmt', 'CreateStatsStmt', 'CreateFunctionStmt',
+  'CreateDomainStmt', 'AlterDomainStmt', 'CreateTrigStmt', 'IndexStmt', 'CreateStatsStmt', 'CreateFunctionStmt', 'AlterFunctionStmt',
 ]);
 
 /**
