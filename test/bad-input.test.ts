@@ -7,6 +7,7 @@ import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { parseFields } from '../src/protocol/fields.js';
+import { rawOf } from './helpers/raw-client.js';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
 
@@ -207,6 +208,26 @@ t.test('a message type the protocol does not have, after login: FATAL 08P01 as P
   const after = (await pgs.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend'")).rows[0]!.n;
   t.ok(after >= before, `no server connection died of it (${before} → ${after} backends)`);
   await stillServing(t);
+});
+
+t.test('a message whose text or name lacks its terminator: ERROR 08P01 from the server, as PostgreSQL, and the session goes on', async (t) => {
+  // Was FATAL in pgbastion, where PostgreSQL reports "invalid string in message" and goes on.
+  const cut = (frame: Buffer, from = 5) => {
+    const out = Buffer.from(frame.subarray(0, frame.indexOf(0, from)));
+    out.writeInt32BE(out.length - 1, 1);
+    return out;
+  };
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'alice', password: 'alice-pw', database: 'postgres' });
+  c.on('error', () => undefined); // (errors with no query of its own are reported this way)
+  await c.connect();
+  const raw = rawOf(c);
+  t.same(await raw.send(1, cut(serialize.query('SELECT 1'))), ['E08P01', 'Z'], 'a Query');
+  t.same(await raw.send(1, serialize.parse({ name: 'ok', text: 'SELECT 7', types: [] }), cut(serialize.parse({ name: 'p', text: 'SELECT 1', types: [] })), serialize.sync()), ['parsed', 'E08P01', 'Z'], 'a Parse, in a batch: skipped to Sync');
+  t.same(await raw.send(1, cut(serialize.bind({ portal: '', statement: 'ok' })), serialize.sync()), ['E08P01', 'Z'], 'a Bind');
+  t.same(await raw.send(1, cut(serialize.describe({ type: 'S', name: 'ok' }), 6), serialize.sync()), ['E08P01', 'Z'], 'a Describe');
+  t.same(await raw.send(1, serialize.bind({ portal: '', statement: 'ok' }), serialize.execute({}), serialize.sync()), ['bound', '7', 'done:SELECT 1', 'Z'], 'the statement prepared before is still there');
+  t.same(await raw.send(1, serialize.query('SELECT 2')), ['columns:?column?', '2', 'done:SELECT 1', 'Z'], 'and the session goes on');
+  raw.raw.stream.write(serialize.end());
 });
 
 t.test('protocol 3.2 with _pq_ options: NegotiateProtocolVersion names 3.0 as PostgreSQL writes it (196608)', async (t) => {

@@ -1,5 +1,7 @@
 // Differential fuzz of the frontend protocol: the same seeded, random sequences of Parse,
-// Bind, Describe, Execute, Close, Flush, Sync and simple Query are sent once straight to
+// Bind, Describe, Execute, Close, Flush, Sync and simple Query (and now and then one of them
+// cut before its first string's terminator, which PostgreSQL answers with ERROR 08P01
+// and survives) are sent once straight to
 // PostgreSQL (as the server role) and once through pgbastion, and the reply streams must be
 // the same after normalisation: message type letters, the SQLSTATE of ErrorResponses, the
 // CommandComplete tags, DataRow values and the ReadyForQuery status; ParameterStatus,
@@ -58,7 +60,9 @@ type Msg =
   | { k: 'Execute'; portal: string; rows: number }
   | { k: 'Close'; type: 'S' | 'P'; name: string }
   | { k: 'Flush' }
-  | { k: 'Sync' };
+  | { k: 'Sync' }
+  /** `of` cut before its first string's terminator: PostgreSQL answers ERROR 08P01 and goes on. */
+  | { k: 'Cut'; of: Msg };
 
 const QUERIES = [
   'SELECT 1', 'SELECT n FROM generate_series(1,3) n', 'SELECT 1/0', 'SELEC 1', 'BEGIN', 'COMMIT', 'ROLLBACK',
@@ -79,7 +83,12 @@ function genMessage(r: Rng): Msg {
   if (x < 56) return r.int(2) ? { k: 'Describe', type: 'S', name: r.pick(STMTS) } : { k: 'Describe', type: 'P', name: r.pick(PORTALS) };
   if (x < 74) return { k: 'Execute', portal: r.pick(PORTALS), rows: r.pick([0, 0, 1, 2]) };
   if (x < 82) return r.int(2) ? { k: 'Close', type: 'S', name: r.pick(STMTS) } : { k: 'Close', type: 'P', name: r.pick(PORTALS) };
-  if (x < 86) return { k: 'Flush' };
+  if (x < 84) return { k: 'Flush' };
+  if (x < 86) {
+    let of = genMessage(r);
+    while (!['Query', 'Parse', 'Bind', 'Describe', 'Close'].includes(of.k)) of = genMessage(r);
+    return { k: 'Cut', of };
+  }
   return { k: 'Sync' };
 }
 
@@ -106,6 +115,13 @@ function encode(m: Msg): Buffer {
     case 'Close': return serialize.close({ type: m.type, name: m.name });
     case 'Flush': return serialize.flush();
     case 'Sync': return serialize.sync();
+    case 'Cut': {
+      const whole = encode(m.of);
+      const nul = whole.indexOf(0, m.of.k === 'Describe' || m.of.k === 'Close' ? 6 : 5);
+      const cut = Buffer.from(whole.subarray(0, nul));
+      cut.writeInt32BE(cut.length - 1, 1);
+      return cut;
+    }
   }
 }
 
@@ -117,6 +133,7 @@ function show(m: Msg): string {
     case 'Describe': return `Describe(${m.type}, ${JSON.stringify(m.name)})`;
     case 'Execute': return `Execute(${JSON.stringify(m.portal)}, rows=${m.rows})`;
     case 'Close': return `Close(${m.type}, ${JSON.stringify(m.name)})`;
+    case 'Cut': return `Cut(${show(m.of)})`;
     default: return m.k;
   }
 }

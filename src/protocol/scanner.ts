@@ -17,6 +17,13 @@ export class FrameError extends Error {
   readonly sqlstate = SqlState.PROTOCOL_VIOLATION;
 }
 
+/**
+ * A well-framed message whose names or text lack their terminator: PostgreSQL answers it
+ * with ERROR 08P01 and goes on, and so does the relay, which catches it (relayMalformed).
+ * Where nothing does, it is fatal, as a FrameError.
+ */
+export class MalformedMessage extends FrameError {}
+
 /** A 256-entry table of message types the sink wants to see whole. */
 export type InspectTable = Uint8Array;
 

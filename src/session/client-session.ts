@@ -12,7 +12,7 @@ import { endAndLinger } from '../net/linger.js';
 import { DirectRead } from '../net/direct-read.js';
 import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } from '../auth/method.js';
 import * as be from '../protocol/backend.js';
-import { FrameError, INSPECT_ALL, MessageScanner, type ScanSink } from '../protocol/scanner.js';
+import { FrameError, INSPECT_ALL, MalformedMessage, MessageScanner, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
 import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
 import { looksLikeProxyHeader, parseProxyHeader } from '../protocol/proxy-header.js';
@@ -128,6 +128,8 @@ interface Outgoing {
   readonly deallocates?: Statement;
   /** A Close of this statement, and PreparedStatements.seq when it came (see PreparedStatements.closed). */
   readonly closes?: { readonly stmt: Statement; readonly seq: number };
+  /** A Query whose text lacks its terminator (relayMalformed): the server refuses it, dropping nothing. */
+  readonly malformed?: true;
   /** With `needs`: PreparedStatements.seq when the message came (see PreparedStatements.replayable). */
   readonly at?: number;
   /** The SQL of a client's own Query or Parse, as it wrote it, that a settings switch may ride with (inline-switch.ts). */
@@ -759,11 +761,35 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   private clientMessage(type: number, frame: Buffer): void {
     if (this.lostTransaction !== null) return this.answerLostTransaction(type);
+    try {
+      this.relayClientMessage(type, frame);
+    } catch (err) {
+      if (!(err instanceof MalformedMessage)) throw err;
+      this.relayMalformed(type, frame);
+    }
+  }
+
+  /**
+   * A message whose names or statement lack their terminator: PostgreSQL reads the strings
+   * before it does anything else and answers ERROR 08P01 "invalid string in message" (then
+   * skips to Sync in a batch, and drops nothing: not even the unnamed statement at a Query).
+   * So it is relayed as it came, for the server to refuse in its own words: no string of it
+   * is ever run or resolved. In the bookkeeping a Query stays a Query (answered by
+   * ReadyForQuery, behind a marker that touches nothing), anything else counts as a
+   * Describe, whose only answer is the error.
+   */
+  private relayMalformed(type: number, frame: Buffer): void {
+    this.log('info', { type: String.fromCharCode(type) }, 'malformed message relayed for the server to refuse');
+    if (type === Q) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, malformed: true });
+    this.send(frame, D);
+  }
+
+  private relayClientMessage(type: number, frame: Buffer): void {
     switch (type) {
       case Q: {
+        const vetted = this.vet(frame, 5, null);
         // PostgreSQL drops the unnamed statement at every Query: it is not replayed after one.
         this.forgetUnnamed();
-        const vetted = this.vet(frame, 5, null);
         if (vetted !== frame) return this.send(vetted, Q);
         const sql = this.vettedSql;
         if (this.transactionMode) {
@@ -778,7 +804,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       }
       case P: {
         const nameEnd = frame.indexOf(0, 5);
-        if (nameEnd < 0) throw new FrameError('invalid Parse message');
+        if (nameEnd < 0) throw new MalformedMessage('Parse without the end of its name');
         const name = frame.toString('utf8', 5, nameEnd);
         const vetted = this.vet(frame, nameEnd + 1, name);
         const ddl = vetted === frame ? this.ddlOf(this.vettedSql) : undefined;
@@ -928,7 +954,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    */
   private vet(frame: Buffer, at: number, statementName: string | null): Buffer {
     const end = frame.indexOf(0, at);
-    if (end < 0) throw new FrameError(statementName === null ? 'invalid Query message' : 'invalid Parse message');
+    if (end < 0) throw new MalformedMessage('statement without its terminator');
     // Text that is not UTF-8 where the client says it speaks UTF-8: PostgreSQL refuses it too
     // (22021), unless its encoding was switched behind the proxy's back (a DO block, a
     // function, in the same batch), when it could read an ASCII quote or backslash that the
@@ -1263,6 +1289,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         }
         if (!skipping) {
           if (out.type === F) server.markFunctionCall();
+          else if (out.malformed) server.markMalformedQuery();
           else server.markQuery();
         }
       }

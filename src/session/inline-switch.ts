@@ -174,6 +174,8 @@ export function batchTakesInlineSwitch(batch: readonly BatchMessage[]): boolean 
         break;
       }
       case DESCRIBE:
+        // (A malformed message is relayed counted as a Describe: no switch rides with it.)
+        if (m.bytes[0] !== DESCRIBE) return false;
         // A portal described must be one the batch bound: the unnamed one is the switch's before that.
         if (m.bytes[5] === 0x50 /* P */ && !portals.has(m.bytes.toString('latin1', 6, m.bytes.length - 1))) return false;
         break;

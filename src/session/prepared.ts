@@ -4,7 +4,7 @@
 // on demand (right before a Bind or Describe that needs it) on a connection that lacks it.
 
 import { randomBytes } from 'node:crypto';
-import { FrameError } from '../protocol/scanner.js';
+import { MalformedMessage } from '../protocol/scanner.js';
 import type { DdlGroup } from './ddl-tracker.js';
 
 export interface Statement {
@@ -258,16 +258,16 @@ export class PreparedStatements {
 export function bindStatementName(frame: Buffer): { start: number; end: number } {
   const portalEnd = frame.indexOf(0, 5);
   const end = portalEnd < 0 ? -1 : frame.indexOf(0, portalEnd + 1);
-  if (end < 0) throw new FrameError('invalid Bind message');
+  if (end < 0) throw new MalformedMessage('Bind without the end of its names');
   return { start: portalEnd + 1, end };
 }
 
 /** Offsets of the name in a Describe/Close frame whose target is a statement ('S'), else null. */
 export function statementTarget(frame: Buffer): { start: number; end: number } | null {
-  if (frame.length < 7) throw new FrameError('invalid Describe/Close message');
+  if (frame.length < 6) throw new MalformedMessage('Describe/Close without its type');
   if (frame[5] !== 0x53 /* S */) return null;
   const end = frame.indexOf(0, 6);
-  if (end < 0) throw new FrameError('invalid Describe/Close message');
+  if (end < 0) throw new MalformedMessage('Describe/Close without the end of its name');
   return { start: 6, end };
 }
 

@@ -179,6 +179,13 @@ const QUERY_MARKER = serialize.parse({ name: '', text: '', types: [] });
  */
 const FUNCTION_CALL_MARKER = serialize.close({ type: 'P', name: '' });
 
+/**
+ * markMalformedQuery's marker: a Close of a portal no one opens, answered by CloseComplete.
+ * A Query whose text lacks its terminator is refused by PostgreSQL before it drops the unnamed
+ * statement or portal, so its marker must leave both alone too.
+ */
+const MALFORMED_QUERY_MARKER = serialize.close({ type: 'P', name: 'pgbastion_marker' });
+
 /** The `parse` of a Close's entry (no Parse). */
 const NO_PARSE = Buffer.alloc(0);
 
@@ -374,6 +381,12 @@ export class ServerConnection implements ScanSink {
   markFunctionCall(): void {
     this.write(FUNCTION_CALL_MARKER);
     this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: FUNCTION_CALL_MARKER, marker: true });
+  }
+
+  /** markQuery for a malformed Query, which touches nothing (MALFORMED_QUERY_MARKER). */
+  markMalformedQuery(): void {
+    this.write(MALFORMED_QUERY_MARKER);
+    this.parseGroups[this.parseGroups.length - 1]!.push({ injected: true, name: '', parse: MALFORMED_QUERY_MARKER, marker: true });
   }
 
   /**
@@ -659,7 +672,7 @@ export class ServerConnection implements ScanSink {
       if (entry?.defines === true) this.prepared.add(entry.name);
     } else if (type === 0x33 /* 3 CloseComplete */) {
       const entry = this.parseGroups[0]!.shift();
-      if (entry?.marker === true) return; // answers markFunctionCall's Close
+      if (entry?.marker === true) return; // answers markFunctionCall's or markMalformedQuery's Close
       if (entry?.closes !== undefined && entry.name !== '') this.statementClosed(peer, entry.name, entry.closes.seq);
     } else if (type === 0x45 /* E */) {
       if (this.inHiddenStretch() && !endsSession(parseFields(frame))) return this.hiddenStretchFailed();
