@@ -181,3 +181,32 @@ t.test('a seeded random() is not handed on: the connection is closed, not reset 
     await a.end();
   }
 });
+
+t.test('round 9: text the parser here rejects, a SET read otherwise with standard_conforming_strings off, a setseed behind another reason', async (t) => {
+  const a = await tenantClient(t, proxy.port, 'a');
+  // PostgreSQL 15 accepts `AS system_user`; the parser here does not: the DO block in front
+  // of it changed a's pin.
+  await t.rejects(a.query("DO $$BEGIN EXECUTE 'SET app.ten' || 'ant_id = ''b'''; END$$; SELECT 1 AS one FROM (SELECT 1) AS system_user"), { code: '42601' });
+  t.same((await a.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'a' }], "a's pin stands");
+  await a.end();
+
+  // The server reads 'pg\_temp' as pg_temp with the setting off: not a tracked SET any more.
+  const b = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres' });
+  await b.connect();
+  await b.query('SET standard_conforming_strings = off');
+  await b.query("SET search_path = 'pg\\_temp'");
+  await b.query('CREATE TABLE notes (tenant text, body text)').catch(() => undefined);
+  await b.end();
+  const a2 = await tenantClient(t, proxy.port, 'a');
+  t.same((await a2.query('SHOW search_path')).rows, [{ search_path: '"$user", public' }], "a does not get b's search_path");
+  await a2.query("INSERT INTO notes (body) VALUES ('a round 9')");
+  t.same((await pgs.query<{ tenant: string }>("SELECT tenant FROM public.notes WHERE body = 'a round 9'")).rows, [{ tenant: 'a' }], "a's row is in the shared table");
+
+  // setseed behind a PREPARE: the connection is closed, not reset.
+  const expected = (await pgs.query<{ r: number }>('SELECT setseed(0.42), random() AS r')).rows[0]!.r;
+  await a2.query('PREPARE p AS SELECT setseed(0.42)');
+  await a2.query('EXECUTE p');
+  await a2.end();
+  const a3 = await tenantClient(t, proxy.port, 'a');
+  t.not((await a3.query<{ r: number }>('SELECT random() AS r')).rows[0]!.r, expected, 'the next client does not draw the seeded sequence');
+});

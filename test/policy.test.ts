@@ -185,12 +185,12 @@ const allowed: [string, string | null][] = [
   ['SELECT * FROM templates ORDER BY id OFFSET 5', null],
   ["CREATE FUNCTION tenant() RETURNS int LANGUAGE sql STABLE AS $$ SELECT current_setting('app.tenant_id')::int $$", null],
   ["UPDATE t SET path = 'C:\\dir', note = current_setting('app.tenant_id')", null],
-  // syntax errors: PostgreSQL rejects them too; never a throw
+  // syntax errors without a word of any inspected form, and text every PostgreSQL rejects
+  // (unterminated): never parsed, or allowed; never a throw (the rest: 'fail closed' below)
   ['SELEC 1', null],
   ["SELECT 'abc", null],
-  ['UPDATE t SET', 'unparsed statement'],
-  ['SET app.other =', 'unparsed statement'],
-  ['DO $$ unterminated', 'unparsed statement'],
+  ['DO $$ unterminated', null],
+  ["SET app.tenant_id = 'b", null],
 ];
 
 const sticky: [string, string][] = [
@@ -264,7 +264,9 @@ t.test('refused forms, in every spelling', async (t) => {
     t.ok(v.refuse, `refused: ${JSON.stringify(sql)}`);
     if (!v.refuse) return;
     t.equal(v.refuse.variable, variable, `variable: ${JSON.stringify(sql)}`);
-    t.equal(v.refuse.message, `permission denied to set parameter "${variable}"`);
+    // (Text the parser here rejects is refused with its error, 42601: see 'fail closed' below.)
+    if (v.refuse.code === '42601') t.match(v.refuse.message, /^syntax error/);
+    else t.equal(v.refuse.message, `permission denied to set parameter "${variable}"`);
     if (detail !== undefined) t.match(v.refuse.detail, detail, `detail: ${JSON.stringify(sql)}`);
     t.equal(v.sticky, null, 'refuse wins over sticky');
   };
@@ -553,7 +555,7 @@ t.test('an operator, aggregate or cast over a function judged at its calls gets 
   const none = new PolicyClassifier([]);
   t.match(none.classify('CREATE OPERATOR public.### (leftarg = int, rightarg = bigint, function = pg_cancel_backend)').refuse?.message ?? 'allowed', /signal server processes/, 'signals: with or without pins');
   t.equal(none.classify('CREATE OPERATOR public.%%% (rightarg = bigint, function = pg_advisory_lock)').sticky, 'pg_advisory_lock', 'without pins: sticky, as the call is');
-  t.equal(policy.classify('CREATE OPERATOR public.+++ (leftarg = int, rightarg = int, function = int4pl)').refuse, null, 'an ordinary operator is allowed');
+  t.equal(policy.classify('CREATE OPERATOR public.@@@ (leftarg = int, rightarg = int, function = int4pl)').refuse, null, 'an ordinary operator is allowed');
 });
 
 t.test('attribute notation: rel.fn is a call of fn (round 7)', async (t) => {
@@ -640,4 +642,52 @@ t.test("a function's SET search_path naming pg_temp, or FROM CURRENT, is refused
     t.equal(policy.classify(sql).refuse, null, `allowed: ${sql}`);
   }
   t.equal(new PolicyClassifier([]).classify('ALTER FUNCTION public.mk() SET search_path = pg_temp').sticky, 'search_path with pg_temp', 'without pins: sticky, as before');
+});
+
+t.test('text the parser here rejects fails closed, unless every PostgreSQL rejects it (round 9)', async (t) => {
+  // A reviewer's round-9 finding: PostgreSQL 15 accepts `… AS system_user` (a keyword only
+  // from 16), the PostgreSQL 17 parser here does not, and text that does not parse was judged
+  // by a few words only: a DO block in front of it changed the pin, a signal behind it ended
+  // another tenant's transaction, a setseed() in it was not even sticky.
+  const tail = 'SELECT 1 AS one FROM (SELECT 1) AS system_user';
+  const none = new PolicyClassifier([]);
+  for (const sql of [
+    `DO $$BEGIN EXECUTE 'SET app.ten' || 'ant_id = ''b'''; END$$; ${tail}`,
+    'SELECT setseed(0.42) FROM (SELECT 1) AS system_user',
+    'UPDATE t SET',
+    'SET app.other =',
+    "SET application_name = 'x\\''; SELECT 1 FROM (SELECT 1) AS system_user; --'", // only the standard_conforming_strings = off reading fails
+  ]) {
+    const v = policy.classify(sql);
+    t.equal(v.refuse?.code, '42601', `pinned, refused: ${sql}`);
+    t.match(v.refuse?.message, /^syntax error at or near|^syntax error at end of input/, 'with the parser\'s own words');
+    t.match(v.refuse?.detail, /does not parse here/);
+    t.same(none.classify(sql), { refuse: null, sticky: 'unparsed statement' }, `without pins, sticky (and closed, not reset): ${sql}`);
+  }
+  // What it names is refused with or without pins, as in a DO block.
+  for (const classifier of [policy, none]) {
+    t.match(classifier.classify('SELECT pg_terminate_backend(pid) FROM pg_stat_activity AS system_user').refuse?.message, /signal server processes/);
+    t.match(classifier.classify('EXECUTE pgbastion_s1 AS system_user').refuse?.message, /prepared statements of other clients/);
+  }
+  // Text no PostgreSQL accepts runs nothing: left to the server's own error.
+  for (const sql of ["SET app.tenant_id = 'b", 'DO $$ unterminated', 'SELECT set_config(/* unterminated', 'CREATE TABLE "unterminated (a int)']) {
+    t.same(policy.classify(sql), { refuse: null, sticky: null }, `allowed: ${sql}`);
+  }
+});
+
+t.test('the reason that decides how the connection is given back wins, in any order (round 9)', async (t) => {
+  // A reviewer's round-9 finding: only the first sticky reason was kept, so a setseed() behind
+  // a SET, in a PREPARE or in a WITH HOLD cursor got the connection reset, not closed.
+  for (const sql of ['PREPARE p AS SELECT setseed(0.42)', "SET work_mem = '2MB'; SELECT setseed(0.42)", 'DECLARE c CURSOR WITH HOLD FOR SELECT setseed(0.42)', "SET work_mem = '2MB'; LOAD 'auto_explain'"]) {
+    t.match(policy.classify(sql).sticky, /^(setseed|LOAD)$/, sql);
+  }
+  t.equal(policy.classify("SET application_name = 'x\\'; CREATE TEMP TABLE t (a int); --'").sticky, 'SET', 'first reason otherwise');
+});
+
+t.test('without pins, writing to pg_settings is SET: sticky (round 9)', async (t) => {
+  const none = new PolicyClassifier([]);
+  for (const sql of ["UPDATE pg_settings SET setting = 'pg_temp' WHERE name = 'search_path'", "UPDATE pg_catalog.pg_settings SET setting = 'on' WHERE name = 'default_transaction_read_only'"]) {
+    t.equal(none.classify(sql).sticky, 'SET', sql);
+  }
+  t.equal(none.classify("SELECT setting FROM pg_settings WHERE name = 'search_path'").sticky, null, 'reading it is not');
 });

@@ -14,11 +14,11 @@
 // - Identifiers are folded as in a UTF-8 database. Single-byte server encodings whose locale
 //   folds high-bit letters to ASCII, and client encodings other than UTF-8 (the caller decodes
 //   the bytes as UTF-8), are not modelled.
-// - The grammar is PostgreSQL 17's. Text it rejects is allowed, except when it mentions a pinned
-//   variable as above (refused: an older server might accept `SET app.tenant_id = system_user`)
-//   or contains a word of a session-changing form (sticky 'unparsed statement'). The same
-//   refusal applies to the standard_conforming_strings = off reading, so a statement with `\'`
-//   in a string and a pinned name elsewhere may be refused although it is harmless.
+// - The grammar is PostgreSQL 17's. Text it rejects (and the pre-check let through) fails
+//   closed in either reading: refused while variables are pinned (42601, the parser's error),
+//   else judged as a DO block and sticky 'unparsed statement', unless every PostgreSQL rejects
+//   it too (an unterminated literal). A harmless statement another version accepts, or one
+//   whose standard_conforming_strings = off reading holds such text, is refused while pinned.
 // - set_config() is matched by name in any schema, and any identifier spelled set_config (an
 //   aggregate's sfunc, a column) is refused: conservative on purpose.
 // - Only literal `set_config(<string constant>, ...)` names are trusted; casts, parameters and
@@ -26,10 +26,10 @@
 
 import { VerdictCache } from './cache.js';
 import { nonStandardStringsReading } from './escape-strings.js';
-import { mayBeSticky, mayMatter, opaqueRisk } from './lexical.js';
-import { parseStatements } from './parser.js';
+import { failsEverywhere, mayMatter, opaqueRisk, unanalysedRefusal } from './lexical.js';
+import { parseFailure, parseStatements } from './parser.js';
 import { PinnedNames } from './pinned.js';
-import { ALLOW, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
+import { ALLOW, UNPARSED, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
 import { inspect, type WalkEnv } from './walk.js';
 
 export type { PolicyVerdict, Refusal } from './verdict.js';
@@ -79,21 +79,32 @@ export class PolicyClassifier {
     // The parser reads a C string; the server rejects a message with an embedded NUL, but
     // should one get here, every piece is judged rather than only the first.
     if (sql.includes('\0')) return sql.split('\0').reduce<PolicyVerdict>((acc, part) => merge(acc, this.analyse(part)), ALLOW);
-    const asWritten = this.reading(sql, true);
+    const asWritten = this.reading(sql);
     const nonStandard = nonStandardStringsReading(sql);
-    return nonStandard === null ? asWritten : merge(asWritten, this.reading(nonStandard, false));
+    return nonStandard === null ? asWritten : merge(asWritten, this.reading(nonStandard));
   }
 
-  /** One reading of the text. `primary` is false for the standard_conforming_strings = off rewrite. */
-  private reading(sql: string, primary: boolean): PolicyVerdict {
+  /**
+   * One reading of the text (as written, or as a server with standard_conforming_strings =
+   * off reads it). Text the parser here rejects fails closed, unless it is text every
+   * PostgreSQL rejects (an unterminated literal: nothing of it runs): the grammar here is
+   * PostgreSQL 17's, and an older server accepts some text it does not (`… AS system_user`
+   * on 15), which could hide anything behind it. While variables are pinned it is refused,
+   * with the parser's own error (42601, usually PostgreSQL's words for the same typo);
+   * without, it is judged as a DO block is: by what its text names, and sticky, its
+   * connection closed when the client leaves.
+   */
+  private reading(sql: string): PolicyVerdict {
     const stmts = parseStatements(sql);
     if (stmts !== null) return inspect(stmts, this.env);
-    const risk = opaqueRisk(sql, this.pins);
-    if (risk !== null) {
-      const why = ' (it does not parse here but mentions it, and another PostgreSQL version might accept it)';
-      return verdict(refusal(risk, pinnedDetail('a statement', risk, 'could change', why)), null);
-    }
-    // The rewrite is a guess at another mode; a sticky mark from its failure would only be noise.
-    return primary && mayBeSticky(sql) ? verdict(null, 'unparsed statement') : ALLOW;
+    const failure = parseFailure(sql) ?? 'syntax error';
+    if (failsEverywhere(failure)) return ALLOW;
+    const byText = unanalysedRefusal(sql, 'a statement that does not parse here');
+    if (byText !== null) return verdict(byText, null);
+    const first = this.pins.first;
+    if (first === null) return verdict(null, UNPARSED);
+    const risk = opaqueRisk(sql, this.pins) ?? first;
+    const detail = pinnedDetail('a statement that does not parse here', risk, 'could change', ' (the grammar here is PostgreSQL 17\'s: text another version accepts could hide anything, so it is refused while variables are pinned)');
+    return verdict(Object.freeze({ ...refusal(risk, detail), message: failure, code: '42601' }), null);
   }
 }

@@ -3,6 +3,7 @@
 // bodies, text the parser rejects).
 
 import type { PinnedNames } from './pinned.js';
+import { statementsRefusal, type Refusal } from './verdict.js';
 
 /**
  * Words without which no statement can earn a verdict. Matched on the raw text, strings and
@@ -51,9 +52,40 @@ export function opaqueRisk(text: string, pins: PinnedNames): string | null {
   return pins.mentionedIn(lower);
 }
 
-const STICKY_WORDS = /(?<![a-z_])(?:set|reset|prepare|listen|declare|load|do)(?![a-z0-9_])|temp|advisory/i;
 
-/** Whether unparsable text contains a word of a form that could leave session state. */
-export function mayBeSticky(text: string): boolean {
-  return STICKY_WORDS.test(text);
+/** Names of other clients' prepared statements (prepared.ts names them pgbastion_…). */
+export const OTHERS_STATEMENTS = /pgbastion_/i;
+
+/**
+ * What is refused with or without pins (signals to other backends, ALTER ROLE|DATABASE),
+ * named in text that cannot be analysed (procedural code, text the parser rejects).
+ */
+export const SHARED_TEXT = /pg_(?:terminate|cancel)_backend|(?<![a-z0-9_$])alter\s+(?:role|user|group|database)(?![a-z0-9_$])/i;
+
+/**
+ * Parser failures that PostgreSQL of any version shares (a literal, identifier or comment
+ * not closed): the server refuses such text before anything in it runs. Any other failure
+ * (a syntax error, the parser's own limits) may be text another version accepts.
+ */
+const UNTERMINATED = /^unterminated /;
+
+export function failsEverywhere(parserMessage: string): boolean {
+  return UNTERMINATED.test(parserMessage);
+}
+
+/**
+ * The refusal text that cannot be analysed earns by what it names (`what` says what it is:
+ * a DO block, a function body, a statement that does not parse here): other clients'
+ * prepared statements, a signal to a server process, ALTER ROLE|DATABASE. Text rules only:
+ * a name assembled at run time gets past (README).
+ */
+export function unanalysedRefusal(text: string, what: string): Refusal | null {
+  if (OTHERS_STATEMENTS.test(text)) {
+    return statementsRefusal('permission denied for the prepared statements of other clients', `${what} mentions a pgbastion_ name, and cannot be analysed.`);
+  }
+  const m = SHARED_TEXT.exec(text);
+  if (m === null) return null;
+  return m[0].toLowerCase().startsWith('pg_')
+    ? statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names ${m[0]}, which would hit the server connections other clients use, and cannot be analysed.`)
+    : statementsRefusal('permission denied to alter roles or databases through pgbastion', `${what} names ${m[0].replace(/\s+/g, ' ').toUpperCase()}: every server connection pgbastion opens depends on them, for all its clients; it goes to PostgreSQL directly.`);
 }

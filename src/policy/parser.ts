@@ -50,3 +50,18 @@ export function parseLocated(sql: string): readonly LocatedStatement[] | null {
     .filter((s) => s.stmt !== undefined)
     .map((s) => ({ stmt: s.stmt, location: s.stmt_location ?? 0, length: s.stmt_len ?? null }));
 }
+
+/**
+ * Why the parser rejects `sql` (its message, e.g. `syntax error at or near "x"`), or null
+ * when it does not. For the rare text that fails: it parses again to get the message.
+ */
+export function parseFailure(sql: string): string | null {
+  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() first');
+  if (sql.trim() === '') return null;
+  try {
+    parseSync(sql);
+    return null;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}

@@ -8,6 +8,8 @@ export interface Refusal {
   readonly message: string;
   /** Which form was refused and why. */
   readonly detail: string;
+  /** SQLSTATE when not 42501 (42601 for text the parser here rejects). */
+  readonly code?: string;
 }
 
 export interface PolicyVerdict {
@@ -49,12 +51,26 @@ export function verdict(refuse: Refusal | null, sticky: string | null): PolicyVe
 export function merge(a: PolicyVerdict, b: PolicyVerdict): PolicyVerdict {
   if (a.refuse !== null) return a;
   if (b.refuse !== null) return b;
-  return a.sticky !== null ? a : b;
+  return stickier(a.sticky, b.sticky) === a.sticky ? a : b;
 }
 
 /**
- * Sticky reasons whose state DISCARD ALL does not undo: a seeded random() (nothing reseeds it
- * back), a loaded library, and a DO block (which may have done either). A server connection
- * that ran one is closed when its client leaves, not reset for the next.
+ * Of two sticky reasons, the one to keep: the first, unless only the second is one whose
+ * state DISCARD ALL leaves (OUTLIVES_RESET), which decides how the connection is given back.
  */
-export const OUTLIVES_RESET: ReadonlySet<string> = new Set(['setseed', 'LOAD', 'DO']);
+export function stickier(first: string | null, second: string | null): string | null {
+  if (first === null) return second;
+  if (second !== null && !OUTLIVES_RESET.has(first) && OUTLIVES_RESET.has(second)) return second;
+  return first;
+}
+
+/** The sticky reason of text the parser here rejects (classify.ts): it may have done anything. */
+export const UNPARSED = 'unparsed statement';
+
+/**
+ * Sticky reasons whose state DISCARD ALL does not undo: a seeded random() (nothing reseeds it
+ * back), a loaded library, and a DO block or a statement not parsed here (which may have
+ * done either). A server connection that ran one is closed when its client leaves, not
+ * reset for the next.
+ */
+export const OUTLIVES_RESET: ReadonlySet<string> = new Set(['setseed', 'LOAD', 'DO', UNPARSED]);

@@ -6,7 +6,8 @@ import { ENCODING_REFUSED_DETAIL, SETS_ENCODING, hidesAscii } from './client-enc
 import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import type { PinnedNames } from './pinned.js';
-import { pinnedDetail, refusal, statementsRefusal, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
+import { unanalysedRefusal } from './lexical.js';
+import { pinnedDetail, refusal, statementsRefusal, stickier, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
 export interface WalkEnv {
   readonly pins: PinnedNames;
@@ -27,12 +28,6 @@ const SQL_RUNNERS: ReadonlySet<string> = new Set(['query_to_xml', 'query_to_xmls
 
 /** prepared.ts names every statement it prepares on a server connection this way. */
 const PROXY_STATEMENT_PREFIX = 'pgbastion_';
-const OTHERS_STATEMENTS = /pgbastion_/i;
-/**
- * What is refused with or without pins (signals to other backends, ALTER ROLE|DATABASE),
- * named in procedural code: a text rule only (see sharedInText).
- */
-const SHARED_TEXT = /pg_(?:terminate|cancel)_backend|(?<![a-z0-9_$])alter\s+(?:role|user|group|database)(?![a-z0-9_$])/i;
 
 /** The sticky reason for a seeded random(), one of verdict.ts's OUTLIVES_RESET. */
 const SEEDED = 'setseed';
@@ -190,7 +185,7 @@ class Walk {
   }
 
   private stick(reason: string): void {
-    if (!this.nested) this.sticky ??= reason;
+    if (!this.nested) this.sticky = stickier(this.sticky, reason);
   }
 
   /**
@@ -466,7 +461,8 @@ class Walk {
   /** pg_settings is a view whose UPDATE rule calls set_config(): writing to it is SET. */
   private settingsView(type: string, o: Obj): void {
     const rel = o.relation as Obj | undefined;
-    if (rel === undefined || str(rel.relname).toLowerCase() !== 'pg_settings' || this.pins.first === null) return;
+    if (rel === undefined || str(rel.relname).toLowerCase() !== 'pg_settings') return;
+    if (this.pins.first === null) return this.stick('SET');
     this.refuseWith(this.pins.first, pinnedDetail(`${DML_VERB[type] ?? 'writing to'} pg_settings`, this.pins.first, 'could change', ' (it is equivalent to SET)'));
   }
 
@@ -476,7 +472,7 @@ class Walk {
    */
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
-    if (this.othersStatements(body, 'a DO block') || this.sharedInText(body, 'a DO block')) return;
+    if (this.refuseByText(body, 'a DO block')) return;
     if (SETS_ENCODING.test(body)) return this.refuseEncoding();
     if (this.refuseProcedural('a DO block')) return;
     this.stick('DO');
@@ -507,7 +503,7 @@ class Walk {
     const language = (defElemStrings(o.options, 'language')[0] ?? 'sql').toLowerCase();
     const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
     if (language === 'sql') return this.sqlBody(body[0]!, what);
-    if (this.othersStatements(body.join('\n'), `${what} (LANGUAGE ${language})`) || this.sharedInText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
+    if (this.refuseByText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
     if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
     this.refuseProcedural(`${what} (LANGUAGE ${language})`);
   }
@@ -558,25 +554,11 @@ class Walk {
     }
   }
 
-  /**
-   * Procedural code that names a signal function or ALTER ROLE|DATABASE: with pins it is
-   * refused anyway; without, this is the only check it gets, on its text (a name assembled
-   * at run time passes: README).
-   */
-  private sharedInText(body: string, what: string): boolean {
-    const m = SHARED_TEXT.exec(body);
-    if (m === null) return false;
-    this.refuse ??= m[0].toLowerCase().startsWith('pg_')
-      ? statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names ${m[0]}, which would hit the server connections other clients use, and cannot be analysed.`)
-      : statementsRefusal('permission denied to alter roles or databases through pgbastion', `${what} names ${m[0].replace(/\s+/g, ' ').toUpperCase()}: every server connection pgbastion opens depends on them, for all its clients; it goes to PostgreSQL directly.`);
-    return true;
-  }
-
-  /** Procedural code that names pgbastion's statements (text only: it cannot be analysed). */
-  private othersStatements(body: string, what: string): boolean {
-    if (!OTHERS_STATEMENTS.test(body)) return false;
-    this.refuse ??= statementsRefusal(`permission denied for the prepared statements of other clients`, `${what} mentions a pgbastion_ name, and cannot be analysed.`);
-    return true;
+  /** Procedural code judged by what its text names (lexical.ts unanalysedRefusal); returns whether it refused. */
+  private refuseByText(body: string, what: string): boolean {
+    const r = unanalysedRefusal(body, what);
+    if (r !== null) this.refuse ??= r;
+    return r !== null;
   }
 }
 

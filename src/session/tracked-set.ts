@@ -15,6 +15,9 @@ export interface TrackedSet {
 const SIMPLE_SET = /^\s*set\s+(?:session\s+)?([a-z_][a-z0-9_]*)\s*(?:=|\bto\b)\s*(?:'((?:[^']|'')*)'|([a-z0-9_.+-]+))\s*;?\s*$/i;
 
 export function trackedSet(sql: string): TrackedSet | null {
+  // A backslash reads differently under standard_conforming_strings = off ('x\'' may end
+  // later, hiding more statements): such a SET is left to the policy, which makes it sticky.
+  if (sql.includes('\\')) return null;
   const m = SIMPLE_SET.exec(sql);
   if (!m) return null;
   const name = allowedStartupName(m[1]!);
