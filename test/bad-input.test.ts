@@ -210,6 +210,22 @@ t.test('a message type the protocol does not have, after login: FATAL 08P01 as P
   await stillServing(t);
 });
 
+t.test('user and database names are cut to 63 bytes, as PostgreSQL cuts them', async (t) => {
+  // A reviewer's finding: 9000-character user names each kept ~9 KB in the lockout tables.
+  const long = 'u'.repeat(9000);
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: long, password: 'wrong', database: 'd'.repeat(300) });
+  const err = await c.connect().then(() => null, (e: Error & { code?: string }) => e);
+  t.equal(err?.code, '28P01');
+  t.equal(err?.message, `password authentication failed for user "${'u'.repeat(63)}"`);
+  await c.end().catch(() => undefined);
+  const denied = proxy.audit.lines.filter((l) => l.event === 'session.denied').at(-1);
+  t.same([denied?.user, denied?.database], ['u'.repeat(63), 'd'.repeat(63)], 'the audit holds the names PostgreSQL would use');
+  const multi = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'é'.repeat(40), password: 'wrong', database: 'postgres' });
+  const e2 = await multi.connect().then(() => null, (e: Error) => e);
+  t.equal(e2?.message, `password authentication failed for user "${'é'.repeat(31)}"`, 'a character cut in two is dropped (63 bytes hold 31 of 2 bytes)');
+  await multi.end().catch(() => undefined);
+});
+
 t.test('a message whose text or name lacks its terminator: ERROR 08P01 from the server, as PostgreSQL, and the session goes on', async (t) => {
   // Was FATAL in pgbastion, where PostgreSQL reports "invalid string in message" and goes on.
   const cut = (frame: Buffer, from = 5) => {

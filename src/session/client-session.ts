@@ -531,9 +531,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   private onStartup(minor: number, params: Map<string, string>, protocolOptions: string[]): void {
-    this.user = params.get('user') ?? '';
-    if (this.user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
-    this.database = params.get('database') || this.user;
+    const user = params.get('user') ?? '';
+    if (user === '') return this.fatal(SqlState.INVALID_AUTHORIZATION, 'no PostgreSQL user name specified in startup packet', undefined, 'startup');
+    // Cut to the length of a PostgreSQL name, as PostgreSQL does: what the lockout counts,
+    // logs and audit lines hold stays bounded whatever a client sends.
+    this.user = asName(user);
+    this.database = asName(params.get('database') || user);
     this.logger = null; // its fields now name the user and database
     if (minor > 0 || protocolOptions.length > 0) this.socket.write(be.negotiateProtocolVersion(PROTOCOL_3_0, protocolOptions));
 
@@ -2098,4 +2101,13 @@ function isReplication(value: string | undefined): boolean | null {
   if (prefixOf('true') || prefixOf('yes') || v === 'on' || v === '1') return true;
   if (prefixOf('false') || prefixOf('no') || v === 'off' || v === 'of' || v === '0') return false;
   return null;
+}
+
+/** NAMEDATALEN - 1: PostgreSQL cuts longer user and database names in a startup packet to this many bytes. */
+const NAME_BYTES = 63;
+
+/** `s` cut to NAME_BYTES bytes of UTF-8, as PostgreSQL cuts startup names (a character cut in two is lost). */
+function asName(s: string): string {
+  if (s.length <= NAME_BYTES / 4 || Buffer.byteLength(s) <= NAME_BYTES) return s;
+  return Buffer.from(s).subarray(0, NAME_BYTES).toString('utf8').replace(/\uFFFD$/, '');
 }
