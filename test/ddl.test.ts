@@ -2,6 +2,7 @@
 // redacted), and how outcomes pair with the server's answers.
 
 import t from 'tap';
+import { MAX_PARSED_CHARS } from '../src/policy/parser.js';
 import { ddlStatements } from '../src/audit/ddl.js';
 import { loadPolicyParser } from '../src/policy/classify.js';
 import { DdlTracker, MAX_RUNS, type DdlGroup, type DdlOutcome } from '../src/session/ddl-tracker.js';
@@ -444,4 +445,15 @@ t.test('tracker, session mode: a Parse in a batch a Query closed does not take t
   tracker.ready('I');
   tracker.ready('I');
   t.same(seen, [['CREATE TABLE s (x int)', { outcome: 'ok', command_tag: '' }]]);
+});
+
+t.test('text too long for the parser: one unparsed event giving its size when its code names DDL (round 9)', async (t) => {
+  const filler = `'${'x'.repeat(MAX_PARSED_CHARS)}'`;
+  const got = ddlStatements(`CREATE TABLE big AS SELECT ${filler} AS v`);
+  t.same(got.map((d) => [d.class, d.node]), [['unparsed', '']]);
+  t.match(got[0]?.statement, /^<\d+ bytes, too long to parse and record>$/);
+  t.same(ddlStatements(`INSERT INTO t VALUES ('please do create the table', ${filler})`), [], 'DDL words only inside literals: nothing');
+  t.same(ddlStatements(`INSERT INTO t VALUES (1) /* create */ -- drop\n, (${filler})`), [], 'or comments');
+  t.equal(ddlStatements(`SELECT 'x\\' , ' ; DROP TABLE t; -- ', ${filler}`).length, 1, 'either reading: with standard_conforming_strings off this is a DROP');
+  t.equal(ddlStatements(`SELECT 'x' , ' ; DROP TABLE t; -- ', ${filler}`).length, 0, 'and without the backslash, a string');
 });

@@ -20,7 +20,7 @@
 // body go, so the code stays readable. What either reading cannot parse at all is treated as
 // secret throughout; a text neither reading parses is still recorded, as class `unparsed`.
 
-import { parseLocated, type LocatedStatement } from '../policy/parser.js';
+import { MAX_PARSED_CHARS, parseLocated, type LocatedStatement } from '../policy/parser.js';
 import { TextLru } from '../cache/text-lru.js';
 import { Ch, isIdentCont, isIdentStart, isTagCont } from '../policy/sql-chars.js';
 
@@ -66,11 +66,38 @@ const NONE: DdlStatement[] = [];
 /** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
 export function ddlStatements(sql: string): DdlStatement[] {
   if (!MAY_BE_AUDITED.test(sql) || (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql))) return NONE;
+  if (sql.length > MAX_PARSED_CHARS) return tooLong(sql);
   const hit = cache.get(sql);
   if (hit) return hit;
   const found = classify(sql);
   if (sql.length <= 8192) cache.set(sql, found);
   return found;
+}
+
+/**
+ * Text too long for the parser (see MAX_PARSED_CHARS): when its code (outside literals and
+ * comments, as either reading lexes it) holds a word of an audited statement, one `unparsed`
+ * event that gives its size, not its text (which could be megabytes, and hold anything).
+ */
+function tooLong(sql: string): DdlStatement[] {
+  const bytes = Buffer.from(sql, 'utf8');
+  const readings = bytes.includes(0x5c /* \ */) ? [false, true] : [false];
+  for (const backslashInPlain of readings) {
+    const opaque: Span[] = [];
+    const spans = merged([...lex(bytes, 0, bytes.length, backslashInPlain, opaque), ...opaque]);
+    const code: string[] = [];
+    let pos = 0;
+    for (const span of spans) {
+      code.push(bytes.toString('utf8', pos, span.start));
+      pos = span.end;
+    }
+    code.push(bytes.toString('utf8', pos));
+    const text = code.join(' ');
+    if (MAY_BE_DDL.test(text) || SELECT_INTO.test(text)) {
+      return [{ index: 0, class: 'unparsed', node: '', statement: `<${bytes.length} bytes, too long to parse and record>` }];
+    }
+  }
+  return NONE;
 }
 
 /** A piece of the text in UTF-8 byte offsets (as the parser reports them), [start, end). */

@@ -27,7 +27,7 @@
 import { VerdictCache } from './cache.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import { failsEverywhere, mayMatter, opaqueRisk, unanalysedRefusal } from './lexical.js';
-import { parseFailure, parseStatements } from './parser.js';
+import { MAX_PARSED_CHARS, parseFailure, parseStatements } from './parser.js';
 import { PinnedNames } from './pinned.js';
 import { ALLOW, UNPARSED, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
 import { inspect, type WalkEnv } from './walk.js';
@@ -79,6 +79,7 @@ export class PolicyClassifier {
     // The parser reads a C string; the server rejects a message with an embedded NUL, but
     // should one get here, every piece is judged rather than only the first.
     if (sql.includes('\0')) return sql.split('\0').reduce<PolicyVerdict>((acc, part) => merge(acc, this.analyse(part)), ALLOW);
+    if (sql.length > MAX_PARSED_CHARS) return this.unparsed(sql, { code: '54000', message: `statement too long for pgbastion to check (${sql.length} characters; at most ${MAX_PARSED_CHARS})` });
     const asWritten = this.reading(sql);
     const nonStandard = nonStandardStringsReading(sql);
     return nonStandard === null ? asWritten : merge(asWritten, this.reading(nonStandard));
@@ -99,12 +100,23 @@ export class PolicyClassifier {
     if (stmts !== null) return inspect(stmts, this.env);
     const failure = parseFailure(sql) ?? 'syntax error';
     if (failsEverywhere(failure)) return ALLOW;
-    const byText = unanalysedRefusal(sql, 'a statement that does not parse here');
+    // A syntax error in PostgreSQL's words; else the parser's own limits (nesting depth, memory).
+    const error = failure.startsWith('syntax error') ? { code: '42601', message: failure } : { code: '54001', message: 'statement too complex for pgbastion to check' };
+    return this.unparsed(sql, error);
+  }
+
+  /**
+   * Text not parsed here (rejected by the parser, or too long for it): judged by what it names
+   * (as a DO block is), then refused while variables are pinned (with `error`), else sticky,
+   * its connection closed when the client leaves (UNPARSED).
+   */
+  private unparsed(sql: string, error: { code: string; message: string }): PolicyVerdict {
+    const byText = unanalysedRefusal(sql, 'a statement that is not parsed here');
     if (byText !== null) return verdict(byText, null);
     const first = this.pins.first;
     if (first === null) return verdict(null, UNPARSED);
     const risk = opaqueRisk(sql, this.pins) ?? first;
-    const detail = pinnedDetail('a statement that does not parse here', risk, 'could change', ' (the grammar here is PostgreSQL 17\'s: text another version accepts could hide anything, so it is refused while variables are pinned)');
-    return verdict(Object.freeze({ ...refusal(risk, detail), message: failure, code: '42601' }), null);
+    const detail = pinnedDetail('a statement that is not parsed here', risk, 'could change', " (pgbastion's grammar is PostgreSQL 17's, and it parses at most 512 KiB: such text could hide anything, so it is refused while variables are pinned)");
+    return verdict(Object.freeze({ ...refusal(risk, detail), ...error }), null);
   }
 }
