@@ -257,6 +257,10 @@ const limitsSchema = {
     max_clients: positiveInt('Maximum concurrent client connections.', 10000),
     startup_timeout_ms: positiveInt('Milliseconds a client has to finish TLS, startup and authentication.', 5000),
     max_message_bytes: positiveInt('Largest protocol message accepted from a client, in bytes.', 67108864),
+    max_prepared_bytes: positiveInt(
+      "Transaction mode: bytes of named prepared statements pgbastion keeps per client (to prepare them again on other server connections); a Parse past it gets ERROR 53200.",
+      16777216,
+    ),
     auth_failures: {
       type: 'object',
       description: 'Lockout after repeated authentication failures, per source address and per user.',

@@ -79,6 +79,7 @@ export interface LimitsConfig {
   readonly max_clients: number;
   readonly startup_timeout_ms: number;
   readonly max_message_bytes: number;
+  readonly max_prepared_bytes: number;
   readonly auth_failures: { readonly max: number; readonly window_s: number; readonly lockout_s: number };
 }
 

@@ -837,6 +837,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         // Session mode keeps one server connection: names can stay as the client chose them.
         const own = this.vettedSql;
         if (name === '' || !this.transactionMode) return this.send(frame, P, null, null, ddl, own);
+        // Each named statement is kept, to prepare it again on other server connections: within a budget.
+        const budget = this.rt.config.limits.max_prepared_bytes;
+        if (!this.statements.fits(frame.length, budget)) {
+          const detail = `pgbastion keeps at most ${budget} bytes of prepared statements per client in transaction mode (limits.max_prepared_bytes; ${this.statements.heldBytes} kept): close some first.`;
+          this.log('warn', { kept: this.statements.heldBytes, budget }, 'Parse refused: prepared statement budget spent');
+          return this.send(this.refusals.parse(name, { code: SqlState.OUT_OF_MEMORY, message: 'out of memory', detail }), P);
+        }
         const held = this.statements.get(name);
         if (held !== undefined) {
           // A name in use: the server answers as PostgreSQL would (a syntax error before 42P05;

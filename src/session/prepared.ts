@@ -31,6 +31,13 @@ const PREFIX_BYTES = Buffer.from(PREFIX, 'latin1');
 /** Closed statements whose names errors may still quote (see retired). */
 const MAX_RETIRED = 16;
 
+/** What a kept statement costs besides its Parse bytes (its record, the Map entries, the names). */
+const STATEMENT_OVERHEAD = 256;
+
+function cost(stmt: Statement): number {
+  return stmt.parse.length + STATEMENT_OVERHEAD;
+}
+
 /** Whether a server message may name one of our server-side statements (a quick byte search). */
 export function mentionsServerName(frame: Buffer): boolean {
   return frame.includes(PREFIX_BYTES);
@@ -72,12 +79,25 @@ export class PreparedStatements {
   private gone: WeakSet<Statement> | null = null;
   /** Statements a Close or DEALLOCATE was read for, with the count then: not replayed for messages read after it. */
   private ending: WeakMap<Statement, number> | null = null;
+  /** What the statements in byName and contenders take (STATEMENT_OVERHEAD + Parse bytes each). */
+  private held = 0;
+
+  /** Whether a Parse of `frameBytes` more fits within `limit` bytes of statements kept (limits.max_prepared_bytes). */
+  fits(frameBytes: number, limit: number): boolean {
+    return this.held + frameBytes + STATEMENT_OVERHEAD <= limit;
+  }
+
+  /** Bytes the kept statements take. */
+  get heldBytes(): number {
+    return this.held;
+  }
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
   define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
     const stmt = { serverName, parse, inlineSafe, ddl, seq: ++this.seq };
+    this.held += cost(stmt);
     (this.byName ??= new Map()).set(name, stmt);
     (this.byServer ??= new Map()).set(serverName, name);
     return stmt;
@@ -86,6 +106,7 @@ export class PreparedStatements {
   /** A client Parse of `name` while `held` has that name: it goes out under held's server-side name (see contenders). */
   contend(held: Statement, frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
     const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl, seq: ++this.seq };
+    this.held += cost(stmt);
     const all = (this.contenders ??= new Map());
     let queue = all.get(held.serverName);
     if (queue === undefined) all.set(held.serverName, (queue = new Map()));
@@ -160,6 +181,8 @@ export class PreparedStatements {
     const stmt = this.byName?.get(name);
     if (stmt === undefined) return;
     this.closing(stmt);
+    this.held -= cost(stmt);
+    for (const c of this.contenders?.get(stmt.serverName)?.values() ?? []) this.held -= cost(c.stmt);
     this.byName!.delete(name);
     this.byServer!.delete(stmt.serverName);
     this.contenders?.delete(stmt.serverName);
@@ -174,10 +197,12 @@ export class PreparedStatements {
     this.byServer = null;
     this.contenders = null;
     this.retired = null;
+    this.held = 0;
   }
 
   /** The server connection died: the contenders in flight will never be answered. */
   dropContenders(): void {
+    for (const queue of this.contenders?.values() ?? []) for (const c of queue.values()) this.held -= cost(c.stmt);
     this.contenders = null;
   }
 
@@ -190,6 +215,7 @@ export class PreparedStatements {
     const contender = queue?.get(parse);
     if (contender !== undefined) {
       (this.gone ??= new WeakSet()).add(contender.stmt);
+      this.held -= cost(contender.stmt);
       queue!.delete(parse);
       if (queue!.size === 0) this.contenders!.delete(serverName);
       return;
@@ -223,7 +249,9 @@ export class PreparedStatements {
    * name, or it is free (and retired: messages pipelined behind may still get errors naming it).
    */
   private free(name: string, serverName: string): void {
-    (this.gone ??= new WeakSet()).add(this.byName!.get(name)!);
+    const stmt = this.byName!.get(name)!;
+    (this.gone ??= new WeakSet()).add(stmt);
+    this.held -= cost(stmt);
     const queue = this.contenders?.get(serverName);
     const next = queue?.values().next().value;
     if (next === undefined) {
