@@ -77,6 +77,7 @@ t.test('defaults fill every optional section', async (t) => {
     max_clients: 10000,
     startup_timeout_ms: 5000,
     max_message_bytes: 67108864,
+    max_prepared_bytes: 16777216,
     auth_failures: { max: 5, window_s: 60, lockout_s: 300 },
   });
   t.equal(c.log_level, 'info');
