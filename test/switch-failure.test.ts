@@ -12,8 +12,8 @@ import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-/** A search_path that set_config() takes tens of milliseconds to apply. */
-const LONG_PATH = Array.from({ length: 150_000 }, (_, i) => `s${i}`).join(', ');
+/** A search_path that set_config() takes tens of milliseconds to apply (under the policy parser's 512 KiB). */
+const LONG_PATH = Array.from({ length: 65_000 }, (_, i) => `s${i}`).join(', ');
 const STEAL = "ROLLBACK; INSERT INTO public.loot SELECT current_setting('app.tenant_id') || ':' || coalesce((SELECT string_agg(body, ',') FROM public.notes), '')";
 
 /**
@@ -21,7 +21,7 @@ const STEAL = "ROLLBACK; INSERT INTO public.loot SELECT current_setting('app.ten
  * outlasts (`fail`), or without one.
  */
 async function switchesToLongPath(outcome: 'fail' | 'succeed'): Promise<void> {
-  await pgs.query(`ALTER ROLE ${SERVER_ROLE} ${outcome === 'fail' ? "SET statement_timeout = '10ms'" : 'RESET statement_timeout'}`);
+  await pgs.query(`ALTER ROLE ${SERVER_ROLE} ${outcome === 'fail' ? "SET statement_timeout = '5ms'" : 'RESET statement_timeout'}`);
   await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
 }
 
