@@ -665,6 +665,7 @@ t.test('text the parser here rejects fails closed, unless every PostgreSQL rejec
     t.match(v.refuse?.detail, /is not parsed here/);
     t.same(none.classify(sql), { refuse: null, sticky: 'unparsed statement' }, `without pins, sticky (and closed, not reset): ${sql}`);
   }
+  t.match(policy.classify('UPDATE t SET "" = 1').refuse, { code: '42601', message: /^zero-length delimited identifier/ }, "the parser's other errors in its words too");
   // What it names is refused with or without pins, as in a DO block.
   for (const classifier of [policy, none]) {
     t.match(classifier.classify('SELECT pg_terminate_backend(pid) FROM pg_stat_activity AS system_user').refuse?.message, /signal server processes/);

@@ -100,8 +100,10 @@ export class PolicyClassifier {
     if (stmts !== null) return inspect(stmts, this.env);
     const failure = parseFailure(sql) ?? 'syntax error';
     if (failsEverywhere(failure)) return ALLOW;
-    // A syntax error in PostgreSQL's words; else the parser's own limits (nesting depth, memory).
-    const error = failure.startsWith('syntax error') ? { code: '42601', message: failure } : { code: '54001', message: 'statement too complex for pgbastion to check' };
+    // The parser's own limits (nesting depth, memory; also of the JSON it returns), else its
+    // error in PostgreSQL's words (a syntax error, a zero-length identifier, …).
+    const limit = /stack|memory|exhausted/i.test(failure);
+    const error = limit ? { code: '54001', message: 'statement too complex for pgbastion to check' } : { code: '42601', message: failure };
     return this.unparsed(sql, error);
   }
 
