@@ -666,6 +666,12 @@ t.test('text the parser here rejects fails closed, unless every PostgreSQL rejec
     t.same(none.classify(sql), { refuse: null, sticky: 'unparsed statement' }, `without pins, sticky (and closed, not reset): ${sql}`);
   }
   t.match(policy.classify('UPDATE t SET "" = 1').refuse, { code: '42601', message: /^zero-length delimited identifier/ }, "the parser's other errors in its words too");
+  // Inside a SQL runner's text, or a SQL function body, the same (a signal behind the tail passed).
+  for (const classifier of [policy, none]) {
+    t.match(classifier.classify("SELECT query_to_xml('SELECT pg_terminate_backend(1) FROM (SELECT 1) AS system_user', true, false, '')").refuse?.message, /signal server processes/);
+    t.match(classifier.classify("CREATE FUNCTION k() RETURNS bool LANGUAGE sql AS 'SELECT pg_cancel_backend(1) FROM (SELECT 1) AS system_user'").refuse?.message, /signal server processes/);
+  }
+  t.equal(none.classify("SELECT query_to_xml('SELECT setseed(0.1) FROM (SELECT 1) AS system_user', true, false, '')").sticky, 'unparsed statement', 'without pins, run now: sticky and closed');
   // What it names is refused with or without pins, as in a DO block.
   for (const classifier of [policy, none]) {
     t.match(classifier.classify('SELECT pg_terminate_backend(pid) FROM pg_stat_activity AS system_user').refuse?.message, /signal server processes/);

@@ -7,7 +7,7 @@ import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import type { PinnedNames } from './pinned.js';
 import { unanalysedRefusal } from './lexical.js';
-import { pinnedDetail, refusal, statementsRefusal, stickier, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
+import { UNPARSED, pinnedDetail, refusal, statementsRefusal, stickier, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
 export interface WalkEnv {
   readonly pins: PinnedNames;
@@ -534,7 +534,11 @@ class Walk {
     for (const reading of other === null ? [text] : [text, other]) {
       const stmts = this.env.parse(reading);
       if (stmts === null) {
-        if (this.refuseProcedural(`${what} (LANGUAGE sql, a body that does not parse here)`)) return;
+        // Judged as unparsed text is (classify.ts): by what it names, refused while pinned,
+        // else, when it runs now, sticky with the connection closed.
+        if (this.refuseByText(reading, `${where} (text that is not parsed here)`)) return;
+        if (this.refuseProcedural(`${what} (a SQL text that is not parsed here)`)) return;
+        if (runsNow) this.stickCall(UNPARSED);
         continue;
       }
       const inner = inspect(stmts, this.env, false);
