@@ -242,6 +242,11 @@ t.test('semantic cross-checks', async (t) => {
       want: { path: 'users[0].pins["app.role"]', message: /not listed in pinning.variables/, line: 8, column: 33 },
     },
     {
+      name: 'a user name longer than 63 bytes (PostgreSQL cuts clients\' names to that)',
+      yaml: VALID_YAML.replace('server_role: app_rw\n    pins: { app.tenant_id: "a" }', 'server_role: app_rw\n    pins: { app.tenant_id: "a" }').replace(/name: (\w+)\n(\s+)secret/, `name: ${'u'.repeat(64)}\n$2secret`),
+      want: { path: 'users[0].name', message: /longer than 63 bytes/ },
+    },
+    {
       name: 'secret format',
       yaml: VALID_YAML.replace(`secret: "${SECRET}"`, `secret: "SCRAM-SHA-256$4096:${b64(16)}$${b64(16)}:${b64(32)}"`),
       want: { path: 'users[0].secret', message: /must be a SCRAM-SHA-256 secret/, line: 6 },

@@ -539,6 +539,10 @@ function checkUsers(c: Obj, col: Collector): void {
   reportDuplicates(namesOf(users), 'user', 'users', col);
   const roles = definedNames(c.server_roles);
   for (const [i, u] of users) {
+    // Clients' names are cut to PostgreSQL's 63 bytes at startup (as PostgreSQL cuts them):
+    // a longer configured name could never be asked for.
+    const name = str(u, 'name');
+    if (name !== undefined && Buffer.byteLength(name) > 63) col.problem(['users', i, 'name'], 'is longer than 63 bytes, the longest user name PostgreSQL (and so pgbastion) takes');
     const role = str(u, 'server_role');
     if (roles && role !== undefined && !roles.has(role)) {
       col.problem(['users', i, 'server_role'], `server role ${role} is not defined in server_roles`);
