@@ -8,6 +8,7 @@ import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, SERVER_ROLE, startProxy } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
 
 const pgs = await startPostgres();
 t.teardown(() => pgs.stop());
@@ -45,6 +46,27 @@ for (const mode of ['transaction', 'session'] as const) {
         t.ok(e.outcome === 'unknown' ? e.reason === 'client disconnected' : e.outcome === 'ok', `outcome ${String(e.outcome)} (${String(e.reason ?? e.command_tag)})`);
       }
     });
+
+    if (mode === 'transaction') {
+      await t.test('a portal bound to DDL dies with its connection: a later portal of that name is not taken for it', async (t) => {
+        // A reviewer's round-10 finding: the portal outlived the connection in the tracker, and
+        // a SELECT run later through a portal of the same name was recorded as the CREATE.
+        const c = await connect();
+        const raw = rawOf(c);
+        await raw.send(1, serialize.query('BEGIN'));
+        await raw.send(1, serialize.parse({ name: 's1', text: `CREATE TABLE phantom_${mode} (a int)`, types: [] }), serialize.bind({ portal: 'p1', statement: 's1' }), serialize.sync());
+        const pid = (await pgs.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE usename = $1 AND state LIKE 'idle in transaction%'", [SERVER_ROLE])).rows[0]?.pid;
+        t.ok(pid, 'the server connection is idle in the transaction');
+        await pgs.query('SELECT pg_terminate_backend($1)', [pid]);
+        await sleep(200);
+        await raw.send(1, serialize.query('ROLLBACK'));
+        await raw.send(1, serialize.parse({ name: '', text: 'SELECT 42', types: [] }), serialize.bind({ portal: 'p1', statement: '' }), serialize.execute({ portal: 'p1' }), serialize.sync());
+        await sleep(100);
+        // (Its Parse is recorded at its Sync, with an empty tag: a submitted DDL text never goes unrecorded.)
+        t.same(ddl(`phantom_${mode}`).map((e) => [e.outcome, e.command_tag]), [['ok', '']], 'no event claims the CREATE ran');
+        raw.raw.stream.write(serialize.end());
+      });
+    }
 
     await t.test('the server connection dies under a running DDL: recorded with the error it got', async (t) => {
       const c = await connect();

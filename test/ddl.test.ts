@@ -457,3 +457,32 @@ t.test('text too long for the parser: one unparsed event giving its size when it
   t.equal(ddlStatements(`SELECT 'x\\' , ' ; DROP TABLE t; -- ', ${filler}`).length, 1, 'either reading: with standard_conforming_strings off this is a DROP');
   t.equal(ddlStatements(`SELECT 'x' , ' ; DROP TABLE t; -- ', ${filler}`).length, 0, 'and without the backslash, a string');
 });
+
+t.test('tracker: unanswered work (round 10)', async (t) => {
+  const seen: [string, DdlOutcome][] = [];
+  const tracker = new DdlTracker((stmt, outcome) => seen.push([stmt.node, outcome]));
+  // A completed statement of a string whose end never came: rolled back unless a COMMIT followed it.
+  tracker.owed(ddlStatements('CREATE TABLE a (x int); SELECT pg_sleep(9)'));
+  tracker.commandComplete('CREATE TABLE');
+  tracker.unanswered('client disconnected');
+  t.same(seen.pop(), ['CreateStmt', { outcome: 'unknown', reason: 'client disconnected' }], 'completed, not committed: unknown');
+  tracker.owed(ddlStatements('CREATE TABLE a (x int); COMMIT; SELECT pg_sleep(9)'));
+  for (const tag of ['CREATE TABLE', 'COMMIT']) tracker.commandComplete(tag);
+  tracker.unanswered('client disconnected');
+  t.same(seen.pop(), ['CreateStmt', { outcome: 'ok', command_tag: 'CREATE TABLE' }], 'a COMMIT followed it: ok');
+  tracker.owed(ddlStatements('SELECT 1/0; CREATE TABLE b (x int)'));
+  tracker.error('22012');
+  tracker.unanswered('server connection lost');
+  t.same(seen, [], 'after the error nothing ran: not recorded');
+  // A portal bound to DDL inside a transaction dies with its connection: a later run of
+  // another portal of that name is not taken for it.
+  const create = ddlStatements('CREATE TABLE phantom (x int)');
+  tracker.parsed(create);
+  tracker.bound('p1', create);
+  tracker.owed(null);
+  tracker.ready('T');
+  seen.length = 0; // (the Parse that no Execute ran is recorded at its Sync)
+  tracker.unanswered('server connection lost');
+  t.equal(tracker.executed('p1'), false, 'the portal is forgotten');
+  t.same(seen, []);
+});

@@ -1861,6 +1861,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const cutShort = this.ledger.unsynced;
     if (this.ledger.owed === 0 && !cutShort) {
       this.serverFatalRelayed = false;
+      // Nothing is owed, but portals bound to audited statements died with the connection.
+      this.ddl.unanswered('server connection lost');
       this.resumeReading();
       if (inTransaction) {
         // Idle inside a transaction: its next statement must fail, not run outside it.

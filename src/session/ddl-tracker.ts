@@ -247,9 +247,14 @@ export class DdlTracker {
     for (const batch of this.batches) {
       if (batch === null) continue;
       const unknown: DdlOutcome = { outcome: 'unknown', reason };
+      // A Query string is one transaction until a COMMIT in it: a statement that completed is
+      // only known to stay when one followed it; the one that failed is known to have failed.
+      const committed = countable(batch) ? committedRuns({ ...batch, error: batch.error ?? 'unanswered' }) : null;
       for (const stmt of batch.query) {
-        const known = countable(batch) && (stmt.index < batch.tags.length || (batch.error !== null && stmt.index === batch.tags.length));
-        this.record(stmt, known ? queryOutcome(batch, stmt)! : unknown);
+        if (countable(batch) && batch.error !== null && stmt.index > batch.tags.length) continue; // never ran
+        const failed = countable(batch) && batch.error !== null && stmt.index === batch.tags.length;
+        const kept = stmt.index < batch.tags.length && committed?.(stmt.index) === true;
+        this.record(stmt, failed ? { outcome: 'error', sqlstate: batch.error! } : kept ? { outcome: 'ok', command_tag: batch.tags[stmt.index]! } : unknown);
       }
       for (const run of batch.runs) for (const stmt of run.group) this.record(stmt, unknown);
       for (const [group, runs] of batch.more ?? []) for (const stmt of group) this.record(stmt, { ...unknown, runs });
