@@ -7,7 +7,7 @@ import { VerdictCache } from '../src/policy/cache.js';
 import { nonStandardStringsReading } from '../src/policy/escape-strings.js';
 import { mayMatter } from '../src/policy/lexical.js';
 import { ALLOW } from '../src/policy/verdict.js';
-import { MAX_PARSED_CHARS } from '../src/policy/parser.js';
+import { MAX_PARSED_CHARS, parserReloads, parserSettled } from '../src/policy/parser.js';
 
 const PINS = ['app.tenant_id', 'App.User_Id']; // configuration case does not matter
 
@@ -716,4 +716,19 @@ t.test('text too long or too complex for the parser is judged without it (round 
   const deep = `/* set */ SELECT ${'1+'.repeat(200_000)}1`;
   t.match(pinned.classify(deep).refuse, { code: '54001', message: 'statement too complex for pgbastion to check' }, 'the parser\'s own limits: 54001');
   t.equal(none.classify(deep).sticky, 'unparsed statement');
+});
+
+t.test('a parse that overflows the stack inside the parser gets a fresh parser instance (round 10)', async (t) => {
+  // A reviewer's round-10 finding: ~40 such parses left the WebAssembly instance unusable,
+  // and every later statement that needs the parser was refused, for every client.
+  const deep = `SELECT ${Array.from({ length: 10000 }, (_, i) => String(i)).join(' + ')} /* set */`;
+  const c = new PolicyClassifier(PINS, { cacheSize: 0 });
+  const before = parserReloads;
+  for (let i = 0; i < 60; i++) {
+    t.equal(c.classify(deep).refuse?.code, '54001');
+    await parserSettled(); // (as between a client's messages, which arrive on later turns)
+  }
+  t.ok(parserReloads > before, `fresh instances loaded (${parserReloads - before})`);
+  t.match(c.classify("SET app.tenant_id = 'b'").refuse, { message: 'permission denied to set parameter "app.tenant_id"' }, 'the parser still works');
+  t.same(c.classify('SELECT 1 FROM t WHERE x IN (SELECT y FROM temp_rows)'), { refuse: null, sticky: null });
 });

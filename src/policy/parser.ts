@@ -1,9 +1,66 @@
 // The real PostgreSQL 17 parser (libpg-query, compiled to WebAssembly): loaded once at
 // startup, then called synchronously. Nothing else in pgbastion imports libpg-query.
+//
+// A parse that fails other than with the parser's own error (a RangeError when deep input
+// overflows the JavaScript stack inside WebAssembly, a RuntimeError) leaves the instance's
+// shadow stack unwound: some 40 of them and every later parse fails ("memory access out of
+// bounds"), for every client. So the first such failure has a fresh instance loaded
+// (require() again, past the module cache); parses go on with the old one until it is ready.
 
-import { loadModule, parseSync } from 'libpg-query';
+import { createRequire } from 'node:module';
 
+type Lib = typeof import('libpg-query');
+
+const require = createRequire(import.meta.url);
+const ENTRY = require.resolve('libpg-query');
+
+let lib: Lib | null = null;
 let loaded = false;
+/** A fresh instance on its way (see the module comment), or null. */
+let reloading: Promise<void> | null = null;
+/** Fresh instances loaded after a failure (for tests and logs). */
+export let parserReloads = 0;
+
+async function freshInstance(): Promise<Lib> {
+  // Out of the module cache, and out of its parent's children, which would keep the old
+  // instance (and its memory) alive. libpg-query.js stays: it makes a new instance per call.
+  const old = require.cache[ENTRY];
+  const siblings = old?.parent?.children;
+  if (old && siblings) siblings.splice(siblings.indexOf(old) >>> 0, 1);
+  delete require.cache[ENTRY];
+  const fresh = require(ENTRY) as Lib;
+  await fresh.loadModule();
+  return fresh;
+}
+
+/** Called with every exception the parser throws: its own errors are SqlErrors; anything else taints the instance. */
+function afterFailure(err: unknown): void {
+  if ((err as { name?: unknown } | null)?.name === 'SqlError' || reloading !== null) return;
+  reloading = freshInstance().then(
+    (fresh) => {
+      lib = fresh;
+      parserReloads++;
+      reloading = null;
+    },
+    () => {
+      reloading = null; // (tried again at the next failure)
+    },
+  );
+}
+
+function parseSync(sql: string): unknown {
+  try {
+    return lib!.parseSync(sql);
+  } catch (err) {
+    afterFailure(err);
+    throw err;
+  }
+}
+
+/** Resolves once a fresh instance asked for by a failure is in use (tests). */
+export async function parserSettled(): Promise<void> {
+  while (reloading !== null) await reloading;
+}
 
 /**
  * The longest text (in characters) handed to the parser, which runs on the event loop every
@@ -15,7 +72,11 @@ export const MAX_PARSED_CHARS = 512 * 1024;
 
 /** Loads the parser's WebAssembly module. Call once before the first classify(). */
 export async function loadPolicyParser(): Promise<void> {
-  await loadModule();
+  if (lib === null) {
+    const first = require(ENTRY) as Lib;
+    await first.loadModule();
+    lib = first;
+  }
   loaded = true;
 }
 
