@@ -672,6 +672,25 @@ t.test('text the parser here rejects fails closed, unless every PostgreSQL rejec
     t.match(classifier.classify("CREATE FUNCTION k() RETURNS bool LANGUAGE sql AS 'SELECT pg_cancel_backend(1) FROM (SELECT 1) AS system_user'").refuse?.message, /signal server processes/);
   }
   t.equal(none.classify("SELECT query_to_xml('SELECT setseed(0.1) FROM (SELECT 1) AS system_user', true, false, '')").sticky, 'unparsed statement', 'without pins, run now: sticky and closed');
+  // (round 10) What it names, spelled through comments or Unicode escapes, counts the same.
+  for (const classifier of [policy, none]) {
+    for (const sql of [
+      "SELECT 1 FROM pg_class system_user LIMIT 1; ALTER/**/ROLE CURRENT_USER PASSWORD 'hijacked'",
+      "DO $$ BEGIN ALTER/**/ROLE CURRENT_USER PASSWORD 'hijacked2'; END $$",
+      "DO $$ BEGIN EXECUTE 'ALTER /* a /* nested */ one */ USER current_user PASSWORD ''x'''; END $$",
+      "DO $$ BEGIN ALTER -- a comment\n ROLE CURRENT_USER NOLOGIN; END $$",
+    ]) {
+      t.match(classifier.classify(sql).refuse?.message, /alter roles or databases/, sql);
+    }
+    for (const sql of [
+      `SELECT 1 FROM pg_class system_user LIMIT 1; SELECT U&"pg_terminate!005fbackend" UESCAPE '!' (pid) FROM pg_stat_activity`,
+      String.raw`DO $$ BEGIN PERFORM U&"pg_cancel\005fbackend"(1); END $$`,
+      String.raw`DO $$ BEGIN EXECUTE U&'EXECUTE pgbastion\005fs1'; END $$`,
+    ]) {
+      t.match(classifier.classify(sql).refuse?.message, /Unicode escapes/, sql);
+    }
+  }
+  t.equal(none.classify("DO $$ BEGIN ALTER TABLE users /* the role column */ ADD COLUMN role text; END $$").refuse, null, 'ALTER TABLE naming a role column: not refused');
   // What it names is refused with or without pins, as in a DO block.
   for (const classifier of [policy, none]) {
     t.match(classifier.classify('SELECT pg_terminate_backend(pid) FROM pg_stat_activity AS system_user').refuse?.message, /signal server processes/);

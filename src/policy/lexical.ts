@@ -83,9 +83,50 @@ export function unanalysedRefusal(text: string, what: string): Refusal | null {
   if (OTHERS_STATEMENTS.test(text)) {
     return statementsRefusal('permission denied for the prepared statements of other clients', `${what} mentions a pgbastion_ name, and cannot be analysed.`);
   }
-  const m = SHARED_TEXT.exec(text);
+  // U&"…" and U&'…' can spell any name with escapes (U&"pg_terminate!005fbackend" UESCAPE '!').
+  if (UNICODE_ESCAPES.test(text)) {
+    return statementsRefusal('permission denied for Unicode escapes in text pgbastion cannot analyse', `${what} holds a U& name or string, which can spell any name unseen.`);
+  }
+  // ALTER/**/ROLE and ALTER -- …\nROLE are ALTER ROLE to PostgreSQL, in code and in dynamic SQL.
+  const m = SHARED_TEXT.exec(text) ?? SHARED_TEXT.exec(withoutComments(text));
   if (m === null) return null;
   return m[0].toLowerCase().startsWith('pg_')
     ? statementsRefusal('permission denied to signal server processes through pgbastion', `${what} names ${m[0]}, which would hit the server connections other clients use, and cannot be analysed.`)
     : statementsRefusal('permission denied to alter roles or databases through pgbastion', `${what} names ${m[0].replace(/\s+/g, ' ').toUpperCase()}: every server connection pgbastion opens depends on them, for all its clients; it goes to PostgreSQL directly.`);
+}
+
+const UNICODE_ESCAPES = /u&\s*['"]/i;
+
+/**
+ * `text` with every comment dropped, wherever it stands (inside strings too: those may be
+ * SQL run later). Only for matching text rules, on top of the text as it is: dropping
+ * comment-like bytes from a string can only make a rule match more.
+ */
+function withoutComments(text: string): string {
+  let out = '';
+  let i = 0;
+  while (i < text.length) {
+    if (text.startsWith('--', i)) {
+      const nl = text.indexOf('\n', i);
+      i = nl < 0 ? text.length : nl;
+      out += ' ';
+    } else if (text.startsWith('/*', i)) {
+      let depth = 0;
+      while (i < text.length) {
+        if (text.startsWith('/*', i)) {
+          depth++;
+          i += 2;
+        } else if (text.startsWith('*/', i)) {
+          i += 2;
+          if (--depth === 0) break;
+        } else i++;
+      }
+      out += ' ';
+    } else {
+      const next = Math.min(...[text.indexOf('--', i), text.indexOf('/*', i)].map((k) => (k < 0 ? text.length : k)));
+      out += text.slice(i, next);
+      i = next;
+    }
+  }
+  return out;
 }
