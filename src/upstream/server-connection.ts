@@ -1,6 +1,7 @@
 // One connection from pgbastion to an upstream PostgreSQL (or HAProxy in front of one):
 // login as a server role, hidden housekeeping queries, and the server→client relay.
 
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { serialize } from 'pg-protocol';
@@ -184,7 +185,7 @@ const FUNCTION_CALL_MARKER = serialize.close({ type: 'P', name: '' });
  * A Query whose text lacks its terminator is refused by PostgreSQL before it drops the unnamed
  * statement or portal, so its marker must leave both alone too.
  */
-const MALFORMED_QUERY_MARKER = serialize.close({ type: 'P', name: 'pgbastion_marker' });
+const MALFORMED_QUERY_MARKER = serialize.close({ type: 'P', name: `pgbastion_marker_${randomBytes(8).toString('hex')}` }); // (no client guesses it: its cursor would be closed)
 
 /** The `parse` of a Close's entry (no Parse). */
 const NO_PARSE = Buffer.alloc(0);
