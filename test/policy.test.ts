@@ -732,6 +732,10 @@ t.test('text too long or too complex for the parser is judged without it (round 
   t.same(none.classify(long), { refuse: null, sticky: 'unparsed statement' }, 'without pins: sticky, closed when the client leaves');
   t.match(none.classify(`SELECT pg_cancel_backend(1); ${long}`).refuse?.message, /signal server processes/, 'what it names still counts');
   t.equal(pinned.classify(`SELECT ${'1,'.repeat(MAX_PARSED_CHARS)}1`).refuse, null, 'no inspected form named: not looked at, however long');
+  // (round 10) Long literals are data: a bulk upsert of 600 KB with trigger words in its data is parsed, and allowed.
+  const upsert = `INSERT INTO docs (id, body) VALUES (1, '${'lorem tempor do set create alter user '.repeat(16_000)}') ON CONFLICT (id) DO UPDATE SET body = excluded.body`;
+  t.same(pinned.classify(upsert), { refuse: null, sticky: null }, 'a bulk upsert with long literals');
+  t.same(none.classify(upsert), { refuse: null, sticky: null });
   const deep = `/* set */ SELECT ${'1+'.repeat(200_000)}1`;
   t.match(pinned.classify(deep).refuse, { code: '54001', message: 'statement too complex for pgbastion to check' }, 'the parser\'s own limits: 54001');
   t.equal(none.classify(deep).sticky, 'unparsed statement');

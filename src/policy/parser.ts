@@ -18,7 +18,7 @@ let lib: Lib | null = null;
 let loaded = false;
 /** A fresh instance on its way (see the module comment), or null. */
 let reloading: Promise<void> | null = null;
-/** Fresh instances loaded after a failure (for tests and logs). */
+/** Fresh instances loaded after a failure or a long text (for tests and logs). */
 export let parserReloads = 0;
 
 async function freshInstance(): Promise<Lib> {
@@ -35,7 +35,12 @@ async function freshInstance(): Promise<Lib> {
 
 /** Called with every exception the parser throws: its own errors are SqlErrors; anything else taints the instance. */
 function afterFailure(err: unknown): void {
-  if ((err as { name?: unknown } | null)?.name === 'SqlError' || reloading !== null) return;
+  if ((err as { name?: unknown } | null)?.name !== 'SqlError') reload();
+}
+
+/** Loads a fresh instance, to be used once ready (one at a time). */
+function reload(): void {
+  if (reloading !== null) return;
   reloading = freshInstance().then(
     (fresh) => {
       lib = fresh;
@@ -54,6 +59,8 @@ function parseSync(sql: string): unknown {
   } catch (err) {
     afterFailure(err);
     throw err;
+  } finally {
+    if (sql.length > FRESH_AFTER_CHARS) reload();
   }
 }
 
@@ -63,12 +70,19 @@ export async function parserSettled(): Promise<void> {
 }
 
 /**
- * The longest text (in characters) handed to the parser, which runs on the event loop every
- * client shares (about 0.3 ms per KiB) and whose WebAssembly memory never shrinks: 512 KiB
- * holds the longest parameter list PostgreSQL takes (65 535 `$n`). Callers judge longer text
- * without it.
+ * The most code (characters outside literals and comments: literals/codeChars) of a text
+ * handed to the parser, which runs on the event loop every client shares (about 0.3 ms per
+ * KiB of code, 0.02 ms per KiB of literal): 512 KiB holds the longest parameter list
+ * PostgreSQL takes (65 535 `$n`). Callers judge text with more without it.
  */
 export const MAX_PARSED_CHARS = 512 * 1024;
+
+/**
+ * After a text this long is parsed, a fresh instance is loaded: WebAssembly memory never
+ * shrinks, and a parse holds the text several times over (a 64 MiB literal would keep
+ * hundreds of MB for the life of the process).
+ */
+const FRESH_AFTER_CHARS = 4 * 1024 * 1024;
 
 /** Loads the parser's WebAssembly module. Call once before the first classify(). */
 export async function loadPolicyParser(): Promise<void> {
