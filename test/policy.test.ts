@@ -755,3 +755,21 @@ t.test('a parse that overflows the stack inside the parser gets a fresh parser i
   t.match(c.classify("SET app.tenant_id = 'b'").refuse, { message: 'permission denied to set parameter "app.tenant_id"' }, 'the parser still works');
   t.same(c.classify('SELECT 1 FROM t WHERE x IN (SELECT y FROM temp_rows)'), { refuse: null, sticky: null });
 });
+
+t.test('round 11: the encoding rule for unparsed text; linear text rules; operator runs are not parsed', async (t) => {
+  const none = new PolicyClassifier([], { cacheSize: 0 });
+  // Behind an unparsable prefix, SET client_encoding TO 'SJIS' then let a valid-UTF-8 string
+  // end early in SJIS: pg_terminate_backend of another client's backend ran.
+  for (const sql of ["SELECT * FROM pg_class AS system_user LIMIT 0; SET client_encoding TO 'SJIS'", "SELECT * FROM pg_class AS system_user LIMIT 0; SET NAMES 'SJIS'"]) {
+    t.equal(none.classify(sql).refuse?.variable, 'client_encoding', sql);
+  }
+  let started = performance.now();
+  none.classify(`DO $$BEGIN ${'--\n'.repeat(400_000)} PERFORM 1; END$$`);
+  t.ok(performance.now() - started < 3000, `comments in a long DO body: linear (${Math.round(performance.now() - started)} ms)`);
+  started = performance.now();
+  const run = `SET x = 1 /*${'/*'.repeat(16_384)}`;
+  t.match(policy.classify(run).refuse, { code: '54001' }, 'a long run of operator characters: refused while pinned, not parsed');
+  t.equal(none.classify(run).sticky, 'unparsed statement');
+  t.ok(performance.now() - started < 1000, `without its square's cost (${Math.round(performance.now() - started)} ms)`);
+  t.same(policy.classify(`UPDATE t SET banner = '${'='.repeat(5000)}' /* ${'-'.repeat(200)} */`), { refuse: null, sticky: null }, 'runs inside literals, and short ones in comments, are fine');
+});

@@ -22,7 +22,7 @@
 
 import { MAX_PARSED_CHARS, parseLocated, type LocatedStatement } from '../policy/parser.js';
 import { TextLru } from '../cache/text-lru.js';
-import { codeChars, lex, type Literal, type Span } from '../policy/literals.js';
+import { MAX_OPERATOR_RUN, codeChars, lex, longestOperatorRun, type Literal, type Span } from '../policy/literals.js';
 
 /** `unparsed`: neither reading parses (the whole text, every literal redacted; node ''). */
 export type DdlClass = 'ddl' | 'role' | 'dynamic' | 'unparsed';
@@ -66,7 +66,7 @@ const NONE: DdlStatement[] = [];
 /** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
 export function ddlStatements(sql: string): DdlStatement[] {
   if (!MAY_BE_AUDITED.test(sql) || (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql))) return NONE;
-  if (sql.length > MAX_PARSED_CHARS && codeChars(sql) > MAX_PARSED_CHARS) return tooLong(sql);
+  if ((sql.length > MAX_PARSED_CHARS && codeChars(sql) > MAX_PARSED_CHARS) || longestOperatorRun(sql) > MAX_OPERATOR_RUN) return tooLong(sql);
   const hit = cache.get(sql);
   if (hit) return hit;
   const found = classify(sql);

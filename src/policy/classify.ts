@@ -27,7 +27,8 @@
 import { VerdictCache } from './cache.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import { failsEverywhere, mayMatter, opaqueRisk, unanalysedRefusal } from './lexical.js';
-import { codeChars } from './literals.js';
+import { ENCODING_REFUSED_DETAIL, SETS_ENCODING } from './client-encoding.js';
+import { MAX_OPERATOR_RUN, codeChars, longestOperatorRun } from './literals.js';
 import { MAX_PARSED_CHARS, parseFailure, parseStatements } from './parser.js';
 import { PinnedNames } from './pinned.js';
 import { ALLOW, UNPARSED, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
@@ -81,6 +82,9 @@ export class PolicyClassifier {
     // should one get here, every piece is judged rather than only the first.
     if (sql.includes('\0')) return sql.split('\0').reduce<PolicyVerdict>((acc, part) => merge(acc, this.analyse(part)), ALLOW);
     // Long literals cost the parser little (bulk VALUES); long code (16 MB of SETs held the event loop 4 s) is not parsed.
+    // A long run of operator characters (/*/*/*…) costs PostgreSQL's scanner time that grows
+    // with its square (each /* rescans the run): never parsed. Nor is long code.
+    if (longestOperatorRun(sql) > MAX_OPERATOR_RUN) return this.unparsed(sql, { code: '54001', message: 'statement too complex for pgbastion to check' });
     if (sql.length > MAX_PARSED_CHARS && codeChars(sql) > MAX_PARSED_CHARS) {
       return this.unparsed(sql, { code: '54000', message: `statement too long for pgbastion to check (more than ${MAX_PARSED_CHARS} characters of code outside literals)` });
     }
@@ -119,6 +123,9 @@ export class PolicyClassifier {
   private unparsed(sql: string, error: { code: string; message: string }): PolicyVerdict {
     const byText = unanalysedRefusal(sql, 'a statement that is not parsed here');
     if (byText !== null) return verdict(byText, null);
+    // As in a DO block: any mention of the client encoding (SET NAMES 'SJIS' behind an
+    // unparsable prefix, then a valid-UTF-8 text whose SJIS reading ends its string early).
+    if (SETS_ENCODING.test(sql)) return verdict(refusal('client_encoding', ENCODING_REFUSED_DETAIL), null);
     const first = this.pins.first;
     if (first === null) return verdict(null, UNPARSED);
     const risk = opaqueRisk(sql, this.pins) ?? first;

@@ -104,29 +104,30 @@ const UNICODE_ESCAPES = /u&\s*['"]/i;
  */
 function withoutComments(text: string): string {
   let out = '';
+  let from = 0; // start of the text not yet copied
   let i = 0;
   while (i < text.length) {
-    if (text.startsWith('--', i)) {
+    const c = text.charCodeAt(i);
+    if (c === 0x2d /* - */ && text.charCodeAt(i + 1) === 0x2d) {
+      out += text.slice(from, i) + ' ';
       const nl = text.indexOf('\n', i);
-      i = nl < 0 ? text.length : nl;
-      out += ' ';
-    } else if (text.startsWith('/*', i)) {
+      i = from = nl < 0 ? text.length : nl;
+    } else if (c === 0x2f /* / */ && text.charCodeAt(i + 1) === 0x2a /* * */) {
+      out += text.slice(from, i) + ' ';
       let depth = 0;
       while (i < text.length) {
-        if (text.startsWith('/*', i)) {
+        if (text.charCodeAt(i) === 0x2f && text.charCodeAt(i + 1) === 0x2a) {
           depth++;
           i += 2;
-        } else if (text.startsWith('*/', i)) {
+        } else if (text.charCodeAt(i) === 0x2a && text.charCodeAt(i + 1) === 0x2f) {
           i += 2;
           if (--depth === 0) break;
         } else i++;
       }
-      out += ' ';
+      from = i;
     } else {
-      const next = Math.min(...[text.indexOf('--', i), text.indexOf('/*', i)].map((k) => (k < 0 ? text.length : k)));
-      out += text.slice(i, next);
-      i = next;
+      i++;
     }
   }
-  return out;
+  return out + text.slice(from);
 }

@@ -191,3 +191,37 @@ export function codeChars(sql: string): number {
   }
   return most;
 }
+
+/** Characters PostgreSQL's scanner reads as operator characters (scan.l op_chars). */
+const OPERATOR = new Uint8Array(128);
+for (const c of '~!@#^&|`?%+-*/<>=') OPERATOR[c.charCodeAt(0)] = 1;
+
+/**
+ * The longest run of operator characters a text may hold outside its literals and still be
+ * parsed: past it the scanner's time grows with the run's square (its rule for `/*` takes
+ * every operator character after it, then backs up; 128 KiB of `/*` took 34 s). SQL has
+ * no use for runs anywhere near this long.
+ */
+export const MAX_OPERATOR_RUN = 1024;
+
+/** The longest run of operator characters outside literals, as either standard_conforming_strings reading lexes them. */
+export function longestOperatorRun(sql: string): number {
+  const bytes = Buffer.from(sql, 'utf8');
+  let most = 0;
+  for (const backslashInPlain of bytes.includes(0x5c /* \\ */) ? [false, true] : [false]) {
+    const literals = lex(bytes, 0, bytes.length, backslashInPlain);
+    let k = 0;
+    let run = 0;
+    for (let i = 0; i < bytes.length; i++) {
+      if (k < literals.length && i === literals[k]!.start) {
+        i = literals[k++]!.end - 1;
+        run = 0;
+      } else if (OPERATOR[bytes[i]!] === 1) {
+        if (++run > most) most = run;
+      } else {
+        run = 0;
+      }
+    }
+  }
+  return most;
+}
