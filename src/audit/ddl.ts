@@ -20,9 +20,9 @@
 // body go, so the code stays readable. What either reading cannot parse at all is treated as
 // secret throughout; a text neither reading parses is still recorded, as class `unparsed`.
 
-import { MAX_PARSED_CHARS, parseLocated, type LocatedStatement } from '../policy/parser.js';
+import { parseLocated, type LocatedStatement } from '../policy/parser.js';
 import { TextLru } from '../cache/text-lru.js';
-import { MAX_OPERATOR_RUN, codeChars, lex, longestOperatorRun, type Literal, type Span } from '../policy/literals.js';
+import { lex, tooCostlyToParse, type Literal, type Span } from '../policy/literals.js';
 
 /** `unparsed`: neither reading parses (the whole text, every literal redacted; node ''). */
 export type DdlClass = 'ddl' | 'role' | 'dynamic' | 'unparsed';
@@ -66,20 +66,19 @@ const NONE: DdlStatement[] = [];
 /** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
 export function ddlStatements(sql: string): DdlStatement[] {
   if (!MAY_BE_AUDITED.test(sql) || (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql))) return NONE;
-  if ((sql.length > MAX_PARSED_CHARS && codeChars(sql) > MAX_PARSED_CHARS) || longestOperatorRun(sql) > MAX_OPERATOR_RUN) return tooLong(sql);
   const hit = cache.get(sql);
   if (hit) return hit;
-  const found = classify(sql);
+  const found = tooCostlyToParse(sql) === null ? classify(sql) : notParsed(sql);
   if (sql.length <= 8192) cache.set(sql, found);
   return found;
 }
 
 /**
- * Text too long for the parser (see MAX_PARSED_CHARS): when its code (outside literals and
- * comments, as either reading lexes it) holds a word of an audited statement, one `unparsed`
- * event that gives its size, not its text (which could be megabytes, and hold anything).
+ * Text too costly for the parser (policy/literals.ts tooCostlyToParse): when its code (outside
+ * literals and comments, as either reading lexes it) holds a word of an audited statement,
+ * one `unparsed` event that gives its size, not its text (which could be megabytes, and hold anything).
  */
-function tooLong(sql: string): DdlStatement[] {
+function notParsed(sql: string): DdlStatement[] {
   const bytes = Buffer.from(sql, 'utf8');
   const readings = bytes.includes(0x5c /* \ */) ? [false, true] : [false];
   for (const backslashInPlain of readings) {
@@ -94,7 +93,7 @@ function tooLong(sql: string): DdlStatement[] {
     code.push(bytes.toString('utf8', pos));
     const text = code.join(' ');
     if (MAY_BE_DDL.test(text) || SELECT_INTO.test(text)) {
-      return [{ index: 0, class: 'unparsed', node: '', statement: `<${bytes.length} bytes, too long to parse and record>` }];
+      return [{ index: 0, class: 'unparsed', node: '', statement: `<${bytes.length} bytes, not parsed here>` }];
     }
   }
   return NONE;

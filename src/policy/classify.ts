@@ -28,8 +28,8 @@ import { VerdictCache } from './cache.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import { failsEverywhere, mayMatter, opaqueRisk, unanalysedRefusal } from './lexical.js';
 import { ENCODING_REFUSED_DETAIL, SETS_ENCODING } from './client-encoding.js';
-import { MAX_OPERATOR_RUN, codeChars, longestOperatorRun } from './literals.js';
-import { MAX_PARSED_CHARS, parseFailure, parseStatements } from './parser.js';
+import { tooCostlyToParse } from './literals.js';
+import { MAX_PARSED_CHARS, parseOrFailure, parseStatements } from './parser.js';
 import { PinnedNames } from './pinned.js';
 import { ALLOW, UNPARSED, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
 import { inspect, type WalkEnv } from './walk.js';
@@ -47,6 +47,8 @@ export interface PolicyClassifierOptions {
   /** Roles pgbastion's server connections log in as: no client may alter them (walk.ts). */
   readonly serverRoles?: readonly string[];
 }
+
+const TOO_COMPLEX = { code: '54001', message: 'statement too complex for pgbastion to check' } as const;
 
 export class PolicyClassifier {
   private readonly pins: PinnedNames;
@@ -81,13 +83,11 @@ export class PolicyClassifier {
     // The parser reads a C string; the server rejects a message with an embedded NUL, but
     // should one get here, every piece is judged rather than only the first.
     if (sql.includes('\0')) return sql.split('\0').reduce<PolicyVerdict>((acc, part) => merge(acc, this.analyse(part)), ALLOW);
-    // Long literals cost the parser little (bulk VALUES); long code (16 MB of SETs held the event loop 4 s) is not parsed.
-    // A long run of operator characters (/*/*/*…) costs PostgreSQL's scanner time that grows
-    // with its square (each /* rescans the run): never parsed. Nor is long code.
-    if (longestOperatorRun(sql) > MAX_OPERATOR_RUN) return this.unparsed(sql, { code: '54001', message: 'statement too complex for pgbastion to check' });
-    if (sql.length > MAX_PARSED_CHARS && codeChars(sql) > MAX_PARSED_CHARS) {
-      return this.unparsed(sql, { code: '54000', message: `statement too long for pgbastion to check (more than ${MAX_PARSED_CHARS} characters of code outside literals)` });
-    }
+    // Long code (16 MB of SETs held the event loop 4 s) and long runs of operator characters
+    // (/*/*/*…, quadratic in PostgreSQL's scanner) are not parsed; long literals are.
+    const costly = tooCostlyToParse(sql);
+    if (costly === 'code') return this.unparsed(sql, { code: '54000', message: `statement too long for pgbastion to check (more than ${MAX_PARSED_CHARS} characters of code outside literals)` });
+    if (costly === 'operators') return this.unparsed(sql, TOO_COMPLEX);
     const asWritten = this.reading(sql);
     const nonStandard = nonStandardStringsReading(sql);
     return nonStandard === null ? asWritten : merge(asWritten, this.reading(nonStandard));
@@ -104,15 +104,12 @@ export class PolicyClassifier {
    * connection closed when the client leaves.
    */
   private reading(sql: string): PolicyVerdict {
-    const stmts = parseStatements(sql);
-    if (stmts !== null) return inspect(stmts, this.env);
-    const failure = parseFailure(sql) ?? 'syntax error';
-    if (failsEverywhere(failure)) return ALLOW;
+    const stmts = parseOrFailure(sql);
+    if (typeof stmts !== 'string') return inspect(stmts, this.env);
+    if (failsEverywhere(stmts)) return ALLOW;
     // The parser's own limits (nesting depth, memory; also of the JSON it returns), else its
     // error in PostgreSQL's words (a syntax error, a zero-length identifier, …).
-    const limit = /stack|memory|exhausted/i.test(failure);
-    const error = limit ? { code: '54001', message: 'statement too complex for pgbastion to check' } : { code: '42601', message: failure };
-    return this.unparsed(sql, error);
+    return this.unparsed(sql, /stack|memory|exhausted/i.test(stmts) ? TOO_COMPLEX : { code: '42601', message: stmts });
   }
 
   /**

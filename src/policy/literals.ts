@@ -1,7 +1,8 @@
 // The string literals, dollar-quoted strings, comments and "identifiers" of SQL text, found
 // as PostgreSQL's scanner (scan.l) finds them, in UTF-8 byte offsets: for redacting literals
-// (audit/ddl.ts) and for telling a statement's code from its data (codeChars).
+// (audit/ddl.ts) and for telling what parsing a text would cost (tooCostlyToParse).
 
+import { MAX_PARSED_CHARS } from './parser.js';
 import { Ch, isIdentCont, isIdentStart, isTagCont } from './sql-chars.js';
 
 /** A piece of the text in UTF-8 byte offsets (as the parser reports them), [start, end). */
@@ -174,24 +175,6 @@ function identifierEnd(b: Buffer, i: number, to: number): number {
   return to;
 }
 
-/**
- * How many characters of `sql` are code: outside its literals and comments, as either
- * standard_conforming_strings reading lexes it (the larger). A statement's cost to parse
- * grows with its code; a long literal costs little.
- */
-export function codeChars(sql: string): number {
-  const bytes = Buffer.from(sql, 'utf8');
-  let most = 0;
-  for (const backslashInPlain of bytes.includes(0x5c /* \\ */) ? [false, true] : [false]) {
-    const opaque: Span[] = [];
-    let inside = 0;
-    for (const s of lex(bytes, 0, bytes.length, backslashInPlain, opaque)) inside += s.end - s.start;
-    for (const s of opaque) if (bytes[s.start] !== 0x22 /* " */) inside += s.end - s.start; // comments (identifiers are code)
-    most = Math.max(most, bytes.length - inside);
-  }
-  return most;
-}
-
 /** Characters PostgreSQL's scanner reads as operator characters (scan.l op_chars). */
 const OPERATOR = new Uint8Array(128);
 for (const c of '~!@#^&|`?%+-*/<>=') OPERATOR[c.charCodeAt(0)] = 1;
@@ -204,24 +187,35 @@ for (const c of '~!@#^&|`?%+-*/<>=') OPERATOR[c.charCodeAt(0)] = 1;
  */
 export const MAX_OPERATOR_RUN = 1024;
 
-/** The longest run of operator characters outside literals, as either standard_conforming_strings reading lexes them. */
-export function longestOperatorRun(sql: string): number {
+/**
+ * Why parsing `sql` would cost the event loop too much, or null: `code`, more than
+ * MAX_PARSED_CHARS characters of it outside literals and comments (the parser's cost grows
+ * with code; a long literal costs little), or `operators`, a run of more than
+ * MAX_OPERATOR_RUN operator characters outside literals. As either standard_conforming_strings
+ * reading lexes the text; one pass per reading, none for text too short to pass a bound.
+ */
+export function tooCostlyToParse(sql: string): 'code' | 'operators' | null {
+  if (sql.length <= MAX_OPERATOR_RUN) return null;
   const bytes = Buffer.from(sql, 'utf8');
-  let most = 0;
   for (const backslashInPlain of bytes.includes(0x5c /* \\ */) ? [false, true] : [false]) {
-    const literals = lex(bytes, 0, bytes.length, backslashInPlain);
+    const opaque: Span[] = [];
+    const literals = lex(bytes, 0, bytes.length, backslashInPlain, opaque);
+    let notCode = 0;
+    for (const s of opaque) if (bytes[s.start] !== 0x22 /* " */) notCode += s.end - s.start; // comments (identifiers are code)
     let k = 0;
     let run = 0;
     for (let i = 0; i < bytes.length; i++) {
       if (k < literals.length && i === literals[k]!.start) {
+        notCode += literals[k]!.end - i;
         i = literals[k++]!.end - 1;
         run = 0;
       } else if (OPERATOR[bytes[i]!] === 1) {
-        if (++run > most) most = run;
+        if (++run > MAX_OPERATOR_RUN) return 'operators';
       } else {
         run = 0;
       }
     }
+    if (bytes.length - notCode > MAX_PARSED_CHARS) return 'code';
   }
-  return most;
+  return null;
 }

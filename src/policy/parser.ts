@@ -70,7 +70,7 @@ export async function parserSettled(): Promise<void> {
 }
 
 /**
- * The most code (characters outside literals and comments: literals/codeChars) of a text
+ * The most code (characters outside literals and comments: literals.ts tooCostlyToParse) of a text
  * handed to the parser, which runs on the event loop every client shares (about 0.3 ms per
  * KiB of code, 0.02 ms per KiB of literal): 512 KiB holds the longest parameter list
  * PostgreSQL takes (65 535 `$n`). Callers judge text with more without it.
@@ -94,21 +94,35 @@ export async function loadPolicyParser(): Promise<void> {
   loaded = true;
 }
 
+type Tree = { stmts?: { stmt?: unknown; stmt_location?: number; stmt_len?: number }[] };
+
+/** The parser's tree of `sql`, or its message when it rejects the text (one parse either way). */
+function parse(sql: string): Tree | string {
+  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() before classify()');
+  if (sql.trim() === '') return {}; // libpg-query refuses empty input; PostgreSQL runs it as nothing
+  try {
+    return parseSync(sql) as Tree;
+  } catch (err) {
+    // Syntax errors, and the parser's own limits (nesting depth, memory): both mean "not parsed".
+    return err instanceof Error ? err.message : String(err);
+  }
+}
+
 /**
  * The raw statements of `sql` (each a `{ NodeType: {...} }` object in libpg-query's JSON
- * form), or null when the parser rejects the text. Throws only when the parser was never loaded.
+ * form), or the parser's message (e.g. `syntax error at or near "x"`) when it rejects the
+ * text. Throws only when the parser was never loaded.
  */
-export function parseStatements(sql: string): readonly unknown[] | null {
-  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() before classify()');
-  if (sql.trim() === '') return []; // libpg-query refuses empty input; PostgreSQL runs it as nothing
-  let tree: { stmts?: { stmt?: unknown }[] };
-  try {
-    tree = parseSync(sql) as typeof tree;
-  } catch {
-    // Syntax errors, and the parser's own limits (nesting depth, memory): both mean "not parsed".
-    return null;
-  }
+export function parseOrFailure(sql: string): readonly unknown[] | string {
+  const tree = parse(sql);
+  if (typeof tree === 'string') return tree;
   return (tree.stmts ?? []).map((s) => s.stmt ?? null).filter((s) => s !== null);
+}
+
+/** Like parseOrFailure, null when the parser rejects the text. */
+export function parseStatements(sql: string): readonly unknown[] | null {
+  const stmts = parseOrFailure(sql);
+  return typeof stmts === 'string' ? null : stmts;
 }
 
 /** One statement of a parsed string with its place in the text (byte offsets, as PostgreSQL counts). */
@@ -121,30 +135,9 @@ export interface LocatedStatement {
 
 /** Like parseStatements, keeping where each statement sits in `sql`. */
 export function parseLocated(sql: string): readonly LocatedStatement[] | null {
-  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() first');
-  if (sql.trim() === '') return [];
-  let tree: { stmts?: { stmt?: unknown; stmt_location?: number; stmt_len?: number }[] };
-  try {
-    tree = parseSync(sql) as typeof tree;
-  } catch {
-    return null;
-  }
+  const tree = parse(sql);
+  if (typeof tree === 'string') return null;
   return (tree.stmts ?? [])
     .filter((s) => s.stmt !== undefined)
     .map((s) => ({ stmt: s.stmt, location: s.stmt_location ?? 0, length: s.stmt_len ?? null }));
-}
-
-/**
- * Why the parser rejects `sql` (its message, e.g. `syntax error at or near "x"`), or null
- * when it does not. For the rare text that fails: it parses again to get the message.
- */
-export function parseFailure(sql: string): string | null {
-  if (!loaded) throw new Error('policy parser not loaded: await loadPolicyParser() first');
-  if (sql.trim() === '') return null;
-  try {
-    parseSync(sql);
-    return null;
-  } catch (err) {
-    return err instanceof Error ? err.message : String(err);
-  }
 }
