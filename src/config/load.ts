@@ -9,6 +9,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { LineCounter, isMap, isScalar, isSeq, isAlias, parseDocument, type Document } from 'yaml';
 import { parseHbaFile, rulesFromConfig, type HbaFileError } from '../hba/parse.js';
 import type { AddressMatcher, HbaRule } from '../hba/rules.js';
+import { NAME_BYTES } from '../protocol/startup.js';
 import { configSchema, PATTERN_MESSAGE_KEYWORD, SERVED_HBA_METHODS } from './schema.js';
 import type {
   AuditConfig,
@@ -542,7 +543,7 @@ function checkUsers(c: Obj, col: Collector): void {
     // Clients' names are cut to PostgreSQL's 63 bytes at startup (as PostgreSQL cuts them):
     // a longer configured name could never be asked for.
     const name = str(u, 'name');
-    if (name !== undefined && Buffer.byteLength(name) > 63) col.problem(['users', i, 'name'], 'is longer than 63 bytes, the longest user name PostgreSQL (and so pgbastion) takes');
+    if (name !== undefined && Buffer.byteLength(name) > NAME_BYTES) col.problem(['users', i, 'name'], `is longer than ${NAME_BYTES} bytes, the longest user name PostgreSQL (and so pgbastion) takes`);
     const role = str(u, 'server_role');
     if (roles && role !== undefined && !roles.has(role)) {
       col.problem(['users', i, 'server_role'], `server role ${role} is not defined in server_roles`);

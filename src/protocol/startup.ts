@@ -65,3 +65,12 @@ function parseParams(packet: Buffer, minor: number): StartupPacket {
 }
 
 export { PROTOCOL_3_0 };
+
+/** NAMEDATALEN - 1: PostgreSQL cuts longer user and database names in a startup packet to this many bytes. */
+export const NAME_BYTES = 63;
+
+/** `s` cut to NAME_BYTES bytes of UTF-8, as PostgreSQL cuts startup names (a character cut in two is lost). */
+export function asName(s: string): string {
+  if (s.length <= NAME_BYTES / 4 || Buffer.byteLength(s) <= NAME_BYTES) return s;
+  return Buffer.from(s).subarray(0, NAME_BYTES).toString('utf8').replace(/\uFFFD$/, '');
+}

@@ -14,7 +14,7 @@ import { CertAuth, ScramAuth, TrustAuth, type AuthMethod, type AuthOutcome } fro
 import * as be from '../protocol/backend.js';
 import { FrameError, INSPECT_ALL, MalformedMessage, MessageScanner, type ScanSink } from '../protocol/scanner.js';
 import { SqlState } from '../protocol/sqlstate.js';
-import { parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
+import { asName, parseStartupPacket, startupLength, type StartupPacket } from '../protocol/startup.js';
 import { looksLikeProxyHeader, parseProxyHeader } from '../protocol/proxy-header.js';
 import { displayClientAddress, evaluate, type HbaRule } from '../hba/rules.js';
 import { lockoutMessage } from '../auth/lockout.js';
@@ -861,10 +861,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         return this.sendNaming(frame, type, this.transactionMode ? bindStatementName(frame) : null);
       case E: {
         // A tracked SET runs here, not at its Parse: the settings record follows the Execute.
-        const portal = portalName(frame) ?? '';
-        const sets = this.setPortals?.get(portal);
-        if (sets !== undefined) this.setPortals!.delete(portal);
-        return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, at: this.statements.seq, ...(sets ? { sets } : {}) });
+        const sets = this.setPortals === null ? undefined : this.takeSetPortal(frame);
+        if (sets === undefined) return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, at: this.statements.seq });
+        return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, at: this.statements.seq, sets });
       }
       case S:
         // A SET portal bound and not yet executed: inside a transaction block it outlives this
@@ -887,11 +886,23 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     }
   }
 
-  /** A Bind of portal `frame` names: to the tracked SET `set`, or to anything else (null). */
+  /**
+   * A Bind of portal `frame` names: to the tracked SET `set`, or to anything else (null).
+   * (Most sessions never bind one: then no portal name is read.)
+   */
   private bindSetPortal(frame: Buffer, set: TrackedSet | null): void {
+    if (set === null && this.setPortals === null) return;
     const portal = portalName(frame) ?? '';
     if (set !== null) (this.setPortals ??= new Map()).set(portal, set);
-    else this.setPortals?.delete(portal);
+    else this.setPortals!.delete(portal);
+  }
+
+  /** The tracked SET the Execute `frame` runs (its portal's), taken off the list; else undefined. */
+  private takeSetPortal(frame: Buffer): TrackedSet | undefined {
+    const portal = portalName(frame) ?? '';
+    const sets = this.setPortals!.get(portal);
+    if (sets !== undefined) this.setPortals!.delete(portal);
+    return sets;
   }
 
   private forgetUnnamed(): void {
@@ -2110,13 +2121,4 @@ function isReplication(value: string | undefined): boolean | null {
   if (prefixOf('true') || prefixOf('yes') || v === 'on' || v === '1') return true;
   if (prefixOf('false') || prefixOf('no') || v === 'off' || v === 'of' || v === '0') return false;
   return null;
-}
-
-/** NAMEDATALEN - 1: PostgreSQL cuts longer user and database names in a startup packet to this many bytes. */
-const NAME_BYTES = 63;
-
-/** `s` cut to NAME_BYTES bytes of UTF-8, as PostgreSQL cuts startup names (a character cut in two is lost). */
-function asName(s: string): string {
-  if (s.length <= NAME_BYTES / 4 || Buffer.byteLength(s) <= NAME_BYTES) return s;
-  return Buffer.from(s).subarray(0, NAME_BYTES).toString('utf8').replace(/\uFFFD$/, '');
 }
