@@ -7,7 +7,7 @@
 // itself does (libpq's PQcancel waits for that), and (2) hold the client's next statement
 // until then.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import pg from 'pg';
 import { startPostgres } from './helpers/postgres.js';
 import { createServerRole, startProxy } from './helpers/proxy.js';
@@ -53,17 +53,14 @@ for (const mode of ['session', 'transaction'] as const) {
   });
 }
 
-t.test('transaction mode: of two cancels in flight, the one that lands last cancels nothing of the next client', async (t) => {
-  // A reviewer's finding: a connection went to the next client once the latest cancel was
-  // delivered, while an earlier one, slower, was still on its way: it cancelled the next
-  // client's statement (one tenant cancelling another's). Here the first is held 1 s.
-  const uneven = await slowCancelForwarder(t, pgs.port, (n) => (n === 0 ? 1000 : 0));
+/** A transaction-mode proxy over `upstreamPort` with a pool of one, and clients a and b logged in to it. */
+async function twoClientsOnOneConnection(t: Test, upstreamPort: number) {
   const proxy = await startProxy(t, pgs, {
     users: [
       { name: 'a', password: 'a-pw' },
       { name: 'b', password: 'b-pw' },
     ],
-    extra: { upstreams: [{ host: '127.0.0.1', port: uneven }], pool: { mode: 'transaction', size: 1 } },
+    extra: { upstreams: [{ host: '127.0.0.1', port: upstreamPort }], pool: { mode: 'transaction', size: 1 } },
   });
   const open = async (user: string) => {
     const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password: `${user}-pw`, database: 'postgres' });
@@ -71,7 +68,15 @@ t.test('transaction mode: of two cancels in flight, the one that lands last canc
     t.teardown(() => c.end());
     return c;
   };
-  const [a, b] = [await open('a'), await open('b')];
+  return { proxy, a: await open('a'), b: await open('b') };
+}
+
+t.test('transaction mode: of two cancels in flight, the one that lands last cancels nothing of the next client', async (t) => {
+  // A reviewer's finding: a connection went to the next client once the latest cancel was
+  // delivered, while an earlier one, slower, was still on its way: it cancelled the next
+  // client's statement (one tenant cancelling another's). Here the first is held 1 s.
+  const uneven = await slowCancelForwarder(t, pgs.port, (n) => (n === 0 ? 1000 : 0));
+  const { proxy, a, b } = await twoClientsOnOneConnection(t, uneven);
   const aWork = a.query('SELECT pg_sleep(5)').then(
     () => 'ran',
     (e: Error & { code?: string }) => e.code,
@@ -92,20 +97,7 @@ t.test('transaction mode: of two cancels in flight, the one that lands last canc
 t.test('transaction mode: a cancel PostgreSQL has not taken within 2 s gets the connection closed, not handed on', async (t) => {
   // It may still land, on whatever that backend runs next: the next client gets another one.
   const late = await slowCancelForwarder(t, pgs.port, 3000);
-  const proxy = await startProxy(t, pgs, {
-    users: [
-      { name: 'a', password: 'a-pw' },
-      { name: 'b', password: 'b-pw' },
-    ],
-    extra: { upstreams: [{ host: '127.0.0.1', port: late }], pool: { mode: 'transaction', size: 1 } },
-  });
-  const open = async (user: string) => {
-    const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user, password: `${user}-pw`, database: 'postgres' });
-    await c.connect();
-    t.teardown(() => c.end());
-    return c;
-  };
-  const [a, b] = [await open('a'), await open('b')];
+  const { proxy, a, b } = await twoClientsOnOneConnection(t, late);
   const aWork = a.query<{ pid: number }>('SELECT pg_backend_pid() AS pid, pg_sleep(0.3)');
   await new Promise((r) => setTimeout(r, 100));
   void cancelClient(proxy.port, a).catch(() => undefined); // held 3 s: past the 2 s wait
