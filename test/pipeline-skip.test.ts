@@ -12,7 +12,7 @@ import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
 import { cancelClient } from './helpers/cancel.js';
-import { SERVER_ROLE } from './helpers/proxy.js';
+import { endServerConnections, SERVER_ROLE } from './helpers/proxy.js';
 import { rawOf } from './helpers/raw-client.js';
 import { tenantClient, tenantLab } from './helpers/tenant-lab.js';
 
@@ -240,8 +240,7 @@ t.test('a Close skipped after an error closes nothing; one that completes frees 
 
 /** The pool's one server connection is closed: the next lease opens one that holds no statement of the client's. */
 async function freshServerConnection(): Promise<void> {
-  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
-  await sleep(300);
+  await endServerConnections(pgs);
 }
 
 t.test('a Close, then a Parse or a Bind of its name, where the connection does not hold the statement yet', async (t) => {

@@ -6,7 +6,7 @@
 import t from 'tap';
 import pg from 'pg';
 import { serialize } from 'pg-protocol';
-import { SERVER_ROLE } from './helpers/proxy.js';
+import { endServerConnections, SERVER_ROLE } from './helpers/proxy.js';
 import { cancelClient } from './helpers/cancel.js';
 import { rawOf } from './helpers/raw-client.js';
 import { tenantLab } from './helpers/tenant-lab.js';
@@ -22,7 +22,7 @@ const STEAL = "ROLLBACK; INSERT INTO public.loot SELECT current_setting('app.ten
  */
 async function switchesToLongPath(outcome: 'fail' | 'succeed'): Promise<void> {
   await pgs.query(`ALTER ROLE ${SERVER_ROLE} ${outcome === 'fail' ? "SET statement_timeout = '5ms'" : 'RESET statement_timeout'}`);
-  await pgs.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${SERVER_ROLE}'`);
+  await endServerConnections(pgs);
 }
 
 const { pgs, proxy } = await tenantLab(t);

@@ -25,6 +25,22 @@ export async function createServerRole(pgs: PgServer, role = SERVER_ROLE, passwo
   await pgs.query(`GRANT ALL ON SCHEMA public TO ${role}`);
 }
 
+/**
+ * Ends every server connection of `role` and waits until PostgreSQL has seen them go, and the
+ * proxy has had time to hear it. (pg_terminate_backend only sends the signal: work handed to
+ * such a connection straight after it returns meets a backend that is exiting.)
+ */
+export async function endServerConnections(pgs: PgServer, role = SERVER_ROLE): Promise<void> {
+  await pgs.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1', [role]);
+  const until = Date.now() + 5000;
+  while (Date.now() < until) {
+    const left = await pgs.query<{ n: number }>('SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = $1', [role]);
+    if (left.rows[0]!.n === 0) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await new Promise((r) => setTimeout(r, 100));
+}
+
 export interface TestUser {
   name: string;
   password: string;
