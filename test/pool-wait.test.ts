@@ -34,6 +34,7 @@ function makePool(size: number, acquireTimeoutMs: number, affinityMs = 0) {
     acquireTimeoutMs,
     idleTimeoutMs: 60_000,
     affinityMs,
+    stickyPerUser: 1,
     connect: async () => fakeConnection(++opened),
     keep: () => true,
     logger: pino({ level: 'silent' }),
@@ -107,7 +108,7 @@ t.test('a timeout shortened by a reload applies to later waiters, even ahead of 
   const holder = ask();
   await tick();
   const early = ask();
-  pool.setLimits({ size: 1, acquireTimeoutMs: 100, idleTimeoutMs: 60_000, affinityMs: 0 });
+  pool.setLimits({ size: 1, acquireTimeoutMs: 100, idleTimeoutMs: 60_000, affinityMs: 0, stickyPerUser: 1 });
   const late = ask();
   await tick(250);
   t.ok(late.err instanceof PoolTimeoutError, `the later waiter timed out after ${late.at} ms`);
@@ -254,7 +255,7 @@ t.test('affinity: a waiter that reaches its timeout takes a held connection inst
   tenantOf.set(conns[0]!, 'a');
   const b = ask(holds('b'));
   pool.release(conns[0]!, true, null); // held while b's clock runs (b has 5 s)
-  pool.setLimits({ size: 1, acquireTimeoutMs: 50, idleTimeoutMs: 60_000, affinityMs: 300 });
+  pool.setLimits({ size: 1, acquireTimeoutMs: 50, idleTimeoutMs: 60_000, affinityMs: 300, stickyPerUser: 1 });
   const d = ask(holds('d')); // 50 ms to live, behind b
   await tick(120);
   t.equal(d.conn, conns[0], 'd got the held connection when it was due to time out');
@@ -269,7 +270,7 @@ t.test('affinity: a reload that turns it off hands held connections to the waite
   const b = ask(holds('b'));
   pool.release(conns[0]!, true, null);
   t.notOk(b.settled, 'held (for up to 2 s)');
-  pool.setLimits({ size: 1, acquireTimeoutMs: 5_000, idleTimeoutMs: 60_000, affinityMs: 0 });
+  pool.setLimits({ size: 1, acquireTimeoutMs: 5_000, idleTimeoutMs: 60_000, affinityMs: 0, stickyPerUser: 1 });
   t.equal(b.conn, conns[0], 'served inside setLimits');
 });
 
@@ -283,7 +284,7 @@ t.test('affinity: a connection holding no settings goes to the longest waiter at
 });
 
 t.test('config to pool limits: affinity_ms applies in transaction mode only', async (t) => {
-  const pool = { size: 5, acquire_timeout_ms: 1000, server_idle_timeout_ms: 60_000, idle_transaction_timeout_ms: 0, affinity_ms: 5 };
-  t.same(poolLimits({ ...pool, mode: 'transaction' }), { size: 5, acquireTimeoutMs: 1000, idleTimeoutMs: 60_000, affinityMs: 5 });
+  const pool = { size: 5, acquire_timeout_ms: 1000, server_idle_timeout_ms: 60_000, idle_transaction_timeout_ms: 0, affinity_ms: 5, max_sticky_per_user: 0 };
+  t.same(poolLimits({ ...pool, mode: 'transaction' }), { size: 5, acquireTimeoutMs: 1000, idleTimeoutMs: 60_000, affinityMs: 5, stickyPerUser: 2 });
   t.equal(poolLimits({ ...pool, mode: 'session' }).affinityMs, 0, 'session mode: a connection comes back DISCARDed');
 });

@@ -151,6 +151,15 @@ const poolSchema = {
         'Transaction pooling: how long the longest-waiting client may be passed over so that a released server connection ' +
         'goes to a client holding its settings and pins (no switching statement) instead; 0 = strict FIFO.',
     },
+    max_sticky_per_user: {
+      type: 'integer',
+      minimum: 0,
+      default: 0,
+      description:
+        'Transaction pooling: how many sessions of one user may be sticky at once (each keeps a server connection of the ' +
+        'pool for its session state); a statement that would make one more is refused with 53300. 0 = half of pool.size, ' +
+        'at least 1; pool.size or more = no cap.',
+    },
   },
 };
 

@@ -39,6 +39,7 @@ export interface PoolConfig {
   readonly server_idle_timeout_ms: number;
   readonly idle_transaction_timeout_ms: number;
   readonly affinity_ms: number;
+  readonly max_sticky_per_user: number;
 }
 
 export interface UserConfig {

@@ -22,6 +22,8 @@ export interface PoolLimits {
   idleTimeoutMs: number;
   /** How long the longest waiter may be passed over for a client holding a connection's settings (0: strict FIFO). */
   affinityMs: number;
+  /** How many sessions of one user may be sticky to this pool's connections at once (pool.max_sticky_per_user). */
+  stickyPerUser: number;
 }
 
 export interface PoolOptions extends PoolLimits {
@@ -92,6 +94,11 @@ export class Pool {
   private readonly accepted = new Set<string>();
   /** Client sessions holding this pool: counted by enter() (PoolRegistry.get), until their leave(). */
   private users = 0;
+  /**
+   * Sticky sessions per user name (each keeps a connection of this pool to itself until it
+   * ends): bounded by stickyPerUser, so that one user cannot starve the others.
+   */
+  private readonly stickyByUser = new Map<string, number>();
 
   constructor(
     readonly name: string,
@@ -108,6 +115,25 @@ export class Pool {
     if (this.users === 0) return this.opts.logger.error({ pool: this.name }, 'pool left more often than entered');
     this.users--;
     this.settle();
+  }
+
+  /** May one more session of `user` become sticky? */
+  hasStickyShare(user: string): boolean {
+    return (this.stickyByUser.get(user) ?? 0) < this.opts.stickyPerUser;
+  }
+
+  /** A session of `user` becomes sticky: false (and nothing counted) when the user has no share left. */
+  takeStickyShare(user: string): boolean {
+    if (!this.hasStickyShare(user)) return false;
+    this.stickyByUser.set(user, (this.stickyByUser.get(user) ?? 0) + 1);
+    return true;
+  }
+
+  /** A sticky session of `user` that took a share has ended. */
+  giveStickyShare(user: string): void {
+    const n = this.stickyByUser.get(user) ?? 0;
+    if (n <= 1) this.stickyByUser.delete(user);
+    else this.stickyByUser.set(user, n - 1);
   }
 
   /** Client sessions holding this pool. */

@@ -261,5 +261,16 @@ function tcpReachable(endpoint: Endpoint, timeoutMs: number): Promise<void> {
 export function poolLimits(pool: PoolConfig): PoolLimits {
   // Session mode: a connection comes back DISCARDed, holding nobody's settings.
   const affinityMs = pool.mode === 'transaction' ? pool.affinity_ms : 0;
-  return { size: pool.size, acquireTimeoutMs: pool.acquire_timeout_ms, idleTimeoutMs: pool.server_idle_timeout_ms, affinityMs };
+  return {
+    size: pool.size,
+    acquireTimeoutMs: pool.acquire_timeout_ms,
+    idleTimeoutMs: pool.server_idle_timeout_ms,
+    affinityMs,
+    stickyPerUser: stickyPerUser(pool),
+  };
+}
+
+/** pool.max_sticky_per_user, where 0 (the default) means half the pool, at least one connection. */
+export function stickyPerUser(pool: Pick<PoolConfig, 'size' | 'max_sticky_per_user'>): number {
+  return pool.max_sticky_per_user > 0 ? pool.max_sticky_per_user : Math.max(1, Math.floor(pool.size / 2));
 }

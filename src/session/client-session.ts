@@ -26,6 +26,7 @@ import type { DenyReason } from '../metrics/metrics.js';
 import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
 import { PoolTimeoutError, type Pool } from '../pool/pool.js';
+import { stickyPerUser } from '../pool/registry.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
@@ -93,6 +94,15 @@ const COPY_FAIL = 0x66;
 const MAX_SERVER_STATEMENTS = 1000;
 const DEALLOCATE_ALL = /^\s*deallocate\s+(prepare\s+)?all\s*;?\s*$/i;
 const DEALLOCATE_ONE = /^\s*deallocate\s+(prepare\s+)?(?:"([^"]+)"|([a-z_][a-z0-9_$]*))\s*;?\s*$/i;
+
+/** A FATAL a session is ended with once it is between transactions (see endIfRevokedAndIdle). */
+interface Ending {
+  readonly code: string;
+  readonly message: string;
+  readonly detail: string;
+}
+
+const administratorCommand = (detail: string): Ending => ({ code: SqlState.ADMIN_SHUTDOWN, message: 'terminating connection due to administrator command', detail });
 
 /** Why work the server will never answer failed (see answerLostTransaction). */
 interface LostWork {
@@ -174,10 +184,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   /** A FATAL from the server went to the client (as an ERROR) before the connection dropped. */
   private serverFatalRelayed = false;
   /**
-   * Why this session ends at its next transaction boundary (a reload withdrew its permission,
-   * or the proxy is shutting down): the FATAL's detail. Null while it may go on.
+   * The FATAL that ends this session at its next transaction boundary (a reload withdrew its
+   * permission, the proxy is shutting down, or it became sticky past its user's share of the
+   * pool). Null while it may go on.
    */
-  private revoked: string | null = null;
+  private revoked: Ending | null = null;
+  /** The pool whose sticky share for this user the session holds (pool.max_sticky_per_user). */
+  private stickyShare: Pool | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -988,12 +1001,15 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const sql = frame.toString('utf8', at, end);
     const verdict = this.rt.policy.classify(sql);
     this.vettedSql = sql;
+    const sticks = verdict.sticky !== null && this.transactionMode && this.sticky === null && !remembered(verdict.sticky, statementName, sql);
+    if (sticks && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
+      const refuse = this.stickyShareRefusal();
+      this.log('warn', { reason: verdict.sticky }, 'statement refused: the user has no sticky share of the pool left');
+      return statementName === null ? this.refusals.query(refuse) : this.refusals.parse(statementName, refuse);
+    }
     // (Also in session mode, whose connections are reset for the next client too.)
     if (verdict.sticky !== null && OUTLIVES_RESET.has(verdict.sticky)) this.outlivesReset = verdict.sticky;
-    if (verdict.sticky !== null && this.transactionMode && this.sticky === null) {
-      // A plain SET of a startup parameter is remembered with the client's settings instead.
-      if (!(verdict.sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null)) this.makeSticky(verdict.sticky);
-    }
+    if (sticks) this.makeSticky(verdict.sticky!);
     if (verdict.refuse === null) return frame;
     this.log('warn', { variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
     this.rt.metrics.blocked.inc();
@@ -1407,6 +1423,39 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.sticky = reason;
     this.rt.metrics.sticky.inc({ reason });
     this.log('debug', { reason }, 'client is now sticky to its server connection');
+    // (Before login the share is taken once the session has its pool: connectServer. In
+    // session mode every client keeps its connection anyway.)
+    if (this.transactionMode && this.pool !== null && !this.takeStickyShare()) this.endOverStickyShare();
+  }
+
+  /**
+   * pool.max_sticky_per_user: a sticky session keeps a server connection until it ends, so one
+   * user's share of them is bounded. Where the statement that would make one more is seen
+   * before it goes out, it is refused (vet); where the server's answer makes the session
+   * sticky (a SET inside a transaction block, replies in doubt), the session ends at its next
+   * transaction boundary, its connection reset for the next client.
+   */
+  private takeStickyShare(): boolean {
+    if (this.stickyShare !== null) return true;
+    if (!this.pool!.takeStickyShare(this.user)) return false;
+    this.stickyShare = this.pool;
+    return true;
+  }
+
+  private stickyShareRefusal(): Ending {
+    return {
+      code: SqlState.TOO_MANY_CONNECTIONS,
+      message: `too many sticky sessions for user "${this.user}"`,
+      detail:
+        `The user's sessions already keep ${stickyPerUser(this.rt.config.pool)} server connections for session state (temporary tables, ` +
+        'session SET, LISTEN, advisory locks, ...): pool.max_sticky_per_user.',
+    };
+  }
+
+  private endOverStickyShare(): void {
+    this.log('warn', { reason: this.sticky }, 'sticky past the user\'s share of the pool: the session ends at its next transaction boundary');
+    this.revoked ??= this.stickyShareRefusal();
+    this.endIfRevokedAndIdle();
   }
 
   // ---- server lease -------------------------------------------------------------------
@@ -1610,6 +1659,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private async connectServer(user: RuntimeUser): Promise<void> {
     const pool = this.rt.pools.get(this.database, user.config.server_role);
     this.pool = pool;
+    if (this.sticky !== null && !this.takeStickyShare()) {
+      const refusal = this.stickyShareRefusal();
+      return this.fatal(refusal.code, refusal.message, refusal.detail);
+    }
     if (pool.canWelcome(this.params)) {
       // Like PgBouncer: log the client in now; its first message leases a server connection.
       return this.completeStartup(null);
@@ -1745,7 +1798,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const withdrawn = this.withdrawnBy();
     if (withdrawn !== null) {
       this.log('info', { reason: withdrawn }, 'session no longer allowed after reload');
-      this.revoked = `configuration reload: ${withdrawn}`;
+      this.revoked = administratorCommand(`configuration reload: ${withdrawn}`);
       this.endIfRevokedAndIdle();
     }
   }
@@ -1757,7 +1810,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   drain(): void {
     if (this.state === 'closed') return;
     if (this.state !== 'ready') return this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command');
-    this.revoked ??= 'pgbastion is shutting down';
+    this.revoked ??= administratorCommand('pgbastion is shutting down');
     this.endIfRevokedAndIdle();
   }
 
@@ -1781,7 +1834,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private endIfRevokedAndIdle(): void {
     if (this.revoked === null || !this.ledger.settled) return;
     if (this.server && this.server.txStatus !== 'I') return;
-    this.fatal(SqlState.ADMIN_SHUTDOWN, 'terminating connection due to administrator command', this.revoked);
+    this.fatal(this.revoked.code, this.revoked.message, this.revoked.detail);
   }
 
   onServerReady(status: TxStatus, bare: boolean): void {
@@ -2017,6 +2070,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (reset) server.noteDiscardAll();
       this.pool.release(server, clean, reset);
     }
+    this.stickyShare?.giveStickyShare(this.user);
+    this.stickyShare = null;
     this.pool?.leave(); // the session no longer holds its pool: the registry removes one nothing holds
     // Audited work whose answer the session no longer reads (the client left behind it): it
     // may still run and commit, so it is recorded now, as unknown.
@@ -2049,6 +2104,11 @@ function parsedName(out: Outgoing): string {
 /** The bytes of `buf` from `offset` on; EMPTY rather than an empty view that pins `buf`'s memory. */
 function after(buf: Buffer, offset: number): Buffer {
   return offset >= buf.length ? EMPTY : buf.subarray(offset);
+}
+
+/** A plain SET of a startup parameter in a Query or unnamed Parse: remembered with the client's settings, not sticky. */
+function remembered(sticky: string, statementName: string | null, sql: string): boolean {
+  return sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null;
 }
 
 /** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */

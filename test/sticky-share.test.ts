@@ -1,0 +1,111 @@
+// pool.max_sticky_per_user: a sticky session keeps a server connection until its client
+// leaves, so without a bound one user's idle sessions (each with a temporary table) took the
+// whole pool and every other client waited out acquire_timeout_ms. Each user now has a
+// share of the pool for sticky sessions (half of pool.size by default).
+
+import t from 'tap';
+import pg from 'pg';
+import { stickyPerUser } from '../src/pool/registry.js';
+import { startPostgres } from './helpers/postgres.js';
+import { createServerRole, startProxy, type RunningProxy } from './helpers/proxy.js';
+
+t.test('the share: pool.max_sticky_per_user, or half the pool (at least one)', async (t) => {
+  const cases: [size: number, configured: number, share: number][] = [
+    [20, 0, 10],
+    [4, 0, 2],
+    [3, 0, 1],
+    [1, 0, 1],
+    [20, 5, 5],
+    [4, 100, 100],
+  ];
+  for (const [size, configured, share] of cases) {
+    t.equal(stickyPerUser({ size, max_sticky_per_user: configured }), share, `size ${size}, max_sticky_per_user ${configured}`);
+  }
+});
+
+const pgs = await startPostgres();
+t.teardown(() => pgs.stop());
+await createServerRole(pgs);
+const USERS = [
+  { name: 'tenant_a', password: 'pw-a', pins: { 'app.tenant_id': 'a' } },
+  { name: 'tenant_b', password: 'pw-b', pins: { 'app.tenant_id': 'b' } },
+];
+/** Pool of 4: each user may keep 2 sticky sessions. */
+const proxy = await startProxy(t, pgs, { users: USERS, extra: { pool: { mode: 'transaction', size: 4, acquire_timeout_ms: 1000 } } });
+
+async function client(t: Tap.Test, proxy: RunningProxy, who: 'a' | 'b'): Promise<pg.Client & { errors: { code?: string; message: string }[] }> {
+  const c = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: `tenant_${who}`, password: `pw-${who}`, database: 'postgres' });
+  const errors: { code?: string; message: string }[] = [];
+  c.on('error', (e: { code?: string; message: string }) => errors.push(e));
+  await c.connect();
+  t.teardown(() => c.end().catch(() => undefined));
+  return Object.assign(c, { errors });
+}
+
+const failure = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; message: string }) => `${e.code} ${e.message}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test("one user's temporary tables take no more than its share: other users are still served", async (t) => {
+  const a = await Promise.all([1, 2, 3, 4].map(() => client(t, proxy, 'a')));
+  const made = [];
+  for (const c of a) made.push(await failure(c.query('CREATE TEMP TABLE mine (x int)')));
+  t.same(made, ['ok', 'ok', '53300 too many sticky sessions for user "tenant_a"', '53300 too many sticky sessions for user "tenant_a"']);
+  t.same((await a[2]!.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'the refused session goes on, unsticky');
+  const b = await client(t, proxy, 'b');
+  const started = Date.now();
+  t.same((await b.query("SELECT current_setting('app.tenant_id') AS pin")).rows, [{ pin: 'b' }], 'b is served');
+  t.ok(Date.now() - started < 500, 'at once, not after acquire_timeout_ms');
+  // b has a share of its own.
+  t.equal(await failure(b.query('CREATE TEMP TABLE mine (x int)')), 'ok');
+
+  await a[0]!.end(); // its connection is reset and goes back: a's share has room again
+  await sleep(100);
+  t.equal(await failure(a[2]!.query('CREATE TEMP TABLE mine (x int)')), 'ok', 'room again once a sticky session of a ended');
+  t.same((await a[2]!.query('SELECT count(*)::int AS n FROM mine')).rows, [{ n: 0 }], 'and it keeps its table');
+});
+
+t.test('a Parse that would make the session sticky past the share is refused; the session goes on', async (t) => {
+  const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
+  for (const c of a.slice(0, 2)) await c.query('LISTEN news');
+  const refused = await failure(a[2]!.query({ name: 'mk', text: 'CREATE TEMP TABLE mine (x int)' }));
+  t.equal(refused, '53300 too many sticky sessions for user "tenant_a"');
+  t.same((await a[2]!.query({ name: 'one', text: 'SELECT 1 AS one' })).rows, [{ one: 1 }]);
+
+  // Sticky from its startup parameters: refused at login.
+  const late = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_a', password: 'pw-a', database: 'postgres', options: '-c search_path=pg_temp' });
+  late.on('error', () => undefined);
+  t.equal(await failure(late.connect()), '53300 too many sticky sessions for user "tenant_a"', 'a login that would be sticky from the start');
+  await late.end().catch(() => undefined);
+  const b = new pg.Client({ host: '127.0.0.1', port: proxy.port, user: 'tenant_b', password: 'pw-b', database: 'postgres', options: '-c search_path=pg_temp' });
+  await b.connect();
+  t.same((await b.query('SHOW search_path')).rows, [{ search_path: 'pg_temp' }], "another user's is not");
+  await b.end();
+});
+
+t.test('sticky by the answer (a SET inside a transaction block) past the share: the session ends once the transaction is done', async (t) => {
+  const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
+  for (const c of a.slice(0, 2)) await c.query('CREATE TEMP TABLE mine (x int)');
+  const c = a[2]!;
+  await c.query('BEGIN');
+  await c.query("SET application_name = 'held'");
+  t.same((await c.query("SELECT current_setting('application_name') AS name")).rows, [{ name: 'held' }], 'the transaction goes on');
+  await c.query('COMMIT');
+  await sleep(200);
+  t.match(c.errors, [{ code: '53300', message: 'too many sticky sessions for user "tenant_a"' }], 'then the session ends with FATAL 53300');
+  t.match(await failure(c.query('SELECT 1')), /not queryable/, 'and is gone');
+  const b = await client(t, proxy, 'b');
+  t.same((await b.query("SELECT current_setting('application_name') AS name")).rows, [{ name: '' }], 'its connection was reset for the next client');
+});
+
+t.test('session mode: every client keeps its connection anyway, no share applies', async (t) => {
+  const session = await startProxy(t, pgs, { users: USERS, extra: { pool: { mode: 'session', size: 4 } } });
+  const a = await Promise.all([1, 2, 3].map(() => client(t, session, 'a')));
+  for (const c of a) {
+    await c.query('BEGIN');
+    await c.query("SET application_name = 'mine'");
+    await c.query('COMMIT');
+    t.equal(await failure(c.query('CREATE TEMP TABLE mine (x int)')), 'ok');
+  }
+  await sleep(100);
+  t.same(a.map((c) => c.errors.length), [0, 0, 0]);
+});
