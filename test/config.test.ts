@@ -67,7 +67,7 @@ t.test('defaults fill every optional section', async (t) => {
     require_primary: true,
     health_check: { interval_ms: 2000, timeout_ms: 1000, database: 'postgres' },
   });
-  t.same(c.pool, { mode: 'transaction', size: 20, acquire_timeout_ms: 5000, server_idle_timeout_ms: 600000, idle_transaction_timeout_ms: 0, affinity_ms: 0, max_sticky_per_user: 0 });
+  t.same(c.pool, { mode: 'transaction', size: 20, acquire_timeout_ms: 5000, server_idle_timeout_ms: 600000, idle_transaction_timeout_ms: 0, affinity_ms: 0, max_sticky_per_user: 0, sticky_idle_timeout_ms: 0 });
   t.same(c.users, []);
   t.same(c.server_roles, []);
   t.same(c.cert_map, []);

@@ -284,7 +284,7 @@ t.test('affinity: a connection holding no settings goes to the longest waiter at
 });
 
 t.test('config to pool limits: affinity_ms applies in transaction mode only', async (t) => {
-  const pool = { size: 5, acquire_timeout_ms: 1000, server_idle_timeout_ms: 60_000, idle_transaction_timeout_ms: 0, affinity_ms: 5, max_sticky_per_user: 0 };
+  const pool = { size: 5, acquire_timeout_ms: 1000, server_idle_timeout_ms: 60_000, idle_transaction_timeout_ms: 0, affinity_ms: 5, max_sticky_per_user: 0, sticky_idle_timeout_ms: 0 };
   t.same(poolLimits({ ...pool, mode: 'transaction' }), { size: 5, acquireTimeoutMs: 1000, idleTimeoutMs: 60_000, affinityMs: 5, stickyPerUser: 2 });
   t.equal(poolLimits({ ...pool, mode: 'session' }).affinityMs, 0, 'session mode: a connection comes back DISCARDed');
 });

@@ -1,7 +1,8 @@
 // pool.max_sticky_per_user: a sticky session keeps a server connection until its client
 // leaves, so without a bound one user's idle sessions (each with a temporary table) took the
 // whole pool and every other client waited out acquire_timeout_ms. Each user now has a
-// share of the pool for sticky sessions (half of pool.size by default).
+// share of the pool for sticky sessions (half of pool.size by default); pool.sticky_idle_timeout_ms
+// disconnects sticky clients that stay silent.
 
 import t from 'tap';
 import pg from 'pg';
@@ -108,4 +109,22 @@ t.test('session mode: every client keeps its connection anyway, no share applies
   }
   await sleep(100);
   t.same(a.map((c) => c.errors.length), [0, 0, 0]);
+});
+
+t.test('pool.sticky_idle_timeout_ms: a sticky client that sends nothing between transactions is disconnected (57P05)', async (t) => {
+  const timed = await startProxy(t, pgs, { users: USERS, extra: { pool: { mode: 'transaction', size: 4, sticky_idle_timeout_ms: 300 } } });
+  const [idle, talking, plain] = await Promise.all([client(t, timed, 'a'), client(t, timed, 'a'), client(t, timed, 'b')]);
+  await idle.query('CREATE TEMP TABLE mine (x int)');
+  await talking.query('LISTEN news');
+  for (let i = 0; i < 6; i++) {
+    await sleep(100);
+    await talking.query('SELECT 1');
+  }
+  t.same((await talking.query('SELECT 1 AS slept FROM pg_sleep(0.5)')).rows, [{ slept: 1 }], 'a statement longer than the timeout is not cut');
+  t.match(idle.errors, [{ code: '57P05', message: 'terminating connection due to idle-session timeout' }], 'the idle sticky client was disconnected');
+  t.same(talking.errors, [], 'one that keeps talking is not');
+  t.same((await plain.query('SELECT 1 AS one')).rows, [{ one: 1 }], 'a client that is not sticky holds nothing while idle: not disconnected');
+  const again = await client(t, timed, 'a');
+  await again.query('CREATE TEMP TABLE mine (x int)');
+  t.pass("the disconnected client's share was given back");
 });

@@ -160,6 +160,15 @@ const poolSchema = {
         'pool for its session state); a statement that would make one more is refused with 53300. 0 = half of pool.size, ' +
         'at least 1; pool.size or more = no cap.',
     },
+    sticky_idle_timeout_ms: {
+      type: 'integer',
+      minimum: 0,
+      default: 0,
+      description:
+        'Transaction pooling: milliseconds a sticky client (one keeping its server connection for session state) may send ' +
+        "nothing between transactions before it is disconnected with FATAL 57P05, as by PostgreSQL's idle_session_timeout; " +
+        'its connection is reset and goes back to the pool. 0 = never.',
+    },
   },
 };
 

@@ -40,6 +40,7 @@ export interface PoolConfig {
   readonly idle_transaction_timeout_ms: number;
   readonly affinity_ms: number;
   readonly max_sticky_per_user: number;
+  readonly sticky_idle_timeout_ms: number;
 }
 
 export interface UserConfig {

@@ -1868,24 +1868,29 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   }
 
   /**
-   * pool.idle_transaction_timeout_ms: a client that keeps a server connection while the
-   * server waits on it (inside a transaction, or with a batch without its Sync, or a message
-   * half sent) holds it from every other client; after that long it is disconnected, as by
-   * PgBouncer's idle_transaction_timeout, with PostgreSQL's own FATAL for it. Its bytes
+   * A client that keeps a server connection while sending nothing holds it from every other
+   * client; after a while it is disconnected with PostgreSQL's own FATAL for it. Its bytes
    * restart the clock.
+   * - pool.idle_transaction_timeout_ms: the server waits on it (inside a transaction, or a
+   *   batch without its Sync, or a message half sent), as PgBouncer's idle_transaction_timeout.
+   *   Its connection is closed.
+   * - pool.sticky_idle_timeout_ms: sticky, between transactions (transaction mode), as
+   *   PostgreSQL's idle_session_timeout. Its connection is reset for the next client.
    */
   private startIdleTimerIfWaiting(): void {
     const server = this.server;
     // (Work held back, for a cancel or a switch, waits on the proxy, not on the client.)
     if (server === null || this.ledger.owed > 0 || this.queued.length > 0 || this.state !== 'ready') return;
-    if (server.txStatus === 'I' && !this.ledger.unsynced && this.scanner.atBoundary) return;
-    const ms = this.rt.config.pool.idle_transaction_timeout_ms;
+    const between = server.txStatus === 'I' && !this.ledger.unsynced && this.scanner.atBoundary;
+    if (between && (this.sticky === null || !this.transactionMode)) return;
+    const ms = between ? this.rt.config.pool.sticky_idle_timeout_ms : this.rt.config.pool.idle_transaction_timeout_ms;
     if (ms <= 0) return;
     if (this.idleTimer !== null) clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
       if (this.server === null || this.ledger.owed > 0 || this.queued.length > 0) return;
-      this.fatal(SqlState.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout');
+      if (between) this.fatal(SqlState.IDLE_SESSION_TIMEOUT, 'terminating connection due to idle-session timeout');
+      else this.fatal(SqlState.IDLE_IN_TRANSACTION_TIMEOUT, 'terminating connection due to idle-in-transaction timeout');
     }, ms);
     this.idleTimer.unref();
   }
