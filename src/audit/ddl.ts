@@ -63,11 +63,15 @@ const REDACTED = '<REDACTED>';
 const cache = new TextLru<DdlStatement[]>(2000, 4 * 1024 * 1024);
 const NONE: DdlStatement[] = [];
 
-/** The audited statements of `sql` (most texts: none, found without parsing). Cached by text. */
-export function ddlStatements(sql: string): DdlStatement[] {
+/**
+ * The audited statements of `sql` (most texts: none, found without parsing). Cached by text.
+ * `mayParse` false (policy/parser-cooldown.ts): text not seen before is recorded as unparsed.
+ */
+export function ddlStatements(sql: string, mayParse = true): DdlStatement[] {
   if (!MAY_BE_AUDITED.test(sql) || (!MAY_BE_DDL.test(sql) && !SELECT_INTO.test(sql))) return NONE;
   const hit = cache.get(sql);
   if (hit) return hit;
+  if (!mayParse) return notParsed(sql);
   const found = tooCostlyToParse(sql) === null ? classify(sql) : notParsed(sql);
   if (sql.length <= 8192) cache.set(sql, found);
   return found;

@@ -49,6 +49,11 @@ export interface PolicyClassifierOptions {
 }
 
 const TOO_COMPLEX = { code: '54001', message: 'statement too complex for pgbastion to check' } as const;
+/** See parser-cooldown.ts. */
+const COOLING = {
+  code: '54001',
+  message: "statement not checked: an earlier statement of this user was too complex for pgbastion's parser (retry in a second)",
+} as const;
 
 export class PolicyClassifier {
   private readonly pins: PinnedNames;
@@ -69,11 +74,15 @@ export class PolicyClassifier {
     return this.cache.size;
   }
 
-  /** Synchronous; never throws for any SQL text (only if loadPolicyParser() was not awaited). */
-  classify(sql: string): PolicyVerdict {
+  /**
+   * Synchronous; never throws for any SQL text (only if loadPolicyParser() was not awaited).
+   * `mayParse` false (parser-cooldown.ts): text not judged before is judged unparsed.
+   */
+  classify(sql: string, mayParse = true): PolicyVerdict {
     if (!mayMatter(sql)) return ALLOW;
     const hit = this.cache.get(sql);
     if (hit !== undefined) return hit;
+    if (!mayParse) return this.unparsed(sql, COOLING);
     const v = this.analyse(sql);
     if (sql.length <= this.maxCachedLength) this.cache.set(sql, v);
     return v;

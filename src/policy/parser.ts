@@ -20,6 +20,8 @@ let loaded = false;
 let reloading: Promise<void> | null = null;
 /** Fresh instances loaded after a failure or a long text (for tests and logs). */
 export let parserReloads = 0;
+/** Parses that failed other than with the parser's own error (see parser-cooldown.ts). */
+export let parserFaults = 0;
 
 async function freshInstance(): Promise<Lib> {
   // Out of the module cache, and out of its parent's children, which would keep the old
@@ -35,7 +37,9 @@ async function freshInstance(): Promise<Lib> {
 
 /** Called with every exception the parser throws: its own errors are SqlErrors; anything else taints the instance. */
 function afterFailure(err: unknown): void {
-  if ((err as { name?: unknown } | null)?.name !== 'SqlError') reload();
+  if ((err as { name?: unknown } | null)?.name === 'SqlError') return;
+  parserFaults++;
+  reload();
 }
 
 /** Loads a fresh instance, to be used once ready (one at a time). */

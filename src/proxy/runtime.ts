@@ -10,6 +10,7 @@ import { parseHbaFile, rulesFromConfig } from '../hba/parse.js';
 import { cidrContains, clientNetwork, maxPrefix, parseClientAddress, parseIpAddress, type CidrMatcher, type HbaRule } from '../hba/rules.js';
 import { PoolRegistry } from '../pool/registry.js';
 import { LockoutTracker } from '../auth/lockout.js';
+import { ParserCooldown } from '../policy/parser-cooldown.js';
 import { PolicyClassifier } from '../policy/classify.js';
 import { TlsTerminator } from '../tls/terminate.js';
 import { Audit } from '../audit/audit.js';
@@ -70,6 +71,8 @@ export class Runtime {
   readonly pools: PoolRegistry;
   readonly cancels = new CancelRegistry();
   readonly lockout: LockoutTracker;
+  /** Users whose text faulted the policy parser lately (per process). */
+  readonly parserCooldown = new ParserCooldown();
   readonly metrics: Metrics;
   readonly audit: Audit;
   clients = 0;

@@ -27,6 +27,7 @@ import { denialMessage } from '../hba/messages.js';
 import type { Runtime, RuntimeUser } from '../proxy/runtime.js';
 import { PoolTimeoutError, type Pool } from '../pool/pool.js';
 import { stickyPerUser } from '../pool/registry.js';
+import { parserFaults } from '../policy/parser.js';
 import { UpstreamError } from '../upstream/errors.js';
 import type { ServerConnection, ServerPeer, TxStatus } from '../upstream/server-connection.js';
 import { decideStartupParams } from './startup-params.js';
@@ -999,7 +1000,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return statementName === null ? this.refusals.query(refuse) : this.refusals.parse(statementName, refuse);
     }
     const sql = frame.toString('utf8', at, end);
-    const verdict = this.rt.policy.classify(sql);
+    const faults = parserFaults;
+    const verdict = this.rt.policy.classify(sql, this.rt.parserCooldown.mayParse(this.user, sql));
+    if (parserFaults !== faults) this.parserFaulted();
     this.vettedSql = sql;
     const sticks = verdict.sticky !== null && this.transactionMode && this.sticky === null && !remembered(verdict.sticky, statementName, sql);
     if (sticks && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
@@ -1051,7 +1054,17 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Audited statements in SQL vet() just decoded (none unless audit.ddl is on). */
   private ddlOf(sql: string): readonly DdlStatement[] | undefined {
-    return this.rt.config.audit.ddl ? ddlStatements(sql) : undefined;
+    if (!this.rt.config.audit.ddl) return undefined;
+    const faults = parserFaults;
+    const found = ddlStatements(sql, this.rt.parserCooldown.mayParse(this.user, sql));
+    if (parserFaults !== faults) this.parserFaulted();
+    return found;
+  }
+
+  /** This client's text faulted the policy parser: its user's long texts go unparsed for a while (parser-cooldown.ts). */
+  private parserFaulted(): void {
+    this.log('warn', null, "statement faulted the policy parser: the user's long statements go unparsed for a second");
+    this.rt.parserCooldown.start(this.user);
   }
 
   // ---- ServerPeer: what the server connection reports ----------------------------------
