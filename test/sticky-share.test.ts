@@ -8,7 +8,9 @@ import t from 'tap';
 import pg from 'pg';
 import { stickyPerUser } from '../src/pool/registry.js';
 import { startPostgres } from './helpers/postgres.js';
+import { serialize } from 'pg-protocol';
 import { createServerRole, startProxy, type RunningProxy } from './helpers/proxy.js';
+import { rawOf } from './helpers/raw-client.js';
 
 t.test('the share: pool.max_sticky_per_user, or half the pool (at least one)', async (t) => {
   const cases: [size: number, configured: number, share: number][] = [
@@ -86,14 +88,12 @@ t.test('a Parse that would make the session sticky past the share is refused; th
 t.test('sticky by the answer (a SET inside a transaction block) past the share: the session ends once the transaction is done', async (t) => {
   const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
   for (const c of a.slice(0, 2)) await c.query('CREATE TEMP TABLE mine (x int)');
-  const c = a[2]!;
-  await c.query('BEGIN');
-  await c.query("SET application_name = 'held'");
-  t.same((await c.query("SELECT current_setting('application_name') AS name")).rows, [{ name: 'held' }], 'the transaction goes on');
-  await c.query('COMMIT');
-  await sleep(200);
-  t.match(c.errors, [{ code: '53300', message: 'too many sticky sessions for user "tenant_a"' }], 'then the session ends with FATAL 53300');
-  t.match(await failure(c.query('SELECT 1')), /not queryable/, 'and is gone');
+  const r = rawOf(a[2]!);
+  // Sent together: the SET is read before the BEGIN is answered, so only its answer shows
+  // it ran in a block (sent after the BEGIN's answer, it is refused: below).
+  t.same(await r.send(2, serialize.query('BEGIN'), serialize.query("SET application_name = 'held'")), ['done:BEGIN', 'Z', 'done:SET', 'Z']);
+  t.same(await r.send(1, serialize.query("SELECT current_setting('application_name') AS name")), ['columns:name', 'held', 'done:SELECT 1', 'Z'], 'the transaction goes on');
+  t.same(await r.sendAndSettle(1, [serialize.query('COMMIT')]), ['done:COMMIT', 'Z', 'E53300'], 'then the session ends with FATAL 53300');
   const b = await client(t, proxy, 'b');
   t.same((await b.query("SELECT current_setting('application_name') AS name")).rows, [{ name: '' }], 'its connection was reset for the next client');
 });
@@ -127,4 +127,40 @@ t.test('pool.sticky_idle_timeout_ms: a sticky client that sends nothing between 
   const again = await client(t, timed, 'a');
   await again.query('CREATE TEMP TABLE mine (x int)');
   t.pass("the disconnected client's share was given back");
+});
+
+t.test('past the share: tracked SETs are still remembered (also as named statements), unless inside a transaction block', async (t) => {
+  const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
+  for (const c of a.slice(0, 2)) await c.query('CREATE TEMP TABLE mine (x int)');
+  const c = a[2]!;
+  await c.query("SET application_name = 'plain'");
+  await c.query({ name: 'set_name', text: "SET application_name = 'named'" }); // (pgx prepares every statement)
+  const b = await client(t, proxy, 'b');
+  await b.query('BEGIN'); // b holds a connection: c's next statements may land on another
+  t.same((await c.query("SELECT current_setting('application_name') AS name")).rows, [{ name: 'named' }], 'remembered, not sticky');
+  await b.query('COMMIT');
+  await c.query('BEGIN');
+  t.equal(await failure(c.query("SET application_name = 'in block'")), '53300 too many sticky sessions for user "tenant_a"', 'inside a block it would stick: refused');
+  t.equal(await failure(c.query('SELECT 1')), '25P02 current transaction is aborted, commands ignored until end of transaction block', 'the block is aborted, as by a failed statement');
+  await c.query('ROLLBACK');
+  t.same((await c.query("SELECT current_setting('application_name') AS name")).rows, [{ name: 'named' }]);
+  t.same(c.errors, []);
+});
+
+t.test('sticky past the share by an answer, then never between transactions: ended after acquire_timeout_ms', async (t) => {
+  const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
+  for (const c of a.slice(0, 2)) await c.query('CREATE TEMP TABLE mine (x int)');
+  const c = a[2]!;
+  const r = rawOf(c);
+  // The SET is read before the BEGIN is answered: only its answer shows it ran in a block.
+  t.same(await r.send(2, serialize.query('BEGIN'), serialize.query("SET application_name = 'held'")), ['done:BEGIN', 'Z', 'done:SET', 'Z']);
+  const started = Date.now();
+  const fatal: { code?: string; message?: string }[] = [];
+  r.raw.on('errorMessage', (m: { code: string; message: string }) => fatal.push(m));
+  while (fatal.length === 0 && Date.now() - started < 3000) {
+    r.raw.stream.write(serialize.query('COMMIT; BEGIN'));
+    await sleep(100);
+  }
+  t.match(fatal, [{ code: '53300', message: 'too many sticky sessions for user "tenant_a"' }], 'ended with FATAL 53300');
+  t.ok(Date.now() - started < 2000, `after about acquire_timeout_ms (${Date.now() - started} ms)`);
 });

@@ -192,6 +192,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private revoked: Ending | null = null;
   /** The pool whose sticky share for this user the session holds (pool.max_sticky_per_user). */
   private stickyShare: Pool | null = null;
+  /** Sticky without a share: when the session ends at the latest (endOverStickyShare). */
+  private shareDeadline: NodeJS.Timeout | null = null;
   /** Set once a TLS handshake completed on this connection. */
   private tlsPeer: TlsPeer | null = null;
   private gssAnswered = false;
@@ -863,10 +865,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           // A name in use: the server answers as PostgreSQL would (a syntax error before 42P05;
           // success if held's own Parse, still unanswered, fails), under held's server-side
           // name, prepared there first where missing.
-          const stmt = this.statements.contend(held, frame, name, nameEnd, takesInlineSwitch(own), ddlGroup);
+          const stmt = this.statements.contend(held, frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, trackedSet(own));
           return this.send(stmt.parse, P, held, stmt, ddl, own);
         }
-        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup);
+        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, trackedSet(own));
         return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
@@ -965,10 +967,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       if (type === B) this.bindSetPortal(frame, this.unnamedSet);
       return this.queueOrWrite({ bytes: frame, type, needs: null, defines: null, usesUnnamed: at, unnamedParse: this.unnamedParse, bindsDdl });
     }
-    if (type === B) this.bindSetPortal(frame, null);
     const name = frame.toString('utf8', at.start, at.end);
     const stmt = this.statements.get(name);
-    if (!stmt) return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
+    if (!stmt) {
+      if (type === B) this.bindSetPortal(frame, null);
+      return this.send(replaceCString(frame, at.start, at.end, this.refusals.missingStatement(name)), type);
+    }
     const renamed = replaceCString(frame, at.start, at.end, stmt.serverName);
     if (type === C) {
       // The name is free once the Close completes (statementClosed). It is not prepared first
@@ -978,8 +982,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       this.statements.closing(stmt);
       return this.queueOrWrite({ bytes: renamed, type, needs: null, defines: null, closes: { stmt, seq: this.statements.seq } });
     }
-    // A Bind after a Close and a new Parse of the name runs the new statement: its audit group.
-    if (type === B) return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, at: this.statements.seq, bindsDdl: this.statements.latest(stmt).ddl });
+    if (type === B) {
+      // A Bind after a Close and a new Parse of the name runs the new statement: its audit group, its SET.
+      const runs = this.statements.latest(stmt);
+      this.bindSetPortal(frame, runs.set);
+      return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, at: this.statements.seq, bindsDdl: runs.ddl });
+    }
     this.send(renamed, type, stmt);
   }
 
@@ -1004,15 +1012,19 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     const verdict = this.rt.policy.classify(sql, this.rt.parserCooldown.mayParse(this.user, sql));
     if (parserFaults !== faults) this.parserFaulted();
     this.vettedSql = sql;
-    const sticks = verdict.sticky !== null && this.transactionMode && this.sticky === null && !remembered(verdict.sticky, statementName, sql);
-    if (sticks && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
+    // A tracked SET is remembered with the client's settings, unless it runs inside a
+    // transaction block (settle): as far as the connection's last status tells, then it sticks too.
+    const tracked = verdict.sticky !== null && remembered(verdict.sticky, sql);
+    const sticks = verdict.sticky !== null && this.transactionMode && (!tracked || (this.server !== null && this.server.txStatus !== 'I'));
+    // (Also a session sticky without a share, ending for it: it may not add to what it holds.)
+    if (sticks && this.stickyShare === null && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
       const refuse = this.stickyShareRefusal();
       this.log('warn', { reason: verdict.sticky }, 'statement refused: the user has no sticky share of the pool left');
       return statementName === null ? this.refusals.query(refuse) : this.refusals.parse(statementName, refuse);
     }
     // (Also in session mode, whose connections are reset for the next client too.)
     if (verdict.sticky !== null && OUTLIVES_RESET.has(verdict.sticky)) this.outlivesReset = verdict.sticky;
-    if (sticks) this.makeSticky(verdict.sticky!);
+    if (sticks && !tracked && this.sticky === null) this.makeSticky(verdict.sticky!);
     if (verdict.refuse === null) return frame;
     this.log('warn', { variable: verdict.refuse.variable, detail: verdict.refuse.detail }, 'statement refused by pinning policy');
     this.rt.metrics.blocked.inc();
@@ -1460,15 +1472,25 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       code: SqlState.TOO_MANY_CONNECTIONS,
       message: `too many sticky sessions for user "${this.user}"`,
       detail:
-        `The user's sessions already keep ${stickyPerUser(this.rt.config.pool)} server connections for session state (temporary tables, ` +
-        'session SET, LISTEN, advisory locks, ...): pool.max_sticky_per_user.',
+        `The user's sessions already keep ${stickyPerUser(this.rt.config.pool)} server connections of pool ${this.pool?.name ?? ''} for ` +
+        'session state (temporary tables, session SET, LISTEN, advisory locks, ...): pool.max_sticky_per_user.',
     };
   }
 
+  /**
+   * Ends a session sticky past its user's share at its next transaction boundary, or, since
+   * a client can put that off (`COMMIT; BEGIN` in one Query never leaves it between
+   * transactions), after pool.acquire_timeout_ms, what other clients wait for a connection.
+   */
   private endOverStickyShare(): void {
+    if (this.shareDeadline !== null) return;
     this.log('warn', { reason: this.sticky }, 'sticky past the user\'s share of the pool: the session ends at its next transaction boundary');
-    this.revoked ??= this.stickyShareRefusal();
+    const ending = this.stickyShareRefusal();
+    this.revoked ??= ending;
     this.endIfRevokedAndIdle();
+    if (this.state === 'closed') return;
+    this.shareDeadline = setTimeout(() => this.fatal(ending.code, ending.message, ending.detail), this.rt.config.pool.acquire_timeout_ms);
+    this.shareDeadline.unref();
   }
 
   // ---- server lease -------------------------------------------------------------------
@@ -2075,6 +2097,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     this.state = 'closed';
     this.clearStartupTimer();
     this.stopIdleTimer();
+    if (this.shareDeadline !== null) clearTimeout(this.shareDeadline);
     this.rt.clients--;
     if (this.key) this.rt.cancels.revoke(this.key.processId, this.key.secretKey);
     if (this.leasing) this.pool?.withdraw(this.onLeased);
@@ -2124,9 +2147,12 @@ function after(buf: Buffer, offset: number): Buffer {
   return offset >= buf.length ? EMPTY : buf.subarray(offset);
 }
 
-/** A plain SET of a startup parameter in a Query or unnamed Parse: remembered with the client's settings, not sticky. */
-function remembered(sticky: string, statementName: string | null, sql: string): boolean {
-  return sticky === 'SET' && (statementName === null || statementName === '') && trackedSet(sql) !== null;
+/**
+ * A plain SET of a startup parameter (a Query, or a Parse whose portals' Executes carry it:
+ * bindSetPortal): remembered with the client's settings, not sticky.
+ */
+function remembered(sticky: string, sql: string): boolean {
+  return sticky === 'SET' && trackedSet(sql) !== null;
 }
 
 /** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */

@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { MalformedMessage } from '../protocol/scanner.js';
 import type { DdlGroup } from './ddl-tracker.js';
+import type { TrackedSet } from './tracked-set.js';
 
 export interface Statement {
   readonly serverName: string;
@@ -15,6 +16,8 @@ export interface Statement {
   readonly inlineSafe: boolean;
   /** The audited (DDL) statements in its SQL, recorded each time a portal bound to it runs; else null. */
   readonly ddl: DdlGroup | null;
+  /** A tracked SET (session/tracked-set.ts): recorded each time a portal bound to it runs; else null. */
+  readonly set: TrackedSet | null;
   /** Its place among the client's Parses and Closes (PreparedStatements.seq when registered). */
   readonly seq: number;
 }
@@ -93,10 +96,10 @@ export class PreparedStatements {
   }
 
   /** Registers a client Parse of `name`; returns the frame to forward and the server-side name. */
-  define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
+  define(frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null, set: TrackedSet | null): Statement {
     const serverName = `${PREFIX}${nextStatement++}`;
     const parse = replaceCString(frame, 5, nameEnd, serverName);
-    const stmt = { serverName, parse, inlineSafe, ddl, seq: ++this.seq };
+    const stmt = { serverName, parse, inlineSafe, ddl, set, seq: ++this.seq };
     this.held += cost(stmt);
     (this.byName ??= new Map()).set(name, stmt);
     (this.byServer ??= new Map()).set(serverName, name);
@@ -104,8 +107,8 @@ export class PreparedStatements {
   }
 
   /** A client Parse of `name` while `held` has that name: it goes out under held's server-side name (see contenders). */
-  contend(held: Statement, frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null): Statement {
-    const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl, seq: ++this.seq };
+  contend(held: Statement, frame: Buffer, name: string, nameEnd: number, inlineSafe: boolean, ddl: DdlGroup | null, set: TrackedSet | null): Statement {
+    const stmt = { serverName: held.serverName, parse: replaceCString(frame, 5, nameEnd, held.serverName), inlineSafe, ddl, set, seq: ++this.seq };
     this.held += cost(stmt);
     const all = (this.contenders ??= new Map());
     let queue = all.get(held.serverName);
