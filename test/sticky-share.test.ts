@@ -164,3 +164,20 @@ t.test('sticky past the share by an answer, then never between transactions: end
   t.match(fatal, [{ code: '53300', message: 'too many sticky sessions for user "tenant_a"' }], 'ended with FATAL 53300');
   t.ok(Date.now() - started < 2000, `after about acquire_timeout_ms (${Date.now() - started} ms)`);
 });
+
+t.test("SET TIME ZONE and Django's set_config('TimeZone', …, false) are remembered like a SET: not sticky, not refused", async (t) => {
+  // One server connection: a sticky client would hold it from the other.
+  const one = await startProxy(t, pgs, { users: USERS, extra: { pool: { mode: 'transaction', size: 1, acquire_timeout_ms: 1000 } } });
+  const [a, b] = await Promise.all([client(t, one, 'a'), client(t, one, 'b')]);
+  const zone = async (c: pg.Client) => (await c.query("SELECT current_setting('TimeZone') AS tz")).rows[0].tz as string;
+  const defaultZone = await zone(b);
+  for (const [how, sql, want] of [
+    ['set_config', "SELECT set_config('TimeZone', 'Asia/Tokyo', false)", 'Asia/Tokyo'],
+    ['SET TIME ZONE', "SET TIME ZONE 'America/Lima'", 'America/Lima'],
+  ]) {
+    await a.query(sql!);
+    t.equal(await zone(b), defaultZone, `${how}: b, on the same connection, keeps its own`);
+    t.equal(await zone(a), want, `${how}: a keeps its own`);
+  }
+  t.same([a.errors, b.errors], [[], []]);
+});

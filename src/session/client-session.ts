@@ -2152,7 +2152,7 @@ function after(buf: Buffer, offset: number): Buffer {
  * bindSetPortal): remembered with the client's settings, not sticky.
  */
 function remembered(sticky: string, sql: string): boolean {
-  return sticky === 'SET' && trackedSet(sql) !== null;
+  return (sticky === 'SET' || sticky === 'set_config') && trackedSet(sql) !== null;
 }
 
 /** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */
