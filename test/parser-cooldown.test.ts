@@ -6,7 +6,9 @@
 
 import t from 'tap';
 import { serialize } from 'pg-protocol';
+import { PolicyClassifier, loadPolicyParser } from '../src/policy/classify.js';
 import { ALWAYS_PARSED_CHARS, ParserCooldown } from '../src/policy/parser-cooldown.js';
+import { parserFaults, parserSettled } from '../src/policy/parser.js';
 import { rawOf } from './helpers/raw-client.js';
 import { tenantClient, tenantLab } from './helpers/tenant-lab.js';
 
@@ -29,6 +31,27 @@ t.test('the cooldown: long texts of a user whose text faulted the parser, for a 
   cooldown.start('a');
   now = 2200;
   t.notOk(cooldown.mayParse('a', long), 'a fault during the cooldown starts it again');
+});
+
+t.test('one text costs one fault, however many function bodies or query texts in it overflow the stack', async (t) => {
+  // (A reviewer's finding: without pins, 40 deep SQL function bodies in one Query faulted the
+  // parser 40 times, and broke it for another user.)
+  const deepBody = (i: number) => `CREATE FUNCTION f${i}() RETURNS int LANGUAGE sql AS $$SELECT ${i}${' + 1'.repeat(12_000)}$$`;
+  const deepQuery = (i: number) => `query_to_xml($q$SELECT ${i}${' + 1'.repeat(12_000)}$q$, true, true, '')`;
+  await loadPolicyParser();
+  for (const pinned of [[], ['app.tenant_id']]) {
+    const c = new PolicyClassifier(pinned, { cacheSize: 0 });
+    for (const [what, sql] of [
+      ['function bodies', Array.from({ length: 10 }, (_, i) => deepBody(i)).join(';\n')],
+      ['query_to_xml texts', `SELECT ${Array.from({ length: 10 }, (_, i) => deepQuery(i)).join(', ')}`],
+      ['both readings (a backslash)', `${deepBody(0)}; SELECT 'x\\'`],
+    ]) {
+      const before = parserFaults;
+      c.classify(sql!);
+      t.equal(parserFaults - before, 1, `${what}, ${pinned.length > 0 ? 'pinned' : 'no pins'}`);
+      await parserSettled();
+    }
+  }
 });
 
 const { proxy } = await tenantLab(t);

@@ -760,7 +760,14 @@ t.test('round 11: the encoding rule for unparsed text; linear text rules; operat
   const none = new PolicyClassifier([], { cacheSize: 0 });
   // Behind an unparsable prefix, SET client_encoding TO 'SJIS' then let a valid-UTF-8 string
   // end early in SJIS: pg_terminate_backend of another client's backend ran.
-  for (const sql of ["SELECT * FROM pg_class AS system_user LIMIT 0; SET client_encoding TO 'SJIS'", "SELECT * FROM pg_class AS system_user LIMIT 0; SET NAMES 'SJIS'"]) {
+  // (Review of the parser cooldown: with a comment inside, SET/**/NAMES, the rule missed it.)
+  for (const sql of [
+    "SELECT * FROM pg_class AS system_user LIMIT 0; SET client_encoding TO 'SJIS'",
+    "SELECT * FROM pg_class AS system_user LIMIT 0; SET NAMES 'SJIS'",
+    "SELECT * FROM pg_class AS system_user LIMIT 0; SET/**/NAMES 'SJIS'",
+    "SELECT * FROM pg_class AS system_user LIMIT 0; SET --x\nNAMES 'SJIS'",
+    "DO $$BEGIN EXECUTE 'SET/**/NAMES ''SJIS'''; END$$",
+  ]) {
     t.equal(none.classify(sql).refuse?.variable, 'client_encoding', sql);
   }
   let started = performance.now();

@@ -26,10 +26,10 @@
 
 import { VerdictCache } from './cache.js';
 import { nonStandardStringsReading } from './escape-strings.js';
-import { failsEverywhere, mayMatter, opaqueRisk, unanalysedRefusal } from './lexical.js';
-import { ENCODING_REFUSED_DETAIL, SETS_ENCODING } from './client-encoding.js';
+import { failsEverywhere, mayMatter, namesEncoding, opaqueRisk, unanalysedRefusal } from './lexical.js';
+import { ENCODING_REFUSED_DETAIL } from './client-encoding.js';
 import { tooCostlyToParse } from './literals.js';
-import { MAX_PARSED_CHARS, parseOrFailure, parseStatements } from './parser.js';
+import { MAX_PARSED_CHARS, parseOrFailure, parseStatements, parserFaults } from './parser.js';
 import { PinnedNames } from './pinned.js';
 import { ALLOW, UNPARSED, merge, pinnedDetail, refusal, verdict, type PolicyVerdict } from './verdict.js';
 import { inspect, type WalkEnv } from './walk.js';
@@ -66,7 +66,23 @@ export class PolicyClassifier {
     this.pins = new PinnedNames(pinned);
     this.cache = new VerdictCache(opts.cacheSize ?? 10_000, opts.cacheChars ?? 4 * 1024 * 1024);
     this.maxCachedLength = opts.maxCachedLength ?? 8192;
-    this.env = { pins: this.pins, parse: parseStatements, serverRoles: new Set(opts.serverRoles ?? []) };
+    this.env = { pins: this.pins, parse: (sql) => this.parseUnlessFaulted(sql), serverRoles: new Set(opts.serverRoles ?? []) };
+  }
+
+  /**
+   * parserFaults when the classification under way began. A text may be parsed many times
+   * over (each reading; each SQL function body or query_to_xml text in it): once one of
+   * those parses overflowed the stack, the rest of the text goes unparsed, so that one text
+   * costs one fault (parser-cooldown.ts), not one per body.
+   */
+  private faultsBefore = 0;
+
+  private faulted(): boolean {
+    return parserFaults !== this.faultsBefore;
+  }
+
+  private parseUnlessFaulted(sql: string): readonly unknown[] | null {
+    return this.faulted() ? null : parseStatements(sql);
   }
 
   /** Number of cached verdicts (for tests and metrics). */
@@ -83,6 +99,7 @@ export class PolicyClassifier {
     const hit = this.cache.get(sql);
     if (hit !== undefined) return hit;
     if (!mayParse) return this.unparsed(sql, COOLING);
+    this.faultsBefore = parserFaults;
     const v = this.analyse(sql);
     if (sql.length <= this.maxCachedLength) this.cache.set(sql, v);
     return v;
@@ -113,7 +130,7 @@ export class PolicyClassifier {
    * connection closed when the client leaves.
    */
   private reading(sql: string): PolicyVerdict {
-    const stmts = parseOrFailure(sql);
+    const stmts = this.faulted() ? 'the parser overflowed its stack on this text' : parseOrFailure(sql);
     if (typeof stmts !== 'string') return inspect(stmts, this.env);
     if (failsEverywhere(stmts)) return ALLOW;
     // The parser's own limits (nesting depth, memory; also of the JSON it returns), else its
@@ -131,7 +148,7 @@ export class PolicyClassifier {
     if (byText !== null) return verdict(byText, null);
     // As in a DO block: any mention of the client encoding (SET NAMES 'SJIS' behind an
     // unparsable prefix, then a valid-UTF-8 text whose SJIS reading ends its string early).
-    if (SETS_ENCODING.test(sql)) return verdict(refusal('client_encoding', ENCODING_REFUSED_DETAIL), null);
+    if (namesEncoding(sql)) return verdict(refusal('client_encoding', ENCODING_REFUSED_DETAIL), null);
     const first = this.pins.first;
     if (first === null) return verdict(null, UNPARSED);
     const risk = opaqueRisk(sql, this.pins) ?? first;

@@ -4,6 +4,7 @@
 
 import type { PinnedNames } from './pinned.js';
 import { statementsRefusal, type Refusal } from './verdict.js';
+import { SETS_ENCODING } from './client-encoding.js';
 
 /**
  * Words without which no statement can earn a verdict. Matched on the raw text, strings and
@@ -96,6 +97,11 @@ export function unanalysedRefusal(text: string, what: string): Refusal | null {
 }
 
 const UNICODE_ESCAPES = /u&\s*['"]/i;
+
+/** Does text not analysed here name the client encoding, also with comments inside the words (SET, a comment, NAMES)? */
+export function namesEncoding(text: string): boolean {
+  return SETS_ENCODING.test(text) || SETS_ENCODING.test(withoutComments(text));
+}
 
 /**
  * `text` with every comment dropped, wherever it stands (inside strings too: those may be

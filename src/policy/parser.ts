@@ -20,7 +20,7 @@ let loaded = false;
 let reloading: Promise<void> | null = null;
 /** Fresh instances loaded after a failure or a long text (for tests and logs). */
 export let parserReloads = 0;
-/** Parses that failed other than with the parser's own error (see parser-cooldown.ts). */
+/** Parses that overflowed the stack: deep input (see parser-cooldown.ts). */
 export let parserFaults = 0;
 
 async function freshInstance(): Promise<Lib> {
@@ -37,8 +37,11 @@ async function freshInstance(): Promise<Lib> {
 
 /** Called with every exception the parser throws: its own errors are SqlErrors; anything else taints the instance. */
 function afterFailure(err: unknown): void {
-  if ((err as { name?: unknown } | null)?.name === 'SqlError') return;
-  parserFaults++;
+  const name = (err as { name?: unknown } | null)?.name;
+  if (name === 'SqlError') return;
+  // Blamed on the text only when it overflowed the stack itself; an instance already broken
+  // fails every text otherwise (memory access or table index out of bounds).
+  if (name === 'RangeError') parserFaults++;
   reload();
 }
 

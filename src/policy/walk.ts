@@ -2,11 +2,11 @@
 // set_config() call is found wherever the grammar allows an expression, plus handlers for the
 // statement kinds that set variables or leave session state.
 
-import { ENCODING_REFUSED_DETAIL, SETS_ENCODING, hidesAscii } from './client-encoding.js';
+import { ENCODING_REFUSED_DETAIL, hidesAscii } from './client-encoding.js';
 import { TEMP_PATH, isTempSchema, searchPathHasTemp } from './temp-schema.js';
 import { nonStandardStringsReading } from './escape-strings.js';
 import type { PinnedNames } from './pinned.js';
-import { unanalysedRefusal } from './lexical.js';
+import { namesEncoding, unanalysedRefusal } from './lexical.js';
 import { UNPARSED, pinnedDetail, refusal, statementsRefusal, stickier, verdict, type Effect, type PolicyVerdict, type Refusal } from './verdict.js';
 
 export interface WalkEnv {
@@ -473,7 +473,7 @@ class Walk {
   private doBlock(o: Obj): void {
     const body = defElemStrings(o.args, 'as').join('\n');
     if (this.refuseByText(body, 'a DO block')) return;
-    if (SETS_ENCODING.test(body)) return this.refuseEncoding();
+    if (namesEncoding(body)) return this.refuseEncoding();
     if (this.refuseProcedural('a DO block')) return;
     this.stick('DO');
   }
@@ -504,7 +504,7 @@ class Walk {
     const what = o.is_procedure === true ? 'CREATE PROCEDURE' : 'CREATE FUNCTION';
     if (language === 'sql') return this.sqlBody(body[0]!, what);
     if (this.refuseByText(body.join('\n'), `${what} (LANGUAGE ${language})`)) return;
-    if (SETS_ENCODING.test(body.join('\n'))) return this.refuseEncoding();
+    if (namesEncoding(body.join('\n'))) return this.refuseEncoding();
     this.refuseProcedural(`${what} (LANGUAGE ${language})`);
   }
 

@@ -25,15 +25,21 @@ export function trackedSet(sql: string): TrackedSet | null {
   const set = SIMPLE_SET.exec(sql);
   if (set) return tracked(set[1]!, set[2], set[3]);
   const zone = SET_TIME_ZONE.exec(sql);
-  if (zone) return zone[2] !== undefined && /^(?:local|default)$/i.test(zone[2]) ? null : tracked('TimeZone', zone[1], zone[2]);
+  if (zone) return zone[2] !== undefined && /^local$/i.test(zone[2]) ? null : tracked('TimeZone', zone[1], zone[2]);
   const call = SET_CONFIG.exec(sql);
   if (call) return tracked(call[1]!, call[2], undefined);
   return null;
 }
 
-/** `name` set to the quoted value (`''` inside) or else the bare word, when a client may set it at startup. */
+/**
+ * `name` set to the quoted value (`''` inside) or else the bare word, when a client may set it
+ * at startup. A bare DEFAULT resets the parameter (not tracked: the policy makes it sticky);
+ * other bare words are numbers, or identifiers, which PostgreSQL folds to lower case.
+ */
 function tracked(name: string, quoted: string | undefined, word: string | undefined): TrackedSet | null {
   const canonical = allowedStartupName(name);
   if (canonical === null) return null;
-  return { name: canonical, value: quoted !== undefined ? quoted.replace(/''/g, "'") : word! };
+  if (quoted !== undefined) return { name: canonical, value: quoted.replace(/''/g, "'") };
+  if (/^default$/i.test(word!)) return null;
+  return { name: canonical, value: /^[+-]?[0-9.]/.test(word!) ? word! : word!.toLowerCase() };
 }
