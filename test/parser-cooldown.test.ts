@@ -54,7 +54,6 @@ t.test('one text costs one fault, however many function bodies or query texts in
   }
 });
 
-const { proxy } = await tenantLab(t);
 /** Overflows the stack inside the parser (a left-deep chain of 12 000 additions); "temp" sends it to the parser. */
 const deep = (i: number) => `SELECT ${i}${' + 1'.repeat(12_000)} AS temp_total`;
 /** Over ALWAYS_PARSED_CHARS, shallow. */
@@ -62,6 +61,7 @@ const long = (tag: string) => `SELECT 1 AS temp_${tag} WHERE '${'x'.repeat(ALWAY
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test("a burst of deep statements from one user: other clients' statements are still checked; the user's long texts go unparsed for a second", async (t) => {
+  const { proxy } = await tenantLab(t);
   const a = rawOf(await tenantClient(t, proxy.port, 'a'));
   const b = rawOf(await tenantClient(t, proxy.port, 'b'));
   const errors: string[] = [];
