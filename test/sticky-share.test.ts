@@ -144,6 +144,11 @@ t.test('past the share: tracked SETs are still remembered (also as named stateme
   t.equal(await failure(c.query('SELECT 1')), '25P02 current transaction is aborted, commands ignored until end of transaction block', 'the block is aborted, as by a failed statement');
   await c.query('ROLLBACK');
   t.same((await c.query("SELECT current_setting('application_name') AS name")).rows, [{ name: 'named' }]);
+  // The named SET prepared above, run inside a block: refused at its Bind, as the Query was.
+  await c.query('BEGIN');
+  t.equal(await failure(c.query({ name: 'set_name', text: "SET application_name = 'named'" })), '53300 too many sticky sessions for user "tenant_a"', 'a prepared SET run in a block: refused');
+  await c.query('ROLLBACK');
+  t.same((await c.query({ name: 'set_name', text: "SET application_name = 'named'" })).command, 'SET', 'and run outside one');
   t.same(c.errors, []);
 });
 

@@ -985,6 +985,11 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (type === B) {
       // A Bind after a Close and a new Parse of the name runs the new statement: its audit group, its SET.
       const runs = this.statements.latest(stmt);
+      if (runs.set !== null && this.setWouldStickPastShare()) {
+        // (Prepared outside a transaction block, run inside one: refused as vet refuses a SET there.)
+        this.bindSetPortal(frame, null);
+        return this.send(replaceCString(frame, at.start, at.end, this.refusals.statement(this.stickyShareRefusal())), type);
+      }
       this.bindSetPortal(frame, runs.set);
       return this.queueOrWrite({ bytes: renamed, type, needs: stmt, defines: null, at: this.statements.seq, bindsDdl: runs.ddl });
     }
@@ -1015,7 +1020,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     // A tracked SET is remembered with the client's settings, unless it runs inside a
     // transaction block (settle): as far as the connection's last status tells, then it sticks too.
     const tracked = verdict.sticky !== null && remembered(verdict.sticky, sql);
-    const sticks = verdict.sticky !== null && this.transactionMode && (!tracked || (this.server !== null && this.server.txStatus !== 'I'));
+    const sticks = verdict.sticky !== null && this.transactionMode && (!tracked || this.inTransactionBlock());
     // (Also a session sticky without a share, ending for it: it may not add to what it holds.)
     if (sticks && this.stickyShare === null && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
       const refuse = this.stickyShareRefusal();
@@ -1460,6 +1465,16 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
    * sticky (a SET inside a transaction block, replies in doubt), the session ends at its next
    * transaction boundary, its connection reset for the next client.
    */
+  /** As far as the server connection's last status shows (transaction mode holds it only then). */
+  private inTransactionBlock(): boolean {
+    return this.server !== null && this.server.txStatus !== 'I';
+  }
+
+  /** A tracked SET run now would make the session sticky (in a block: settle) past the user's share. */
+  private setWouldStickPastShare(): boolean {
+    return this.transactionMode && this.inTransactionBlock() && this.stickyShare === null && !this.pool!.hasStickyShare(this.user);
+  }
+
   private takeStickyShare(): boolean {
     if (this.stickyShare !== null) return true;
     if (!this.pool!.takeStickyShare(this.user)) return false;

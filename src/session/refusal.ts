@@ -54,7 +54,12 @@ export class Refusals {
    */
   missingStatement(name: string): string {
     const message = name === '' ? 'unnamed prepared statement does not exist' : `prepared statement "${name}" does not exist`;
-    return this.register({ code: SqlState.UNDEFINED_PSTATEMENT, message });
+    return this.statement({ code: SqlState.UNDEFINED_PSTATEMENT, message });
+  }
+
+  /** A statement name to send in a refused Bind or Describe: nothing has it, and the client gets `text`. */
+  statement(text: RefusalText): string {
+    return this.register(text);
   }
 
   get size(): number {
