@@ -292,24 +292,37 @@ const S6: Scenario = {
   method: (o) =>
     `\`${pgbenchS(o, ' -R <rate>')} -l\`, plaintext, the rate being half of S1's direct median TPS (measured first when S1 is ` +
     'not run). p50/p99 come from the per-transaction log (latency from the scheduled start, so queueing counts); ' +
-    '"added" is the difference to direct PostgreSQL\'s median.',
+    '"added" is the difference to direct PostgreSQL\'s median. On a 2-core machine that rate can be near what a proxy ' +
+    'sustains at all (pgbench, PostgreSQL and the proxy share the cores), and its latency is then mostly queueing; so when ' +
+    'S1 ran, a second case (no target) runs at half of PgBouncer\'s S1 median, a load both proxies carry with headroom.',
   run: async (ctx) => {
     const targets = await plainTargets(ctx.lab);
     const rate = Math.round((await directS1Tps(ctx, targets[0]!)) / 2);
-    const once = async (t: Target, round: number): Promise<RunFigures> => {
-      const prefix = path.join(ctx.dir, `s6-${round}-${t.key}`);
+    const once = (rate: number) => async (t: Target, round: number): Promise<RunFigures> => {
+      const prefix = path.join(ctx.dir, `s6-${rate}-${round}-${t.key}`);
       const m = await measure(t, selectOnly(ctx.opts.clients, ['-R', String(rate), '-l', `--log-prefix=${prefix}`])(t, ctx.opts.duration));
       const { p50Ms, p99Ms } = latencyPercentiles(prefix);
       return { ...m, rate, p50Ms, p99Ms };
     };
-    await inRounds(ctx, 'S6', `rate ${rate}/s`, targets, selectOnly(ctx.opts.clients), once);
+    await inRounds(ctx, 'S6', `rate ${rate}/s`, targets, selectOnly(ctx.opts.clients), once(rate));
+    const bouncer = medianS1Tps(ctx, 'PgBouncer');
+    if (bouncer !== null) {
+      const lighter = Math.round(bouncer / 2);
+      await inRounds(ctx, 'S6', `rate ${lighter}/s (half of PgBouncer's S1)`, targets, selectOnly(ctx.opts.clients), once(lighter));
+    }
   },
 };
 
+/** Median S1 TPS of `target` in this run, or null when S1 was not run. */
+function medianS1Tps(ctx: Context, target: string): number | null {
+  const s1 = ctx.samples.filter((s) => s.scenario === 'S1' && s.target === target && s.tps !== null).map((s) => s.tps!);
+  return s1.length === 0 ? null : s1.sort((a, b) => a - b)[s1.length >> 1]!;
+}
+
 /** Median S1 TPS of direct PostgreSQL from this run, or one S1 run now when S1 was not run. */
 async function directS1Tps(ctx: Context, direct: Target): Promise<number> {
-  const s1 = ctx.samples.filter((s) => s.scenario === 'S1' && s.target === 'direct' && s.tps !== null).map((s) => s.tps!);
-  if (s1.length > 0) return s1.sort((a, b) => a - b)[s1.length >> 1]!;
+  const measured = medianS1Tps(ctx, 'direct');
+  if (measured !== null) return measured;
   await warmUp(ctx, [direct], selectOnly(ctx.opts.clients));
   process.stdout.write('S6 rate: S1 on direct ... ');
   const m = await measure(direct, selectOnly(ctx.opts.clients)(direct, ctx.opts.duration));
