@@ -186,3 +186,17 @@ t.test("SET TIME ZONE and Django's set_config('TimeZone', …, false) are rememb
   }
   t.same([a.errors, b.errors], [[], []]);
 });
+
+t.test('past the share, work read before the session is ended still gets its replies (a SET bound but not run before a Sync)', async (t) => {
+  // (A reviewer's finding: the FATAL went out at once, and the queued Parse and Bind were
+  // dropped unanswered.)
+  const a = await Promise.all([1, 2, 3].map(() => client(t, proxy, 'a')));
+  for (const c of a.slice(0, 2)) await c.query('CREATE TEMP TABLE mine (x int)');
+  const r = rawOf(a[2]!);
+  const replies = await r.sendAndSettle(1, [
+    serialize.parse({ name: 's1', text: "SET application_name = 'p2'", types: [] }),
+    serialize.bind({ portal: 'p', statement: 's1' }),
+    serialize.sync(),
+  ]);
+  t.same(replies, ['parsed', 'bound', 'Z', 'E53300'], 'its replies, then FATAL 53300 (a bound SET portal may outlive a Sync)');
+});

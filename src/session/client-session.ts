@@ -1884,6 +1884,9 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private endIfRevokedAndIdle(): void {
     if (this.revoked === null || !this.ledger.settled) return;
     if (this.server && this.server.txStatus !== 'I') return;
+    // Work read and waiting for a server connection runs first: its replies are not dropped
+    // (a Parse/Bind/Sync of a SET, sticky at its Sync past the share, lost them).
+    if (this.queued.length > 0) return;
     this.fatal(this.revoked.code, this.revoked.message, this.revoked.detail);
   }
 
