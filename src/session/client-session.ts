@@ -246,6 +246,8 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
   private outlivesReset: string | null = null;
   /** The SQL text of the message vet() last looked at. */
   private vettedSql = '';
+  /** That text as a tracked SET (tracked-set.ts), found only where the policy says it sets something; else null. */
+  private vettedSet: TrackedSet | null = null;
   /** A lease request is in flight (transaction mode, between transactions). */
   private leasing = false;
   /** When the current lease was asked for (performance.now()), for the pool-wait histogram. */
@@ -814,7 +816,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
         if (this.transactionMode) {
           const dealloc = this.deallocate(sql, true);
           if (dealloc) return this.queueOrWrite(dealloc);
-          const sets = trackedSet(sql);
+          const sets = this.vettedSet;
           if (sets) return this.queueOrWrite({ bytes: frame, type: Q, needs: null, defines: null, sets });
         }
         const ddl = this.ddlOf(sql);
@@ -843,7 +845,7 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
             const parse = serialize.parse({ name: '', text: dealloc.bytes.toString('utf8', 5, dealloc.bytes.length - 1), types: [] });
             return this.queueOrWrite({ ...dealloc, bytes: parse, type: P });
           }
-          const sets = trackedSet(sql);
+          const sets = this.vettedSet;
           if (sets) {
             this.unnamedSet = sets;
             return this.queueOrWrite({ bytes: frame, type: P, needs: null, defines: null });
@@ -865,10 +867,10 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
           // A name in use: the server answers as PostgreSQL would (a syntax error before 42P05;
           // success if held's own Parse, still unanswered, fails), under held's server-side
           // name, prepared there first where missing.
-          const stmt = this.statements.contend(held, frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, trackedSet(own));
+          const stmt = this.statements.contend(held, frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, this.vettedSet);
           return this.send(stmt.parse, P, held, stmt, ddl, own);
         }
-        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, trackedSet(own));
+        const stmt = this.statements.define(frame, name, nameEnd, takesInlineSwitch(own), ddlGroup, this.vettedSet);
         return this.send(stmt.parse, P, null, stmt, ddl, own);
       }
       case F:
@@ -1013,13 +1015,12 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
       return statementName === null ? this.refusals.query(refuse) : this.refusals.parse(statementName, refuse);
     }
     const sql = frame.toString('utf8', at, end);
-    const faults = parserFaults;
-    const verdict = this.rt.policy.classify(sql, this.rt.parserCooldown.mayParse(this.user, sql));
-    if (parserFaults !== faults) this.parserFaulted();
+    const verdict = this.parsing(sql, (mayParse) => this.rt.policy.classify(sql, mayParse));
     this.vettedSql = sql;
     // A tracked SET is remembered with the client's settings, unless it runs inside a
     // transaction block (settle): as far as the connection's last status tells, then it sticks too.
-    const tracked = verdict.sticky !== null && remembered(verdict.sticky, sql);
+    this.vettedSet = verdict.sticky === 'SET' || verdict.sticky === 'set_config' ? trackedSet(sql) : null;
+    const tracked = this.vettedSet !== null;
     const sticks = verdict.sticky !== null && this.transactionMode && (!tracked || this.inTransactionBlock());
     // (Also a session sticky without a share, ending for it: it may not add to what it holds.)
     if (sticks && this.stickyShare === null && verdict.refuse === null && !this.pool!.hasStickyShare(this.user)) {
@@ -1071,17 +1072,22 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
 
   /** Audited statements in SQL vet() just decoded (none unless audit.ddl is on). */
   private ddlOf(sql: string): readonly DdlStatement[] | undefined {
-    if (!this.rt.config.audit.ddl) return undefined;
-    const faults = parserFaults;
-    const found = ddlStatements(sql, this.rt.parserCooldown.mayParse(this.user, sql));
-    if (parserFaults !== faults) this.parserFaulted();
-    return found;
+    return this.rt.config.audit.ddl ? this.parsing(sql, (mayParse) => ddlStatements(sql, mayParse)) : undefined;
   }
 
-  /** This client's text faulted the policy parser: its user's long texts go unparsed for a while (parser-cooldown.ts). */
-  private parserFaulted(): void {
-    this.log('warn', null, "statement faulted the policy parser: the user's long statements go unparsed for a second");
-    this.rt.parserCooldown.start(this.user);
+  /**
+   * Runs a reading of `sql` that may parse it (the policy's, the audit's), told whether this
+   * user may have it parsed now; when it faulted the parser, the user's long texts go
+   * unparsed for a while (parser-cooldown.ts).
+   */
+  private parsing<T>(sql: string, read: (mayParse: boolean) => T): T {
+    const faults = parserFaults;
+    const result = read(this.rt.parserCooldown.mayParse(this.user, sql));
+    if (parserFaults !== faults) {
+      this.log('warn', null, "statement faulted the policy parser: the user's long statements go unparsed for a second");
+      this.rt.parserCooldown.start(this.user);
+    }
+    return result;
   }
 
   // ---- ServerPeer: what the server connection reports ----------------------------------
@@ -1458,13 +1464,6 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     if (this.transactionMode && this.pool !== null && !this.takeStickyShare()) this.endOverStickyShare();
   }
 
-  /**
-   * pool.max_sticky_per_user: a sticky session keeps a server connection until it ends, so one
-   * user's share of them is bounded. Where the statement that would make one more is seen
-   * before it goes out, it is refused (vet); where the server's answer makes the session
-   * sticky (a SET inside a transaction block, replies in doubt), the session ends at its next
-   * transaction boundary, its connection reset for the next client.
-   */
   /** As far as the server connection's last status shows (transaction mode holds it only then). */
   private inTransactionBlock(): boolean {
     return this.server !== null && this.server.txStatus !== 'I';
@@ -1475,6 +1474,13 @@ export class ClientSession implements ScanSink, ServerPeer, Cancellable {
     return this.transactionMode && this.inTransactionBlock() && this.stickyShare === null && !this.pool!.hasStickyShare(this.user);
   }
 
+  /**
+   * pool.max_sticky_per_user: a sticky session keeps a server connection until it ends, so one
+   * user's share of them is bounded. Where the statement that would make one more is seen
+   * before it goes out, it is refused (vet); where the server's answer makes the session
+   * sticky (a SET inside a transaction block, replies in doubt), the session ends at its next
+   * transaction boundary, its connection reset for the next client.
+   */
   private takeStickyShare(): boolean {
     if (this.stickyShare !== null) return true;
     if (!this.pool!.takeStickyShare(this.user)) return false;
@@ -2163,14 +2169,6 @@ function parsedName(out: Outgoing): string {
 /** The bytes of `buf` from `offset` on; EMPTY rather than an empty view that pins `buf`'s memory. */
 function after(buf: Buffer, offset: number): Buffer {
   return offset >= buf.length ? EMPTY : buf.subarray(offset);
-}
-
-/**
- * A plain SET of a startup parameter (a Query, or a Parse whose portals' Executes carry it:
- * bindSetPortal): remembered with the client's settings, not sticky.
- */
-function remembered(sticky: string, sql: string): boolean {
-  return (sticky === 'SET' || sticky === 'set_config') && trackedSet(sql) !== null;
 }
 
 /** An ErrorResponse whose severity (first field, as PostgreSQL writes it) is FATAL or PANIC. */
